@@ -1,0 +1,133 @@
+//! safetensors files (HF's format: an 8-byte header length, a JSON header, raw little-endian
+//! C-order data), memory-mapped. Parsing and validation are the `safetensors` crate's; this
+//! module adds typed errors, shape checks and conversion of any float or integer dtype to f32.
+
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+pub use safetensors::Dtype;
+
+use crate::error::SafetensorsError;
+use crate::storage::Storage;
+
+/// One tensor's description; `start..end` is its absolute byte range in the file.
+#[derive(Clone, Debug)]
+pub struct StTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl StTensor {
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An open safetensors file.
+pub struct SafetensorsFile {
+    storage: Storage,
+    path: PathBuf,
+    tensors: Vec<StTensor>,
+    /// The optional `__metadata__` string map.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl SafetensorsFile {
+    /// Opens and validates `path` (memory-mapped).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, SafetensorsError> {
+        let path = path.as_ref().to_path_buf();
+        let storage = Storage::map(&path).map_err(|source| SafetensorsError::Io { path: path.clone(), source })?;
+        Self::from_storage(storage, path)
+    }
+
+    /// Parses a file held in memory (`name` is used in messages).
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self, SafetensorsError> {
+        Self::from_storage(Storage::Owned(bytes), PathBuf::from(name))
+    }
+
+    fn from_storage(storage: Storage, path: PathBuf) -> Result<Self, SafetensorsError> {
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&storage)
+            .map_err(|e| SafetensorsError::Invalid { path: path.clone(), reason: e.to_string() })?;
+        let base = 8 + n;
+        let infos = meta.tensors();
+        let mut tensors: Vec<StTensor> = meta
+            .offset_keys()
+            .into_iter()
+            .filter_map(|name| {
+                let i = infos.get(&name)?;
+                Some(StTensor { dtype: i.dtype, shape: i.shape.clone(), start: base + i.data_offsets.0, end: base + i.data_offsets.1, name })
+            })
+            .collect();
+        tensors.sort_by_key(|t| t.start);
+        let mut metadata: Vec<(String, String)> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        metadata.sort();
+        Ok(SafetensorsFile { storage, path, tensors, metadata })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensors in file order.
+    pub fn tensors(&self) -> &[StTensor] {
+        &self.tensors
+    }
+
+    pub fn get(&self, name: &str) -> Result<&StTensor, SafetensorsError> {
+        self.tensors.iter().find(|t| t.name == name).ok_or_else(|| SafetensorsError::MissingTensor {
+            path: self.path.clone(),
+            name: name.into(),
+            available: self.tensors.len(),
+        })
+    }
+
+    /// Raw bytes of a tensor (zero-copy).
+    pub fn data(&self, t: &StTensor) -> &[u8] {
+        &self.storage[t.start..t.end]
+    }
+
+    /// A tensor converted to f32, checking its shape when `expected` is given.
+    pub fn tensor_f32(&self, name: &str, expected: Option<&[usize]>) -> Result<Vec<f32>, SafetensorsError> {
+        let t = self.get(name)?;
+        if let Some(shape) = expected {
+            if t.shape != shape {
+                return Err(SafetensorsError::WrongShape { path: self.path.clone(), name: name.into(), found: t.shape.clone(), expected: shape.to_vec() });
+            }
+        }
+        to_f32(self.data(t), t.dtype).ok_or_else(|| SafetensorsError::UnsupportedDtype {
+            path: self.path.clone(),
+            name: name.into(),
+            dtype: format!("{:?}", t.dtype),
+        })
+    }
+
+    /// Total parameters (elements of all tensors).
+    pub fn n_params(&self) -> usize {
+        self.tensors.iter().map(|t| t.n_elements()).sum()
+    }
+}
+
+/// Converts little-endian elements of `dtype` to f32; `None` for dtypes without a conversion.
+pub fn to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    fn conv<const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+        b.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
+    }
+    Some(match dtype {
+        Dtype::F32 => conv(bytes, f32::from_le_bytes),
+        Dtype::F16 => conv(bytes, |b| f16::from_le_bytes(b).to_f32()),
+        Dtype::BF16 => conv(bytes, |b| bf16::from_le_bytes(b).to_f32()),
+        Dtype::F64 => conv(bytes, |b| f64::from_le_bytes(b) as f32),
+        Dtype::I64 => conv(bytes, |b| i64::from_le_bytes(b) as f32),
+        Dtype::U64 => conv(bytes, |b| u64::from_le_bytes(b) as f32),
+        Dtype::I32 => conv(bytes, |b| i32::from_le_bytes(b) as f32),
+        Dtype::U32 => conv(bytes, |b| u32::from_le_bytes(b) as f32),
+        Dtype::I16 => conv(bytes, |b| i16::from_le_bytes(b) as f32),
+        Dtype::U16 => conv(bytes, |b| u16::from_le_bytes(b) as f32),
+        Dtype::I8 => conv(bytes, |b: [u8; 1]| b[0] as i8 as f32),
+        Dtype::U8 | Dtype::BOOL => conv(bytes, |b: [u8; 1]| b[0] as f32),
+        _ => return None,
+    })
+}
