@@ -1,1 +1,46 @@
-//! placeholder
+//! smelt-kernels: the compute kernels smelt's models run on.
+//!
+//! - [`cpu`]: instruction-set detection, once, at run time (no `target-cpu=native` needed).
+//! - [`dot`]: dot products between a row of weights of any registry type and a row of
+//!   activations, as a table of kernels per ISA, each beside its scalar reference twin.
+//! - [`act`]: activation rows converted to the format the weight kernels expect.
+//! - [`matmul`]: matrix-vector and matrix-matrix products over those kernels, split across a
+//!   [`pool::ThreadPool`]; dense f32/f16 matrix multiply through the `gemm` crate.
+//! - [`tolerance`]: the named error budgets kernels are tested against.
+
+#![cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+
+pub mod act;
+pub mod cpu;
+pub mod dot;
+pub mod matmul;
+pub mod pool;
+pub mod tolerance;
+
+use smelt_formats::GgmlType;
+
+/// Errors from kernel entry points.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("{ty}: {n} elements is not a whole number of {block}-element blocks")]
+    NotBlockMultiple { ty: GgmlType, n: usize, block: usize },
+    #[error("{ty}: {n} elements need {need} bytes, the buffer has {have}")]
+    ShortBuffer { ty: GgmlType, n: usize, need: usize, have: usize },
+    #[error("no dot-product kernel for {ty} weights; supported: {supported}")]
+    NoKernel { ty: GgmlType, supported: String },
+    #[error("matrix shapes do not fit: {0}")]
+    Shape(String),
+}
+
+/// Checks that `have` bytes hold `n` elements of `ty`.
+pub(crate) fn check_len(ty: GgmlType, n: usize, have: usize) -> Result<(), KernelError> {
+    let (be, bb) = (ty.block_elems(), ty.block_bytes());
+    if n % be != 0 {
+        return Err(KernelError::NotBlockMultiple { ty, n, block: be });
+    }
+    let need = n / be * bb;
+    if have < need {
+        return Err(KernelError::ShortBuffer { ty, n, need, have });
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Dot-product kernels between one row of weights (any registry type) and one row of
+//! activations, and the table that picks them per CPU.
+//!
+//! Quantized weights multiply quantized activations, as in ggml: the activation row is
+//! quantized once per matrix-vector product to the weight type's *activation format* (Q8_0 for
+//! the 32-element symmetric types, Q8_1 for the types with a min, Q8_K for K-quants) so that
+//! the inner loops are integer multiply-adds; float weights multiply f32 activations.
+//!
+//! One table row per weight type holds the scalar reference twin and the SIMD kernel of every
+//! ISA (`None` where that ISA has none: the scalar twin runs instead).
+
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+
+use smelt_formats::GgmlType;
+
+use crate::cpu::{self, Isa};
+
+/// `n` weights (whole blocks of the row's type, in `w`) dotted with `n` activations (in `x`, in
+/// the row's activation format).
+///
+/// # Safety
+/// `w` and `x` hold at least the bytes of `n` elements of their types, `n` is a multiple of the
+/// weight block size, and the kernel's ISA is available on this CPU.
+pub type VecDotFn = unsafe fn(n: usize, w: &[u8], x: &[u8]) -> f32;
+
+/// One row of the kernel table.
+pub struct KernelRow {
+    pub weight: GgmlType,
+    pub act: GgmlType,
+    pub scalar: VecDotFn,
+    pub avx2: Option<VecDotFn>,
+    pub neon: Option<VecDotFn>,
+}
+
+macro_rules! avx2 {
+    ($f:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        let f: Option<VecDotFn> = Some(avx2::$f);
+        #[cfg(not(target_arch = "x86_64"))]
+        let f: Option<VecDotFn> = None;
+        f
+    }};
+}
+
+macro_rules! neon {
+    ($f:ident) => {{
+        #[cfg(target_arch = "aarch64")]
+        let f: Option<VecDotFn> = Some(neon::$f);
+        #[cfg(not(target_arch = "aarch64"))]
+        let f: Option<VecDotFn> = None;
+        f
+    }};
+}
+
+macro_rules! row {
+    ($w:ident, $a:ident, $f:ident) => {
+        KernelRow { weight: GgmlType::$w, act: GgmlType::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f) }
+    };
+}
+
+/// The kernel table (see the module docs).
+pub fn table() -> &'static [KernelRow] {
+    static TABLE: std::sync::OnceLock<Vec<KernelRow>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        vec![
+            row!(F32, F32, dot_f32),
+            row!(F16, F32, dot_f16),
+            row!(BF16, F32, dot_bf16),
+            row!(Q4_0, Q8_0, dot_q4_0_q8_0),
+            row!(Q4_1, Q8_1, dot_q4_1_q8_1),
+            row!(Q5_0, Q8_0, dot_q5_0_q8_0),
+            row!(Q5_1, Q8_1, dot_q5_1_q8_1),
+            row!(Q8_0, Q8_0, dot_q8_0_q8_0),
+            row!(Q8_1, Q8_0, dot_q8_1_q8_0),
+            row!(IQ4_NL, Q8_0, dot_iq4_nl_q8_0),
+            row!(Q2_K, Q8_K, dot_q2_k_q8_k),
+            row!(Q3_K, Q8_K, dot_q3_k_q8_k),
+            row!(Q4_K, Q8_K, dot_q4_k_q8_k),
+            row!(Q5_K, Q8_K, dot_q5_k_q8_k),
+            row!(Q6_K, Q8_K, dot_q6_k_q8_k),
+            row!(Q8_K, Q8_K, dot_q8_k_q8_k),
+        ]
+    })
+}
+
+/// A selected kernel.
+#[derive(Clone, Copy)]
+pub struct DotKernel {
+    pub weight: GgmlType,
+    pub act: GgmlType,
+    pub isa: Isa,
+    f: VecDotFn,
+}
+
+impl DotKernel {
+    /// Runs the kernel after checking the lengths (the ISA was checked when it was selected).
+    pub fn dot(&self, n: usize, w: &[u8], x: &[u8]) -> Result<f32, crate::KernelError> {
+        crate::check_len(self.weight, n, w.len())?;
+        crate::check_len(self.act, n, x.len())?;
+        // SAFETY: lengths checked above; `kernel` only returns ISAs this CPU has.
+        Ok(unsafe { (self.f)(n, w, x) })
+    }
+
+    /// The raw function, for loops that check lengths once for many rows.
+    ///
+    /// # Safety
+    /// See [`VecDotFn`].
+    #[inline]
+    pub unsafe fn call(&self, n: usize, w: &[u8], x: &[u8]) -> f32 {
+        (self.f)(n, w, x)
+    }
+}
+
+/// The activation format the kernels of `weight` expect, if smelt has kernels for it.
+pub fn activation_type(weight: GgmlType) -> Option<GgmlType> {
+    table().iter().find(|r| r.weight == weight).map(|r| r.act)
+}
+
+/// The kernel of `weight` for exactly `isa` (`None` if that ISA is not available here or has no
+/// kernel for this type).
+pub fn kernel(isa: Isa, weight: GgmlType) -> Option<DotKernel> {
+    if !cpu::available().contains(&isa) {
+        return None;
+    }
+    let r = table().iter().find(|r| r.weight == weight)?;
+    let f = match isa {
+        Isa::Scalar => Some(r.scalar),
+        Isa::Avx2 => r.avx2,
+        Isa::Neon => r.neon,
+    }?;
+    Some(DotKernel { weight, act: r.act, isa, f })
+}
+
+/// The fastest kernel for `weight` on this machine (the scalar twin where no SIMD one exists).
+pub fn best(weight: GgmlType) -> Option<DotKernel> {
+    kernel(cpu::best(), weight).or_else(|| kernel(Isa::Scalar, weight))
+}
+
+/// What every kernel of `weight` approximates, in f64: `sum_i w_i x_i` over the reference
+/// dequantizations of `w` (weights) and `x` (activations in the row's activation format), and
+/// the error scale `sum_i |w_i x_i|`. For weights with a min (Q4_1, Q5_1) against Q8_1, the min
+/// multiplies the activation block's stored f16 sum `s`, as the format defines (and ggml does),
+/// not the exact sum. The oracle of the conformance tests; returns `None` for types without a
+/// kernel or lengths that do not match.
+pub fn exact_f64(weight: GgmlType, w: &[u8], x: &[u8]) -> Option<(f64, f64)> {
+    use smelt_formats::quant::dequantize_to_vec;
+    let act = activation_type(weight)?;
+    let wf = dequantize_to_vec(weight, w).ok()?;
+    let xf = dequantize_to_vec(act, x).ok()?;
+    if wf.len() != xf.len() {
+        return None;
+    }
+    let (mut abs, mut sum) = (0.0f64, 0.0f64);
+    for (p, q) in wf.iter().zip(&xf) {
+        let t = *p as f64 * *q as f64;
+        sum += t;
+        abs += t.abs();
+    }
+    if act == GgmlType::Q8_1 && matches!(weight, GgmlType::Q4_1 | GgmlType::Q5_1) {
+        let f16_at = |b: &[u8], o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f64();
+        let blocks = w.chunks_exact(weight.block_bytes()).zip(x.chunks_exact(act.block_bytes())).zip(xf.chunks_exact(32));
+        for ((wb, xb), xs) in blocks {
+            let exact: f64 = xs.iter().map(|&v| v as f64).sum();
+            sum += f16_at(wb, 2) * (f16_at(xb, 2) - exact);
+        }
+    }
+    Some((abs, sum))
+}

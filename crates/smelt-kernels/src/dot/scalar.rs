@@ -1,0 +1,217 @@
+//! Scalar reference dot products: the oracle every SIMD kernel is tested against, and the
+//! portable fallback. Each computes, per block, the integer sum of products of the stored
+//! quants exactly and applies the block's float scales once, in the order written in its doc.
+//!
+//! Notation: `w` is a weight block, `x` an activation block; `dw`, `dx` their f16/f32 scales.
+
+use half::f16;
+use smelt_formats::quant::blocks::*;
+
+#[inline]
+fn blocks<B: bytemuck::Pod>(bytes: &[u8], n: usize) -> impl Iterator<Item = B> + '_ {
+    bytes[..n * std::mem::size_of::<B>()].chunks_exact(std::mem::size_of::<B>()).map(bytemuck::pod_read_unaligned::<B>)
+}
+
+#[inline]
+fn f32s(bytes: &[u8], n: usize) -> impl Iterator<Item = f32> + '_ {
+    bytes[..4 * n].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[inline]
+fn nibble(qs: &[u8; 16], j: usize) -> i32 {
+    (if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 }) as i32
+}
+
+#[inline]
+fn bit5(qh: [u8; 4], j: usize) -> i32 {
+    ((u32::from_le_bytes(qh) >> j) & 1) as i32
+}
+
+/// `sum_i w_i x_i` in f32, sequentially.
+pub fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    f32s(w, n).zip(f32s(x, n)).fold(0.0, |s, (a, b)| s + a * b)
+}
+
+/// F16 weights, f32 activations: `sum_i f32(w_i) x_i`.
+pub fn dot_f16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    w[..2 * n].chunks_exact(2).zip(f32s(x, n)).fold(0.0, |s, (a, b)| s + f16::from_le_bytes([a[0], a[1]]).to_f32() * b)
+}
+
+/// BF16 weights, f32 activations.
+pub fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    w[..2 * n].chunks_exact(2).zip(f32s(x, n)).fold(0.0, |s, (a, b)| {
+        s + f32::from_bits((u16::from_le_bytes([a[0], a[1]]) as u32) << 16) * b
+    })
+}
+
+/// Q4_0 x Q8_0: `sum_b dw dx sum_i (q_i - 8) y_i`.
+pub fn dot_q4_0_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK;
+    blocks::<BlockQ4_0>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
+        let isum: i32 = (0..QK).map(|j| (nibble(&a.qs, j) - 8) * b.qs[j] as i32).sum();
+        s + a.d.to_f32() * b.d.to_f32() * isum as f32
+    })
+}
+
+/// Q4_1 x Q8_1: `sum_b (dw dx sum_i q_i y_i + mw sx)` with `sx = dx sum_i y_i` from the block.
+pub fn dot_q4_1_q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK;
+    blocks::<BlockQ4_1>(w, nb).zip(blocks::<BlockQ8_1>(x, nb)).fold(0.0, |s, (a, b)| {
+        let isum: i32 = (0..QK).map(|j| nibble(&a.qs, j) * b.qs[j] as i32).sum();
+        s + a.d.to_f32() * b.d.to_f32() * isum as f32 + a.m.to_f32() * b.s.to_f32()
+    })
+}
+
+/// Q5_0 x Q8_0: `sum_b dw dx sum_i (q_i - 16) y_i`, q with its fifth bit from `qh`.
+pub fn dot_q5_0_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK;
+    blocks::<BlockQ5_0>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
+        let isum: i32 = (0..QK).map(|j| (nibble(&a.qs, j) + 16 * bit5(a.qh, j) - 16) * b.qs[j] as i32).sum();
+        s + a.d.to_f32() * b.d.to_f32() * isum as f32
+    })
+}
+
+/// Q5_1 x Q8_1: `sum_b (dw dx sum_i q_i y_i + mw sx)`.
+pub fn dot_q5_1_q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK;
+    blocks::<BlockQ5_1>(w, nb).zip(blocks::<BlockQ8_1>(x, nb)).fold(0.0, |s, (a, b)| {
+        let isum: i32 = (0..QK).map(|j| (nibble(&a.qs, j) + 16 * bit5(a.qh, j)) * b.qs[j] as i32).sum();
+        s + a.d.to_f32() * b.d.to_f32() * isum as f32 + a.m.to_f32() * b.s.to_f32()
+    })
+}
+
+/// Q8_0 x Q8_0: `sum_b dw dx sum_i q_i y_i`.
+pub fn dot_q8_0_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK;
+    blocks::<BlockQ8_0>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
+        let isum: i32 = a.qs.iter().zip(b.qs.iter()).map(|(&p, &q)| p as i32 * q as i32).sum();
+        s + a.d.to_f32() * b.d.to_f32() * isum as f32
+    })
+}
+
+/// Q8_1 weights x Q8_0: as Q8_0 (the stored sum is not needed).
+pub fn dot_q8_1_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK;
+    blocks::<BlockQ8_1>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
+        let isum: i32 = a.qs.iter().zip(b.qs.iter()).map(|(&p, &q)| p as i32 * q as i32).sum();
+        s + a.d.to_f32() * b.d.to_f32() * isum as f32
+    })
+}
+
+/// IQ4_NL x Q8_0: `sum_b dw dx sum_i K[q_i] y_i`, K the non-linear grid.
+pub fn dot_iq4_nl_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK;
+    blocks::<BlockIq4Nl>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
+        let isum: i32 = (0..QK).map(|j| KVALUES_IQ4NL[nibble(&a.qs, j) as usize] as i32 * b.qs[j] as i32).sum();
+        s + a.d.to_f32() * b.d.to_f32() * isum as f32
+    })
+}
+
+/// Q2_K x Q8_K: `sum_b dx (dw sum_j sc_j sum_{i in j} q_i y_i - dmin sum_j m_j bsum_j)` over
+/// 16 sub-blocks of 16 (bsum_j = the activation block's precomputed `sum y` of sub-block j).
+pub fn dot_q2_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK_K;
+    blocks::<BlockQ2K>(w, nb).zip(blocks::<BlockQ8K>(x, nb)).fold(0.0, |s, (a, b)| {
+        let (mut isum, mut msum) = (0i32, 0i32);
+        for j in 0..16 {
+            let sub: i32 = (16 * j..16 * j + 16)
+                .map(|e| {
+                    let (h, sh, l) = (e / 128, (e % 128) / 32, e % 32);
+                    ((a.qs[32 * h + l] >> (2 * sh)) & 3) as i32 * b.qs[e] as i32
+                })
+                .sum();
+            isum += (a.scales[j] & 0xF) as i32 * sub;
+            msum += (a.scales[j] >> 4) as i32 * b.bsums[j] as i32;
+        }
+        s + b.d * a.d.to_f32() * isum as f32 - b.d * a.dmin.to_f32() * msum as f32
+    })
+}
+
+/// Q3_K x Q8_K: `sum_b dx dw sum_j (sc_j - 32) sum_{i in j} q_i y_i`, `q = low2 - 4 (1 - hbit)`.
+pub fn dot_q3_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK_K;
+    blocks::<BlockQ3K>(w, nb).zip(blocks::<BlockQ8K>(x, nb)).fold(0.0, |s, (a, b)| {
+        let sc = q3k_scales(&a.scales);
+        let mut isum = 0i32;
+        for (j, &scj) in sc.iter().enumerate() {
+            let sub: i32 = (16 * j..16 * j + 16)
+                .map(|e| {
+                    let (h, sh, l) = (e / 128, (e % 128) / 32, e % 32);
+                    let low = ((a.qs[32 * h + l] >> (2 * sh)) & 3) as i32;
+                    let high = ((a.hmask[l] >> (e / 32)) & 1) as i32;
+                    (low - 4 * (1 - high)) * b.qs[e] as i32
+                })
+                .sum();
+            isum += scj as i32 * sub;
+        }
+        s + b.d * a.d.to_f32() * isum as f32
+    })
+}
+
+fn k4_sums(qs: &[u8; QK_K / 2], qh: Option<&[u8; QK_K / 8]>, scales: &[u8; K_SCALE_SIZE], b: &BlockQ8K) -> (i32, i32) {
+    let (mut isum, mut msum) = (0i32, 0i32);
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, scales);
+        let sub: i32 = (32 * j..32 * j + 32)
+            .map(|e| {
+                let (c, sh, l) = (e / 64, (e % 64) / 32, e % 32);
+                let mut q = ((qs[32 * c + l] >> (4 * sh)) & 0xF) as i32;
+                if let Some(qh) = qh {
+                    q |= (((qh[l] >> j) & 1) as i32) << 4;
+                }
+                q * b.qs[e] as i32
+            })
+            .sum();
+        isum += sc as i32 * sub;
+        msum += m as i32 * (b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32);
+    }
+    (isum, msum)
+}
+
+/// Q4_K x Q8_K: `sum_b dx (dw sum_j sc_j sum_{i in j} q_i y_i - dmin sum_j m_j sum_{i in j} y_i)`
+/// over 8 sub-blocks of 32.
+pub fn dot_q4_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK_K;
+    blocks::<BlockQ4K>(w, nb).zip(blocks::<BlockQ8K>(x, nb)).fold(0.0, |s, (a, b)| {
+        let (isum, msum) = k4_sums(&a.qs, None, &a.scales, &b);
+        s + b.d * a.d.to_f32() * isum as f32 - b.d * a.dmin.to_f32() * msum as f32
+    })
+}
+
+/// Q5_K x Q8_K: as Q4_K with the fifth bit of each quant from `qh`.
+pub fn dot_q5_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK_K;
+    blocks::<BlockQ5K>(w, nb).zip(blocks::<BlockQ8K>(x, nb)).fold(0.0, |s, (a, b)| {
+        let (isum, msum) = k4_sums(&a.qs, Some(&a.qh), &a.scales, &b);
+        s + b.d * a.d.to_f32() * isum as f32 - b.d * a.dmin.to_f32() * msum as f32
+    })
+}
+
+/// Q6_K x Q8_K: `sum_b dx dw sum_j scale_j sum_{i in j} (q_i - 32) y_i` over 16 sub-blocks.
+pub fn dot_q6_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK_K;
+    blocks::<BlockQ6K>(w, nb).zip(blocks::<BlockQ8K>(x, nb)).fold(0.0, |s, (a, b)| {
+        let mut isum = 0i32;
+        for j in 0..16 {
+            let sub: i32 = (16 * j..16 * j + 16)
+                .map(|e| {
+                    let (h, t) = (e / 128, e % 128);
+                    let low = (a.ql[64 * h + t % 64] >> (4 * (t / 64))) & 0xF;
+                    let high = (a.qh[32 * h + t % 32] >> (2 * (t / 32))) & 3;
+                    ((low | (high << 4)) as i32 - 32) * b.qs[e] as i32
+                })
+                .sum();
+            isum += a.scales[j] as i32 * sub;
+        }
+        s + b.d * a.d.to_f32() * isum as f32
+    })
+}
+
+/// Q8_K x Q8_K: `sum_b dw dx sum_i q_i y_i`.
+pub fn dot_q8_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK_K;
+    blocks::<BlockQ8K>(w, nb).zip(blocks::<BlockQ8K>(x, nb)).fold(0.0, |s, (a, b)| {
+        let isum: i32 = a.qs.iter().zip(b.qs.iter()).map(|(&p, &q)| p as i32 * q as i32).sum();
+        s + a.d * b.d * isum as f32
+    })
+}

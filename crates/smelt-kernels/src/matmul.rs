@@ -1,0 +1,186 @@
+//! Matrix products over weight matrices of any registry type.
+//!
+//! A weight matrix `W` is `rows x cols`, row-major, each row a whole number of blocks (ggml's
+//! layout: a linear layer `[out_features, in_features]` with dims `[cols, rows]`).
+//!
+//! - [`gemv`]: `y = W x` (one token: decode). The activation row is converted once to the
+//!   weight type's activation format, then rows are split across the pool.
+//! - [`gemm`]: `Y = X W^T` for `m` activation rows (prefill). Float weights go through the
+//!   `gemm` crate (F16/BF16 rows widened to f32 per chunk); quantized weights reuse the dot
+//!   kernels, each weight row against every activation row while it is in L1.
+
+use std::cell::RefCell;
+
+use smelt_formats::GgmlType;
+
+use crate::act::convert_rows;
+use crate::dot::{self, DotKernel};
+use crate::pool::{Disjoint, ThreadPool};
+use crate::KernelError;
+
+/// A borrowed weight matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+    row_bytes: usize,
+}
+
+impl<'a> QMatrix<'a> {
+    /// Checks that `data` holds exactly `rows` rows of `cols` elements of `ty`.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, KernelError> {
+        let (be, bb) = (ty.block_elems(), ty.block_bytes());
+        if cols % be != 0 {
+            return Err(KernelError::NotBlockMultiple { ty, n: cols, block: be });
+        }
+        let row_bytes = cols / be * bb;
+        let need = row_bytes.checked_mul(rows).ok_or_else(|| KernelError::Shape(format!("{rows} x {cols} overflows")))?;
+        if data.len() != need {
+            return Err(KernelError::Shape(format!("{ty} {rows} x {cols} needs {need} bytes, got {}", data.len())));
+        }
+        Ok(QMatrix { ty, rows, cols, data, row_bytes })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+fn kernel_for(ty: GgmlType) -> Result<DotKernel, KernelError> {
+    dot::best(ty).ok_or_else(|| KernelError::NoKernel {
+        ty,
+        supported: dot::table().iter().map(|r| r.weight.name()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Rows per task: about four tasks per thread, at least 16 rows.
+fn rows_per_task(rows: usize, threads: usize) -> usize {
+    rows.div_ceil(4 * threads).max(16)
+}
+
+/// `y = W x` with the fastest kernel of this machine. `scratch` holds the converted
+/// activations (reuse it across calls to avoid allocating).
+pub fn gemv(pool: &ThreadPool, w: &QMatrix, x: &[f32], y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), KernelError> {
+    let k = kernel_for(w.ty)?;
+    if x.len() != w.cols || y.len() != w.rows {
+        return Err(KernelError::Shape(format!("W is {} x {}, x has {}, y has {}", w.rows, w.cols, x.len(), y.len())));
+    }
+    convert_rows(k.act, x, w.cols, scratch)?;
+    gemv_prepared(pool, &k, w, scratch, y)
+}
+
+/// `y = W x` with activations already converted to `k.act` (for benchmarks and callers that
+/// share one converted row between several matrices, e.g. Q, K and V).
+pub fn gemv_prepared(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8], y: &mut [f32]) -> Result<(), KernelError> {
+    if k.weight != w.ty {
+        return Err(KernelError::Shape(format!("kernel for {} used on {} weights", k.weight, w.ty)));
+    }
+    crate::check_len(k.act, w.cols, x_act.len())?;
+    if y.len() != w.rows {
+        return Err(KernelError::Shape(format!("y has {} entries, W has {} rows", y.len(), w.rows)));
+    }
+    let out = Disjoint::new(y);
+    pool.for_chunks(w.rows, rows_per_task(w.rows, pool.n_threads()), &|r| {
+        // SAFETY: chunks are disjoint; lengths were checked above; the kernel's ISA was detected.
+        let ys = unsafe { out.slice(r.clone()) };
+        for (yi, row) in ys.iter_mut().zip(r) {
+            *yi = unsafe { k.call(w.cols, w.row(row), x_act) };
+        }
+    });
+    Ok(())
+}
+
+thread_local! {
+    static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `Y = X W^T`: `x` is `m x cols`, `y` is `m x rows`, both row-major.
+pub fn gemm(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), KernelError> {
+    if x.len() != m * w.cols || y.len() != m * w.rows {
+        return Err(KernelError::Shape(format!("W is {} x {}, X has {} values for {m} rows, Y has {}", w.rows, w.cols, x.len(), y.len())));
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    match w.ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => gemm_float(pool, w, x, m, y),
+        _ => {
+            let k = kernel_for(w.ty)?;
+            convert_rows(k.act, x, w.cols, scratch)?;
+            gemm_quantized(pool, &k, w, scratch, m, y)
+        }
+    }
+}
+
+/// Quantized weights: each task takes a chunk of weight rows and dots every one with all `m`
+/// activation rows.
+pub fn gemm_quantized(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    let act_row = w.cols / k.act.block_elems() * k.act.block_bytes();
+    if x_act.len() != m * act_row || y.len() != m * w.rows || k.weight != w.ty {
+        return Err(KernelError::Shape(format!("activations {} bytes for {m} rows of {act_row}", x_act.len())));
+    }
+    let out = Disjoint::new(y);
+    let rows = w.rows;
+    pool.for_chunks(rows, rows_per_task(rows, pool.n_threads()), &|r| {
+        for row in r {
+            let wr = w.row(row);
+            for t in 0..m {
+                // SAFETY: each (t, row) is written by exactly one task; lengths checked above.
+                unsafe { out.write(t * rows + row, k.call(w.cols, wr, &x_act[t * act_row..(t + 1) * act_row])) };
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Float weights: the `gemm` crate on chunks of weight rows (widened to f32 when stored as
+/// F16/BF16).
+fn gemm_float(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    let (rows, cols) = (w.rows, w.cols);
+    let out = Disjoint::new(y);
+    let chunk = rows.div_ceil(pool.n_threads()).max(16);
+    pool.for_chunks(rows, chunk, &|r| {
+        let n = r.len();
+        let run = |wf: &[f32]| {
+            // dst (m x n, row stride `rows`) = X (m x cols) * Wchunk^T (cols x n).
+            // SAFETY: the pointers cover the stated extents (Y is m x rows); this task alone
+            // writes columns `r` of Y.
+            unsafe {
+                let dst = out.as_mut_ptr().add(r.start);
+                gemm::gemm(
+                    m, n, cols,
+                    dst, 1, rows as isize, false,
+                    x.as_ptr(), 1, cols as isize,
+                    wf.as_ptr(), cols as isize, 1,
+                    0.0, 1.0, false, false, false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        match w.ty {
+            GgmlType::F32 => {
+                let bytes = &w.data[r.start * w.row_bytes..r.end * w.row_bytes];
+                match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                    Ok(wf) => run(wf),
+                    Err(_) => run(&bytemuck::pod_collect_to_vec::<u8, f32>(bytes)),
+                }
+            }
+            _ => WIDE.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.resize(n * cols, 0.0);
+                let bytes = &w.data[r.start * w.row_bytes..r.end * w.row_bytes];
+                // Row lengths were checked in `QMatrix::new`; F16/BF16 always dequantize.
+                if smelt_formats::quant::dequantize(w.ty, bytes, &mut buf).is_ok() {
+                    run(&buf);
+                }
+            }),
+        }
+    });
+    Ok(())
+}

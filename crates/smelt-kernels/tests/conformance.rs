@@ -1,0 +1,122 @@
+//! Every kernel of the table on every ISA this machine has, against its scalar twin, with the
+//! named tolerances of `smelt_kernels::tolerance`; and the scalar twins themselves against a
+//! plain f64 sum over the reference dequantization (so the oracle is checked too).
+//!
+//! Weights come two ways: real quantizations of random signals (what models contain) and random
+//! bytes with well-formed scales (every bit pattern of the quants).
+
+use smelt_formats::quant::quantize_to_vec;
+use smelt_formats::GgmlType;
+use smelt_kernels::act::convert_rows;
+use smelt_kernels::cpu::{self, Isa};
+use smelt_kernels::dot::{exact_f64, kernel, table};
+use smelt_kernels::tolerance::{DOT_FLOAT, DOT_QUANTIZED, MATMUL};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn signal(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| self.uniform() * scale * if i % 17 == 0 { 4.0 } else { 1.0 }).collect()
+    }
+}
+
+/// Byte offsets of the floating-point scale fields of each block type (f16 unless Q8_K).
+fn scale_fields(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+fn random_blocks(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
+    let (be, bb) = (ty.block_elems(), ty.block_bytes());
+    if be == 1 {
+        // Float types: random bytes would be NaNs and infinities; use random values.
+        return quantize_to_vec(ty, &rng.signal(n, 0.5)).unwrap();
+    }
+    let mut v: Vec<u8> = (0..n / be * bb).map(|_| rng.next() as u8).collect();
+    for b in v.chunks_exact_mut(bb) {
+        if ty == GgmlType::Q8_K {
+            b[..4].copy_from_slice(&(rng.uniform() * 0.01).to_le_bytes());
+        }
+        for &off in scale_fields(ty) {
+            b[off..off + 2].copy_from_slice(&half::f16::from_f32(rng.uniform() * 0.05).to_le_bytes());
+        }
+    }
+    v
+}
+
+fn weight_sizes(ty: GgmlType) -> Vec<usize> {
+    match ty.block_elems() {
+        1 => vec![1, 7, 8, 31, 33, 64, 576, 1003],
+        32 => vec![32, 64, 96, 576, 1536],
+        _ => vec![256, 512, 1536],
+    }
+}
+
+#[test]
+fn simd_kernels_match_their_scalar_twins() {
+    let isas = cpu::available();
+    eprintln!("ISA levels on this machine: {isas:?} (features {:?})", cpu::features());
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut checked = 0;
+    for row in table() {
+        for n in weight_sizes(row.weight) {
+            let mut weights = vec![random_blocks(&mut rng, row.weight, n)];
+            if row.weight.can_quantize() {
+                weights.push(quantize_to_vec(row.weight, &rng.signal(n, 0.05)).unwrap());
+            }
+            for w in &weights {
+                for xscale in [1.0f32, 1e-3, 300.0] {
+                    let mut x = Vec::new();
+                    convert_rows(row.act, &rng.signal(n, xscale), n, &mut x).unwrap();
+                    let scalar = kernel(Isa::Scalar, row.weight).unwrap().dot(n, w, &x).unwrap();
+                    let (abs_sum, exact) = exact_f64(row.weight, w, &x).unwrap();
+                    // The oracle itself: the scalar twin against an f64 sum.
+                    MATMUL.check(scalar, exact as f32, abs_sum as f32).unwrap_or_else(|e| panic!("scalar {} n={n}: {e}", row.weight));
+                    for &isa in &isas[1..] {
+                        let Some(k) = kernel(isa, row.weight) else { continue };
+                        let got = k.dot(n, w, &x).unwrap();
+                        let tol = if row.act == GgmlType::F32 { DOT_FLOAT } else { DOT_QUANTIZED };
+                        tol.check(got, scalar, abs_sum as f32).unwrap_or_else(|e| panic!("{isa} {} n={n}: {e}", row.weight));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    if isas.len() > 1 {
+        assert!(checked > 300, "only {checked} SIMD comparisons ran");
+    }
+    eprintln!("{checked} SIMD results compared with their scalar twins");
+}
+
+#[test]
+fn every_simd_isa_covers_every_table_row() {
+    for isa in cpu::available().into_iter().skip(1) {
+        for row in table() {
+            assert!(kernel(isa, row.weight).is_some(), "{isa} has no kernel for {}", row.weight);
+        }
+    }
+}
+
+#[test]
+fn lengths_are_checked() {
+    let k = kernel(Isa::Scalar, GgmlType::Q4_0).unwrap();
+    assert!(k.dot(33, &[0; 36], &[0; 68]).is_err());
+    assert!(k.dot(64, &[0; 35], &[0; 68]).is_err());
+    assert!(k.dot(64, &[0; 36], &[0; 67]).is_err());
+}
