@@ -26,6 +26,8 @@ pub enum KernelError {
     NotBlockMultiple { ty: GgmlType, n: usize, block: usize },
     #[error("{ty}: {n} elements need {need} bytes, the buffer has {have}")]
     ShortBuffer { ty: GgmlType, n: usize, need: usize, have: usize },
+    #[error("{fmt} activations: {n} elements is not a whole number of {block}-element blocks")]
+    ActNotBlockMultiple { fmt: &'static str, n: usize, block: usize },
     #[error("no dot-product kernel for {ty} weights; supported: {supported}")]
     NoKernel { ty: GgmlType, supported: String },
     #[error("matrix shapes do not fit: {0}")]

@@ -81,7 +81,10 @@ pub fn gemv_prepared(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8]
     if k.weight != w.ty {
         return Err(KernelError::Shape(format!("kernel for {} used on {} weights", k.weight, w.ty)));
     }
-    crate::check_len(k.act, w.cols, x_act.len())?;
+    let need = k.act.row_bytes(w.cols)?;
+    if x_act.len() < need {
+        return Err(KernelError::Shape(format!("{} activations need {need} bytes, got {}", k.act, x_act.len())));
+    }
     if y.len() != w.rows {
         return Err(KernelError::Shape(format!("y has {} entries, W has {} rows", y.len(), w.rows)));
     }
@@ -121,7 +124,7 @@ pub fn gemm(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32], 
 /// Quantized weights: each task takes a chunk of weight rows and dots every one with all `m`
 /// activation rows.
 pub fn gemm_quantized(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
-    let act_row = w.cols / k.act.block_elems() * k.act.block_bytes();
+    let act_row = k.act.row_bytes(w.cols)?;
     if x_act.len() != m * act_row || y.len() != m * w.rows || k.weight != w.ty {
         return Err(KernelError::Shape(format!("activations {} bytes for {m} rows of {act_row}", x_act.len())));
     }

@@ -9,7 +9,7 @@ use smelt_formats::quant::quantize_to_vec;
 use smelt_formats::GgmlType;
 use smelt_kernels::act::convert_rows;
 use smelt_kernels::cpu::{self, Isa};
-use smelt_kernels::dot::{exact_f64, kernel, table};
+use smelt_kernels::dot::{exact_f64, kernel, table, ActFormat};
 use smelt_kernels::tolerance::{DOT_FLOAT, DOT_QUANTIZED, MATMUL};
 
 struct Rng(u64);
@@ -90,7 +90,7 @@ fn simd_kernels_match_their_scalar_twins() {
                     for &isa in &isas[1..] {
                         let Some(k) = kernel(isa, row.weight) else { continue };
                         let got = k.dot(n, w, &x).unwrap();
-                        let tol = if row.act == GgmlType::F32 { DOT_FLOAT } else { DOT_QUANTIZED };
+                        let tol = if row.act == ActFormat::F32 { DOT_FLOAT } else { DOT_QUANTIZED };
                         tol.check(got, scalar, abs_sum as f32).unwrap_or_else(|e| panic!("{isa} {} n={n}: {e}", row.weight));
                         checked += 1;
                     }

@@ -1,10 +1,10 @@
 //! Dot-product kernels between one row of weights (any registry type) and one row of
 //! activations, and the table that picks them per CPU.
 //!
-//! Quantized weights multiply quantized activations, as in ggml: the activation row is
-//! quantized once per matrix-vector product to the weight type's *activation format* (Q8_0 for
-//! the 32-element symmetric types, Q8_1 for the types with a min, Q8_K for K-quants) so that
-//! the inner loops are integer multiply-adds; float weights multiply f32 activations.
+//! Quantized weights multiply quantized activations: the activation row is quantized once per
+//! matrix product to the weight type's [`ActFormat`] (Q8Sum for the 32-element types, Q8_K for
+//! K-quants) so that the inner loops are integer multiply-adds; float weights multiply f32
+//! activations.
 //!
 //! One table row per weight type holds the scalar reference twin and the SIMD kernel of every
 //! ISA (`None` where that ISA has none: the scalar twin runs instead).
@@ -18,6 +18,7 @@ pub mod neon;
 
 use smelt_formats::GgmlType;
 
+pub use crate::act::ActFormat;
 use crate::cpu::{self, Isa};
 
 /// `n` weights (whole blocks of the row's type, in `w`) dotted with `n` activations (in `x`, in
@@ -31,7 +32,7 @@ pub type VecDotFn = unsafe fn(n: usize, w: &[u8], x: &[u8]) -> f32;
 /// One row of the kernel table.
 pub struct KernelRow {
     pub weight: GgmlType,
-    pub act: GgmlType,
+    pub act: ActFormat,
     pub scalar: VecDotFn,
     pub avx2: Option<VecDotFn>,
     pub neon: Option<VecDotFn>,
@@ -59,7 +60,7 @@ macro_rules! neon {
 
 macro_rules! row {
     ($w:ident, $a:ident, $f:ident) => {
-        KernelRow { weight: GgmlType::$w, act: GgmlType::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f) }
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f) }
     };
 }
 
@@ -71,19 +72,19 @@ pub fn table() -> &'static [KernelRow] {
             row!(F32, F32, dot_f32),
             row!(F16, F32, dot_f16),
             row!(BF16, F32, dot_bf16),
-            row!(Q4_0, Q8_0, dot_q4_0_q8_0),
-            row!(Q4_1, Q8_1, dot_q4_1_q8_1),
-            row!(Q5_0, Q8_0, dot_q5_0_q8_0),
-            row!(Q5_1, Q8_1, dot_q5_1_q8_1),
-            row!(Q8_0, Q8_0, dot_q8_0_q8_0),
-            row!(Q8_1, Q8_0, dot_q8_1_q8_0),
-            row!(IQ4_NL, Q8_0, dot_iq4_nl_q8_0),
-            row!(Q2_K, Q8_K, dot_q2_k_q8_k),
-            row!(Q3_K, Q8_K, dot_q3_k_q8_k),
-            row!(Q4_K, Q8_K, dot_q4_k_q8_k),
-            row!(Q5_K, Q8_K, dot_q5_k_q8_k),
-            row!(Q6_K, Q8_K, dot_q6_k_q8_k),
-            row!(Q8_K, Q8_K, dot_q8_k_q8_k),
+            row!(Q4_0, Q8Sum, dot_q4_0),
+            row!(Q4_1, Q8Sum, dot_q4_1),
+            row!(Q5_0, Q8Sum, dot_q5_0),
+            row!(Q5_1, Q8Sum, dot_q5_1),
+            row!(Q8_0, Q8Sum, dot_q8_0),
+            row!(Q8_1, Q8Sum, dot_q8_1),
+            row!(IQ4_NL, Q8Sum, dot_iq4_nl),
+            row!(Q2_K, Q8K, dot_q2_k_q8_k),
+            row!(Q3_K, Q8K, dot_q3_k_q8_k),
+            row!(Q4_K, Q8K, dot_q4_k_q8_k),
+            row!(Q5_K, Q8K, dot_q5_k_q8_k),
+            row!(Q6_K, Q8K, dot_q6_k_q8_k),
+            row!(Q8_K, Q8K, dot_q8_k_q8_k),
         ]
     })
 }
@@ -92,7 +93,7 @@ pub fn table() -> &'static [KernelRow] {
 #[derive(Clone, Copy)]
 pub struct DotKernel {
     pub weight: GgmlType,
-    pub act: GgmlType,
+    pub act: ActFormat,
     pub isa: Isa,
     f: VecDotFn,
 }
@@ -101,7 +102,10 @@ impl DotKernel {
     /// Runs the kernel after checking the lengths (the ISA was checked when it was selected).
     pub fn dot(&self, n: usize, w: &[u8], x: &[u8]) -> Result<f32, crate::KernelError> {
         crate::check_len(self.weight, n, w.len())?;
-        crate::check_len(self.act, n, x.len())?;
+        let need = self.act.row_bytes(n)?;
+        if x.len() < need {
+            return Err(crate::KernelError::Shape(format!("{n} {} activations need {need} bytes, got {}", self.act, x.len())));
+        }
         // SAFETY: lengths checked above; `kernel` only returns ISAs this CPU has.
         Ok(unsafe { (self.f)(n, w, x) })
     }
@@ -117,7 +121,7 @@ impl DotKernel {
 }
 
 /// The activation format the kernels of `weight` expect, if smelt has kernels for it.
-pub fn activation_type(weight: GgmlType) -> Option<GgmlType> {
+pub fn activation_type(weight: GgmlType) -> Option<ActFormat> {
     table().iter().find(|r| r.weight == weight).map(|r| r.act)
 }
 
@@ -141,17 +145,28 @@ pub fn best(weight: GgmlType) -> Option<DotKernel> {
     kernel(cpu::best(), weight).or_else(|| kernel(Isa::Scalar, weight))
 }
 
-/// What every kernel of `weight` approximates, in f64: `sum_i w_i x_i` over the reference
-/// dequantizations of `w` (weights) and `x` (activations in the row's activation format), and
-/// the error scale `sum_i |w_i x_i|`. For weights with a min (Q4_1, Q5_1) against Q8_1, the min
-/// multiplies the activation block's stored f16 sum `s`, as the format defines (and ggml does),
-/// not the exact sum. The oracle of the conformance tests; returns `None` for types without a
-/// kernel or lengths that do not match.
+/// The additive constant `c` of a 32-element weight block (`w_i = a q_i + c`) that multiplies
+/// the activation block's stored sum `s` in the Q8Sum kernels.
+fn block_offset(weight: GgmlType, b: &[u8]) -> f64 {
+    let f16_at = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f64();
+    match weight {
+        GgmlType::Q4_0 => -8.0 * f16_at(0),
+        GgmlType::Q5_0 => -16.0 * f16_at(0),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => f16_at(2),
+        _ => 0.0,
+    }
+}
+
+/// What every kernel of `weight` computes, in f64: `sum_i w_i x_i` over the reference
+/// dequantizations of `w` and of the activations `x` (in the row's activation format), and the
+/// error scale `sum_i |w_i x_i|`. With Q8Sum activations the offset `c` of each weight block
+/// multiplies the stored block sum `s` (see [`crate::act`]), not the exact `d sum(q)`, so the
+/// difference `c (s - d sum q)` is added and `|c s|` joins the error scale. The oracle of the
+/// conformance tests; `None` for types without a kernel or lengths that do not match.
 pub fn exact_f64(weight: GgmlType, w: &[u8], x: &[u8]) -> Option<(f64, f64)> {
-    use smelt_formats::quant::dequantize_to_vec;
     let act = activation_type(weight)?;
-    let wf = dequantize_to_vec(weight, w).ok()?;
-    let xf = dequantize_to_vec(act, x).ok()?;
+    let wf = smelt_formats::quant::dequantize_to_vec(weight, w).ok()?;
+    let xf = act.dequantize_row(x).ok()?;
     if wf.len() != xf.len() {
         return None;
     }
@@ -161,12 +176,13 @@ pub fn exact_f64(weight: GgmlType, w: &[u8], x: &[u8]) -> Option<(f64, f64)> {
         sum += t;
         abs += t.abs();
     }
-    if act == GgmlType::Q8_1 && matches!(weight, GgmlType::Q4_1 | GgmlType::Q5_1) {
-        let f16_at = |b: &[u8], o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f64();
-        let blocks = w.chunks_exact(weight.block_bytes()).zip(x.chunks_exact(act.block_bytes())).zip(xf.chunks_exact(32));
-        for ((wb, xb), xs) in blocks {
+    if act == ActFormat::Q8Sum {
+        for ((wb, xb), xs) in w.chunks_exact(weight.block_bytes()).zip(x.chunks_exact(40)).zip(xf.chunks_exact(32)) {
+            let c = block_offset(weight, wb);
+            let s = f32::from_le_bytes([xb[4], xb[5], xb[6], xb[7]]) as f64;
             let exact: f64 = xs.iter().map(|&v| v as f64).sum();
-            sum += f16_at(wb, 2) * (f16_at(xb, 2) - exact);
+            sum += c * (s - exact);
+            abs += (c * s).abs();
         }
     }
     Some((abs, sum))

@@ -2,10 +2,13 @@
 //! portable fallback. Each computes, per block, the integer sum of products of the stored
 //! quants exactly and applies the block's float scales once, in the order written in its doc.
 //!
-//! Notation: `w` is a weight block, `x` an activation block; `dw`, `dx` their f16/f32 scales.
+//! Notation: `w` is a weight block, `x` an activation block; `dw`, `dx` their scales, `sx` the
+//! activation block's stored sum (see [`crate::act`]).
 
 use half::f16;
 use smelt_formats::quant::blocks::*;
+
+use crate::act::BlockQ8Sum;
 
 #[inline]
 fn blocks<B: bytemuck::Pod>(bytes: &[u8], n: usize) -> impl Iterator<Item = B> + '_ {
@@ -44,67 +47,50 @@ pub fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     })
 }
 
-/// Q4_0 x Q8_0: `sum_b dw dx sum_i (q_i - 8) y_i`.
-pub fn dot_q4_0_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+/// The shared form of the 32-element types against Q8Sum activations: for weights
+/// `w_i = a q_i + c`, `sum_b (a dx sum_i q_i y_i + c sx)`, where `block(w) -> (a, c, q)`.
+fn dot_q8sum<B: bytemuck::Pod>(n: usize, w: &[u8], x: &[u8], block: impl Fn(&B) -> (f32, f32, [i32; QK])) -> f32 {
     let nb = n / QK;
-    blocks::<BlockQ4_0>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
-        let isum: i32 = (0..QK).map(|j| (nibble(&a.qs, j) - 8) * b.qs[j] as i32).sum();
-        s + a.d.to_f32() * b.d.to_f32() * isum as f32
+    blocks::<B>(w, nb).zip(blocks::<BlockQ8Sum>(x, nb)).fold(0.0, |s, (a, b)| {
+        let (scale, offset, q) = block(&a);
+        let isum: i32 = q.iter().zip(b.qs.iter()).map(|(&p, &y)| p * y as i32).sum();
+        s + scale * b.d * isum as f32 + offset * b.s
     })
 }
 
-/// Q4_1 x Q8_1: `sum_b (dw dx sum_i q_i y_i + mw sx)` with `sx = dx sum_i y_i` from the block.
-pub fn dot_q4_1_q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let nb = n / QK;
-    blocks::<BlockQ4_1>(w, nb).zip(blocks::<BlockQ8_1>(x, nb)).fold(0.0, |s, (a, b)| {
-        let isum: i32 = (0..QK).map(|j| nibble(&a.qs, j) * b.qs[j] as i32).sum();
-        s + a.d.to_f32() * b.d.to_f32() * isum as f32 + a.m.to_f32() * b.s.to_f32()
-    })
+/// Q4_0 (`w = d q - 8 d`, q in 0..16) x Q8Sum.
+pub fn dot_q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_q8sum(n, w, x, |b: &BlockQ4_0| (b.d.to_f32(), -8.0 * b.d.to_f32(), std::array::from_fn(|j| nibble(&b.qs, j))))
 }
 
-/// Q5_0 x Q8_0: `sum_b dw dx sum_i (q_i - 16) y_i`, q with its fifth bit from `qh`.
-pub fn dot_q5_0_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let nb = n / QK;
-    blocks::<BlockQ5_0>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
-        let isum: i32 = (0..QK).map(|j| (nibble(&a.qs, j) + 16 * bit5(a.qh, j) - 16) * b.qs[j] as i32).sum();
-        s + a.d.to_f32() * b.d.to_f32() * isum as f32
-    })
+/// Q4_1 (`w = d q + m`) x Q8Sum.
+pub fn dot_q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_q8sum(n, w, x, |b: &BlockQ4_1| (b.d.to_f32(), b.m.to_f32(), std::array::from_fn(|j| nibble(&b.qs, j))))
 }
 
-/// Q5_1 x Q8_1: `sum_b (dw dx sum_i q_i y_i + mw sx)`.
-pub fn dot_q5_1_q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let nb = n / QK;
-    blocks::<BlockQ5_1>(w, nb).zip(blocks::<BlockQ8_1>(x, nb)).fold(0.0, |s, (a, b)| {
-        let isum: i32 = (0..QK).map(|j| (nibble(&a.qs, j) + 16 * bit5(a.qh, j)) * b.qs[j] as i32).sum();
-        s + a.d.to_f32() * b.d.to_f32() * isum as f32 + a.m.to_f32() * b.s.to_f32()
-    })
+/// Q5_0 (`w = d q - 16 d`, q in 0..32 with its fifth bit from `qh`) x Q8Sum.
+pub fn dot_q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_q8sum(n, w, x, |b: &BlockQ5_0| (b.d.to_f32(), -16.0 * b.d.to_f32(), std::array::from_fn(|j| nibble(&b.qs, j) + 16 * bit5(b.qh, j))))
 }
 
-/// Q8_0 x Q8_0: `sum_b dw dx sum_i q_i y_i`.
-pub fn dot_q8_0_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let nb = n / QK;
-    blocks::<BlockQ8_0>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
-        let isum: i32 = a.qs.iter().zip(b.qs.iter()).map(|(&p, &q)| p as i32 * q as i32).sum();
-        s + a.d.to_f32() * b.d.to_f32() * isum as f32
-    })
+/// Q5_1 (`w = d q + m`) x Q8Sum.
+pub fn dot_q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_q8sum(n, w, x, |b: &BlockQ5_1| (b.d.to_f32(), b.m.to_f32(), std::array::from_fn(|j| nibble(&b.qs, j) + 16 * bit5(b.qh, j))))
 }
 
-/// Q8_1 weights x Q8_0: as Q8_0 (the stored sum is not needed).
-pub fn dot_q8_1_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let nb = n / QK;
-    blocks::<BlockQ8_1>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
-        let isum: i32 = a.qs.iter().zip(b.qs.iter()).map(|(&p, &q)| p as i32 * q as i32).sum();
-        s + a.d.to_f32() * b.d.to_f32() * isum as f32
-    })
+/// Q8_0 (`w = d q`, q signed) x Q8Sum.
+pub fn dot_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_q8sum(n, w, x, |b: &BlockQ8_0| (b.d.to_f32(), 0.0, b.qs.map(|q| q as i32)))
 }
 
-/// IQ4_NL x Q8_0: `sum_b dw dx sum_i K[q_i] y_i`, K the non-linear grid.
-pub fn dot_iq4_nl_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let nb = n / QK;
-    blocks::<BlockIq4Nl>(w, nb).zip(blocks::<BlockQ8_0>(x, nb)).fold(0.0, |s, (a, b)| {
-        let isum: i32 = (0..QK).map(|j| KVALUES_IQ4NL[nibble(&a.qs, j) as usize] as i32 * b.qs[j] as i32).sum();
-        s + a.d.to_f32() * b.d.to_f32() * isum as f32
-    })
+/// Q8_1 weights (`w = d q`; the stored sum is not needed) x Q8Sum.
+pub fn dot_q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_q8sum(n, w, x, |b: &BlockQ8_1| (b.d.to_f32(), 0.0, b.qs.map(|q| q as i32)))
+}
+
+/// IQ4_NL (`w = d K[q]`, K the non-linear grid) x Q8Sum.
+pub fn dot_iq4_nl(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_q8sum(n, w, x, |b: &BlockIq4Nl| (b.d.to_f32(), 0.0, std::array::from_fn(|j| KVALUES_IQ4NL[nibble(&b.qs, j) as usize] as i32)))
 }
 
 /// Q2_K x Q8_K: `sum_b dx (dw sum_j sc_j sum_{i in j} q_i y_i - dmin sum_j m_j bsum_j)` over

@@ -27,13 +27,19 @@ unsafe fn field(v: __m256i, shift: i32, mask: __m256i) -> __m256i {
     _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), mask)
 }
 
-/// Runs `block(i) -> (scale, int sums, scalar correction)` over `nb` blocks.
+/// Runs `block(i) -> (scale, int sums, scalar correction)` over `nb` blocks of `bb` bytes at
+/// `wp`, prefetching every cache line of the weights ahead.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_blocks(nb: usize, block: impl Fn(usize) -> (f32, __m256i, f32)) -> f32 {
+unsafe fn sum_blocks(nb: usize, wp: *const u8, bb: usize, block: impl Fn(usize) -> (f32, __m256i, f32)) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut extra = 0.0f32;
     for i in 0..nb {
+        let mut line = 0;
+        while line < bb {
+            super::prefetch(wp.add(bb * i + line));
+            line += 64;
+        }
         let (d, s, e) = block(i);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
         extra += e;
@@ -45,7 +51,7 @@ unsafe fn sum_blocks(nb: usize, block: impl Fn(usize) -> (f32, __m256i, f32)) ->
 pub unsafe fn dot_q2_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let m3 = _mm256_set1_epi8(3);
-    sum_blocks(n / 256, |i| {
+    sum_blocks(n / 256, wp, 84, |i| {
         let (wb, xb) = (wp.add(84 * i), xp.add(Q8K * i));
         let dx = f32_at(xb);
         let sc = std::slice::from_raw_parts(wb, 16);
@@ -69,7 +75,7 @@ pub unsafe fn dot_q2_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub unsafe fn dot_q3_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let (m1, m3) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
-    sum_blocks(n / 256, |i| {
+    sum_blocks(n / 256, wp, 110, |i| {
         let (wb, xb) = (wp.add(110 * i), xp.add(Q8K * i));
         let sc = q3k_scales(&*(wb.add(96) as *const [u8; 12]));
         let hm = load(wb);
@@ -97,7 +103,7 @@ pub unsafe fn dot_q3_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 unsafe fn dot_k4(n: usize, w: &[u8], x: &[u8], block_bytes: usize, qs_at: usize, qh_at: Option<usize>) -> f32 {
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let (m4, m1) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
-    sum_blocks(n / 256, |i| {
+    sum_blocks(n / 256, wp, block_bytes, |i| {
         let (wb, xb) = (wp.add(block_bytes * i), xp.add(Q8K * i));
         let dx = f32_at(xb);
         let packed = &*(wb.add(4) as *const [u8; 12]);
@@ -142,7 +148,7 @@ pub unsafe fn dot_q5_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub unsafe fn dot_q6_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let (m4, m3, m32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
-    sum_blocks(n / 256, |i| {
+    sum_blocks(n / 256, wp, 210, |i| {
         let (wb, xb) = (wp.add(210 * i), xp.add(Q8K * i));
         let sc = std::slice::from_raw_parts(wb.add(192) as *const i8, 16);
         let mut sumi = _mm256_setzero_si256();

@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 
 pub use float::{dot_bf16, dot_f16, dot_f32};
 pub use kquants::{dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k, dot_q8_k_q8_k};
-pub use legacy::{dot_iq4_nl_q8_0, dot_q4_0_q8_0, dot_q4_1_q8_1, dot_q5_0_q8_0, dot_q5_1_q8_1, dot_q8_0_q8_0, dot_q8_1_q8_0};
+pub use legacy::{dot_iq4_nl, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q8_1};
 
 /// Sum of the 8 lanes.
 #[inline]
@@ -41,12 +41,38 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-/// Reads an f16 at `p` and widens it.
+/// Reads an f16 at `p` and widens it (`movzx`, `vmovd`, `vcvtph2ps`).
+///
+/// Written in assembly on purpose: with intrinsics, LLVM sees that only lane 0 of the
+/// conversion is used, narrows the load to `vpinsrw` into whatever register it likes, and it
+/// picked the FMA accumulator: a false dependency that chained every block's scale to the
+/// previous block's FMA and halved the speed of the 32-element kernels. `vmovd` zeroes the
+/// register, so nothing is carried from one block to the next.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = std::ptr::read_unaligned(p as *const u16);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    let bits = std::ptr::read_unaligned(p as *const u16) as u32;
+    let out: __m128;
+    std::arch::asm!(
+        "vmovd {x}, {b:e}",
+        "vcvtph2ps {x}, {x}",
+        b = in(reg) bits,
+        x = out(xmm_reg) out,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    _mm_cvtss_f32(out)
+}
+
+/// Bytes ahead of the weight being read that the 32-element kernels prefetch: the hardware
+/// prefetcher alone leaves one core at about half of what it can stream (measured with
+/// `benches/gemv_bandwidth.rs`).
+const PREFETCH_AHEAD: usize = 1024;
+
+/// Asks for the cache line `PREFETCH_AHEAD` bytes after `p` (a hint: never faults).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD) as *const i8);
 }
 
 #[inline]
@@ -59,15 +85,6 @@ unsafe fn f32_at(p: *const u8) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
-}
-
-/// 16 bytes of packed nibbles -> 32 bytes: low nibbles (elements 0..16) then high nibbles.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles_32(p: *const u8) -> __m256i {
-    let v = _mm_loadu_si128(p as *const __m128i);
-    let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
 /// 32 bits -> 32 bytes, 0xFF where the bit is set (byte k takes bit k).
