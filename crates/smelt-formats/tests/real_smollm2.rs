@@ -1,6 +1,8 @@
 //! The real SmolLM2-135M GGUF (fetched through smelt-assets): every tensor dequantizes exactly as
 //! the `gguf` Python package does it (hashes recorded by `tests/reference/dequant_hashes.py`),
-//! and reading then re-writing the file gives the same bytes.
+//! re-quantizing to K-quants and IQ4_NL gives the bytes llama.cpp's `llama-quantize` writes
+//! (hashes recorded by `tests/reference/llama_quantize_hashes.py`), and reading then re-writing
+//! the file gives the same bytes.
 
 use std::io::Write;
 
@@ -76,4 +78,27 @@ fn header_facts_match_the_published_model() {
     assert_eq!(h.n_params(), 134_515_008);
     let emb = f.tensor("token_embd.weight").unwrap();
     assert_eq!((emb.ty, emb.dims.as_slice()), (smelt_formats::GgmlType::Q8_0, &[576u64, 49152][..]));
+}
+
+#[test]
+fn k_quants_and_iq4_nl_match_llama_quantize_bytes() {
+    let f = model();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/llama_quantize_sha256.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut checked = 0;
+    for (ty, tensors) in reference["types"].as_object().unwrap() {
+        let ty = smelt_formats::GgmlType::from_name(ty).unwrap();
+        // IQ4_NL covers all 211 matrices; every 8th keeps the test quick.
+        for (i, (name, sha)) in tensors.as_object().unwrap().iter().enumerate() {
+            if ty == smelt_formats::GgmlType::IQ4_NL && i % 8 != 0 {
+                continue;
+            }
+            let t = f.tensor(name).unwrap();
+            let x = f.tensor_f32(t).unwrap();
+            let q = smelt_formats::quant::quantize_to_vec(ty, &x).unwrap();
+            assert_eq!(hex(Sha256::digest(&q)), sha.as_str().unwrap(), "{name} as {ty}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 5 * 30 + 211usize.div_ceil(8));
 }

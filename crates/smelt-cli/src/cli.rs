@@ -1,0 +1,148 @@
+//! Command-line definitions. Options are declared once here; help is generated, and choices
+//! (quantization types, models) come from their tables.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use smelt_formats::GgmlType;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "smelt",
+    version,
+    about = "Make small models smaller and faster, prove what they kept, run them anywhere.",
+    long_about = "smelt takes a real model, compresses it (quantization today; pruning and distillation \
+                  to come), measures what it kept, and runs it on a plain CPU.\n\n\
+                  MODEL arguments accept a file or directory, or a model name from `smelt models` \
+                  (fetched into $SMELT_HOME, default ~/.cache/smelt, on first use).",
+    after_help = "Examples:\n  smelt inspect smollm2-135m\n  smelt quantize smollm2-135m small.gguf --to q4_k\n  smelt inspect small.gguf --json | jq .summary"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Threads for parallel work (default: SMELT_THREADS, else every CPU this process may use).
+    #[arg(short = 't', long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    /// No progress bars or log lines; errors only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show a model file: architecture, parameters, every tensor's type, shape and size, bits
+    /// per weight overall and per type, and the metadata.
+    #[command(after_help = "Reads GGUF files, safetensors files, and HF model directories (config.json + \
+                            model.safetensors). Only the header is read: tensor data stays on disk.")]
+    Inspect(InspectArgs),
+    /// Re-quantize a GGUF model to another type (round-to-nearest), writing GGUF.
+    #[command(after_long_help = quantize_help(), after_help = "Run with --help for the list of types.")]
+    Quantize(QuantizeArgs),
+    /// Download a model by name into $SMELT_HOME (checks its sha256; does nothing if cached).
+    Pull(PullArgs),
+    /// List the models smelt can fetch by name, and whether they are cached.
+    Models(ModelsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Model file, directory or name.
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Summary only: no tensor list and no metadata list.
+    #[arg(short, long)]
+    pub summary: bool,
+    /// In JSON, print metadata arrays in full (by default the first 16 elements and the length).
+    #[arg(long)]
+    pub full_arrays: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// Input GGUF file or model name.
+    #[arg(value_name = "IN")]
+    pub input: String,
+    /// Output GGUF path (written to a temporary file, renamed into place when complete).
+    #[arg(value_name = "OUT")]
+    pub output: PathBuf,
+    /// Target type for weight matrices (see the table below; case-insensitive).
+    #[arg(long = "to", value_name = "TYPE", value_parser = parse_target)]
+    pub to: GgmlType,
+    /// Type for the token embedding (token_embd.weight; also the output head of tied models).
+    /// Default: the --to type.
+    #[arg(long, value_name = "TYPE", value_parser = parse_target)]
+    pub embed_type: Option<GgmlType>,
+    /// Type for a separate output head (output.weight). Default: the --to type.
+    #[arg(long, value_name = "TYPE", value_parser = parse_target)]
+    pub output_type: Option<GgmlType>,
+    /// Keep tensors whose name matches this glob (`*` matches any run) in their current type.
+    /// Repeatable, e.g. --keep 'blk.0.*' --keep '*.attn_v.weight'.
+    #[arg(long, value_name = "GLOB")]
+    pub keep: Vec<String>,
+    /// Print the per-tensor plan and exit without writing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace OUT if it exists.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Print a JSON summary (the plan, sizes and weight error) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Model names (see `smelt models`).
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_target(s: &str) -> Result<GgmlType, String> {
+    let ty = GgmlType::from_name(s).ok_or_else(|| format!("unknown type {s:?}; choose one of: {}", targets().join(", ")))?;
+    if !GgmlType::weight_targets().any(|t| t == ty) {
+        return Err(format!("{ty} cannot be produced by smelt; choose one of: {}", targets().join(", ")));
+    }
+    Ok(ty)
+}
+
+fn targets() -> Vec<&'static str> {
+    GgmlType::weight_targets().map(|t| t.name()).collect()
+}
+
+/// The table of target types for `smelt quantize --help`.
+pub fn quantize_help() -> String {
+    let mut s = String::from(
+        "Types (bits per weight include the block scales):\n\n  TYPE     BITS/W  BLOCK  DESCRIPTION\n",
+    );
+    let mut types: Vec<GgmlType> = GgmlType::weight_targets().collect();
+    types.sort_by(|a, b| a.bits_per_weight().total_cmp(&b.bits_per_weight()));
+    for ty in types {
+        let i = ty.info();
+        s.push_str(&format!("  {:<8} {:>6.3}  {:>5}  {}\n", i.name, i.bits_per_weight(), i.block_elems, i.summary));
+    }
+    s.push_str(
+        "\nRules: 1-D tensors (norms, biases) keep their type. A matrix whose rows are not a whole \
+         number of blocks of the target falls back as llama.cpp does (Q2_K/Q3_K -> Q4_0, \
+         Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16). Tensors already of the target type \
+         are copied unchanged. The summary reports each type's weight error (relative RMS \
+         against the input).\n\nExamples:\n  smelt quantize smollm2-135m smollm2-q4_k.gguf --to q4_k\n  \
+         smelt quantize model.gguf model-q8.gguf --to q8_0 --embed-type q8_0 --keep 'blk.0.*'",
+    );
+    s
+}
