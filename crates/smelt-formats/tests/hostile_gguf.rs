@@ -37,7 +37,7 @@ impl Raw {
     }
     /// Pads to 32 and appends `n` data bytes.
     fn data(mut self, n: usize) -> Self {
-        while self.0.len() % 32 != 0 {
+        while !self.0.len().is_multiple_of(32) {
             self.0.push(0);
         }
         self.0.resize(self.0.len() + n, 0);

@@ -66,7 +66,7 @@ impl ActFormat {
     /// Bytes of a row of `n` activations, or an error if `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Result<usize, KernelError> {
         let be = self.block_elems();
-        if n % be != 0 {
+        if !n.is_multiple_of(be) {
             return Err(KernelError::ActNotBlockMultiple { fmt: self.name(), n, block: be });
         }
         Ok(n / be * self.block_bytes())
@@ -92,7 +92,7 @@ impl ActFormat {
     /// The values the kernels see (for oracles and tests): `d q` per element.
     pub fn dequantize_row(self, bytes: &[u8]) -> Result<Vec<f32>, KernelError> {
         let bad = || KernelError::Shape(format!("{} bytes are not whole {} blocks", bytes.len(), self.name()));
-        if bytes.len() % self.block_bytes() != 0 {
+        if !bytes.len().is_multiple_of(self.block_bytes()) {
             return Err(bad());
         }
         Ok(match self {
@@ -128,7 +128,7 @@ pub fn quantize_q8sum(x: &[f32]) -> BlockQ8Sum {
 /// Converts `rows` rows of `cols` activations (`x`, row-major) to `fmt`, into `out` (resized;
 /// its capacity is reused across calls).
 pub fn convert_rows(fmt: ActFormat, x: &[f32], cols: usize, out: &mut Vec<u8>) -> Result<(), KernelError> {
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(KernelError::Shape(format!("{} activations are not whole rows of {cols}", x.len())));
     }
     let row_bytes = fmt.row_bytes(cols)?;

@@ -35,8 +35,14 @@ impl std::fmt::Display for Isa {
     }
 }
 
-/// Every level this machine can run, lowest first (always includes [`Isa::Scalar`]).
-pub fn available() -> Vec<Isa> {
+/// Every level this machine can run, lowest first (always includes [`Isa::Scalar`]); detected
+/// once.
+pub fn available() -> &'static [Isa] {
+    static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+    AVAILABLE.get_or_init(detect)
+}
+
+fn detect() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {

@@ -37,7 +37,7 @@ pub enum KernelError {
 /// Checks that `have` bytes hold `n` elements of `ty`.
 pub(crate) fn check_len(ty: GgmlType, n: usize, have: usize) -> Result<(), KernelError> {
     let (be, bb) = (ty.block_elems(), ty.block_bytes());
-    if n % be != 0 {
+    if !n.is_multiple_of(be) {
         return Err(KernelError::NotBlockMultiple { ty, n, block: be });
     }
     let need = n / be * bb;

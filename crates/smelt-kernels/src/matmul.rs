@@ -32,7 +32,7 @@ impl<'a> QMatrix<'a> {
     /// Checks that `data` holds exactly `rows` rows of `cols` elements of `ty`.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, KernelError> {
         let (be, bb) = (ty.block_elems(), ty.block_bytes());
-        if cols % be != 0 {
+        if !cols.is_multiple_of(be) {
             return Err(KernelError::NotBlockMultiple { ty, n: cols, block: be });
         }
         let row_bytes = cols / be * bb;

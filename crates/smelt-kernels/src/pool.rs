@@ -172,7 +172,7 @@ fn worker(s: &Shared) {
                 return;
             }
             spins += 1;
-            if spins % 1024 != 0 || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(1024) || start.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }

@@ -56,7 +56,7 @@ impl Report {
             *e = (e.0 + 1, e.1 + t.params, e.2 + t.bytes);
         }
         let mut v: Vec<_> = m.into_iter().map(|(k, (n, p, b))| (k, n, p, b)).collect();
-        v.sort_by(|a, b| b.3.cmp(&a.3));
+        v.sort_by_key(|t| std::cmp::Reverse(t.3));
         v
     }
 }

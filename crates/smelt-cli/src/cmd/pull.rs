@@ -34,7 +34,7 @@ pub fn models(args: &ModelsArgs) -> Result<()> {
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
     } else {
-        writeln!(out, "{:<26} {:<7} {}", "NAME", "CACHED", "DESCRIPTION")?;
+        writeln!(out, "{:<26} {:<7} DESCRIPTION", "NAME", "CACHED")?;
         for a in CATALOG {
             writeln!(out, "{:<26} {:<7} {}", a.name, if f.is_cached(a) { "yes" } else { "no" }, a.description)?;
         }

@@ -261,7 +261,7 @@ fn summary(file: &GgufFile, plans: &[Plan], stats: &BTreeMap<GgmlType, ErrStat>,
         writeln!(out, "wrote      {} ({})", args.output.display(), bytes(out_bytes))?;
         writeln!(out, "from       {} ({})", input.display(), bytes(file.header.file_len))?;
         writeln!(out, "size       {:.3} -> {:.3} bits per weight ({} -> {} of tensor data)", 8.0 * in_bytes as f64 / params as f64, 8.0 * written as f64 / params as f64, bytes(in_bytes), bytes(written))?;
-        writeln!(out, "\n{:<8} {:>8} {:>12} {:>10}  {}", "type", "tensors", "size", "bits/w", "weight error (relative RMS vs input)")?;
+        writeln!(out, "\n{:<8} {:>8} {:>12} {:>10}  weight error (relative RMS vs input)", "type", "tensors", "size", "bits/w")?;
         for (ty, s) in stats {
             let e = if s.x2 > 0.0 { format!("{:.4}", rel(s.err2, s.x2)) } else { "unchanged".into() };
             writeln!(out, "{:<8} {:>8} {:>12} {:>10.3}  {}", ty.name(), s.tensors, bytes(s.bytes), 8.0 * s.bytes as f64 / s.params.max(1) as f64, e)?;

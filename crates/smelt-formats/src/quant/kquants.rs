@@ -4,6 +4,9 @@
 //! every element re-rounded against its final scale); dequantization follows the arithmetic
 //! order of the `gguf` Python package so results agree bit for bit.
 
+// Loops index the levels, scales and inputs of a sub-block together; ranges read best here.
+#![allow(clippy::needless_range_loop)]
+
 use half::f16;
 
 use super::blocks::*;

@@ -188,7 +188,7 @@ impl GgmlType {
     /// byte count overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let i = self.info();
-        if n % i.block_elems as u64 != 0 {
+        if !n.is_multiple_of(i.block_elems as u64) {
             return None;
         }
         (n / i.block_elems as u64).checked_mul(i.block_bytes as u64)
@@ -223,7 +223,7 @@ impl fmt::Display for GgmlType {
 
 fn check_geometry(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
     let info = ty.info();
-    if n % info.block_elems != 0 {
+    if !n.is_multiple_of(info.block_elems) {
         return Err(QuantError::NotBlockMultiple { ty, n, block: info.block_elems });
     }
     let expected = n / info.block_elems * info.block_bytes;
@@ -264,7 +264,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
 /// [`quantize`] into a new buffer.
 pub fn quantize_to_vec(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError> {
     let info = ty.info();
-    if src.len() % info.block_elems != 0 {
+    if !src.len().is_multiple_of(info.block_elems) {
         return Err(QuantError::NotBlockMultiple { ty, n: src.len(), block: info.block_elems });
     }
     let mut out = vec![0u8; src.len() / info.block_elems * info.block_bytes];
@@ -275,7 +275,7 @@ pub fn quantize_to_vec(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError>
 /// [`dequantize`] into a new buffer; the element count follows from `src.len()`.
 pub fn dequantize_to_vec(ty: GgmlType, src: &[u8]) -> Result<Vec<f32>, QuantError> {
     let info = ty.info();
-    if src.len() % info.block_bytes != 0 {
+    if !src.len().is_multiple_of(info.block_bytes) {
         let n = src.len() / info.block_bytes * info.block_elems;
         return Err(QuantError::WrongByteLength { ty, n, expected: n / info.block_elems * info.block_bytes, got: src.len() });
     }

@@ -1,0 +1,126 @@
+//! The `smelt` binary run as a user runs it: real model, real files, exit codes, messages.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use smelt_formats::{GgmlType, GgufFile};
+
+fn smelt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smelt")).args(args).output().expect("run smelt")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("smelt-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn inspect_json_describes_smollm2() {
+    let o = smelt(&["inspect", "smollm2-135m", "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["summary"]["parameters"], 134_515_008u64);
+    assert_eq!(v["summary"]["tensors"], 272);
+    assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
+    assert_eq!(v["metadata"]["llama.block_count"]["value"], 30);
+    assert_eq!(v["metadata"]["tokenizer.ggml.tokens"]["value"]["len"], 49152);
+    let types: Vec<&str> = v["types"].as_array().unwrap().iter().map(|t| t["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Q4_1", "Q8_0", "F32"]);
+}
+
+#[test]
+fn inspect_reads_a_safetensors_model_directory() {
+    let o = smelt(&["inspect", "all-minilm-l6-v2", "--summary", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("architecture  bert") && s.contains("22.7 M") && s.contains("F32"), "{s}");
+}
+
+#[test]
+fn quantize_writes_a_valid_smaller_file() {
+    let out = tmp("q8.gguf");
+    let o = smelt(&["quantize", "smollm2-135m", out.to_str().unwrap(), "--to", "q8_0", "--keep", "blk.0.*", "--json", "-q", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let err = summary["weight_relative_rms_error"].as_f64().unwrap();
+    assert!(err > 0.0 && err < 0.01, "Q8_0 re-quantization of Q4_1 weights should be close: {err}");
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.tensors().len(), 272);
+    assert_eq!(f.tensor("blk.0.ffn_up.weight").unwrap().ty, GgmlType::Q4_1, "--keep");
+    assert_eq!(f.tensor("blk.1.ffn_up.weight").unwrap().ty, GgmlType::Q8_0);
+    assert_eq!(f.tensor("blk.1.attn_norm.weight").unwrap().ty, GgmlType::F32, "1-D tensors stay");
+    assert_eq!(f.header.get_u64("general.file_type").unwrap(), 7);
+    // The original metadata is carried over.
+    assert_eq!(f.header.get("tokenizer.ggml.merges").unwrap().as_array().unwrap().len(), 48900);
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    assert!(leftovers.is_empty());
+    // Refuses to overwrite without --force.
+    let o = smelt(&["quantize", "smollm2-135m", out.to_str().unwrap(), "--to", "q8_0", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+}
+
+#[test]
+fn quantize_dry_run_shows_fallbacks() {
+    let o = smelt(&["quantize", "smollm2-135m", "/nonexistent/x.gguf", "--to", "q4_k", "--dry-run", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("blk.0.ffn_down.weight") && s.contains("-> Q4_K"), "{s}");
+    assert!(s.contains("-> Q5_0") && s.contains("not a multiple of Q4_K's 256"), "{s}");
+}
+
+#[test]
+fn help_lists_every_type_with_bits_per_weight() {
+    let o = smelt(&["quantize", "--help"]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    for ty in GgmlType::weight_targets() {
+        let line = s.lines().find(|l| l.split_whitespace().next() == Some(ty.name())).unwrap_or_else(|| panic!("{ty} missing from help:\n{s}"));
+        assert!(line.contains(&format!("{:.3}", ty.bits_per_weight())), "{line}");
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_exit_codes() {
+    let o = smelt(&["inspect", "no-such-model"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("known models") && stderr(&o).contains("smollm2-135m"), "{}", stderr(&o));
+
+    let o = smelt(&["quantize", "smollm2-135m", "x.gguf", "--to", "q9_9"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown type") && stderr(&o).contains("Q4_K"), "{}", stderr(&o));
+
+    let o = smelt(&["quantize", "smollm2-135m", "x.gguf", "--to", "q8_k"]);
+    assert_eq!(o.status.code(), Some(2), "activation-only types are refused");
+
+    let junk = tmp("junk.gguf");
+    // Version 3, 2^64-1 tensors, no metadata.
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x00").unwrap();
+    let o = smelt(&["inspect", junk.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("tensor count") && stderr(&o).contains("impossible"), "{}", stderr(&o));
+
+    let o = smelt(&["quantize", "smollm2-135m", "/nonexistent-dir/out.gguf", "--to", "q8_0", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent-dir/out.gguf"), "{}", stderr(&o));
+}
+
+#[test]
+fn models_lists_the_catalog() {
+    let o = smelt(&["models", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"smollm2-135m") && names.contains(&"all-minilm-l6-v2") && names.contains(&"gemma3-270m"));
+}
