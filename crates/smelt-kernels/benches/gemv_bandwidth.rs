@@ -47,7 +47,7 @@ fn main() {
     if types.is_empty() {
         types = vec![GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32];
     }
-    let budget = if quick { Duration::from_millis(150) } else { Duration::from_millis(600) };
+    let budget = if quick { Duration::from_millis(150) } else { Duration::from_millis(1500) };
     let isa = smelt_kernels::cpu::best();
     if !json {
         println!("GEMV, weights streamed from DRAM (working set >= {} MiB), ISA {isa}, median of passes", WORKING_SET >> 20);

@@ -89,12 +89,10 @@ pub fn gemv_prepared(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8]
         return Err(KernelError::Shape(format!("y has {} entries, W has {} rows", y.len(), w.rows)));
     }
     let out = Disjoint::new(y);
+    let rb = w.row_bytes;
     pool.for_chunks(w.rows, rows_per_task(w.rows, pool.n_threads()), &|r| {
         // SAFETY: chunks are disjoint; lengths were checked above; the kernel's ISA was detected.
-        let ys = unsafe { out.slice(r.clone()) };
-        for (yi, row) in ys.iter_mut().zip(r) {
-            *yi = unsafe { k.call(w.cols, w.row(row), x_act) };
-        }
+        unsafe { k.call_rows(w.cols, &w.data[r.start * rb..r.end * rb], rb, x_act, out.slice(r)) };
     });
     Ok(())
 }
@@ -129,14 +127,13 @@ pub fn gemm_quantized(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8
         return Err(KernelError::Shape(format!("activations {} bytes for {m} rows of {act_row}", x_act.len())));
     }
     let out = Disjoint::new(y);
-    let rows = w.rows;
+    let (rows, rb) = (w.rows, w.row_bytes);
     pool.for_chunks(rows, rows_per_task(rows, pool.n_threads()), &|r| {
-        for row in r {
-            let wr = w.row(row);
-            for t in 0..m {
-                // SAFETY: each (t, row) is written by exactly one task; lengths checked above.
-                unsafe { out.write(t * rows + row, k.call(w.cols, wr, &x_act[t * act_row..(t + 1) * act_row])) };
-            }
+        // This task's weight rows stay in cache while every activation row passes over them.
+        let wr = &w.data[r.start * rb..r.end * rb];
+        for t in 0..m {
+            // SAFETY: each task writes its own columns `r` of every output row; lengths checked.
+            unsafe { k.call_rows(w.cols, wr, rb, &x_act[t * act_row..(t + 1) * act_row], out.slice(t * rows + r.start..t * rows + r.end)) };
         }
     });
     Ok(())

@@ -105,6 +105,43 @@ fn simd_kernels_match_their_scalar_twins() {
 }
 
 #[test]
+fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
+    let mut rng = Rng(0xA11_0F_7E5);
+    let mut checked = 0;
+    for row in table() {
+        let n = if row.weight.block_elems() == 256 { 512 } else { 96 };
+        let row_bytes = n / row.weight.block_elems() * row.weight.block_bytes();
+        let mut x = Vec::new();
+        convert_rows(row.act, &rng.signal(n, 1.0), n, &mut x).unwrap();
+        let scalar = kernel(Isa::Scalar, row.weight).unwrap();
+        for &isa in cpu::available() {
+            let Some(k) = kernel(isa, row.weight) else { continue };
+            for nrows in [1, 2, 3, 5] {
+                // Contiguous rows, then rows with a gap of 7 bytes between them.
+                for gap in [0, 7] {
+                    let stride = row_bytes + gap;
+                    let mut w = vec![0u8; stride * nrows];
+                    for r in 0..nrows {
+                        w[r * stride..r * stride + row_bytes].copy_from_slice(&random_blocks(&mut rng, row.weight, n));
+                    }
+                    let mut out = vec![f32::NAN; nrows];
+                    k.rows(n, &w, stride, &x, &mut out).unwrap();
+                    for (r, &got) in out.iter().enumerate() {
+                        let wr = &w[r * stride..r * stride + row_bytes];
+                        let want = scalar.dot(n, wr, &x).unwrap();
+                        let (abs_sum, _) = exact_f64(row.weight, wr, &x).unwrap();
+                        let tol = if row.act == ActFormat::F32 { DOT_FLOAT } else { DOT_QUANTIZED };
+                        tol.check(got, want, abs_sum as f32).unwrap_or_else(|e| panic!("{isa} rows {} nrows={nrows} gap={gap} row {r}: {e}", row.weight));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= table().len() * 22, "{checked}");
+}
+
+#[test]
 fn every_simd_isa_covers_every_table_row() {
     for &isa in cpu::available().iter().skip(1) {
         for row in table() {

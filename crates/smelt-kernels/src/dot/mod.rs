@@ -29,6 +29,14 @@ use crate::cpu::{self, Isa};
 /// weight block size, and the kernel's ISA is available on this CPU.
 pub type VecDotFn = unsafe fn(n: usize, w: &[u8], x: &[u8]) -> f32;
 
+/// Many rows against one activation row: `out[r] = dot(n, w[r * stride..], x)`. Where an ISA
+/// has one, it shares the activation loads between rows and pays the per-row costs once per
+/// pair; elsewhere a loop over the row's [`VecDotFn`] runs.
+///
+/// # Safety
+/// As [`VecDotFn`], for every row: `w` holds `(out.len() - 1) * stride` bytes plus one row.
+pub type RowsFn = unsafe fn(n: usize, w: &[u8], stride: usize, x: &[u8], out: &mut [f32]);
+
 /// One row of the kernel table.
 pub struct KernelRow {
     pub weight: GgmlType,
@@ -36,6 +44,10 @@ pub struct KernelRow {
     pub scalar: VecDotFn,
     pub avx2: Option<VecDotFn>,
     pub neon: Option<VecDotFn>,
+    /// The AVX2 multi-row kernel, where there is one. Measured with `benches/gemv_bandwidth.rs`:
+    /// row pairs pay off for 4- and 5-bit weights (shared activation work, half the per-row
+    /// cost); Q8_0 and Q8_1 stream faster one row at a time, so they have none.
+    pub avx2_rows: Option<RowsFn>,
 }
 
 macro_rules! avx2 {
@@ -58,9 +70,22 @@ macro_rules! neon {
     }};
 }
 
+macro_rules! avx2_rows {
+    ($f:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        let f: Option<RowsFn> = Some(avx2::$f);
+        #[cfg(not(target_arch = "x86_64"))]
+        let f: Option<RowsFn> = None;
+        f
+    }};
+}
+
 macro_rules! row {
     ($w:ident, $a:ident, $f:ident) => {
-        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f) }
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: None }
+    };
+    ($w:ident, $a:ident, $f:ident, $rows:ident) => {
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: avx2_rows!($rows) }
     };
 }
 
@@ -72,13 +97,13 @@ pub fn table() -> &'static [KernelRow] {
             row!(F32, F32, dot_f32),
             row!(F16, F32, dot_f16),
             row!(BF16, F32, dot_bf16),
-            row!(Q4_0, Q8Sum, dot_q4_0),
-            row!(Q4_1, Q8Sum, dot_q4_1),
-            row!(Q5_0, Q8Sum, dot_q5_0),
-            row!(Q5_1, Q8Sum, dot_q5_1),
+            row!(Q4_0, Q8Sum, dot_q4_0, rows_q4_0),
+            row!(Q4_1, Q8Sum, dot_q4_1, rows_q4_1),
+            row!(Q5_0, Q8Sum, dot_q5_0, rows_q5_0),
+            row!(Q5_1, Q8Sum, dot_q5_1, rows_q5_1),
             row!(Q8_0, Q8Sum, dot_q8_0),
             row!(Q8_1, Q8Sum, dot_q8_1),
-            row!(IQ4_NL, Q8Sum, dot_iq4_nl),
+            row!(IQ4_NL, Q8Sum, dot_iq4_nl, rows_iq4_nl),
             row!(Q2_K, Q8K, dot_q2_k_q8_k),
             row!(Q3_K, Q8K, dot_q3_k_q8_k),
             row!(Q4_K, Q8K, dot_q4_k_q8_k),
@@ -96,6 +121,7 @@ pub struct DotKernel {
     pub act: ActFormat,
     pub isa: Isa,
     f: VecDotFn,
+    rows: Option<RowsFn>,
 }
 
 impl DotKernel {
@@ -108,6 +134,45 @@ impl DotKernel {
         }
         // SAFETY: lengths checked above; `kernel` only returns ISAs this CPU has.
         Ok(unsafe { (self.f)(n, w, x) })
+    }
+
+    /// `out[r] = dot(n, w[r * stride..], x)` for every row (see [`RowsFn`]), lengths checked.
+    pub fn rows(&self, n: usize, w: &[u8], stride: usize, x: &[u8], out: &mut [f32]) -> Result<(), crate::KernelError> {
+        let row = self.weight.block_bytes() * (n / self.weight.block_elems().max(1));
+        if !out.is_empty() {
+            crate::check_len(self.weight, n, w.len().saturating_sub((out.len() - 1) * stride))?;
+            if stride < row && out.len() > 1 {
+                return Err(crate::KernelError::Shape(format!("row stride {stride} is shorter than a row of {row} bytes")));
+            }
+        }
+        let need = self.act.row_bytes(n)?;
+        if x.len() < need {
+            return Err(crate::KernelError::Shape(format!("{n} {} activations need {need} bytes, got {}", self.act, x.len())));
+        }
+        // SAFETY: lengths checked above; the ISA was detected when the kernel was selected.
+        unsafe { self.call_rows(n, w, stride, x, out) };
+        Ok(())
+    }
+
+    /// [`DotKernel::rows`] without the checks.
+    ///
+    /// # Safety
+    /// See [`RowsFn`].
+    #[inline]
+    pub unsafe fn call_rows(&self, n: usize, w: &[u8], stride: usize, x: &[u8], out: &mut [f32]) {
+        match self.rows {
+            Some(rows) => rows(n, w, stride, x, out),
+            None => {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = (self.f)(n, w.get_unchecked(r * stride..), x);
+                }
+            }
+        }
+    }
+
+    /// Whether this kernel has a dedicated multi-row form.
+    pub fn has_rows(&self) -> bool {
+        self.rows.is_some()
     }
 
     /// The raw function, for loops that check lengths once for many rows.
@@ -137,7 +202,11 @@ pub fn kernel(isa: Isa, weight: GgmlType) -> Option<DotKernel> {
         Isa::Avx2 => r.avx2,
         Isa::Neon => r.neon,
     }?;
-    Some(DotKernel { weight, act: r.act, isa, f })
+    let rows = match isa {
+        Isa::Avx2 => r.avx2_rows,
+        _ => None,
+    };
+    Some(DotKernel { weight, act: r.act, isa, f, rows })
 }
 
 /// The fastest kernel for `weight` on this machine (the scalar twin where no SIMD one exists).

@@ -20,39 +20,100 @@ unsafe fn xq(xb: *const u8) -> __m256i {
     _mm256_loadu_si256(xb.add(8) as *const __m256i)
 }
 
-/// Sums `a dx isum + k c sx` over `nb` blocks; `block(i) -> (a, isum, c)`, `k` a constant
-/// factor applied once at the end (Q4_0's offset is `-8 d`: `c = d`, `k = -8`). `OFFSET =
-/// false` skips the `c sx` terms (weights without an offset). `wp`/`wb` locate the weight blocks
-/// for the software prefetch.
+/// `out[r] = sum_b (a_rb dx_b isum_rb) + k sum_b c_rb sx_b` for `out.len()` rows of `n` weights
+/// (row `r` at byte `r * stride` of `w`) against one Q8Sum activation row. `block(wb, y) ->
+/// (a, isum, c)` dots one weight block at `wb` with the 32 activation bytes `y`; `k` is a
+/// constant applied to the offsets once at the end (Q4_0's offset is `-8 d`: `c = d`,
+/// `k = -8`), and `OFFSET = false` skips them. Rows go in pairs so that each activation block
+/// (bytes, scale, sum) is loaded once for two rows and the per-row cost is shared; a last odd
+/// row runs alone with two accumulators. The weights are prefetched ahead.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_blocks<const OFFSET: bool>(
-    k: f32,nb: usize, xp: *const u8, wp: *const u8, wb: usize, block: impl Fn(usize) -> (f32, __m256i, f32)) -> f32 {
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (mut off0, mut off1) = (0.0f32, 0.0f32);
-    let mut i = 0;
-    while i + 2 <= nb {
-        super::prefetch(wp.add(wb * i));
-        let (x0, x1) = (xp.add(XB * i), xp.add(XB * (i + 1)));
-        let (a0, s0, c0) = block(i);
-        let (a1, s1, c1) = block(i + 1);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(a0 * f32_at(x0)), _mm256_cvtepi32_ps(s0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(a1 * f32_at(x1)), _mm256_cvtepi32_ps(s1), acc1);
-        if OFFSET {
-            off0 = c0.mul_add(f32_at(x0.add(4)), off0);
-            off1 = c1.mul_add(f32_at(x1.add(4)), off1);
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<const OFFSET: bool>(
+    k: f32,
+    bb: usize,
+    n: usize,
+    w: &[u8],
+    stride: usize,
+    x: &[u8],
+    out: &mut [f32],
+    block: impl Fn(*const u8, __m256i) -> (f32, __m256i, f32),
+) {
+    let nb = n / 32;
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut r = 0;
+    while r + 2 <= out.len() {
+        let (w0, w1) = (wp.add(r * stride), wp.add((r + 1) * stride));
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut off0, mut off1) = (0.0f32, 0.0f32);
+        for i in 0..nb {
+            if i % 2 == 0 {
+                // The same place in the next pair of rows: exactly one pair ahead.
+                super::prefetch_at(w0.add(2 * stride + bb * i));
+                super::prefetch_at(w1.add(2 * stride + bb * i));
+            }
+            let xb = xp.add(XB * i);
+            let (y, dx) = (xq(xb), f32_at(xb));
+            let (a0, s0, c0) = block(w0.add(bb * i), y);
+            let (a1, s1, c1) = block(w1.add(bb * i), y);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(a0 * dx), _mm256_cvtepi32_ps(s0), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(a1 * dx), _mm256_cvtepi32_ps(s1), acc1);
+            if OFFSET {
+                let sx = f32_at(xb.add(4));
+                off0 = c0.mul_add(sx, off0);
+                off1 = c1.mul_add(sx, off1);
+            }
         }
-        i += 2;
+        out[r] = hsum(acc0) + k * off0;
+        out[r + 1] = hsum(acc1) + k * off1;
+        r += 2;
     }
-    if i < nb {
-        let x0 = xp.add(XB * i);
-        let (a0, s0, c0) = block(i);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(a0 * f32_at(x0)), _mm256_cvtepi32_ps(s0), acc0);
-        if OFFSET {
-            off0 = c0.mul_add(f32_at(x0.add(4)), off0);
+    if r < out.len() {
+        let w0 = wp.add(r * stride);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut off0, mut off1) = (0.0f32, 0.0f32);
+        let mut i = 0;
+        while i + 2 <= nb {
+            super::prefetch(w0.add(bb * i));
+            let (x0, x1) = (xp.add(XB * i), xp.add(XB * (i + 1)));
+            let (a0, s0, c0) = block(w0.add(bb * i), xq(x0));
+            let (a1, s1, c1) = block(w0.add(bb * (i + 1)), xq(x1));
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(a0 * f32_at(x0)), _mm256_cvtepi32_ps(s0), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(a1 * f32_at(x1)), _mm256_cvtepi32_ps(s1), acc1);
+            if OFFSET {
+                off0 = c0.mul_add(f32_at(x0.add(4)), off0);
+                off1 = c1.mul_add(f32_at(x1.add(4)), off1);
+            }
+            i += 2;
         }
+        if i < nb {
+            let x0 = xp.add(XB * i);
+            let (a0, s0, c0) = block(w0.add(bb * i), xq(x0));
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(a0 * f32_at(x0)), _mm256_cvtepi32_ps(s0), acc0);
+            if OFFSET {
+                off0 = c0.mul_add(f32_at(x0.add(4)), off0);
+            }
+        }
+        out[r] = hsum(_mm256_add_ps(acc0, acc1)) + k * (off0 + off1);
     }
-    hsum(_mm256_add_ps(acc0, acc1)) + k * (off0 + off1)
+}
+
+/// Defines `dot_NAME` (one row) and `rows_NAME` (many rows) from a block dot product.
+macro_rules! kernels {
+    ($dot:ident, $rows:ident, $offset:literal, $k:expr, $bb:expr, |$wb:ident, $y:ident| $body:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $rows(n: usize, w: &[u8], stride: usize, x: &[u8], out: &mut [f32]) {
+            rows::<$offset>($k, $bb, n, w, stride, x, out, |$wb: *const u8, $y: __m256i| $body)
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            let mut out = [0.0f32];
+            $rows(n, w, 0, x, &mut out);
+            out[0]
+        }
+    };
 }
 
 /// 16 bytes of packed nibbles -> 32 bytes: low nibbles (elements 0..16) then high nibbles.
@@ -74,71 +135,28 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
 // Weight block layouts (bytes): Q4_0 d@0 qs@2 (18); Q4_1 d@0 m@2 qs@4 (20); Q5_0 d@0 qh@2 qs@6
 // (22); Q5_1 d@0 m@2 qh@4 qs@8 (24); Q8_0 d@0 qs@2 (34); Q8_1 d@0 s@2 qs@4 (36); IQ4_NL as Q4_0.
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    sum_blocks::<true>(-8.0, n / 32, xp, wp, 18, |i| {
-        let wb = wp.add(18 * i);
-        let d = f16_at(wb);
-        (d, mul_sum_us8(nibbles(wb.add(2)), xq(xp.add(XB * i))), d)
-    })
-}
+kernels!(dot_q4_0, rows_q4_0, true, -8.0, 18, |wb, y| {
+    let d = f16_at(wb);
+    (d, mul_sum_us8(nibbles(wb.add(2)), y), d)
+});
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    sum_blocks::<true>(1.0, n / 32, xp, wp, 20, |i| {
-        let wb = wp.add(20 * i);
-        (f16_at(wb), mul_sum_us8(nibbles(wb.add(4)), xq(xp.add(XB * i))), f16_at(wb.add(2)))
-    })
-}
+kernels!(dot_q4_1, rows_q4_1, true, 1.0, 20, |wb, y| (f16_at(wb), mul_sum_us8(nibbles(wb.add(4)), y), f16_at(wb.add(2))));
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    sum_blocks::<true>(-16.0, n / 32, xp, wp, 22, |i| {
-        let wb = wp.add(22 * i);
-        let q = _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2)));
-        let d = f16_at(wb);
-        (d, mul_sum_us8(q, xq(xp.add(XB * i))), d)
-    })
-}
+kernels!(dot_q5_0, rows_q5_0, true, -16.0, 22, |wb, y| {
+    let d = f16_at(wb);
+    (d, mul_sum_us8(_mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2))), y), d)
+});
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    sum_blocks::<true>(1.0, n / 32, xp, wp, 24, |i| {
-        let wb = wp.add(24 * i);
-        let q = _mm256_or_si256(nibbles(wb.add(8)), fifth_bits(wb.add(4)));
-        (f16_at(wb), mul_sum_us8(q, xq(xp.add(XB * i))), f16_at(wb.add(2)))
-    })
-}
+kernels!(dot_q5_1, rows_q5_1, true, 1.0, 24, |wb, y| {
+    let q = _mm256_or_si256(nibbles(wb.add(8)), fifth_bits(wb.add(4)));
+    (f16_at(wb), mul_sum_us8(q, y), f16_at(wb.add(2)))
+});
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    sum_blocks::<false>(0.0, n / 32, xp, wp, 34, |i| {
-        let wb = wp.add(34 * i);
-        (f16_at(wb), mul_sum_i8(_mm256_loadu_si256(wb.add(2) as *const __m256i), xq(xp.add(XB * i))), 0.0)
-    })
-}
+kernels!(dot_q8_0, _rows_q8_0, false, 0.0, 34, |wb, y| (f16_at(wb), mul_sum_i8(_mm256_loadu_si256(wb.add(2) as *const __m256i), y), 0.0));
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    sum_blocks::<false>(0.0, n / 32, xp, wp, 36, |i| {
-        let wb = wp.add(36 * i);
-        (f16_at(wb), mul_sum_i8(_mm256_loadu_si256(wb.add(4) as *const __m256i), xq(xp.add(XB * i))), 0.0)
-    })
-}
+kernels!(dot_q8_1, _rows_q8_1, false, 0.0, 36, |wb, y| (f16_at(wb), mul_sum_i8(_mm256_loadu_si256(wb.add(4) as *const __m256i), y), 0.0));
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_iq4_nl(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+kernels!(dot_iq4_nl, rows_iq4_nl, false, 0.0, 18, |wb, y| {
     let grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
-    sum_blocks::<false>(0.0, n / 32, xp, wp, 18, |i| {
-        let wb = wp.add(18 * i);
-        let q = _mm256_shuffle_epi8(grid, nibbles(wb.add(2)));
-        (f16_at(wb), mul_sum_i8(q, xq(xp.add(XB * i))), 0.0)
-    })
-}
+    (f16_at(wb), mul_sum_i8(_mm256_shuffle_epi8(grid, nibbles(wb.add(2))), y), 0.0)
+});

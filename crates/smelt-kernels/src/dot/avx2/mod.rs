@@ -19,7 +19,9 @@ use std::arch::x86_64::*;
 
 pub use float::{dot_bf16, dot_f16, dot_f32};
 pub use kquants::{dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k, dot_q8_k_q8_k};
-pub use legacy::{dot_iq4_nl, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q8_1};
+pub use legacy::{
+    dot_iq4_nl, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q8_1, rows_iq4_nl, rows_q4_0, rows_q4_1, rows_q5_0, rows_q5_1,
+};
 
 /// Sum of the 8 lanes.
 #[inline]
@@ -73,6 +75,13 @@ const PREFETCH_AHEAD: usize = 1024;
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn prefetch(p: *const u8) {
     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD) as *const i8);
+}
+
+/// Asks for the cache line at `p` (a hint: never faults, also past the end of the data).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch_at(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
 }
 
 #[inline]
