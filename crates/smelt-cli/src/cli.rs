@@ -71,7 +71,8 @@ pub struct QuantizeArgs {
     /// Input GGUF file or model name.
     #[arg(value_name = "IN")]
     pub input: String,
-    /// Output GGUF path (written to a temporary file, renamed into place when complete).
+    /// Output GGUF path. Written to a temporary file and renamed into place when complete, so an
+    /// existing file is replaced only by a finished one.
     #[arg(value_name = "OUT")]
     pub output: PathBuf,
     /// Target type for weight matrices (see the table below; case-insensitive).
@@ -91,9 +92,6 @@ pub struct QuantizeArgs {
     /// Print the per-tensor plan and exit without writing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Replace OUT if it exists.
-    #[arg(short, long)]
-    pub force: bool,
     /// Print a JSON summary (the plan, sizes and weight error) instead of a table.
     #[arg(long)]
     pub json: bool,

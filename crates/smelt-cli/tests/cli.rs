@@ -49,7 +49,7 @@ fn inspect_reads_a_safetensors_model_directory() {
 #[test]
 fn quantize_writes_a_valid_smaller_file() {
     let out = tmp("q8.gguf");
-    let o = smelt(&["quantize", "smollm2-135m", out.to_str().unwrap(), "--to", "q8_0", "--keep", "blk.0.*", "--json", "-q", "--force"]);
+    let o = smelt(&["quantize", "smollm2-135m", out.to_str().unwrap(), "--to", "q8_0", "--keep", "blk.0.*", "--json", "-q"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let err = summary["weight_relative_rms_error"].as_f64().unwrap();
@@ -65,10 +65,11 @@ fn quantize_writes_a_valid_smaller_file() {
     // No temporary file is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
     assert!(leftovers.is_empty());
-    // Refuses to overwrite without --force.
-    let o = smelt(&["quantize", "smollm2-135m", out.to_str().unwrap(), "--to", "q8_0", "-q"]);
+    // Refuses to write over its input.
+    let o = smelt(&["quantize", out.to_str().unwrap(), out.to_str().unwrap(), "--to", "q4_0", "-q"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is the input file"), "{}", stderr(&o));
+    assert_eq!(GgufFile::open(&out).unwrap().tensor("blk.1.ffn_up.weight").unwrap().ty, GgmlType::Q8_0, "input untouched");
 }
 
 #[test]

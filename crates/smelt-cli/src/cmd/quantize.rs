@@ -161,14 +161,9 @@ pub fn run(args: &QuantizeArgs, global: &Global) -> Result<()> {
     if args.dry_run {
         return print_plan(&plans, args.json);
     }
-    if args.output.exists() {
-        if !args.force {
-            bail!("{} exists; pass --force to replace it", args.output.display());
-        }
-        if let (Ok(a), Ok(b)) = (args.output.canonicalize(), input.canonicalize()) {
-            if a == b {
-                bail!("OUT is the input file; write to another path");
-            }
+    if let (Ok(a), Ok(b)) = (args.output.canonicalize(), input.canonicalize()) {
+        if a == b {
+            bail!("OUT is the input file {}; write to another path", input.display());
         }
     }
     let start = Instant::now();

@@ -140,7 +140,10 @@ impl DotKernel {
     pub fn rows(&self, n: usize, w: &[u8], stride: usize, x: &[u8], out: &mut [f32]) -> Result<(), crate::KernelError> {
         let row = self.weight.block_bytes() * (n / self.weight.block_elems().max(1));
         if !out.is_empty() {
-            crate::check_len(self.weight, n, w.len().saturating_sub((out.len() - 1) * stride))?;
+            let before_last = (out.len() - 1)
+                .checked_mul(stride)
+                .ok_or_else(|| crate::KernelError::Shape(format!("{} rows of stride {stride} overflow", out.len())))?;
+            crate::check_len(self.weight, n, w.len().saturating_sub(before_last))?;
             if stride < row && out.len() > 1 {
                 return Err(crate::KernelError::Shape(format!("row stride {stride} is shorter than a row of {row} bytes")));
             }
