@@ -1,9 +1,17 @@
 //! smelt-models: model architectures and what runs around them.
 //!
+//! - [`llama`]: the Llama family of decoders (SmolLM2 and friends), one file.
+//! - [`linear`], [`ops`], [`attention`]: the layers the architectures are made of, written once
+//!   against any weight type.
 //! - [`tokenizer`]: byte-level BPE from GGUF vocabularies, streaming detokenization.
 
+pub mod attention;
 pub mod error;
+pub mod linear;
+pub mod llama;
+pub mod ops;
 pub mod tokenizer;
 
 pub use error::ModelError;
+pub use llama::{Llama, LlamaConfig, LoadOptions, Session};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -138,6 +138,14 @@ impl GgufFile {
         &self.storage[start..start + t.n_bytes as usize]
     }
 
+    /// `len` bytes of the file from absolute offset `start` (a range a tensor info produced).
+    ///
+    /// # Panics
+    /// If the range lies outside the file; ranges from this file's tensor infos never do.
+    pub fn tensor_data_range(&self, start: usize, len: usize) -> &[u8] {
+        &self.storage[start..start + len]
+    }
+
     /// Looks a tensor up by name and returns its info and bytes.
     pub fn tensor_by_name(&self, name: &str) -> Result<(&TensorInfo, &[u8]), GgufError> {
         let t = self.tensor(name).ok_or_else(|| GgufError::MissingTensor { name: name.into() })?;

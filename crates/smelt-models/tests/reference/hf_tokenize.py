@@ -22,7 +22,8 @@ def field_strings(r, key):
     return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
 
 
-def main(model_path, corpus_path):
+def build_tokenizer(model_path):
+    """The HF tokenizer for a GGUF file's vocabulary (see the module docs)."""
     r = gguf.GGUFReader(model_path)
     tokens = field_strings(r, "tokenizer.ggml.tokens")
     merges = [tuple(m.split(" ", 1)) for m in field_strings(r, "tokenizer.ggml.merges")]
@@ -41,6 +42,11 @@ def main(model_path, corpus_path):
     tok.decoder = decoders.ByteLevel()
     specials = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t in (3, 4)]
     tok.add_special_tokens(specials)
+    return tok
+
+
+def main(model_path, corpus_path):
+    tok = build_tokenizer(model_path)
     with open(corpus_path, encoding="utf-8") as corpus:
         texts = [json.loads(line) for line in corpus]
     for enc in tok.encode_batch(texts, add_special_tokens=False):

@@ -1,0 +1,165 @@
+//! Scaled dot-product attention with a KV cache, grouped-query (several query heads share one
+//! key/value head).
+//!
+//! For query head `h` (key/value head `g = h / group`) at position `p`:
+//! `out_h = sum_{j <= p} softmax_j(q_h . k_{j,g} * scale) v_{j,g}`, with `scale = 1/sqrt(d_head)`.
+//!
+//! The cache is position-major: layer `l` holds `K[j, g, :]` at `k[l][(j * n_kv + g) * d_head..]`,
+//! so that appending a token writes one contiguous row. It grows with the tokens it holds (up to
+//! its maximum), so memory follows use, not the model's trained context.
+
+use std::cell::RefCell;
+
+use smelt_kernels::pool::{Disjoint, ThreadPool};
+
+use crate::ops;
+
+/// Keys and values of every layer for the tokens seen so far.
+#[derive(Debug)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    /// Tokens held.
+    pub len: usize,
+    /// The most tokens it may hold.
+    pub max: usize,
+    row: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `n_layers` layers of `row` values (`n_kv * d_head`) per token.
+    pub fn new(n_layers: usize, row: usize, max: usize) -> KvCache {
+        KvCache { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers], len: 0, max, row }
+    }
+
+    /// Makes room for `n` more tokens (amortised doubling, never past `max`).
+    pub fn reserve(&mut self, n: usize) {
+        let need = (self.len + n).min(self.max) * self.row;
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            if buf.len() < need {
+                let target = need.max((buf.len() * 2).min(self.max * self.row));
+                buf.resize(target, 0.0);
+            }
+        }
+    }
+
+    /// Forgets everything from position `len` on (reusing a prefix in the next turn of a chat).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Stores keys and values (`m` tokens of `row` values each) of layer `l` at positions
+    /// `len..len + m` (the caller advances `len` after the last layer).
+    pub fn store(&mut self, l: usize, k: &[f32], v: &[f32], stride: usize, m: usize) {
+        let r = self.row;
+        for t in 0..m {
+            let at = (self.len + t) * r;
+            self.k[l][at..at + r].copy_from_slice(&k[t * stride..t * stride + r]);
+            self.v[l][at..at + r].copy_from_slice(&v[t * stride..t * stride + r]);
+        }
+    }
+
+    pub fn layer(&self, l: usize) -> (&[f32], &[f32]) {
+        (&self.k[l], &self.v[l])
+    }
+
+    /// Bytes held (for reports).
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(self.v.iter()).map(|b| b.len() * 4).sum()
+    }
+}
+
+/// Shapes of one attention layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub d_head: usize,
+}
+
+impl Heads {
+    fn group(&self) -> usize {
+        self.n_heads / self.n_kv
+    }
+}
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Attention of `m` new tokens at positions `base..base + m` (their keys and values already in
+/// the cache `k`, `v`) over all positions up to their own. `q` holds each token's query heads at
+/// stride `q_stride`; `out` receives `m * n_heads * d_head` values.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f32], v: &[f32], base: usize, m: usize, out: &mut [f32]) {
+    let d = h.n_heads * h.d_head;
+    let row = h.n_kv * h.d_head;
+    let scale = 1.0 / (h.d_head as f32).sqrt();
+    let sink = Disjoint::new(out);
+    if m == 1 {
+        // One token: per head, a dot product per cached position, softmax, weighted sum.
+        let n_ctx = base + 1;
+        pool.run(h.n_heads, &|hh| {
+            let g = hh / h.group();
+            let qh = &q[hh * h.d_head..(hh + 1) * h.d_head];
+            SCORES.with(|s| {
+                let mut s = s.borrow_mut();
+                s.resize(n_ctx, 0.0);
+                for (j, sc) in s.iter_mut().enumerate() {
+                    *sc = ops::dot(qh, &k[j * row + g * h.d_head..j * row + (g + 1) * h.d_head]) * scale;
+                }
+                ops::softmax(&mut s);
+                // SAFETY: each head writes its own `d_head` outputs.
+                let o = unsafe { sink.slice(hh * h.d_head..(hh + 1) * h.d_head) };
+                o.fill(0.0);
+                for (j, &p) in s.iter().enumerate() {
+                    ops::axpy(p, &v[j * row + g * h.d_head..j * row + (g + 1) * h.d_head], o);
+                }
+            });
+        });
+        return;
+    }
+    // Many tokens: per (head, chunk of tokens), S = Q K^T with the `gemm` crate, causal mask,
+    // row softmax, O = S V.
+    const CHUNK: usize = 32;
+    let chunks = m.div_ceil(CHUNK);
+    pool.run(h.n_heads * chunks, &|task| {
+        let (hh, c) = (task / chunks, task % chunks);
+        let g = hh / h.group();
+        let (t0, t1) = (c * CHUNK, ((c + 1) * CHUNK).min(m));
+        let rows = t1 - t0;
+        let n_ctx = base + t1; // keys the last token of the chunk sees
+        SCORES.with(|s| {
+            let mut s = s.borrow_mut();
+            s.resize(rows * n_ctx, 0.0);
+            // SAFETY: extents as stated; S is this task's own scratch.
+            unsafe {
+                gemm::gemm(
+                    rows, n_ctx, h.d_head,
+                    s.as_mut_ptr(), 1, n_ctx as isize, false,
+                    q.as_ptr().add(t0 * q_stride + hh * h.d_head), 1, q_stride as isize,
+                    k.as_ptr().add(g * h.d_head), row as isize, 1,
+                    0.0, scale, false, false, false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (i, srow) in s.chunks_exact_mut(n_ctx).enumerate() {
+                let visible = base + t0 + i + 1;
+                srow[visible..].fill(f32::NEG_INFINITY);
+                ops::softmax(srow);
+            }
+            // SAFETY: this task alone writes head `hh` of tokens `t0..t1`: rows of `out` at
+            // stride `d`, columns `hh * d_head..`.
+            unsafe {
+                gemm::gemm(
+                    rows, h.d_head, n_ctx,
+                    sink.as_mut_ptr().add(t0 * d + hh * h.d_head), 1, d as isize, false,
+                    s.as_ptr(), 1, n_ctx as isize,
+                    v.as_ptr().add(g * h.d_head), 1, row as isize,
+                    0.0, 1.0, false, false, false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    });
+}

@@ -1,0 +1,117 @@
+//! A linear layer `y = W x` over any registry weight type: the model files hold the weights,
+//! smelt-kernels multiplies them. Models are written once against this type, whatever the
+//! quantization (F32, F16, BF16, every ggml block type).
+
+use std::sync::Arc;
+
+use smelt_formats::quant::{dequantize, quantize};
+use smelt_formats::{GgmlType, GgufFile, TensorInfo};
+use smelt_kernels::matmul::{gemm, gemv, QMatrix};
+use smelt_kernels::pool::ThreadPool;
+
+use crate::ModelError;
+
+/// Where a weight's bytes live.
+#[derive(Clone)]
+enum Bytes {
+    /// A range of the memory-mapped model file.
+    File { file: Arc<GgufFile>, start: usize, len: usize },
+    /// Converted at load time.
+    Owned(Arc<Vec<u8>>),
+}
+
+/// A weight matrix `[rows = out_features, cols = in_features]`, row-major in its type's blocks.
+#[derive(Clone)]
+pub struct Linear {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Linear({} {} [{} x {}])", self.name, self.ty, self.rows, self.cols)
+    }
+}
+
+impl Linear {
+    /// The 2-D tensor `name` of `file` (ggml dims `[cols, rows]`), optionally converted to `as_type`
+    /// (dequantized and re-quantized with the reference quantizer at load time).
+    pub fn load(file: &Arc<GgufFile>, name: &str, as_type: Option<GgmlType>) -> Result<Linear, ModelError> {
+        let t = tensor(file, name)?;
+        if t.dims.len() != 2 {
+            return Err(ModelError::WrongShape { name: name.into(), found: t.dims.clone(), expected: vec![0, 0] });
+        }
+        let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+        let start = (file.header.data_offset + t.offset) as usize;
+        let mut lin = Linear { name: name.into(), ty: t.ty, rows, cols, bytes: Bytes::File { file: file.clone(), start, len: t.n_bytes as usize } };
+        if let Some(target) = as_type.filter(|&ty| ty != t.ty && cols % ty.block_elems() == 0) {
+            lin = lin.converted(target)?;
+        }
+        Ok(lin)
+    }
+
+    /// A copy in another type.
+    pub fn converted(&self, ty: GgmlType) -> Result<Linear, ModelError> {
+        let mut f = vec![0f32; self.rows * self.cols];
+        dequantize(self.ty, self.bytes(), &mut f)?;
+        let mut out = vec![0u8; self.rows * (self.cols / ty.block_elems()) * ty.block_bytes()];
+        quantize(ty, &f, &mut out)?;
+        Ok(Linear { name: self.name.clone(), ty, rows: self.rows, cols: self.cols, bytes: Bytes::Owned(Arc::new(out)) })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::File { file, start, len } => {
+                let data = file.tensor_data_range(*start, *len);
+                data
+            }
+            Bytes::Owned(v) => v,
+        }
+    }
+
+    pub fn matrix(&self) -> Result<QMatrix<'_>, ModelError> {
+        Ok(QMatrix::new(self.ty, self.rows, self.cols, self.bytes())?)
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
+    }
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        let rb = self.row_bytes();
+        let bytes = self.bytes().get(r * rb..(r + 1) * rb).ok_or(ModelError::BadToken { id: r as u32, vocab: self.rows })?;
+        dequantize(self.ty, bytes, out)?;
+        Ok(())
+    }
+
+    /// `y = W x`.
+    pub fn forward(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
+        Ok(gemv(pool, &self.matrix()?, x, y, scratch)?)
+    }
+
+    /// `Y = X W^T` for `m` rows of `X`.
+    pub fn forward_batch(&self, pool: &ThreadPool, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
+        Ok(gemm(pool, &self.matrix()?, x, m, y, scratch)?)
+    }
+}
+
+/// The info of tensor `name`, or a clear error naming it.
+pub fn tensor<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
+    file.tensor(name).ok_or_else(|| ModelError::MissingTensor {
+        name: name.into(),
+        arch: file.header.architecture().unwrap_or("?").into(),
+    })
+}
+
+/// A 1-D tensor (norm weights, biases) as f32, checking its length.
+pub fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let t = tensor(file, name)?;
+    if t.n_elements as usize != len {
+        return Err(ModelError::WrongShape { name: name.into(), found: t.dims.clone(), expected: vec![len as u64] });
+    }
+    Ok(file.tensor_f32(t)?)
+}

@@ -1,0 +1,359 @@
+//! The Llama family of decoders (Llama 1-3, SmolLM/SmolLM2, Mistral-style GQA models stored as
+//! GGUF `llama`), after Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language
+//! Models", and the ggml/llama.cpp graph for GGUF files (`src/models/llama.cpp`).
+//!
+//! Per layer, for the hidden state `x` of each token (`d` values):
+//! ```text
+//! h = rmsnorm(x) * attn_norm
+//! q = Wq h (n_heads x d_head), k = Wk h, v = Wv h (n_kv x d_head); RoPE on q and k
+//! x = x + Wo attention(q, K, V)
+//! h = rmsnorm(x) * ffn_norm
+//! x = x + Wdown (silu(Wgate h) * Wup h)
+//! ```
+//! then `logits = Wout rmsnorm(x) * output_norm`, with `Wout` the token embedding when the file
+//! has no `output.weight` (tied embeddings). Written once for every weight type.
+
+use std::sync::Arc;
+
+use smelt_formats::gguf::GgufHeader;
+use smelt_formats::{GgmlType, GgufFile};
+use smelt_kernels::pool::ThreadPool;
+
+use crate::attention::{attend, Heads, KvCache};
+use crate::linear::{vector, Linear};
+use crate::ops::{self, Rope, RopeStyle};
+use crate::ModelError;
+
+/// Hyper-parameters, from GGUF metadata (`{arch}.*` keys).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub vocab: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f64,
+    pub rope_dim: usize,
+    /// Linear RoPE scaling factor (1 = none).
+    pub rope_scale: f64,
+    /// Context the model was trained with.
+    pub ctx_train: usize,
+}
+
+/// Architectures this file runs.
+pub const ARCHITECTURES: &str = "llama";
+
+/// Upper bound on any dimension read from metadata (guards hostile files before allocating).
+const MAX_DIM: u64 = 1 << 20;
+
+impl LlamaConfig {
+    pub fn from_gguf(h: &GgufHeader) -> Result<LlamaConfig, ModelError> {
+        let arch = h.architecture().unwrap_or("").to_string();
+        if arch != "llama" {
+            return Err(ModelError::UnsupportedArchitecture { found: arch, supported: ARCHITECTURES });
+        }
+        let key = |s: &str| format!("{arch}.{s}");
+        let dim_of = |s: &str| -> Result<usize, ModelError> {
+            let v = h.get_u64(&key(s))?;
+            if v == 0 || v > MAX_DIM {
+                return Err(ModelError::Config(format!("{} = {v} is outside 1..={MAX_DIM}", key(s))));
+            }
+            Ok(v as usize)
+        };
+        let opt = |s: &str| h.get(&key(s)).and_then(|v| v.as_u64());
+        let dim = dim_of("embedding_length")?;
+        let n_heads = dim_of("attention.head_count")?;
+        let n_kv_heads = match opt("attention.head_count_kv") {
+            Some(_) => dim_of("attention.head_count_kv")?,
+            None => n_heads,
+        };
+        let head_dim = match opt("attention.key_length") {
+            Some(_) => dim_of("attention.key_length")?,
+            None => dim / n_heads,
+        };
+        if n_heads % n_kv_heads != 0 || head_dim == 0 {
+            return Err(ModelError::Config(format!("{n_heads} query heads cannot share {n_kv_heads} key/value heads of {head_dim} values")));
+        }
+        let rope_dim = match opt("rope.dimension_count") {
+            Some(_) => dim_of("rope.dimension_count")?,
+            None => head_dim,
+        };
+        if rope_dim > head_dim || rope_dim % 2 != 0 {
+            return Err(ModelError::Config(format!("RoPE over {rope_dim} of {head_dim} head dimensions")));
+        }
+        let rope_scale = match h.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+            None | Some("none") => 1.0,
+            Some("linear") => h.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0).max(1e-6),
+            Some(other) => return Err(ModelError::Config(format!("RoPE scaling {other:?} is not supported yet (none, linear are)"))),
+        };
+        let vocab = match h.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
+            Some(a) => a.len(),
+            None => opt("vocab_size").unwrap_or(0) as usize,
+        };
+        Ok(LlamaConfig {
+            dim,
+            n_layers: dim_of("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: dim_of("feed_forward_length")?,
+            vocab,
+            norm_eps: h.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+            rope_theta: h.get_f64(&key("rope.freq_base")).unwrap_or(10000.0),
+            rope_dim,
+            rope_scale,
+            ctx_train: opt("context_length").unwrap_or(2048).clamp(1, MAX_DIM) as usize,
+        })
+    }
+
+    fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// One transformer block's weights.
+#[derive(Debug)]
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// A loaded model.
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub embed: Linear,
+    /// `output.weight`, or `None` when the embedding is tied.
+    pub output: Option<Linear>,
+    pub output_norm: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub rope: Rope,
+    pub file: Arc<GgufFile>,
+}
+
+/// Options for loading.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Convert every weight matrix to this type at load time (e.g. run a Q4_1 file as F32).
+    pub weight_type: Option<GgmlType>,
+}
+
+fn check(lin: &Linear, rows: usize, cols: usize) -> Result<(), ModelError> {
+    if lin.rows != rows || lin.cols != cols {
+        return Err(ModelError::WrongShape { name: lin.name.clone(), found: vec![lin.cols as u64, lin.rows as u64], expected: vec![cols as u64, rows as u64] });
+    }
+    Ok(())
+}
+
+impl Llama {
+    /// Builds the model over an open GGUF file.
+    pub fn from_gguf(file: Arc<GgufFile>, opts: LoadOptions) -> Result<Llama, ModelError> {
+        let cfg = LlamaConfig::from_gguf(&file.header)?;
+        let as_ty = opts.weight_type;
+        let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            let l = Linear::load(&file, name, as_ty)?;
+            check(&l, rows, cols)?;
+            Ok(l)
+        };
+        let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
+        let embed = Linear::load(&file, "token_embd.weight", as_ty)?;
+        if embed.cols != d || embed.rows == 0 {
+            return Err(ModelError::WrongShape { name: "token_embd.weight".into(), found: vec![embed.cols as u64, embed.rows as u64], expected: vec![d as u64, cfg.vocab as u64] });
+        }
+        let mut cfg = cfg;
+        cfg.vocab = embed.rows;
+        let output = match file.tensor("output.weight") {
+            Some(_) => Some(lin("output.weight", cfg.vocab, d)?),
+            None => None,
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: vector(&file, &p("attn_norm.weight"), d)?,
+                wq: lin(&p("attn_q.weight"), qd, d)?,
+                wk: lin(&p("attn_k.weight"), kvd, d)?,
+                wv: lin(&p("attn_v.weight"), kvd, d)?,
+                wo: lin(&p("attn_output.weight"), d, qd)?,
+                ffn_norm: vector(&file, &p("ffn_norm.weight"), d)?,
+                gate: lin(&p("ffn_gate.weight"), cfg.ffn_dim, d)?,
+                up: lin(&p("ffn_up.weight"), cfg.ffn_dim, d)?,
+                down: lin(&p("ffn_down.weight"), d, cfg.ffn_dim)?,
+            });
+        }
+        let output_norm = vector(&file, "output_norm.weight", d)?;
+        let rope = Rope::new(RopeStyle::Interleaved, cfg.rope_dim, cfg.rope_theta, cfg.rope_scale);
+        Ok(Llama { cfg, embed, output, output_norm, layers, rope, file })
+    }
+
+    /// Opens `path` and builds the model.
+    pub fn open(path: &std::path::Path, opts: LoadOptions) -> Result<Llama, ModelError> {
+        Self::from_gguf(Arc::new(GgufFile::open(path)?), opts)
+    }
+
+    /// A fresh session holding at most `max_ctx` tokens (clamped to the trained context).
+    pub fn session(&self, max_ctx: usize) -> Session {
+        let max = max_ctx.clamp(1, self.cfg.ctx_train);
+        Session { kv: KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), max), bufs: Buffers::default() }
+    }
+
+    /// Bytes of weights (for reports).
+    pub fn weight_bytes(&self) -> usize {
+        let per_layer: usize = self.layers.iter().map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|w| w.bytes().len()).sum::<usize>()).sum();
+        per_layer + self.embed.bytes().len() + self.output.as_ref().map_or(0, |o| o.bytes().len())
+    }
+
+    /// Runs `tokens` (appended after what the session holds) and returns the logits of the last
+    /// one (`all = false`, `vocab` values) or of every one (`tokens.len() * vocab` values).
+    pub fn forward<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool) -> Result<&'s [f32], ModelError> {
+        let c = &self.cfg;
+        let m = tokens.len();
+        if m == 0 {
+            return Ok(&sess.bufs.logits[..0]);
+        }
+        if sess.kv.len + m > sess.kv.max {
+            return Err(ModelError::PromptTooLong { tokens: sess.kv.len + m, context: sess.kv.max });
+        }
+        for &t in tokens {
+            if t as usize >= c.vocab {
+                return Err(ModelError::BadToken { id: t, vocab: c.vocab });
+            }
+        }
+        let (d, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let base = sess.kv.len;
+        sess.kv.reserve(m);
+        let b = &mut sess.bufs;
+        b.resize(m, d, qd, kvd, ffn, c.rope_dim / 2);
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.embed.row_f32(tok as usize, &mut b.x[t * d..(t + 1) * d])?;
+            let half = c.rope_dim / 2;
+            self.rope.angles(base + t, &mut b.cos[t * half..(t + 1) * half], &mut b.sin[t * half..(t + 1) * half]);
+        }
+        let heads = Heads { n_heads: c.n_heads, n_kv: c.n_kv_heads, d_head: c.head_dim };
+        for (l, layer) in self.layers.iter().enumerate() {
+            for t in 0..m {
+                ops::rmsnorm(&b.x[t * d..(t + 1) * d], &layer.attn_norm, c.norm_eps, &mut b.h[t * d..(t + 1) * d]);
+            }
+            apply(pool, &layer.wq, &b.h, m, &mut b.q, &mut b.scratch)?;
+            apply(pool, &layer.wk, &b.h, m, &mut b.k, &mut b.scratch)?;
+            apply(pool, &layer.wv, &b.h, m, &mut b.v, &mut b.scratch)?;
+            let half = c.rope_dim / 2;
+            for t in 0..m {
+                let (cos, sin) = (&b.cos[t * half..(t + 1) * half], &b.sin[t * half..(t + 1) * half]);
+                self.rope.apply(&mut b.q[t * qd..(t + 1) * qd], c.head_dim, cos, sin);
+                self.rope.apply(&mut b.k[t * kvd..(t + 1) * kvd], c.head_dim, cos, sin);
+            }
+            sess.kv.store(l, &b.k, &b.v, kvd, m);
+            let (kc, vc) = sess.kv.layer(l);
+            attend(pool, heads, &b.q, qd, kc, vc, base, m, &mut b.att);
+            apply(pool, &layer.wo, &b.att, m, &mut b.o, &mut b.scratch)?;
+            ops::add_assign(&mut b.x, &b.o);
+            for t in 0..m {
+                ops::rmsnorm(&b.x[t * d..(t + 1) * d], &layer.ffn_norm, c.norm_eps, &mut b.h[t * d..(t + 1) * d]);
+            }
+            apply(pool, &layer.gate, &b.h, m, &mut b.g, &mut b.scratch)?;
+            apply(pool, &layer.up, &b.h, m, &mut b.u, &mut b.scratch)?;
+            ops::silu_mul(&b.g, &b.u, &mut b.act);
+            apply(pool, &layer.down, &b.act, m, &mut b.o, &mut b.scratch)?;
+            ops::add_assign(&mut b.x, &b.o);
+        }
+        sess.kv.len += m;
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        let rows: Vec<usize> = if all { (0..m).collect() } else { vec![m - 1] };
+        let n = rows.len();
+        b.logits.resize(n * c.vocab, 0.0);
+        b.last.resize(n * d, 0.0);
+        for (i, &t) in rows.iter().enumerate() {
+            ops::rmsnorm(&b.x[t * d..(t + 1) * d], &self.output_norm, c.norm_eps, &mut b.last[i * d..(i + 1) * d]);
+        }
+        apply(pool, head, &b.last, n, &mut b.logits, &mut b.scratch)?;
+        Ok(&b.logits)
+    }
+}
+
+/// `Y = X W^T` for `m` rows: a matrix-vector product for one row, matrix-matrix otherwise.
+fn apply(pool: &ThreadPool, w: &Linear, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
+    if m == 1 {
+        w.forward(pool, &x[..w.cols], &mut y[..w.rows], scratch)
+    } else {
+        w.forward_batch(pool, &x[..m * w.cols], m, &mut y[..m * w.rows], scratch)
+    }
+}
+
+/// Activations of one forward pass, kept between calls so that decoding allocates nothing.
+#[derive(Debug, Default)]
+struct Buffers {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    act: Vec<f32>,
+    last: Vec<f32>,
+    logits: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    scratch: Vec<u8>,
+}
+
+impl Buffers {
+    #[allow(clippy::too_many_arguments)]
+    fn resize(&mut self, m: usize, d: usize, qd: usize, kvd: usize, ffn: usize, half: usize) {
+        for (buf, n) in [
+            (&mut self.x, m * d),
+            (&mut self.h, m * d),
+            (&mut self.q, m * qd),
+            (&mut self.k, m * kvd),
+            (&mut self.v, m * kvd),
+            (&mut self.att, m * qd),
+            (&mut self.o, m * d),
+            (&mut self.g, m * ffn),
+            (&mut self.u, m * ffn),
+            (&mut self.act, m * ffn),
+            (&mut self.cos, m * half),
+            (&mut self.sin, m * half),
+        ] {
+            buf.resize(n, 0.0);
+        }
+    }
+}
+
+/// A conversation's state: the KV cache and the activation buffers.
+#[derive(Debug)]
+pub struct Session {
+    pub kv: KvCache,
+    bufs: Buffers,
+}
+
+impl Session {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.kv.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kv.len == 0
+    }
+
+    /// Keeps only the first `n` tokens (the rest are recomputed when sent again).
+    pub fn truncate(&mut self, n: usize) {
+        self.kv.truncate(n);
+    }
+}
