@@ -48,6 +48,38 @@ pub enum Command {
     Pull(PullArgs),
     /// List the models smelt can fetch by name, and whether they are cached.
     Models(ModelsArgs),
+    /// Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.
+    #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 -o json\n  smelt bench -m smollm2-135m --as q4_0 -t 1")]
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model file or name.
+    #[arg(short, long, value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Prompt lengths to measure (tokens processed in one batch); 0 skips.
+    #[arg(short, long, value_name = "N", value_delimiter = ',', default_value = "512")]
+    pub prompt: Vec<usize>,
+    /// Generation lengths to measure (tokens generated one by one); 0 skips.
+    #[arg(short = 'n', long = "gen", value_name = "N", value_delimiter = ',', default_value = "128")]
+    pub gen: Vec<usize>,
+    /// Repetitions per test (after one warm-up).
+    #[arg(short, long, value_name = "N", default_value_t = 5)]
+    pub repetitions: usize,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = BenchFormat::Table)]
+    pub output: BenchFormat,
+    /// Convert every weight matrix to this type in memory before measuring.
+    #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
+    pub as_type: Option<GgmlType>,
 }
 
 #[derive(Args, Debug)]

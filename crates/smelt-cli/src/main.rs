@@ -7,6 +7,7 @@ mod cli;
 mod cmd;
 mod fmt;
 mod progress;
+mod sys;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -79,6 +80,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Quantize(a) => cmd::quantize::run(a, &cli.global),
         Command::Pull(a) => cmd::pull::pull(a, cli.global.quiet),
         Command::Models(a) => cmd::pull::models(a),
+        Command::Bench(a) => cmd::bench::run(a, &cli.global),
     }
 }
 

@@ -4,18 +4,22 @@
 //! - [`dot`]: dot products between a row of weights of any registry type and a row of
 //!   activations, as a table of kernels per ISA, each beside its scalar reference twin.
 //! - [`act`]: activation rows converted to the format the weight kernels expect.
+//! - [`dequant`]: SIMD dequantization to f32, bit-identical to the reference, for prompts.
 //! - [`matmul`]: matrix-vector and matrix-matrix products over those kernels, split across a
 //!   [`pool::ThreadPool`]; dense f32/f16 matrix multiply through the `gemm` crate.
+//! - [`vec`]: f32 vector operations (attention's dot products and weighted sums).
 //! - [`tolerance`]: the named error budgets kernels are tested against.
 
 #![cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 
 pub mod act;
 pub mod cpu;
+pub mod dequant;
 pub mod dot;
 pub mod matmul;
 pub mod pool;
 pub mod tolerance;
+pub mod vec;
 
 use smelt_formats::GgmlType;
 

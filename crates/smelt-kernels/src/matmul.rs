@@ -5,9 +5,10 @@
 //!
 //! - [`gemv`]: `y = W x` (one token: decode). The activation row is converted once to the
 //!   weight type's activation format, then rows are split across the pool.
-//! - [`gemm`]: `Y = X W^T` for `m` activation rows (prefill). Float weights go through the
-//!   `gemm` crate (F16/BF16 rows widened to f32 per chunk); quantized weights reuse the dot
-//!   kernels, each weight row against every activation row while it is in L1.
+//! - [`gemm`]: `Y = X W^T` for `m` activation rows (prefill). From [`DEQUANT_GEMM_MIN_ROWS`]
+//!   rows on, weight rows are widened to f32 a chunk at a time ([`crate::dequant`]) and
+//!   multiplied with the `gemm` crate: the widening is paid once per chunk for all `m` rows, and
+//!   the f32 GEMM runs near the FMA peak. Below it, quantized weights reuse the dot kernels.
 
 use std::cell::RefCell;
 
@@ -97,9 +98,57 @@ pub fn gemv_prepared(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8]
     Ok(())
 }
 
+/// `y_j = W_j x` for several matrices that read the same input (attention's Q, K and V; the
+/// FFN's gate and up): the activation row is converted once and all rows go out in one
+/// dispatch. Matrices whose types need different activation formats fall back to one
+/// [`gemv`] each.
+pub fn gemv_multi(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], ys: &mut [&mut [f32]], scratch: &mut Vec<u8>) -> Result<(), KernelError> {
+    if ws.len() != ys.len() {
+        return Err(KernelError::Shape(format!("{} matrices, {} outputs", ws.len(), ys.len())));
+    }
+    let kernels: Vec<DotKernel> = ws.iter().map(|w| kernel_for(w.ty)).collect::<Result<_, _>>()?;
+    let same_act = kernels.windows(2).all(|k| k[0].act == k[1].act);
+    if !same_act || ws.is_empty() {
+        for ((w, y), _) in ws.iter().zip(ys.iter_mut()).zip(&kernels) {
+            gemv(pool, w, x, y, scratch)?;
+        }
+        return Ok(());
+    }
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        if x.len() != w.cols || y.len() != w.rows {
+            return Err(KernelError::Shape(format!("W is {} x {}, x has {}, y has {}", w.rows, w.cols, x.len(), y.len())));
+        }
+    }
+    convert_rows(kernels[0].act, x, ws[0].cols, scratch)?;
+    let total: usize = ws.iter().map(|w| w.rows).sum();
+    let chunk = rows_per_task(total, pool.n_threads());
+    // Chunks never straddle two matrices: (matrix, row range) per task.
+    let mut tasks = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let mut r = 0;
+        while r < w.rows {
+            tasks.push((i, r..(r + chunk).min(w.rows)));
+            r += chunk;
+        }
+    }
+    let sinks: Vec<Disjoint<f32>> = ys.iter_mut().map(|y| Disjoint::new(y)).collect();
+    let x_act: &[u8] = scratch;
+    pool.run(tasks.len(), &|t| {
+        let (i, r) = &tasks[t];
+        let (w, k) = (ws[*i], &kernels[*i]);
+        let rb = w.row_bytes;
+        // SAFETY: tasks cover disjoint rows of each output; lengths checked above.
+        unsafe { k.call_rows(w.cols, &w.data[r.start * rb..r.end * rb], rb, x_act, sinks[*i].slice(r.clone())) };
+    });
+    Ok(())
+}
+
 thread_local! {
     static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
+
+/// From this many activation rows on, [`gemm`] widens weights to f32 and uses an f32 GEMM.
+pub const DEQUANT_GEMM_MIN_ROWS: usize = 8;
 
 /// `Y = X W^T`: `x` is `m x cols`, `y` is `m x rows`, both row-major.
 pub fn gemm(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), KernelError> {
@@ -109,8 +158,9 @@ pub fn gemm(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32], 
     if m == 0 {
         return Ok(());
     }
+    let float = matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
     match w.ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => gemm_float(pool, w, x, m, y),
+        _ if float || (m >= DEQUANT_GEMM_MIN_ROWS && w.ty.can_dequantize()) => gemm_float(pool, w, x, m, y),
         _ => {
             let k = kernel_for(w.ty)?;
             convert_rows(k.act, x, w.cols, scratch)?;
@@ -139,12 +189,12 @@ pub fn gemm_quantized(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8
     Ok(())
 }
 
-/// Float weights: the `gemm` crate on chunks of weight rows (widened to f32 when stored as
-/// F16/BF16).
+/// The `gemm` crate on chunks of weight rows, widened to f32 unless stored as F32. Two chunks
+/// per thread keep both threads busy to the end.
 fn gemm_float(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
     let (rows, cols) = (w.rows, w.cols);
     let out = Disjoint::new(y);
-    let chunk = rows.div_ceil(pool.n_threads()).max(16);
+    let chunk = rows.div_ceil(2 * pool.n_threads()).max(16);
     pool.for_chunks(rows, chunk, &|r| {
         let n = r.len();
         let run = |wf: &[f32]| {
@@ -175,8 +225,8 @@ fn gemm_float(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32]
                 let mut buf = buf.borrow_mut();
                 buf.resize(n * cols, 0.0);
                 let bytes = &w.data[r.start * w.row_bytes..r.end * w.row_bytes];
-                // Row lengths were checked in `QMatrix::new`; F16/BF16 always dequantize.
-                if smelt_formats::quant::dequantize(w.ty, bytes, &mut buf).is_ok() {
+                // Row lengths were checked in `QMatrix::new`; callers only send dequantizable types.
+                if crate::dequant::dequantize(w.ty, bytes, &mut buf).is_ok() {
                     run(&buf);
                 }
             }),

@@ -142,6 +142,38 @@ fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
 }
 
 #[test]
+fn simd_dequantizers_equal_the_reference_bit_for_bit() {
+    let mut rng = Rng(0xDE9_0A47);
+    let mut checked = 0;
+    for ty in smelt_formats::REGISTRY.iter().map(|t| t.ty).filter(|t| t.can_dequantize()) {
+        for &isa in cpu::available() {
+            let Some(f) = smelt_kernels::dequant::kernel(isa, ty) else { continue };
+            for n in weight_sizes(ty).into_iter().filter(|n| n % ty.block_elems() == 0) {
+                let mut cases = vec![];
+                if scale_fields(ty).len() > 0 || ty.block_elems() == 1 {
+                    cases.push(random_blocks(&mut rng, ty, n));
+                }
+                if ty.can_quantize() {
+                    cases.push(quantize_to_vec(ty, &rng.signal(n, 0.05)).unwrap());
+                }
+                for w in cases {
+                    let want = smelt_formats::quant::dequantize_to_vec(ty, &w).unwrap();
+                    let mut got = vec![f32::NAN; n];
+                    // SAFETY: whole blocks, matching lengths, ISA detected.
+                    unsafe { f(&w, &mut got) };
+                    let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{isa} dequantize {ty} n={n} differs from the reference");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    if cpu::available().len() > 1 {
+        assert!(checked >= 40, "{checked}");
+    }
+}
+
+#[test]
 fn every_simd_isa_covers_every_table_row() {
     for &isa in cpu::available().iter().skip(1) {
         for row in table() {

@@ -5,7 +5,7 @@ use smelt_formats::quant::quantize_to_vec;
 use smelt_formats::GgmlType;
 use smelt_kernels::act::convert_rows;
 use smelt_kernels::dot::{activation_type, exact_f64};
-use smelt_kernels::matmul::{gemm, gemv, QMatrix};
+use smelt_kernels::matmul::{gemm, gemv, QMatrix, DEQUANT_GEMM_MIN_ROWS};
 use smelt_kernels::pool::ThreadPool;
 use smelt_kernels::tolerance::MATMUL;
 
@@ -21,8 +21,25 @@ fn signal(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Y[t, r] in f64 (with X as the kernels see it) and its error scale, from `exact_f64`.
+/// Y[t, r] in f64 (with X as the kernels see it) and its error scale, from `exact_f64`. From
+/// `DEQUANT_GEMM_MIN_ROWS` rows on (and always for float weights), `gemm` multiplies the f32
+/// activations themselves.
 fn expected(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
+    let f32_path = m >= DEQUANT_GEMM_MIN_ROWS || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+    if f32_path {
+        let wf = smelt_formats::quant::dequantize_to_vec(ty, w).unwrap();
+        let (mut y, mut scale) = (vec![0f64; m * rows], vec![0f64; m * rows]);
+        for t in 0..m {
+            for r in 0..rows {
+                for c in 0..cols {
+                    let p = wf[r * cols + c] as f64 * x[t * cols + c] as f64;
+                    y[t * rows + r] += p;
+                    scale[t * rows + r] += p.abs();
+                }
+            }
+        }
+        return (y, scale);
+    }
     let act = activation_type(ty).unwrap();
     let mut xa = Vec::new();
     convert_rows(act, x, cols, &mut xa).unwrap();
@@ -46,7 +63,7 @@ fn gemv_and_gemm_match_f64_on_every_type() {
         for rows in [1, 17, 100] {
             let w = quantize_to_vec(ty, &signal(rows * cols, rows as u32)).unwrap();
             let mat = QMatrix::new(ty, rows, cols, &w).unwrap();
-            for m in [1, 3, 9] {
+            for m in [1, 3, 9, 17] {
                 let x = signal(m * cols, 1000 + m as u32);
                 let (want, scale) = expected(ty, &w, rows, cols, &x, m);
                 let mut y = vec![f32::NAN; m * rows];

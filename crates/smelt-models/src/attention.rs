@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 
 use smelt_kernels::pool::{Disjoint, ThreadPool};
+use smelt_kernels::vec;
 
 use crate::ops;
 
@@ -105,16 +106,11 @@ pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f32]
             SCORES.with(|s| {
                 let mut s = s.borrow_mut();
                 s.resize(n_ctx, 0.0);
-                for (j, sc) in s.iter_mut().enumerate() {
-                    *sc = ops::dot(qh, &k[j * row + g * h.d_head..j * row + (g + 1) * h.d_head]) * scale;
-                }
+                vec::attn_scores(qh, &k[g * h.d_head..], row, n_ctx, scale, &mut s);
                 ops::softmax(&mut s);
                 // SAFETY: each head writes its own `d_head` outputs.
                 let o = unsafe { sink.slice(hh * h.d_head..(hh + 1) * h.d_head) };
-                o.fill(0.0);
-                for (j, &p) in s.iter().enumerate() {
-                    ops::axpy(p, &v[j * row + g * h.d_head..j * row + (g + 1) * h.d_head], o);
-                }
+                vec::attn_mix(&s, &v[g * h.d_head..], row, o);
             });
         });
         return;

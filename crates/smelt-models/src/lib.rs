@@ -15,3 +15,11 @@ pub mod tokenizer;
 pub use error::ModelError;
 pub use llama::{Llama, LlamaConfig, LoadOptions, Session};
 pub use tokenizer::{StreamDecoder, Tokenizer};
+
+/// Opens a GGUF model and its tokenizer.
+pub fn load(path: &std::path::Path, opts: LoadOptions) -> Result<(Llama, Tokenizer), ModelError> {
+    let file = std::sync::Arc::new(smelt_formats::GgufFile::open(path)?);
+    let tok = Tokenizer::from_gguf(&file.header)?;
+    let model = Llama::from_gguf(file, opts)?;
+    Ok((model, tok))
+}

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use smelt_formats::gguf::GgufHeader;
 use smelt_formats::{GgmlType, GgufFile};
+use smelt_kernels::matmul::gemv_multi;
 use smelt_kernels::pool::ThreadPool;
 
 use crate::attention::{attend, Heads, KvCache};
@@ -243,32 +244,42 @@ impl Llama {
             self.rope.angles(base + t, &mut b.cos[t * half..(t + 1) * half], &mut b.sin[t * half..(t + 1) * half]);
         }
         let heads = Heads { n_heads: c.n_heads, n_kv: c.n_kv_heads, d_head: c.head_dim };
+        let half = c.rope_dim / 2;
         for (l, layer) in self.layers.iter().enumerate() {
-            for t in 0..m {
-                ops::rmsnorm(&b.x[t * d..(t + 1) * d], &layer.attn_norm, c.norm_eps, &mut b.h[t * d..(t + 1) * d]);
+            let x = &b.x;
+            ops::par_rows(pool, &mut b.h[..m * d], m, &|t, h| ops::rmsnorm(&x[t * d..(t + 1) * d], &layer.attn_norm, c.norm_eps, h));
+            if m == 1 {
+                let ws = [&layer.wq.matrix()?, &layer.wk.matrix()?, &layer.wv.matrix()?];
+                gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.q[..qd], &mut b.k[..kvd], &mut b.v[..kvd]], &mut b.scratch)?;
+            } else {
+                apply(pool, &layer.wq, &b.h, m, &mut b.q, &mut b.scratch)?;
+                apply(pool, &layer.wk, &b.h, m, &mut b.k, &mut b.scratch)?;
+                apply(pool, &layer.wv, &b.h, m, &mut b.v, &mut b.scratch)?;
             }
-            apply(pool, &layer.wq, &b.h, m, &mut b.q, &mut b.scratch)?;
-            apply(pool, &layer.wk, &b.h, m, &mut b.k, &mut b.scratch)?;
-            apply(pool, &layer.wv, &b.h, m, &mut b.v, &mut b.scratch)?;
-            let half = c.rope_dim / 2;
-            for t in 0..m {
-                let (cos, sin) = (&b.cos[t * half..(t + 1) * half], &b.sin[t * half..(t + 1) * half]);
-                self.rope.apply(&mut b.q[t * qd..(t + 1) * qd], c.head_dim, cos, sin);
-                self.rope.apply(&mut b.k[t * kvd..(t + 1) * kvd], c.head_dim, cos, sin);
-            }
+            let (cos, sin) = (&b.cos, &b.sin);
+            let rope = |t: usize, row: &mut [f32]| self.rope.apply(row, c.head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            ops::par_rows(pool, &mut b.q[..m * qd], m, &rope);
+            ops::par_rows(pool, &mut b.k[..m * kvd], m, &rope);
             sess.kv.store(l, &b.k, &b.v, kvd, m);
             let (kc, vc) = sess.kv.layer(l);
             attend(pool, heads, &b.q, qd, kc, vc, base, m, &mut b.att);
             apply(pool, &layer.wo, &b.att, m, &mut b.o, &mut b.scratch)?;
-            ops::add_assign(&mut b.x, &b.o);
-            for t in 0..m {
-                ops::rmsnorm(&b.x[t * d..(t + 1) * d], &layer.ffn_norm, c.norm_eps, &mut b.h[t * d..(t + 1) * d]);
+            let o = &b.o;
+            ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
+            let x = &b.x;
+            ops::par_rows(pool, &mut b.h[..m * d], m, &|t, h| ops::rmsnorm(&x[t * d..(t + 1) * d], &layer.ffn_norm, c.norm_eps, h));
+            if m == 1 {
+                let ws = [&layer.gate.matrix()?, &layer.up.matrix()?];
+                gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.g[..ffn], &mut b.u[..ffn]], &mut b.scratch)?;
+            } else {
+                apply(pool, &layer.gate, &b.h, m, &mut b.g, &mut b.scratch)?;
+                apply(pool, &layer.up, &b.h, m, &mut b.u, &mut b.scratch)?;
             }
-            apply(pool, &layer.gate, &b.h, m, &mut b.g, &mut b.scratch)?;
-            apply(pool, &layer.up, &b.h, m, &mut b.u, &mut b.scratch)?;
-            ops::silu_mul(&b.g, &b.u, &mut b.act);
+            let (g, u) = (&b.g, &b.u);
+            ops::par_rows(pool, &mut b.act[..m * ffn], m, &|t, a| ops::silu_mul(&g[t * ffn..(t + 1) * ffn], &u[t * ffn..(t + 1) * ffn], a));
             apply(pool, &layer.down, &b.act, m, &mut b.o, &mut b.scratch)?;
-            ops::add_assign(&mut b.x, &b.o);
+            let o = &b.o;
+            ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
         }
         sess.kv.len += m;
         let head = self.output.as_ref().unwrap_or(&self.embed);

@@ -1,5 +1,26 @@
 //! Element-wise operations of transformer layers, on f32 slices. Reductions keep eight
-//! independent partial sums so that the compiler vectorizes them.
+//! independent partial sums so that the compiler vectorizes them. [`par_rows`] spreads a
+//! per-token operation over the thread pool for batches.
+
+use smelt_kernels::pool::{Disjoint, ThreadPool};
+
+/// Calls `f(t, row_t)` for the `m` rows of `out` (`out.len() / m` values each), in parallel
+/// when there is more than one row.
+pub fn par_rows(pool: &ThreadPool, out: &mut [f32], m: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let len = out.len() / m.max(1);
+    if m <= 1 {
+        f(0, out);
+        return;
+    }
+    let sink = Disjoint::new(out);
+    let chunk = m.div_ceil(4 * pool.n_threads()).max(1);
+    pool.for_chunks(m, chunk, &|r| {
+        for t in r {
+            // SAFETY: each row index is visited by one task.
+            f(t, unsafe { sink.slice(t * len..(t + 1) * len) });
+        }
+    });
+}
 
 /// RMS normalisation: `y_i = x_i / sqrt(mean(x^2) + eps) * w_i` (sum of squares in f64, as
 /// ggml does).

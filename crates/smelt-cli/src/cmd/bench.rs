@@ -1,0 +1,147 @@
+//! `smelt bench`: prompt processing (ppN) and generation (tgN) speed, as llama-bench measures
+//! them: random tokens, a fresh context per repetition, the prompt in one batch, generation one
+//! token at a time with logits every step. Mean +- standard deviation over repetitions after
+//! one warm-up run; table, JSON or CSV from one record.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use smelt_kernels::pool::ThreadPool;
+use smelt_models::{Llama, LoadOptions};
+
+use crate::cli::{BenchArgs, BenchFormat, Global};
+
+#[derive(Serialize)]
+struct Record {
+    model: String,
+    model_bytes: u64,
+    parameters: u64,
+    weight_type: String,
+    threads: usize,
+    isa: String,
+    test: String,
+    tokens: usize,
+    repetitions: usize,
+    tokens_per_second: f64,
+    stddev: f64,
+    samples: Vec<f64>,
+    peak_rss_bytes: Option<u64>,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn token(&mut self, vocab: usize) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % vocab as u64) as u32
+    }
+}
+
+fn prompt(model: &Llama, pool: &ThreadPool, n: usize, rng: &mut Rng) -> Result<f64> {
+    let tokens: Vec<u32> = (0..n).map(|_| rng.token(model.cfg.vocab)).collect();
+    let mut sess = model.session(n + 1);
+    let t = Instant::now();
+    model.forward(pool, &mut sess, &tokens, false)?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn generate(model: &Llama, pool: &ThreadPool, n: usize, rng: &mut Rng) -> Result<f64> {
+    let mut sess = model.session(n + 1);
+    let t = Instant::now();
+    for _ in 0..n {
+        let tok = rng.token(model.cfg.vocab);
+        model.forward(pool, &mut sess, &[tok], false)?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn stats(v: &[f64]) -> (f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
+    let path = crate::resolve_model(&args.model, global.quiet)?;
+    let (model, _) = smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?;
+    let threads = global.threads.unwrap_or_else(smelt_kernels::pool::default_threads);
+    let pool = ThreadPool::new(threads);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let params = model.file.header.n_params();
+    let weight_type = model.layers.first().map(|l| l.wq.ty.name().to_string()).unwrap_or_default();
+    let model_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut tests: Vec<(String, usize, bool)> = Vec::new();
+    tests.extend(args.prompt.iter().filter(|&&n| n > 0).map(|&n| (format!("pp{n}"), n, true)));
+    tests.extend(args.gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false)));
+    let mut records = Vec::new();
+    for (name, n, is_prompt) in tests {
+        let once = |rng: &mut Rng| if is_prompt { prompt(&model, &pool, n, rng) } else { generate(&model, &pool, n, rng) };
+        once(&mut rng)?; // warm-up
+        let mut samples = Vec::with_capacity(args.repetitions);
+        for _ in 0..args.repetitions.max(1) {
+            samples.push(once(&mut rng)?);
+        }
+        let (mean, sd) = stats(&samples);
+        if !global.quiet && args.output == BenchFormat::Table {
+            eprintln!("{name}: {mean:.1} +- {sd:.1} t/s");
+        }
+        records.push(Record {
+            model: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            model_bytes,
+            parameters: params,
+            weight_type: weight_type.clone(),
+            threads,
+            isa: smelt_kernels::cpu::best().name().into(),
+            test: name,
+            tokens: n,
+            repetitions: samples.len(),
+            tokens_per_second: mean,
+            stddev: sd,
+            samples,
+            peak_rss_bytes: None,
+        });
+    }
+    let rss = crate::sys::peak_rss();
+    for r in &mut records {
+        r.peak_rss_bytes = rss;
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match args.output {
+        BenchFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &records)?;
+            writeln!(out)?;
+        }
+        BenchFormat::Csv => {
+            writeln!(out, "model,model_bytes,parameters,weight_type,threads,isa,test,tokens,repetitions,tokens_per_second,stddev,peak_rss_bytes")?;
+            for r in &records {
+                writeln!(out, "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{}", r.model, r.model_bytes, r.parameters, r.weight_type, r.threads, r.isa, r.test, r.tokens, r.repetitions, r.tokens_per_second, r.stddev, r.peak_rss_bytes.unwrap_or(0))?;
+            }
+        }
+        BenchFormat::Table => {
+            writeln!(out, "| model | size | params | type | threads | isa | test | t/s | peak RSS |")?;
+            writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
+            for r in &records {
+                writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.2} +- {:.2} | {} |",
+                    r.model,
+                    crate::fmt::bytes(r.model_bytes),
+                    crate::fmt::count(r.parameters),
+                    r.weight_type,
+                    r.threads,
+                    r.isa,
+                    r.test,
+                    r.tokens_per_second,
+                    r.stddev,
+                    r.peak_rss_bytes.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "?".into())
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
