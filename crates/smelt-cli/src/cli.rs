@@ -48,6 +48,12 @@ pub enum Command {
     Pull(PullArgs),
     /// List the models smelt can fetch by name, and whether they are cached.
     Models(ModelsArgs),
+    /// Generate text from a prompt, streaming it as it comes.
+    #[command(after_help = "Examples:\n  smelt run -p 'Write a haiku about rust'\n  smelt run -m model.gguf --raw -p 'The capital of France is' -n 16 --temp 0\n  echo 'Summarise: ...' | smelt run -f - --json")]
+    Run(RunArgs),
+    /// Chat with a model: one message per line on stdin (a terminal or a pipe); /reset starts
+    /// over, /exit (or end of input) quits.
+    Chat(ChatArgs),
     /// Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.
     #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 -o json\n  smelt bench -m smollm2-135m --as q4_0 -t 1")]
     Bench(BenchArgs),
@@ -175,4 +181,75 @@ pub fn quantize_help() -> String {
          smelt quantize model.gguf model-q8.gguf --to q8_0 --embed-type q8_0 --keep 'blk.0.*'",
     );
     s
+}
+
+/// Model and sampling options shared by `run` and `chat`.
+#[derive(Args, Debug, Clone)]
+pub struct LmArgs {
+    /// Model file or name.
+    #[arg(short, long, value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy (deterministic).
+    #[arg(long = "temp", value_name = "T", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample from the K most likely tokens (0: all).
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    pub top_k: usize,
+    /// Sample from the most likely tokens covering probability P (1: all).
+    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely (0: none).
+    #[arg(long, value_name = "P", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalise repeating the last --repeat-last-n tokens (1: off).
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (same seed, same text). Default: a fresh one, printed with --json.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Stop before this string (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Context size in tokens (prompt plus answer; default: the model's, at most 4096).
+    #[arg(short = 'c', long, value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Run the weights converted to this type in memory.
+    #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
+    pub as_type: Option<GgmlType>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub lm: LmArgs,
+    /// The prompt.
+    #[arg(short, long, value_name = "TEXT", conflicts_with = "file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file (`-` for stdin).
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Continue the text as is; by default the prompt becomes a user message in the model's
+    /// chat template (when it has one).
+    #[arg(long)]
+    pub raw: bool,
+    /// A system message (with the chat template).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Print one JSON object (text, tokens, stop reason, timings) at the end instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub lm: LmArgs,
+    /// A system message.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
 }

@@ -1,7 +1,8 @@
 //! The `smelt` binary: parses arguments, runs a command, maps errors to exit codes.
 //!
-//! Exit codes: 0 success, 1 error (message on stderr), 2 usage error (from clap). Writing into a
-//! closed pipe (`smelt inspect m | head`) ends quietly with 0.
+//! Exit codes: 0 success, 1 error (message on stderr), 2 usage error (from clap), 130 generation
+//! interrupted by Ctrl-C. Writing into a closed pipe (`smelt inspect m | head`) ends quietly
+//! with 0.
 
 mod cli;
 mod cmd;
@@ -69,18 +70,20 @@ pub fn resolve_model(arg: &str, quiet: bool) -> Result<PathBuf> {
     }
 }
 
-fn run(cli: &Cli) -> Result<()> {
+fn run(cli: &Cli) -> Result<i32> {
     if let Some(n) = cli.global.threads {
         if n == 0 {
             anyhow::bail!("--threads must be at least 1");
         }
     }
     match &cli.command {
-        Command::Inspect(a) => cmd::inspect::run(a, cli.global.quiet),
-        Command::Quantize(a) => cmd::quantize::run(a, &cli.global),
-        Command::Pull(a) => cmd::pull::pull(a, cli.global.quiet),
-        Command::Models(a) => cmd::pull::models(a),
-        Command::Bench(a) => cmd::bench::run(a, &cli.global),
+        Command::Inspect(a) => cmd::inspect::run(a, cli.global.quiet).map(|()| 0),
+        Command::Quantize(a) => cmd::quantize::run(a, &cli.global).map(|()| 0),
+        Command::Pull(a) => cmd::pull::pull(a, cli.global.quiet).map(|()| 0),
+        Command::Models(a) => cmd::pull::models(a).map(|()| 0),
+        Command::Bench(a) => cmd::bench::run(a, &cli.global).map(|()| 0),
+        Command::Run(a) => cmd::run::run(a, &cli.global),
+        Command::Chat(a) => cmd::chat::run(a, &cli.global),
     }
 }
 
@@ -92,7 +95,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

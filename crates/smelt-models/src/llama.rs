@@ -208,7 +208,7 @@ impl Llama {
     /// A fresh session holding at most `max_ctx` tokens (clamped to the trained context).
     pub fn session(&self, max_ctx: usize) -> Session {
         let max = max_ctx.clamp(1, self.cfg.ctx_train);
-        Session { kv: KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), max), bufs: Buffers::default() }
+        Session { kv: KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), max), bufs: Buffers::default(), tokens: Vec::new() }
     }
 
     /// Bytes of weights (for reports).
@@ -282,6 +282,7 @@ impl Llama {
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
         }
         sess.kv.len += m;
+        sess.tokens.extend_from_slice(tokens);
         let head = self.output.as_ref().unwrap_or(&self.embed);
         let rows: Vec<usize> = if all { (0..m).collect() } else { vec![m - 1] };
         let n = rows.len();
@@ -346,11 +347,12 @@ impl Buffers {
     }
 }
 
-/// A conversation's state: the KV cache and the activation buffers.
+/// A conversation's state: the KV cache, the tokens it holds, the activation buffers.
 #[derive(Debug)]
 pub struct Session {
     pub kv: KvCache,
     bufs: Buffers,
+    tokens: Vec<u32>,
 }
 
 impl Session {
@@ -366,5 +368,16 @@ impl Session {
     /// Keeps only the first `n` tokens (the rest are recomputed when sent again).
     pub fn truncate(&mut self, n: usize) {
         self.kv.truncate(n);
+        self.tokens.truncate(self.kv.len);
+    }
+
+    /// The tokens held, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The most tokens it may hold.
+    pub fn max_len(&self) -> usize {
+        self.kv.max
     }
 }

@@ -1,6 +1,9 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod chat;
 pub mod inspect;
+pub mod lm;
 pub mod pull;
 pub mod quantize;
+pub mod run;

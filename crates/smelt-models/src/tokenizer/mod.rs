@@ -59,7 +59,12 @@ pub struct Tokenizer {
     pub eos: Option<u32>,
     /// Add `bos` at the start of every encoded text.
     pub add_bos: bool,
+    /// Tokens that end a generation (EOS and end-of-turn tokens).
+    eog: Vec<u32>,
 }
+
+/// Control tokens that end a turn in the common chat formats.
+const END_OF_TURN: [&str; 8] = ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>", "</s>"];
 
 /// One piece of text between special tokens.
 enum Piece<'a> {
@@ -140,7 +145,11 @@ impl Tokenizer {
             .filter(|(t, _)| !t.is_empty())
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        Ok(Tokenizer { tokens, kinds, vocab, merges: bpe::Merges { table }, pre, specials, byte_ids, bos, eos, add_bos })
+        let mut eog: Vec<u32> = eos.into_iter().collect();
+        eog.extend(specials.iter().filter(|(t, id)| kinds[*id as usize] == TokenKind::Control && END_OF_TURN.contains(&t.as_str())).map(|s| s.1));
+        eog.sort_unstable();
+        eog.dedup();
+        Ok(Tokenizer { tokens, kinds, vocab, merges: bpe::Merges { table }, pre, specials, byte_ids, bos, eos, add_bos, eog })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -159,6 +168,11 @@ impl Tokenizer {
 
     pub fn kind(&self, id: u32) -> Option<TokenKind> {
         self.kinds.get(id as usize).copied()
+    }
+
+    /// Whether `id` ends a generation (EOS or an end-of-turn token).
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
     }
 
     /// Whether `id` is a control token (end of turn, end of text, ...).

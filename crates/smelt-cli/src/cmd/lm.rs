@@ -1,0 +1,93 @@
+//! What `run` and `chat` share: loading a model with its tokenizer and chat template, the
+//! generation settings, and Ctrl-C handling.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use smelt_formats::GgufFile;
+use smelt_kernels::pool::ThreadPool;
+use smelt_models::{ChatTemplate, GenerateConfig, Llama, LoadOptions, SamplerConfig, Tokenizer};
+
+use crate::cli::{Global, LmArgs};
+
+pub struct Lm {
+    pub model: Llama,
+    pub tok: Tokenizer,
+    pub template: ChatTemplate,
+    pub pool: ThreadPool,
+    pub load_seconds: f64,
+    pub name: String,
+}
+
+pub fn load(args: &LmArgs, global: &Global) -> Result<Lm> {
+    let t = Instant::now();
+    let path = crate::resolve_model(&args.model, global.quiet)?;
+    let file = Arc::new(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?);
+    let tok = Tokenizer::from_gguf(&file.header).with_context(|| format!("{}: reading its tokenizer", path.display()))?;
+    let template = ChatTemplate::from_gguf(&file.header, &tok);
+    let model = Llama::from_gguf(file, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?;
+    let pool = ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Lm { model, tok, template, pool, load_seconds: t.elapsed().as_secs_f64(), name })
+}
+
+/// The context size: the flag, else the model's trained context capped at 4096.
+pub fn context(args: &LmArgs, model: &Llama) -> usize {
+    args.ctx_size.unwrap_or_else(|| model.cfg.ctx_train.min(4096)).max(16)
+}
+
+/// Generation settings from the flags, and the seed they use.
+pub fn config(args: &LmArgs) -> (GenerateConfig, u64) {
+    let seed = args.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        t ^ (std::process::id() as u64) << 32
+    });
+    let sampler = SamplerConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed,
+    };
+    (GenerateConfig { max_tokens: args.max_tokens, stop: args.stop.clone(), sampler }, seed)
+}
+
+static GENERATING: AtomicBool = AtomicBool::new(false);
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler (once): during generation it stops the answer cleanly;
+/// otherwise it exits with status 130.
+pub fn cancel_flag() -> &'static AtomicBool {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let _ = ctrlc::set_handler(|| {
+            if GENERATING.load(Ordering::SeqCst) && !CANCEL.load(Ordering::SeqCst) {
+                CANCEL.store(true, Ordering::SeqCst);
+            } else {
+                std::process::exit(130);
+            }
+        });
+    });
+    &CANCEL
+}
+
+/// Marks the span of a generation for the Ctrl-C handler.
+pub struct Generating;
+
+impl Generating {
+    pub fn start() -> Generating {
+        CANCEL.store(false, Ordering::SeqCst);
+        GENERATING.store(true, Ordering::SeqCst);
+        Generating
+    }
+}
+
+impl Drop for Generating {
+    fn drop(&mut self) {
+        GENERATING.store(false, Ordering::SeqCst);
+    }
+}
