@@ -55,6 +55,46 @@ pub fn attn_mix_scalar(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
     }
 }
 
+/// f16 storage (raw bits) read as f32.
+#[inline]
+fn h(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+/// Scalar twin of [`attn_scores_f16`].
+pub fn attn_scores_f16_scalar(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    for (j, o) in out[..n].iter_mut().enumerate() {
+        let row = &k[j * stride..j * stride + d];
+        *o = q.iter().zip(row).map(|(&a, &b)| a * h(b)).sum::<f32>() * scale;
+    }
+}
+
+/// Scalar twin of [`attn_mix_f16`].
+pub fn attn_mix_f16_scalar(p: &[f32], v: &[u16], stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    out.fill(0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, &b) in out.iter_mut().zip(&v[j * stride..j * stride + d]) {
+            *o += pj * h(b);
+        }
+    }
+}
+
+/// Scalar twin of [`f32_to_f16`]: round to nearest even.
+pub fn f32_to_f16_scalar(src: &[f32], dst: &mut [u16]) {
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = half::f16::from_f32(x).to_bits();
+    }
+}
+
+/// Scalar twin of [`f16_to_f32`].
+pub fn f16_to_f32_scalar(src: &[u16], dst: &mut [f32]) {
+    for (o, &b) in dst.iter_mut().zip(src) {
+        *o = h(b);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -100,6 +140,83 @@ mod avx2 {
             *op.add(j) = _mm_cvtss_f32(hsum4(a, z, z, z)) * scale;
             j += 1;
         }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_h(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attn_scores_f16<const N: usize>(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32, out: &mut [f32]) {
+        let mut qv = [_mm256_setzero_ps(); N];
+        for (i, r) in qv.iter_mut().enumerate() {
+            *r = _mm256_loadu_ps(q.as_ptr().add(8 * i));
+        }
+        let (kp, op) = (k.as_ptr(), out.as_mut_ptr());
+        let sc = _mm_set1_ps(scale);
+        let mut j = 0;
+        while j + 4 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (t, a) in acc.iter_mut().enumerate() {
+                let row = kp.add((j + t) * stride);
+                for (i, qi) in qv.iter().enumerate() {
+                    *a = _mm256_fmadd_ps(*qi, load_h(row.add(8 * i)), *a);
+                }
+            }
+            _mm_storeu_ps(op.add(j), _mm_mul_ps(hsum4(acc[0], acc[1], acc[2], acc[3]), sc));
+            j += 4;
+        }
+        while j < n {
+            let row = kp.add(j * stride);
+            let mut a = _mm256_setzero_ps();
+            for (i, qi) in qv.iter().enumerate() {
+                a = _mm256_fmadd_ps(*qi, load_h(row.add(8 * i)), a);
+            }
+            let z = _mm256_setzero_ps();
+            *op.add(j) = _mm_cvtss_f32(hsum4(a, z, z, z)) * scale;
+            j += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attn_mix_f16<const N: usize>(p: &[f32], v: &[u16], stride: usize, out: &mut [f32]) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let vp = v.as_ptr();
+        for (j, &pj) in p.iter().enumerate() {
+            let w = _mm256_set1_ps(pj);
+            let row = vp.add(j * stride);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(w, load_h(row.add(8 * i)), *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *a);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+            i += 8;
+        }
+        super::f32_to_f16_scalar(&src[i..n], &mut dst[i..n]);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), load_h(src.as_ptr().add(i)));
+            i += 8;
+        }
+        super::f16_to_f32_scalar(&src[i..n], &mut dst[i..n]);
     }
 
     /// `N` = head size / 8.
@@ -220,6 +337,58 @@ pub fn attn_mix(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
     attn_mix_scalar(p, v, stride, out)
 }
 
+/// [`attn_scores`] over keys stored as f16 bits.
+pub fn attn_scores_f16(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    assert!(out.len() >= n && (n == 0 || k.len() >= (n - 1) * stride + d) && stride >= d, "attn_scores_f16: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if cpu::best() == Isa::Avx2 {
+        // SAFETY: bounds asserted above; AVX2 and F16C detected.
+        match d {
+            64 => return unsafe { avx2::attn_scores_f16::<8>(q, k, stride, n, scale, out) },
+            128 => return unsafe { avx2::attn_scores_f16::<16>(q, k, stride, n, scale, out) },
+            _ => {}
+        }
+    }
+    attn_scores_f16_scalar(q, k, stride, n, scale, out)
+}
+
+/// [`attn_mix`] over values stored as f16 bits.
+pub fn attn_mix_f16(p: &[f32], v: &[u16], stride: usize, out: &mut [f32]) {
+    let (n, d) = (p.len(), out.len());
+    assert!((n == 0 || v.len() >= (n - 1) * stride + d) && stride >= d, "attn_mix_f16: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if cpu::best() == Isa::Avx2 {
+        // SAFETY: bounds asserted above; AVX2 and F16C detected.
+        match d {
+            64 => return unsafe { avx2::attn_mix_f16::<8>(p, v, stride, out) },
+            128 => return unsafe { avx2::attn_mix_f16::<16>(p, v, stride, out) },
+            _ => {}
+        }
+    }
+    attn_mix_f16_scalar(p, v, stride, out)
+}
+
+/// f32 -> f16 bits, round to nearest even (bit-identical to the scalar twin).
+pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if cpu::best() == Isa::Avx2 {
+        // SAFETY: F16C detected with AVX2.
+        return unsafe { avx2::f32_to_f16(src, dst) };
+    }
+    f32_to_f16_scalar(src, dst)
+}
+
+/// f16 bits -> f32 (exact).
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if cpu::best() == Isa::Avx2 {
+        // SAFETY: F16C detected with AVX2.
+        return unsafe { avx2::f16_to_f32(src, dst) };
+    }
+    f16_to_f32_scalar(src, dst)
+}
+
 /// The kernels of exactly `isa` (for the conformance test), if it is available.
 pub fn kernels_for(isa: Isa) -> Option<(DotFn, AxpyFn)> {
     if !cpu::available().contains(&isa) {
@@ -237,6 +406,41 @@ pub fn kernels_for(isa: Isa) -> Option<(DotFn, AxpyFn)> {
 mod tests {
     use super::*;
     use crate::tolerance::DOT_FLOAT;
+
+    #[test]
+    fn f16_kernels_match_their_scalar_twins() {
+        let xs: Vec<f32> = (0..100).map(|i| (i as f32 * 0.77).sin() * 1000.0 + 1e-5 * i as f32).collect();
+        let (mut a, mut b) = (vec![0u16; 100], vec![0u16; 100]);
+        f32_to_f16(&xs, &mut a);
+        f32_to_f16_scalar(&xs, &mut b);
+        assert_eq!(a, b, "f32 -> f16 must round identically");
+        let (mut fa, mut fb) = (vec![0.0; 100], vec![0.0; 100]);
+        f16_to_f32(&a, &mut fa);
+        f16_to_f32_scalar(&a, &mut fb);
+        assert_eq!(fa, fb);
+        for d in [64usize, 128, 24] {
+            for n in [0usize, 1, 5, 9] {
+                let stride = 2 * d;
+                let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.3).cos()).collect();
+                let kf: Vec<f32> = (0..n.max(1) * stride).map(|i| (i as f32 * 0.013).sin()).collect();
+                let mut k = vec![0u16; kf.len()];
+                f32_to_f16_scalar(&kf, &mut k);
+                let (mut got, mut want) = (vec![0.0; n], vec![0.0; n]);
+                attn_scores_f16(&q, &k, stride, n, 0.5, &mut got);
+                attn_scores_f16_scalar(&q, &k, stride, n, 0.5, &mut want);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()) * d as f32, "d={d} n={n}");
+                }
+                let p: Vec<f32> = (0..n).map(|j| 0.1 + j as f32).collect();
+                let (mut o1, mut o2) = (vec![0.0; d], vec![0.0; d]);
+                attn_mix_f16(&p, &k, stride, &mut o1);
+                attn_mix_f16_scalar(&p, &k, stride, &mut o2);
+                for (g, w) in o1.iter().zip(&o2) {
+                    assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "d={d} n={n}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn attention_kernels_match_their_scalar_twins() {

@@ -15,11 +15,32 @@ use smelt_kernels::vec;
 
 use crate::ops;
 
+/// How the cache stores keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// Exact (twice the memory).
+    F32,
+    /// Half precision, as llama.cpp stores them by default.
+    #[default]
+    F16,
+}
+
+#[derive(Debug)]
+enum Store {
+    F32 { k: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
+    F16 { k: Vec<Vec<u16>>, v: Vec<Vec<u16>> },
+}
+
+/// One layer's cached keys and values.
+pub enum LayerView<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [u16], &'a [u16]),
+}
+
 /// Keys and values of every layer for the tokens seen so far.
 #[derive(Debug)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    store: Store,
     /// Tokens held.
     pub len: usize,
     /// The most tokens it may hold.
@@ -27,20 +48,30 @@ pub struct KvCache {
     row: usize,
 }
 
+fn grow<T: Clone + Default>(buf: &mut Vec<T>, need: usize, cap: usize) {
+    if buf.len() < need {
+        let target = need.max((buf.len() * 2).min(cap));
+        buf.resize(target, T::default());
+    }
+}
+
 impl KvCache {
     /// An empty cache for `n_layers` layers of `row` values (`n_kv * d_head`) per token.
-    pub fn new(n_layers: usize, row: usize, max: usize) -> KvCache {
-        KvCache { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers], len: 0, max, row }
+    pub fn new(n_layers: usize, row: usize, max: usize, ty: KvType) -> KvCache {
+        let store = match ty {
+            KvType::F32 => Store::F32 { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers] },
+            KvType::F16 => Store::F16 { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers] },
+        };
+        KvCache { store, len: 0, max, row }
     }
 
     /// Makes room for `n` more tokens (amortised doubling, never past `max`).
     pub fn reserve(&mut self, n: usize) {
         let need = (self.len + n).min(self.max) * self.row;
-        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            if buf.len() < need {
-                let target = need.max((buf.len() * 2).min(self.max * self.row));
-                buf.resize(target, 0.0);
-            }
+        let cap = self.max * self.row;
+        match &mut self.store {
+            Store::F32 { k, v } => k.iter_mut().chain(v.iter_mut()).for_each(|b| grow(b, need, cap)),
+            Store::F16 { k, v } => k.iter_mut().chain(v.iter_mut()).for_each(|b| grow(b, need, cap)),
         }
     }
 
@@ -49,24 +80,39 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
-    /// Stores keys and values (`m` tokens of `row` values each) of layer `l` at positions
-    /// `len..len + m` (the caller advances `len` after the last layer).
+    /// Stores keys and values (`m` tokens of `row` values each, at `stride`) of layer `l` at
+    /// positions `len..len + m` (the caller advances `len` after the last layer).
     pub fn store(&mut self, l: usize, k: &[f32], v: &[f32], stride: usize, m: usize) {
         let r = self.row;
         for t in 0..m {
             let at = (self.len + t) * r;
-            self.k[l][at..at + r].copy_from_slice(&k[t * stride..t * stride + r]);
-            self.v[l][at..at + r].copy_from_slice(&v[t * stride..t * stride + r]);
+            let (ks, vs) = (&k[t * stride..t * stride + r], &v[t * stride..t * stride + r]);
+            match &mut self.store {
+                Store::F32 { k, v } => {
+                    k[l][at..at + r].copy_from_slice(ks);
+                    v[l][at..at + r].copy_from_slice(vs);
+                }
+                Store::F16 { k, v } => {
+                    vec::f32_to_f16(ks, &mut k[l][at..at + r]);
+                    vec::f32_to_f16(vs, &mut v[l][at..at + r]);
+                }
+            }
         }
     }
 
-    pub fn layer(&self, l: usize) -> (&[f32], &[f32]) {
-        (&self.k[l], &self.v[l])
+    pub fn layer(&self, l: usize) -> LayerView<'_> {
+        match &self.store {
+            Store::F32 { k, v } => LayerView::F32(&k[l], &v[l]),
+            Store::F16 { k, v } => LayerView::F16(&k[l], &v[l]),
+        }
     }
 
     /// Bytes held (for reports).
     pub fn bytes(&self) -> usize {
-        self.k.iter().chain(self.v.iter()).map(|b| b.len() * 4).sum()
+        match &self.store {
+            Store::F32 { k, v } => k.iter().chain(v.iter()).map(|b| b.len() * 4).sum(),
+            Store::F16 { k, v } => k.iter().chain(v.iter()).map(|b| b.len() * 2).sum(),
+        }
     }
 }
 
@@ -89,30 +135,60 @@ thread_local! {
 }
 
 /// Attention of `m` new tokens at positions `base..base + m` (their keys and values already in
-/// the cache `k`, `v`) over all positions up to their own. `q` holds each token's query heads at
-/// stride `q_stride`; `out` receives `m * n_heads * d_head` values.
+/// the cache) over all positions up to their own. `q` holds each token's query heads at stride
+/// `q_stride`; `out` receives `m * n_heads * d_head` values. `widen` is scratch for an f16
+/// cache's keys and values as f32 (several tokens at once).
 #[allow(clippy::too_many_arguments)]
-pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f32], v: &[f32], base: usize, m: usize, out: &mut [f32]) {
-    let d = h.n_heads * h.d_head;
+pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, kv: LayerView, base: usize, m: usize, out: &mut [f32], widen: &mut Vec<f32>) {
     let row = h.n_kv * h.d_head;
     let scale = 1.0 / (h.d_head as f32).sqrt();
-    let sink = Disjoint::new(out);
+    let n = base + m;
     if m == 1 {
-        // One token: per head, a dot product per cached position, softmax, weighted sum.
-        let n_ctx = base + 1;
+        let sink = Disjoint::new(out);
+        let n_ctx = n;
         pool.run(h.n_heads, &|hh| {
             let g = hh / h.group();
             let qh = &q[hh * h.d_head..(hh + 1) * h.d_head];
             SCORES.with(|s| {
                 let mut s = s.borrow_mut();
                 s.resize(n_ctx, 0.0);
-                vec::attn_scores(qh, &k[g * h.d_head..], row, n_ctx, scale, &mut s);
+                match kv {
+                    LayerView::F32(k, _) => vec::attn_scores(qh, &k[g * h.d_head..], row, n_ctx, scale, &mut s),
+                    LayerView::F16(k, _) => vec::attn_scores_f16(qh, &k[g * h.d_head..], row, n_ctx, scale, &mut s),
+                }
                 ops::softmax(&mut s);
                 // SAFETY: each head writes its own `d_head` outputs.
                 let o = unsafe { sink.slice(hh * h.d_head..(hh + 1) * h.d_head) };
-                vec::attn_mix(&s, &v[g * h.d_head..], row, o);
+                match kv {
+                    LayerView::F32(_, v) => vec::attn_mix(&s, &v[g * h.d_head..], row, o),
+                    LayerView::F16(_, v) => vec::attn_mix_f16(&s, &v[g * h.d_head..], row, o),
+                }
             });
         });
+        return;
+    }
+    let (k, v): (&[f32], &[f32]) = match kv {
+        LayerView::F32(k, v) => (k, v),
+        LayerView::F16(k16, v16) => {
+            // Widen the layer's keys and values once for all heads and chunks.
+            widen.resize(2 * n * row, 0.0);
+            let (kw, vw) = widen.split_at_mut(n * row);
+            vec::f16_to_f32(&k16[..n * row], kw);
+            vec::f16_to_f32(&v16[..n * row], vw);
+            (kw, vw)
+        }
+    };
+    attend_batch(pool, h, q, q_stride, k, v, base, m, out)
+}
+
+/// The many-token case of [`attend`] over f32 keys and values.
+#[allow(clippy::too_many_arguments)]
+fn attend_batch(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f32], v: &[f32], base: usize, m: usize, out: &mut [f32]) {
+    let d = h.n_heads * h.d_head;
+    let row = h.n_kv * h.d_head;
+    let scale = 1.0 / (h.d_head as f32).sqrt();
+    let sink = Disjoint::new(out);
+    if m == 0 {
         return;
     }
     // Many tokens: per (head, chunk of tokens), S = Q K^T with the `gemm` crate, causal mask,

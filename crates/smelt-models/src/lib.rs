@@ -18,6 +18,7 @@ pub mod tokenizer;
 
 pub use error::ModelError;
 pub use llama::{Llama, LlamaConfig, LoadOptions, Session};
+pub use attention::KvType;
 pub use chat::{ChatTemplate, Message};
 pub use generate::{generate, GenerateConfig, Generation, StopReason};
 pub use sampling::{Sampler, SamplerConfig};

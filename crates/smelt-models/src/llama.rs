@@ -20,7 +20,7 @@ use smelt_formats::{GgmlType, GgufFile};
 use smelt_kernels::matmul::gemv_multi;
 use smelt_kernels::pool::ThreadPool;
 
-use crate::attention::{attend, Heads, KvCache};
+use crate::attention::{attend, Heads, KvCache, KvType};
 use crate::linear::{vector, Linear};
 use crate::ops::{self, Rope, RopeStyle};
 use crate::ModelError;
@@ -205,10 +205,16 @@ impl Llama {
         Self::from_gguf(Arc::new(GgufFile::open(path)?), opts)
     }
 
-    /// A fresh session holding at most `max_ctx` tokens (clamped to the trained context).
+    /// A fresh session holding at most `max_ctx` tokens (clamped to the trained context), with
+    /// an f16 KV cache.
     pub fn session(&self, max_ctx: usize) -> Session {
+        self.session_with(max_ctx, KvType::F16)
+    }
+
+    /// A fresh session with the given KV cache type.
+    pub fn session_with(&self, max_ctx: usize, kv: KvType) -> Session {
         let max = max_ctx.clamp(1, self.cfg.ctx_train);
-        Session { kv: KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), max), bufs: Buffers::default(), tokens: Vec::new() }
+        Session { kv: KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), max, kv), bufs: Buffers::default(), tokens: Vec::new() }
     }
 
     /// Bytes of weights (for reports).
@@ -261,8 +267,7 @@ impl Llama {
             ops::par_rows(pool, &mut b.q[..m * qd], m, &rope);
             ops::par_rows(pool, &mut b.k[..m * kvd], m, &rope);
             sess.kv.store(l, &b.k, &b.v, kvd, m);
-            let (kc, vc) = sess.kv.layer(l);
-            attend(pool, heads, &b.q, qd, kc, vc, base, m, &mut b.att);
+            attend(pool, heads, &b.q, qd, sess.kv.layer(l), base, m, &mut b.att, &mut b.widen);
             apply(pool, &layer.wo, &b.att, m, &mut b.o, &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
@@ -275,9 +280,9 @@ impl Llama {
                 apply(pool, &layer.gate, &b.h, m, &mut b.g, &mut b.scratch)?;
                 apply(pool, &layer.up, &b.h, m, &mut b.u, &mut b.scratch)?;
             }
-            let (g, u) = (&b.g, &b.u);
-            ops::par_rows(pool, &mut b.act[..m * ffn], m, &|t, a| ops::silu_mul(&g[t * ffn..(t + 1) * ffn], &u[t * ffn..(t + 1) * ffn], a));
-            apply(pool, &layer.down, &b.act, m, &mut b.o, &mut b.scratch)?;
+            let u = &b.u;
+            ops::par_rows(pool, &mut b.g[..m * ffn], m, &|t, g| ops::silu_mul_in_place(g, &u[t * ffn..(t + 1) * ffn]));
+            apply(pool, &layer.down, &b.g, m, &mut b.o, &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
         }
@@ -317,11 +322,11 @@ struct Buffers {
     o: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
-    act: Vec<f32>,
     last: Vec<f32>,
     logits: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    widen: Vec<f32>,
     scratch: Vec<u8>,
 }
 
@@ -338,7 +343,6 @@ impl Buffers {
             (&mut self.o, m * d),
             (&mut self.g, m * ffn),
             (&mut self.u, m * ffn),
-            (&mut self.act, m * ffn),
             (&mut self.cos, m * half),
             (&mut self.sin, m * half),
         ] {

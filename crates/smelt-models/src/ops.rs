@@ -57,6 +57,13 @@ pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `g_i = silu(g_i) u_i` in place.
+pub fn silu_mul_in_place(g: &mut [f32], u: &[f32]) {
+    for (a, &b) in g.iter_mut().zip(u) {
+        *a = *a / (1.0 + (-*a).exp()) * b;
+    }
+}
+
 /// Softmax in place: `x_i = e^(x_i - max) / sum_j e^(x_j - max)`.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -45,7 +45,7 @@ fn prompt(model: &Llama, pool: &ThreadPool, n: usize, rng: &mut Rng) -> Result<f
     let tokens: Vec<u32> = (0..n).map(|_| rng.token(model.cfg.vocab)).collect();
     let mut sess = model.session(n + 1);
     let t = Instant::now();
-    model.forward(pool, &mut sess, &tokens, false)?;
+    smelt_models::generate::prefill(model, pool, &mut sess, &tokens)?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
