@@ -125,3 +125,118 @@ fn models_lists_the_catalog() {
     let names: Vec<&str> = v.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"smollm2-135m") && names.contains(&"all-minilm-l6-v2") && names.contains(&"gemma3-270m"));
 }
+
+/// A GGUF with the given metadata and no tensors.
+fn tiny_gguf(name: &str, kv: &[(&str, smelt_formats::gguf::GgufValue)]) -> PathBuf {
+    let mut m = smelt_formats::Metadata::new();
+    for (k, v) in kv {
+        m.set(*k, v.clone());
+    }
+    let path = tmp(name);
+    let f = std::fs::File::create(&path).unwrap();
+    smelt_formats::gguf::GgufWriter::new(f, 3, &m, vec![]).unwrap().finish().unwrap();
+    path
+}
+
+#[test]
+fn run_refuses_unsupported_models_clearly() {
+    use smelt_formats::gguf::GgufValue as V;
+    let neox = tiny_gguf("neox.gguf", &[("general.architecture", V::String("gptneox".into()))]);
+    let o = smelt(&["run", "-m", neox.to_str().unwrap(), "-p", "hi", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("\"gptneox\" is not supported") && stderr(&o).contains("llama"), "{}", stderr(&o));
+    let no_tok = tiny_gguf(
+        "notok.gguf",
+        &[
+            ("general.architecture", V::String("llama".into())),
+            ("llama.embedding_length", V::U32(64)),
+            ("llama.block_count", V::U32(1)),
+            ("llama.feed_forward_length", V::U32(128)),
+            ("llama.attention.head_count", V::U32(4)),
+        ],
+    );
+    let o = smelt(&["run", "-m", no_tok.to_str().unwrap(), "-p", "hi", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("tokenizer"), "{}", stderr(&o));
+}
+
+#[test]
+fn run_is_deterministic_and_reports_in_json() {
+    let args = ["run", "--raw", "-p", "The capital of France is", "-n", "12", "--json", "-q"];
+    let greedy: Vec<serde_json::Value> = (0..2)
+        .map(|_| {
+            let o = smelt(&[&args[..], &["--temp", "0"]].concat());
+            assert!(o.status.success(), "{}", stderr(&o));
+            serde_json::from_slice(&o.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(greedy[0]["text"], greedy[1]["text"]);
+    assert!(greedy[0]["text"].as_str().unwrap().starts_with(" Paris"), "{}", greedy[0]["text"]);
+    assert_eq!(greedy[0]["completion_tokens"], 12);
+    assert_eq!(greedy[0]["stop_reason"], "length");
+    assert!(greedy[0]["timings"]["generation_tokens_per_second"].as_f64().unwrap() > 0.0);
+    let seeded = |seed: &str| {
+        let o = smelt(&[&args[..], &["--temp", "1.0", "--seed", seed]].concat());
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["text"].clone()
+    };
+    assert_eq!(seeded("42"), seeded("42"));
+    // Stop strings end the text before them.
+    let o = smelt(&["run", "--raw", "-p", "The capital of France is", "-n", "30", "--temp", "0", "--stop", ".", "--json", "-q"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["text"].as_str().unwrap(), v["stop_reason"].as_str().unwrap()), (" Paris", "stop"));
+}
+
+#[test]
+fn run_reports_bad_prompts_and_long_prompts() {
+    let o = smelt(&["run", "-p", &"word ".repeat(300), "-c", "64", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("context holds 64"), "{}", stderr(&o));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["run", "-f", "-", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"bad \xff\xfe bytes").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not valid UTF-8"), "{}", stderr(&o));
+}
+
+#[test]
+fn chat_works_from_a_pipe_and_skips_invalid_lines() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["chat", "--temp", "0", "-n", "16", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"What is 2+2?\n\xff oops\n/reset\nSay hello.\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let answers: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap().lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(answers.len() >= 2, "{answers:?}");
+    assert!(stderr(&o).contains("not valid UTF-8"), "{}", stderr(&o));
+}
+
+#[test]
+fn ctrl_c_stops_generation_cleanly() {
+    let child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["run", "--raw", "-p", "Once upon a time", "-n", "100000", "-c", "4096", "-q"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    // Wait until text is flowing, then interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(!o.stdout.is_empty());
+}

@@ -106,7 +106,7 @@ fn simd_kernels_match_their_scalar_twins() {
 
 #[test]
 fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
-    let mut rng = Rng(0xA11_0F_7E5);
+    let mut rng = Rng(0xA110_F7E5);
     let mut checked = 0;
     for row in table() {
         let n = if row.weight.block_elems() == 256 { 512 } else { 96 };
@@ -143,14 +143,14 @@ fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
 
 #[test]
 fn simd_dequantizers_equal_the_reference_bit_for_bit() {
-    let mut rng = Rng(0xDE9_0A47);
+    let mut rng = Rng(0x0DE9_0A47);
     let mut checked = 0;
     for ty in smelt_formats::REGISTRY.iter().map(|t| t.ty).filter(|t| t.can_dequantize()) {
         for &isa in cpu::available() {
             let Some(f) = smelt_kernels::dequant::kernel(isa, ty) else { continue };
             for n in weight_sizes(ty).into_iter().filter(|n| n % ty.block_elems() == 0) {
                 let mut cases = vec![];
-                if scale_fields(ty).len() > 0 || ty.block_elems() == 1 {
+                if !scale_fields(ty).is_empty() || ty.block_elems() == 1 {
                     cases.push(random_blocks(&mut rng, ty, n));
                 }
                 if ty.can_quantize() {
@@ -168,7 +168,9 @@ fn simd_dequantizers_equal_the_reference_bit_for_bit() {
             }
         }
     }
-    if cpu::available().len() > 1 {
+    // Where a SIMD level has dequantizers (AVX2 today), the common types must all have been seen.
+    let with_kernels = cpu::available().iter().any(|&isa| smelt_kernels::dequant::kernel(isa, GgmlType::Q4_0).is_some());
+    if with_kernels {
         assert!(checked >= 40, "{checked}");
     }
 }

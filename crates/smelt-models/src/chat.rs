@@ -41,8 +41,13 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// The template of a GGUF file, or ChatML.
     pub fn from_gguf(h: &GgufHeader, tok: &Tokenizer) -> ChatTemplate {
+        Self::new(h.get("tokenizer.chat_template").and_then(|v| v.as_str()), tok)
+    }
+
+    /// `source`, or ChatML when there is none.
+    pub fn new(source: Option<&str>, tok: &Tokenizer) -> ChatTemplate {
         let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
-        match h.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        match source {
             Some(src) if !src.trim().is_empty() => ChatTemplate { source: src.into(), from_model: true, bos: text(tok.bos), eos: text(tok.eos) },
             _ => ChatTemplate { source: CHATML.into(), from_model: false, bos: text(tok.bos), eos: text(tok.eos) },
         }

@@ -24,10 +24,26 @@ pub use generate::{generate, GenerateConfig, Generation, StopReason};
 pub use sampling::{Sampler, SamplerConfig};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
-/// Opens a GGUF model and its tokenizer.
-pub fn load(path: &std::path::Path, opts: LoadOptions) -> Result<(Llama, Tokenizer), ModelError> {
+/// A decoder ready to run: weights, tokenizer, chat template.
+pub struct Loaded {
+    pub model: Llama,
+    pub tok: Tokenizer,
+    pub template: ChatTemplate,
+}
+
+/// Opens a model: a GGUF file, or an HF directory (config.json, model.safetensors,
+/// tokenizer.json, tokenizer_config.json).
+pub fn load(path: &std::path::Path, opts: LoadOptions) -> Result<Loaded, ModelError> {
+    if path.is_dir() {
+        let tok = Tokenizer::from_hf_json(&path.join("tokenizer.json"))?;
+        let template = ChatTemplate::new(tokenizer::hf::hf_chat_template(path).as_deref(), &tok);
+        let model = Llama::from_hf_dir(path, opts)?;
+        return Ok(Loaded { model, tok, template });
+    }
     let file = std::sync::Arc::new(smelt_formats::GgufFile::open(path)?);
+    LlamaConfig::from_gguf(&file.header)?; // an unsupported architecture is the first thing to say
     let tok = Tokenizer::from_gguf(&file.header)?;
+    let template = ChatTemplate::from_gguf(&file.header, &tok);
     let model = Llama::from_gguf(file, opts)?;
-    Ok((model, tok))
+    Ok(Loaded { model, tok, template })
 }

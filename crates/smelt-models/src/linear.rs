@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use smelt_formats::quant::{dequantize, quantize};
+use smelt_formats::safetensors::{Dtype, SafetensorsFile};
 use smelt_formats::{GgmlType, GgufFile, TensorInfo};
 use smelt_kernels::matmul::{gemm, gemv, QMatrix};
 use smelt_kernels::pool::ThreadPool;
@@ -16,6 +17,8 @@ use crate::ModelError;
 enum Bytes {
     /// A range of the memory-mapped model file.
     File { file: Arc<GgufFile>, start: usize, len: usize },
+    /// A tensor of a memory-mapped safetensors file.
+    Safetensors { file: Arc<SafetensorsFile>, index: usize },
     /// Converted at load time.
     Owned(Arc<Vec<u8>>),
 }
@@ -53,6 +56,26 @@ impl Linear {
         Ok(lin)
     }
 
+    /// The 2-D tensor `name` (`[out, in]`, F32/F16/BF16) of a safetensors file.
+    pub fn load_safetensors(file: &Arc<SafetensorsFile>, name: &str, as_type: Option<GgmlType>) -> Result<Linear, ModelError> {
+        let index = file.tensors().iter().position(|t| t.name == name).ok_or_else(|| ModelError::MissingTensor { name: name.into(), arch: "HF llama".into() })?;
+        let t = &file.tensors()[index];
+        let ty = match t.dtype {
+            Dtype::F32 => GgmlType::F32,
+            Dtype::F16 => GgmlType::F16,
+            Dtype::BF16 => GgmlType::BF16,
+            other => return Err(ModelError::Config(format!("tensor {name:?} has dtype {other:?}; smelt reads F32, F16 and BF16 safetensors"))),
+        };
+        if t.shape.len() != 2 {
+            return Err(ModelError::WrongShape { name: name.into(), found: t.shape.iter().map(|&d| d as u64).collect(), expected: vec![0, 0] });
+        }
+        let lin = Linear { name: name.into(), ty, rows: t.shape[0], cols: t.shape[1], bytes: Bytes::Safetensors { file: file.clone(), index } };
+        match as_type {
+            Some(target) if target != ty && lin.cols.is_multiple_of(target.block_elems()) => lin.converted(target),
+            _ => Ok(lin),
+        }
+    }
+
     /// A copy in another type.
     pub fn converted(&self, ty: GgmlType) -> Result<Linear, ModelError> {
         let mut f = vec![0f32; self.rows * self.cols];
@@ -68,6 +91,7 @@ impl Linear {
                 let data = file.tensor_data_range(*start, *len);
                 data
             }
+            Bytes::Safetensors { file, index } => file.data(&file.tensors()[*index]),
             Bytes::Owned(v) => v,
         }
     }

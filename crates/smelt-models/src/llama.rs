@@ -16,6 +16,8 @@
 use std::sync::Arc;
 
 use smelt_formats::gguf::GgufHeader;
+use smelt_formats::hf_config::{load_config, HfConfig};
+use smelt_formats::safetensors::SafetensorsFile;
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_kernels::matmul::gemv_multi;
 use smelt_kernels::pool::ThreadPool;
@@ -142,7 +144,8 @@ pub struct Llama {
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer>,
     pub rope: Rope,
-    pub file: Arc<GgufFile>,
+    /// The GGUF file the weights come from (`None` for HF safetensors).
+    pub file: Option<Arc<GgufFile>>,
 }
 
 /// Options for loading.
@@ -197,7 +200,84 @@ impl Llama {
         }
         let output_norm = vector(&file, "output_norm.weight", d)?;
         let rope = Rope::new(RopeStyle::Interleaved, cfg.rope_dim, cfg.rope_theta, cfg.rope_scale);
-        Ok(Llama { cfg, embed, output, output_norm, layers, rope, file })
+        Ok(Llama { cfg, embed, output, output_norm, layers, rope, file: Some(file) })
+    }
+
+    /// Loads an HF model directory: `config.json` and `model.safetensors` (HF tensor names,
+    /// F32/F16/BF16). HF weights use the half-split RoPE pairing (`rotate_half`).
+    pub fn from_hf_dir(dir: &std::path::Path, opts: LoadOptions) -> Result<Llama, ModelError> {
+        let hf = match load_config(&dir.join("config.json")).map_err(|e| ModelError::Config(e.to_string()))? {
+            HfConfig::Llama(c) => c,
+            HfConfig::Bert(_) => return Err(ModelError::UnsupportedArchitecture { found: "bert".into(), supported: ARCHITECTURES }),
+            HfConfig::Other { model_type } => return Err(ModelError::UnsupportedArchitecture { found: model_type, supported: ARCHITECTURES }),
+        };
+        let bounded = |name: &str, v: usize| if v == 0 || v as u64 > MAX_DIM { Err(ModelError::Config(format!("{name} = {v}"))) } else { Ok(v) };
+        let n_heads = bounded("num_attention_heads", hf.num_attention_heads)?;
+        let n_kv_heads = bounded("num_key_value_heads", hf.n_kv_heads())?;
+        let head_dim = bounded("head_dim", hf.head_dim())?;
+        if n_heads % n_kv_heads != 0 {
+            return Err(ModelError::Config(format!("{n_heads} query heads cannot share {n_kv_heads} key/value heads")));
+        }
+        let rope_scale = match hf.rope_scaling.as_ref() {
+            None | Some(serde_json::Value::Null) => 1.0,
+            Some(v) => match v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()) {
+                Some("linear") => v.get("factor").and_then(|f| f.as_f64()).unwrap_or(1.0),
+                other => return Err(ModelError::Config(format!("RoPE scaling {other:?} is not supported yet (linear is)"))),
+            },
+        };
+        let cfg = LlamaConfig {
+            dim: bounded("hidden_size", hf.hidden_size)?,
+            n_layers: bounded("num_hidden_layers", hf.num_hidden_layers)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: bounded("intermediate_size", hf.intermediate_size)?,
+            vocab: bounded("vocab_size", hf.vocab_size)?,
+            norm_eps: hf.rms_norm_eps as f32,
+            rope_theta: hf.rope_theta,
+            rope_dim: head_dim,
+            rope_scale,
+            ctx_train: bounded("max_position_embeddings", hf.max_position_embeddings)?,
+        };
+        let st = Arc::new(SafetensorsFile::open(dir.join("model.safetensors")).map_err(|e| ModelError::Config(e.to_string()))?);
+        let as_ty = opts.weight_type;
+        let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            let l = Linear::load_safetensors(&st, name, as_ty)?;
+            check(&l, rows, cols)?;
+            Ok(l)
+        };
+        let vec = |name: &str, n: usize| st.tensor_f32(name, Some(&[n])).map_err(|e| ModelError::Config(e.to_string()));
+        let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
+        let embed = lin("model.embed_tokens.weight", cfg.vocab, d)?;
+        let output = match st.get("lm_head.weight") {
+            Ok(_) if !hf.tie_word_embeddings => Some(lin("lm_head.weight", cfg.vocab, d)?),
+            _ => None,
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: vec(&p("input_layernorm.weight"), d)?,
+                wq: lin(&p("self_attn.q_proj.weight"), qd, d)?,
+                wk: lin(&p("self_attn.k_proj.weight"), kvd, d)?,
+                wv: lin(&p("self_attn.v_proj.weight"), kvd, d)?,
+                wo: lin(&p("self_attn.o_proj.weight"), d, qd)?,
+                ffn_norm: vec(&p("post_attention_layernorm.weight"), d)?,
+                gate: lin(&p("mlp.gate_proj.weight"), cfg.ffn_dim, d)?,
+                up: lin(&p("mlp.up_proj.weight"), cfg.ffn_dim, d)?,
+                down: lin(&p("mlp.down_proj.weight"), d, cfg.ffn_dim)?,
+            });
+        }
+        let output_norm = vec("model.norm.weight", d)?;
+        let rope = Rope::new(RopeStyle::Halves, cfg.rope_dim, cfg.rope_theta, cfg.rope_scale);
+        Ok(Llama { cfg, embed, output, output_norm, layers, rope, file: None })
+    }
+
+    /// Parameters (weights of every matrix and norm).
+    pub fn n_params(&self) -> u64 {
+        let m = |l: &Linear| (l.rows * l.cols) as u64;
+        let layers: u64 = self.layers.iter().map(|l| m(&l.wq) + m(&l.wk) + m(&l.wv) + m(&l.wo) + m(&l.gate) + m(&l.up) + m(&l.down) + (l.attn_norm.len() + l.ffn_norm.len()) as u64).sum();
+        layers + m(&self.embed) + self.output.as_ref().map_or(0, m) + self.output_norm.len() as u64
     }
 
     /// Opens `path` and builds the model.

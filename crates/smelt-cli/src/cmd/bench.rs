@@ -68,11 +68,11 @@ fn stats(v: &[f64]) -> (f64, f64) {
 
 pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
     let path = crate::resolve_model(&args.model, global.quiet)?;
-    let (model, _) = smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?;
+    let model = smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?.model;
     let threads = global.threads.unwrap_or_else(smelt_kernels::pool::default_threads);
     let pool = ThreadPool::new(threads);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let params = model.file.header.n_params();
+    let params = model.n_params();
     let weight_type = model.layers.first().map(|l| l.wq.ty.name().to_string()).unwrap_or_default();
     let model_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut tests: Vec<(String, usize, bool)> = Vec::new();

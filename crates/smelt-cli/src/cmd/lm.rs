@@ -2,11 +2,10 @@
 //! generation settings, and Ctrl-C handling.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use smelt_formats::GgufFile;
 use smelt_kernels::pool::ThreadPool;
 use smelt_models::{ChatTemplate, GenerateConfig, Llama, LoadOptions, SamplerConfig, Tokenizer};
 
@@ -24,10 +23,8 @@ pub struct Lm {
 pub fn load(args: &LmArgs, global: &Global) -> Result<Lm> {
     let t = Instant::now();
     let path = crate::resolve_model(&args.model, global.quiet)?;
-    let file = Arc::new(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?);
-    let tok = Tokenizer::from_gguf(&file.header).with_context(|| format!("{}: reading its tokenizer", path.display()))?;
-    let template = ChatTemplate::from_gguf(&file.header, &tok);
-    let model = Llama::from_gguf(file, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?;
+    let smelt_models::Loaded { model, tok, template } =
+        smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?;
     let pool = ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(Lm { model, tok, template, pool, load_seconds: t.elapsed().as_secs_f64(), name })

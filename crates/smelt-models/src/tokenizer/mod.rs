@@ -5,6 +5,7 @@
 
 pub mod bpe;
 pub mod bytelevel;
+pub mod hf;
 pub mod pretok;
 
 use std::collections::HashMap;
