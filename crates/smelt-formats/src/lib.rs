@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod gguf;
 pub mod hf_config;
 pub mod npy;
+pub mod onnx;
 pub mod quant;
 pub mod safetensors;
 mod storage;

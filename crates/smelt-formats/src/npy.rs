@@ -12,30 +12,36 @@ use crate::error::NpyError;
 /// Element data of an array.
 #[derive(Clone, Debug, PartialEq)]
 pub enum NpyData {
+    F16(Vec<half::f16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
     I64(Vec<i64>),
     I32(Vec<i32>),
+    I8(Vec<i8>),
     U8(Vec<u8>),
 }
 
 impl NpyData {
     fn descr(&self) -> &'static str {
         match self {
+            NpyData::F16(_) => "<f2",
             NpyData::F32(_) => "<f4",
             NpyData::F64(_) => "<f8",
             NpyData::I64(_) => "<i8",
             NpyData::I32(_) => "<i4",
+            NpyData::I8(_) => "|i1",
             NpyData::U8(_) => "|u1",
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
+            NpyData::F16(v) => v.len(),
             NpyData::F32(v) => v.len(),
             NpyData::F64(v) => v.len(),
             NpyData::I64(v) => v.len(),
             NpyData::I32(v) => v.len(),
+            NpyData::I8(v) => v.len(),
             NpyData::U8(v) => v.len(),
         }
     }
@@ -47,10 +53,12 @@ impl NpyData {
     /// The elements as f32 (rounded for f64 and wide integers).
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
+            NpyData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             NpyData::F32(v) => v.clone(),
             NpyData::F64(v) => v.iter().map(|&x| x as f32).collect(),
             NpyData::I64(v) => v.iter().map(|&x| x as f32).collect(),
             NpyData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            NpyData::I8(v) => v.iter().map(|&x| x as f32).collect(),
             NpyData::U8(v) => v.iter().map(|&x| x as f32).collect(),
         }
     }
@@ -101,10 +109,11 @@ pub fn read_npy(bytes: &[u8]) -> Result<NpyArray, NpyError> {
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
     let body = &bytes[start + header_len..];
     let item = match descr {
+        "<f2" => 2,
         "<f4" | "<i4" => 4,
         "<f8" | "<i8" => 8,
-        "|u1" | "<u1" => 1,
-        d => return Err(NpyError::Invalid(format!("dtype {d} not supported (f4, f8, i4, i8, u1 are)"))),
+        "|u1" | "<u1" | "|i1" | "<i1" => 1,
+        d => return Err(NpyError::Invalid(format!("dtype {d} not supported (f2, f4, f8, i1, i4, i8, u1 are)"))),
     };
     if n.checked_mul(item) != Some(body.len()) {
         return Err(NpyError::Invalid(format!("shape {shape:?} needs {} bytes of data, file has {}", n.saturating_mul(item), body.len())));
@@ -113,10 +122,12 @@ pub fn read_npy(bytes: &[u8]) -> Result<NpyArray, NpyError> {
         b.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
     }
     let data = match descr {
+        "<f2" => NpyData::F16(conv(body, |b| half::f16::from_bits(u16::from_le_bytes(b)))),
         "<f4" => NpyData::F32(conv(body, f32::from_le_bytes)),
         "<f8" => NpyData::F64(conv(body, f64::from_le_bytes)),
         "<i4" => NpyData::I32(conv(body, i32::from_le_bytes)),
         "<i8" => NpyData::I64(conv(body, i64::from_le_bytes)),
+        "|i1" | "<i1" => NpyData::I8(body.iter().map(|&b| b as i8).collect()),
         _ => NpyData::U8(body.to_vec()),
     };
     Ok(NpyArray { shape, data })
@@ -146,10 +157,12 @@ pub fn write_npy<W: Write>(w: &mut W, array: &NpyArray) -> std::io::Result<()> {
         };
     }
     match &array.data {
+        NpyData::F16(v) => body!(v),
         NpyData::F32(v) => body!(v),
         NpyData::F64(v) => body!(v),
         NpyData::I64(v) => body!(v),
         NpyData::I32(v) => body!(v),
+        NpyData::I8(v) => body!(v),
         NpyData::U8(v) => w.write_all(v)?,
     }
     Ok(())
@@ -175,6 +188,10 @@ mod tests {
         assert_eq!(read_npy(&bytes).unwrap(), a);
         let v = NpyArray { shape: vec![4], data: NpyData::I64(vec![1, -2, 3, 1 << 40]) };
         assert_eq!(read_npy(&to_npy_bytes(&v).unwrap()).unwrap(), v);
+        let h = NpyArray { shape: vec![2], data: NpyData::F16(vec![half::f16::from_f32(0.5), half::f16::from_f32(-3.0)]) };
+        assert_eq!(read_npy(&to_npy_bytes(&h).unwrap()).unwrap(), h);
+        let i = NpyArray { shape: vec![3], data: NpyData::I8(vec![-128, 0, 127]) };
+        assert_eq!(read_npy(&to_npy_bytes(&i).unwrap()).unwrap(), i);
     }
 
     #[test]

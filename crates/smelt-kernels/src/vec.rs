@@ -5,7 +5,7 @@
 //! - [`attn_scores`]: `s_j = scale * q . k_j` for `j < n`, `k_j` at `k[j * stride..]`;
 //! - [`attn_mix`]: `out = sum_j p_j v_j`, `v_j` at `v[j * stride..]`.
 //!
-//! For head sizes of 64 and 128 the AVX2 kernels keep the query (or the output) in registers
+//! For head sizes of 32, 64 and 128 the AVX2 kernels keep the query (or the output) in registers
 //! and reduce four scores at once, instead of a call and a horizontal sum per position.
 
 use std::sync::OnceLock;
@@ -313,6 +313,7 @@ pub fn attn_scores(q: &[f32], k: &[f32], stride: usize, n: usize, scale: f32, ou
     if cpu::best() == Isa::Avx2 {
         // SAFETY: bounds asserted above; AVX2 detected.
         match d {
+            32 => return unsafe { avx2::attn_scores::<4>(q, k, stride, n, scale, out) },
             64 => return unsafe { avx2::attn_scores::<8>(q, k, stride, n, scale, out) },
             128 => return unsafe { avx2::attn_scores::<16>(q, k, stride, n, scale, out) },
             _ => {}
@@ -329,6 +330,7 @@ pub fn attn_mix(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
     if cpu::best() == Isa::Avx2 {
         // SAFETY: bounds asserted above; AVX2 detected.
         match d {
+            32 => return unsafe { avx2::attn_mix::<4>(p, v, stride, out) },
             64 => return unsafe { avx2::attn_mix::<8>(p, v, stride, out) },
             128 => return unsafe { avx2::attn_mix::<16>(p, v, stride, out) },
             _ => {}
@@ -345,6 +347,7 @@ pub fn attn_scores_f16(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32
     if cpu::best() == Isa::Avx2 {
         // SAFETY: bounds asserted above; AVX2 and F16C detected.
         match d {
+            32 => return unsafe { avx2::attn_scores_f16::<4>(q, k, stride, n, scale, out) },
             64 => return unsafe { avx2::attn_scores_f16::<8>(q, k, stride, n, scale, out) },
             128 => return unsafe { avx2::attn_scores_f16::<16>(q, k, stride, n, scale, out) },
             _ => {}
@@ -361,6 +364,7 @@ pub fn attn_mix_f16(p: &[f32], v: &[u16], stride: usize, out: &mut [f32]) {
     if cpu::best() == Isa::Avx2 {
         // SAFETY: bounds asserted above; AVX2 and F16C detected.
         match d {
+            32 => return unsafe { avx2::attn_mix_f16::<4>(p, v, stride, out) },
             64 => return unsafe { avx2::attn_mix_f16::<8>(p, v, stride, out) },
             128 => return unsafe { avx2::attn_mix_f16::<16>(p, v, stride, out) },
             _ => {}
@@ -418,7 +422,7 @@ mod tests {
         f16_to_f32(&a, &mut fa);
         f16_to_f32_scalar(&a, &mut fb);
         assert_eq!(fa, fb);
-        for d in [64usize, 128, 24] {
+        for d in [32usize, 64, 128, 24] {
             for n in [0usize, 1, 5, 9] {
                 let stride = 2 * d;
                 let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.3).cos()).collect();
@@ -444,7 +448,7 @@ mod tests {
 
     #[test]
     fn attention_kernels_match_their_scalar_twins() {
-        for d in [64usize, 128, 40] {
+        for d in [32usize, 64, 128, 40] {
             for n in [0usize, 1, 3, 4, 5, 33] {
                 let stride = d * 3;
                 let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.3).sin()).collect();

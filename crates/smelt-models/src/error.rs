@@ -11,6 +11,8 @@ pub enum ModelError {
     Quant(#[from] QuantError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Onnx(#[from] smelt_formats::onnx::OnnxError),
     #[error("architecture {found:?} is not supported (smelt runs: {supported})")]
     UnsupportedArchitecture { found: String, supported: &'static str },
     #[error("model file is missing tensor {name:?}; is it a complete {arch} model?")]

@@ -1,25 +1,31 @@
 //! smelt-models: model architectures and what runs around them.
 //!
 //! - [`llama`]: the Llama family of decoders (SmolLM2 and friends), one file.
+//! - [`bert`]: the BERT family of encoders (all-MiniLM-L6-v2 and friends), one file.
 //! - [`linear`], [`ops`], [`attention`]: the layers the architectures are made of, written once
 //!   against any weight type.
 //! - [`tokenizer`]: byte-level BPE from GGUF vocabularies, streaming detokenization.
 //! - [`chat`], [`sampling`], [`generate`]: chat templates, token choice, the generation loop.
 
 pub mod attention;
+pub mod bert;
+pub mod bert_onnx;
 pub mod chat;
+pub mod embed;
 pub mod error;
 pub mod generate;
 pub mod linear;
 pub mod llama;
 pub mod ops;
 pub mod sampling;
+pub mod stats;
 pub mod tokenizer;
 
 pub use error::ModelError;
 pub use llama::{Llama, LlamaConfig, LoadOptions, Session};
 pub use attention::KvType;
 pub use chat::{ChatTemplate, Message};
+pub use embed::{EmbedOptions, Encoder, Pooling, Window};
 pub use generate::{generate, GenerateConfig, Generation, StopReason};
 pub use sampling::{Sampler, SamplerConfig};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -58,7 +58,7 @@ impl Linear {
 
     /// The 2-D tensor `name` (`[out, in]`, F32/F16/BF16) of a safetensors file.
     pub fn load_safetensors(file: &Arc<SafetensorsFile>, name: &str, as_type: Option<GgmlType>) -> Result<Linear, ModelError> {
-        let index = file.tensors().iter().position(|t| t.name == name).ok_or_else(|| ModelError::MissingTensor { name: name.into(), arch: "HF llama".into() })?;
+        let index = file.tensors().iter().position(|t| t.name == name).ok_or_else(|| ModelError::MissingTensor { name: name.into(), arch: "safetensors".into() })?;
         let t = &file.tensors()[index];
         let ty = match t.dtype {
             Dtype::F32 => GgmlType::F32,
@@ -72,6 +72,19 @@ impl Linear {
         let lin = Linear { name: name.into(), ty, rows: t.shape[0], cols: t.shape[1], bytes: Bytes::Safetensors { file: file.clone(), index } };
         match as_type {
             Some(target) if target != ty && lin.cols.is_multiple_of(target.block_elems()) => lin.converted(target),
+            _ => Ok(lin),
+        }
+    }
+
+    /// An owned f32 matrix `[rows, cols]` (row-major), optionally converted to `as_type`.
+    pub fn from_f32(name: &str, rows: usize, cols: usize, data: Vec<f32>, as_type: Option<GgmlType>) -> Result<Linear, ModelError> {
+        if data.len() != rows * cols {
+            return Err(ModelError::WrongShape { name: name.into(), found: vec![data.len() as u64], expected: vec![rows as u64, cols as u64] });
+        }
+        let bytes = bytemuck::cast_slice::<f32, u8>(&data).to_vec();
+        let lin = Linear { name: name.into(), ty: GgmlType::F32, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)) };
+        match as_type {
+            Some(target) if target != GgmlType::F32 && cols.is_multiple_of(target.block_elems()) => lin.converted(target),
             _ => Ok(lin),
         }
     }
@@ -115,6 +128,15 @@ impl Linear {
     /// `y = W x`.
     pub fn forward(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
         Ok(gemv(pool, &self.matrix()?, x, y, scratch)?)
+    }
+
+    /// `Y = X W^T` for `m` rows: a matrix-vector product for one row, matrix-matrix otherwise.
+    pub fn apply(&self, pool: &ThreadPool, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
+        if m == 1 {
+            self.forward(pool, &x[..self.cols], &mut y[..self.rows], scratch)
+        } else {
+            self.forward_batch(pool, &x[..m * self.cols], m, &mut y[..m * self.rows], scratch)
+        }
     }
 
     /// `Y = X W^T` for `m` rows of `X`.

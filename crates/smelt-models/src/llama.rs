@@ -338,9 +338,9 @@ impl Llama {
                 let ws = [&layer.wq.matrix()?, &layer.wk.matrix()?, &layer.wv.matrix()?];
                 gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.q[..qd], &mut b.k[..kvd], &mut b.v[..kvd]], &mut b.scratch)?;
             } else {
-                apply(pool, &layer.wq, &b.h, m, &mut b.q, &mut b.scratch)?;
-                apply(pool, &layer.wk, &b.h, m, &mut b.k, &mut b.scratch)?;
-                apply(pool, &layer.wv, &b.h, m, &mut b.v, &mut b.scratch)?;
+                layer.wq.apply(pool, &b.h, m, &mut b.q, &mut b.scratch)?;
+                layer.wk.apply(pool, &b.h, m, &mut b.k, &mut b.scratch)?;
+                layer.wv.apply(pool, &b.h, m, &mut b.v, &mut b.scratch)?;
             }
             let (cos, sin) = (&b.cos, &b.sin);
             let rope = |t: usize, row: &mut [f32]| self.rope.apply(row, c.head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
@@ -348,7 +348,7 @@ impl Llama {
             ops::par_rows(pool, &mut b.k[..m * kvd], m, &rope);
             sess.kv.store(l, &b.k, &b.v, kvd, m);
             attend(pool, heads, &b.q, qd, sess.kv.layer(l), base, m, &mut b.att, &mut b.widen);
-            apply(pool, &layer.wo, &b.att, m, &mut b.o, &mut b.scratch)?;
+            layer.wo.apply(pool, &b.att, m, &mut b.o, &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
             let x = &b.x;
@@ -357,12 +357,12 @@ impl Llama {
                 let ws = [&layer.gate.matrix()?, &layer.up.matrix()?];
                 gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.g[..ffn], &mut b.u[..ffn]], &mut b.scratch)?;
             } else {
-                apply(pool, &layer.gate, &b.h, m, &mut b.g, &mut b.scratch)?;
-                apply(pool, &layer.up, &b.h, m, &mut b.u, &mut b.scratch)?;
+                layer.gate.apply(pool, &b.h, m, &mut b.g, &mut b.scratch)?;
+                layer.up.apply(pool, &b.h, m, &mut b.u, &mut b.scratch)?;
             }
             let u = &b.u;
             ops::par_rows(pool, &mut b.g[..m * ffn], m, &|t, g| ops::silu_mul_in_place(g, &u[t * ffn..(t + 1) * ffn]));
-            apply(pool, &layer.down, &b.g, m, &mut b.o, &mut b.scratch)?;
+            layer.down.apply(pool, &b.g, m, &mut b.o, &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
         }
@@ -376,17 +376,8 @@ impl Llama {
         for (i, &t) in rows.iter().enumerate() {
             ops::rmsnorm(&b.x[t * d..(t + 1) * d], &self.output_norm, c.norm_eps, &mut b.last[i * d..(i + 1) * d]);
         }
-        apply(pool, head, &b.last, n, &mut b.logits, &mut b.scratch)?;
+        head.apply(pool, &b.last, n, &mut b.logits, &mut b.scratch)?;
         Ok(&b.logits)
-    }
-}
-
-/// `Y = X W^T` for `m` rows: a matrix-vector product for one row, matrix-matrix otherwise.
-fn apply(pool: &ThreadPool, w: &Linear, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
-    if m == 1 {
-        w.forward(pool, &x[..w.cols], &mut y[..w.rows], scratch)
-    } else {
-        w.forward_batch(pool, &x[..m * w.cols], m, &mut y[..m * w.rows], scratch)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod bpe;
 pub mod bytelevel;
 pub mod hf;
 pub mod pretok;
+pub mod wordpiece;
 
 use std::collections::HashMap;
 

@@ -1,0 +1,278 @@
+//! The BERT family of encoders (BERT, MiniLM, all-MiniLM-L6-v2, paraphrase-MiniLM-L3-v2, ...),
+//! after Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+//! Understanding", as HF `transformers`' `BertModel` computes it (post-LayerNorm).
+//!
+//! For a sequence of tokens `t_1..t_n` (with `[CLS]` and `[SEP]`):
+//! ```text
+//! x_i = LayerNorm(word[t_i] + position[i] + token_type[0])
+//! per layer:
+//!   a = Wo attention(Wq x + bq, Wk x + bk, Wv x + bv) + bo     (bidirectional, per sequence)
+//!   x = LayerNorm(x + a)
+//!   f = Wout gelu(Win x + bin) + bout                          (gelu with erf)
+//!   x = LayerNorm(x + f)
+//! ```
+//! Sequences of a batch are packed one after another without padding: the linear layers see all
+//! their tokens as one matrix, attention runs per (sequence, head).
+
+use std::sync::Arc;
+
+use smelt_formats::hf_config::{load_config, BertConfig, HfConfig};
+use smelt_formats::safetensors::SafetensorsFile;
+use smelt_formats::GgmlType;
+use smelt_kernels::pool::{Disjoint, ThreadPool};
+use smelt_kernels::vec;
+
+use crate::linear::Linear;
+use crate::ops;
+use crate::ModelError;
+
+/// A linear layer with a bias.
+#[derive(Debug)]
+pub struct Dense {
+    pub w: Linear,
+    pub b: Vec<f32>,
+}
+
+/// LayerNorm weight and bias.
+#[derive(Debug)]
+pub struct Norm {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+#[derive(Debug)]
+pub struct BertLayer {
+    pub q: Dense,
+    pub k: Dense,
+    pub v: Dense,
+    pub o: Dense,
+    pub ln_attn: Norm,
+    pub up: Dense,
+    pub down: Dense,
+    pub ln_ffn: Norm,
+}
+
+/// A loaded encoder.
+pub struct Bert {
+    pub cfg: BertConfig,
+    pub word: Linear,
+    pub position: Vec<f32>,
+    pub token_type: Vec<f32>,
+    pub ln_emb: Norm,
+    pub layers: Vec<BertLayer>,
+}
+
+/// Where the weights come from: safetensors names, or an ONNX file's initializers.
+pub trait WeightSource {
+    fn matrix(&self, name: &str, rows: usize, cols: usize, as_type: Option<GgmlType>) -> Result<Linear, ModelError>;
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError>;
+}
+
+impl WeightSource for Arc<SafetensorsFile> {
+    fn matrix(&self, name: &str, rows: usize, cols: usize, as_type: Option<GgmlType>) -> Result<Linear, ModelError> {
+        let l = Linear::load_safetensors(self, name, as_type)?;
+        if l.rows != rows || l.cols != cols {
+            return Err(ModelError::WrongShape { name: name.into(), found: vec![l.rows as u64, l.cols as u64], expected: vec![rows as u64, cols as u64] });
+        }
+        Ok(l)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let v = self.tensor_f32(name, None).map_err(|e| ModelError::Config(e.to_string()))?;
+        if v.len() != len {
+            let found = self.get(name).map(|t| t.shape.iter().map(|&d| d as u64).collect()).unwrap_or_default();
+            return Err(ModelError::WrongShape { name: name.into(), found, expected: vec![len as u64] });
+        }
+        Ok(v)
+    }
+}
+
+/// The HF tensor names of a BERT checkpoint (some are saved with a `bert.` prefix).
+pub fn hf_names(prefix: &str) -> impl Fn(&str) -> String + '_ {
+    move |s| format!("{prefix}{s}")
+}
+
+/// Bounds on dimensions read from config.json (guards hostile files before allocating).
+const MAX_DIM: usize = 1 << 16;
+
+impl Bert {
+    /// Loads `config.json` and `model.safetensors` from an HF model directory.
+    pub fn from_hf_dir(dir: &std::path::Path, as_type: Option<GgmlType>) -> Result<Bert, ModelError> {
+        let cfg = match load_config(&dir.join("config.json")).map_err(|e| ModelError::Config(e.to_string()))? {
+            HfConfig::Bert(c) => c,
+            HfConfig::Llama(_) => return Err(ModelError::UnsupportedArchitecture { found: "llama".into(), supported: "bert" }),
+            HfConfig::Other { model_type } => return Err(ModelError::UnsupportedArchitecture { found: model_type, supported: "bert" }),
+        };
+        let st = Arc::new(SafetensorsFile::open(dir.join("model.safetensors")).map_err(|e| ModelError::Config(e.to_string()))?);
+        let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
+        Self::build(cfg, &st, &hf_names(prefix), as_type)
+    }
+
+    /// Builds the model from any source of HF-named weights.
+    pub fn build(cfg: BertConfig, src: &dyn WeightSource, name: &dyn Fn(&str) -> String, as_type: Option<GgmlType>) -> Result<Bert, ModelError> {
+        for (k, v) in [("hidden_size", cfg.hidden_size), ("num_hidden_layers", cfg.num_hidden_layers), ("num_attention_heads", cfg.num_attention_heads), ("intermediate_size", cfg.intermediate_size), ("max_position_embeddings", cfg.max_position_embeddings)] {
+            if v == 0 || v > MAX_DIM {
+                return Err(ModelError::Config(format!("{k} = {v} is outside 1..={MAX_DIM}")));
+            }
+        }
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+            return Err(ModelError::Config(format!("hidden_size {} is not a multiple of {} heads", cfg.hidden_size, cfg.num_attention_heads)));
+        }
+        if !cfg.hidden_act.starts_with("gelu") {
+            return Err(ModelError::Config(format!("activation {:?} is not supported yet (gelu is)", cfg.hidden_act)));
+        }
+        let (d, ffn) = (cfg.hidden_size, cfg.intermediate_size);
+        let dense = |p: &str, rows: usize, cols: usize| -> Result<Dense, ModelError> {
+            Ok(Dense { w: src.matrix(&name(&format!("{p}.weight")), rows, cols, as_type)?, b: src.vector(&name(&format!("{p}.bias")), rows)? })
+        };
+        let norm = |p: &str| -> Result<Norm, ModelError> { Ok(Norm { w: src.vector(&name(&format!("{p}.weight")), d)?, b: src.vector(&name(&format!("{p}.bias")), d)? }) };
+        let word = src.matrix(&name("embeddings.word_embeddings.weight"), cfg.vocab_size, d, None)?;
+        let position = src.vector(&name("embeddings.position_embeddings.weight"), cfg.max_position_embeddings * d)?;
+        let token_type = src.vector(&name("embeddings.token_type_embeddings.weight"), cfg.type_vocab_size * d)?;
+        let ln_emb = norm("embeddings.LayerNorm")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = |s: &str| format!("encoder.layer.{i}.{s}");
+            layers.push(BertLayer {
+                q: dense(&p("attention.self.query"), d, d)?,
+                k: dense(&p("attention.self.key"), d, d)?,
+                v: dense(&p("attention.self.value"), d, d)?,
+                o: dense(&p("attention.output.dense"), d, d)?,
+                ln_attn: norm(&p("attention.output.LayerNorm"))?,
+                up: dense(&p("intermediate.dense"), ffn, d)?,
+                down: dense(&p("output.dense"), d, ffn)?,
+                ln_ffn: norm(&p("output.LayerNorm"))?,
+            });
+        }
+        Ok(Bert { cfg, word, position, token_type, ln_emb, layers })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// Parameters of every matrix and vector.
+    pub fn n_params(&self) -> u64 {
+        let m = |l: &Linear| (l.rows * l.cols) as u64;
+        let dense = |x: &Dense| m(&x.w) + x.b.len() as u64;
+        let per: u64 = self.layers.iter().map(|l| dense(&l.q) + dense(&l.k) + dense(&l.v) + dense(&l.o) + dense(&l.up) + dense(&l.down) + 4 * l.ln_attn.w.len() as u64).sum();
+        per + m(&self.word) + (self.position.len() + self.token_type.len() + 2 * self.ln_emb.w.len()) as u64
+    }
+
+    /// Hidden states of the last layer for a batch of sequences (each already framed by
+    /// `[CLS] ... [SEP]` and no longer than `max_position_embeddings`), packed: row `i` of the
+    /// result is token `i` of the concatenated sequences.
+    pub fn forward(&self, pool: &ThreadPool, seqs: &[&[u32]], bufs: &mut BertBuffers) -> Result<Vec<f32>, ModelError> {
+        let c = &self.cfg;
+        let (d, ffn) = (c.hidden_size, c.intermediate_size);
+        let eps = c.layer_norm_eps as f32;
+        let mut starts = Vec::with_capacity(seqs.len() + 1);
+        starts.push(0usize);
+        for s in seqs {
+            if s.len() > c.max_position_embeddings {
+                return Err(ModelError::PromptTooLong { tokens: s.len(), context: c.max_position_embeddings });
+            }
+            starts.push(starts.last().unwrap_or(&0) + s.len());
+        }
+        let t = *starts.last().unwrap_or(&0);
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+        let b = bufs;
+        b.resize(t, d, ffn);
+        // Embeddings.
+        let mut row = vec![0f32; d];
+        for (s, seq) in seqs.iter().enumerate() {
+            for (i, &tok) in seq.iter().enumerate() {
+                if tok as usize >= c.vocab_size {
+                    return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
+                }
+                self.word.row_f32(tok as usize, &mut row)?;
+                let at = (starts[s] + i) * d;
+                let pos = &self.position[i * d..(i + 1) * d];
+                for (j, o) in b.tmp[at..at + d].iter_mut().enumerate() {
+                    *o = row[j] + pos[j] + self.token_type[j];
+                }
+            }
+        }
+        let tmp = &b.tmp;
+        ops::par_rows(pool, &mut b.x[..t * d], t, &|r, x| ops::layernorm(&tmp[r * d..(r + 1) * d], &self.ln_emb.w, &self.ln_emb.b, eps, x));
+        let heads = c.num_attention_heads;
+        let hd = d / heads;
+        for layer in &self.layers {
+            dense(pool, &layer.q, &b.x, t, &mut b.q, &mut b.scratch)?;
+            dense(pool, &layer.k, &b.x, t, &mut b.k, &mut b.scratch)?;
+            dense(pool, &layer.v, &b.x, t, &mut b.v, &mut b.scratch)?;
+            attention(pool, [&b.q, &b.k, &b.v], &starts, (heads, hd), &mut b.att);
+            dense(pool, &layer.o, &b.att, t, &mut b.tmp, &mut b.scratch)?;
+            residual_norm(pool, &mut b.x, &b.tmp, &layer.ln_attn, eps, t, d);
+            dense(pool, &layer.up, &b.x, t, &mut b.h, &mut b.scratch)?;
+            ops::par_rows(pool, &mut b.h[..t * ffn], t, &|_, h| ops::gelu(h));
+            dense(pool, &layer.down, &b.h, t, &mut b.tmp, &mut b.scratch)?;
+            residual_norm(pool, &mut b.x, &b.tmp, &layer.ln_ffn, eps, t, d);
+        }
+        Ok(b.x[..t * d].to_vec())
+    }
+}
+
+/// `y = x W^T + b` for `m` rows.
+fn dense(pool: &ThreadPool, l: &Dense, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
+    l.w.apply(pool, x, m, y, scratch)?;
+    let n = l.w.rows;
+    ops::par_rows(pool, &mut y[..m * n], m, &|_, row| ops::add_assign(row, &l.b));
+    Ok(())
+}
+
+/// `x = LayerNorm(x + y)` row by row.
+fn residual_norm(pool: &ThreadPool, x: &mut [f32], y: &[f32], n: &Norm, eps: f32, t: usize, d: usize) {
+    ops::par_rows(pool, &mut x[..t * d], t, &|r, row| {
+        ops::add_assign(row, &y[r * d..(r + 1) * d]);
+        let tmp: Vec<f32> = row.to_vec();
+        ops::layernorm(&tmp, &n.w, &n.b, eps, row);
+    });
+}
+
+/// Bidirectional attention within each sequence (`starts` delimits them in the packed rows):
+/// per (sequence, head) task, for each query: scores over the sequence's keys, softmax, mix.
+fn attention(pool: &ThreadPool, [q, k, v]: [&[f32]; 3], starts: &[usize], (heads, hd): (usize, usize), out: &mut [f32]) {
+    let d = heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let sink = Disjoint::new(out);
+    let n_seq = starts.len() - 1;
+    pool.run(n_seq * heads, &|task| {
+        let (s, h) = (task / heads, task % heads);
+        let (a, z) = (starts[s], starts[s + 1]);
+        let n = z - a;
+        let mut scores = vec![0f32; n];
+        let (kh, vh) = (&k[a * d + h * hd..], &v[a * d + h * hd..]);
+        for i in a..z {
+            vec::attn_scores(&q[i * d + h * hd..i * d + (h + 1) * hd], kh, d, n, scale, &mut scores);
+            ops::softmax(&mut scores);
+            // SAFETY: each (token, head) output slice belongs to one task.
+            let o = unsafe { sink.slice(i * d + h * hd..i * d + (h + 1) * hd) };
+            vec::attn_mix(&scores, vh, d, o);
+        }
+    });
+}
+
+/// Activations of a batch, kept between batches.
+#[derive(Debug, Default)]
+pub struct BertBuffers {
+    x: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    h: Vec<f32>,
+    scratch: Vec<u8>,
+}
+
+impl BertBuffers {
+    fn resize(&mut self, t: usize, d: usize, ffn: usize) {
+        for buf in [&mut self.x, &mut self.q, &mut self.k, &mut self.v, &mut self.att, &mut self.tmp] {
+            buf.resize(t * d, 0.0);
+        }
+        self.h.resize(t * ffn, 0.0);
+    }
+}
