@@ -54,9 +54,110 @@ pub enum Command {
     /// Chat with a model: one message per line on stdin (a terminal or a pipe); /reset starts
     /// over, /exit (or end of input) quits.
     Chat(ChatArgs),
+    /// Sentence embeddings from an encoder (all-MiniLM-L6-v2 by default): one text per input
+    /// line, one vector per output line (JSON) or one row of a .npy matrix.
+    #[command(after_help = EMBED_HELP)]
+    Embed(EmbedArgs),
     /// Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.
     #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 -o json\n  smelt bench -m smollm2-135m --as q4_0 -t 1")]
     Bench(BenchArgs),
+}
+
+const EMBED_HELP: &str = "Input: plain text, one text per line (empty lines are texts too), or JSON lines \
+(--input jsonl, or a .jsonl file): each line a JSON string or an object with \"text\" (and an \
+optional \"id\", echoed back).\n\n\
+Output: JSON lines {\"index\", [\"id\",] \"embedding\"} in input order, or a .npy matrix \
+[texts, dim] (--format npy, or -o FILE.npy); files are written to a temporary name and renamed \
+when complete.\n\n\
+Texts longer than the model's limit (max_seq_length, 256 for all-MiniLM-L6-v2) are truncated, \
+as sentence-transformers does; --window splits them into overlapping windows instead and \
+averages the window embeddings (weighted by tokens) before normalizing.\n\n\
+--precision int8/uint8 quantizes each dimension over the range seen in calibration embeddings \
+(--calibration texts, or --ranges from a previous --save-ranges; without either, the input \
+itself, with a warning), binary/ubinary keep the sign bits: the same bytes as \
+sentence-transformers' quantize_embeddings.\n\n\
+Examples:\n  smelt embed docs.txt -o docs.npy\n  echo 'A man is playing a guitar.' | smelt embed\n  \
+smelt embed -m paraphrase-minilm-l3-v2 --input jsonl corpus.jsonl > vectors.jsonl\n  \
+smelt embed book.txt --window 256 --stride 192 -o book.npy\n  \
+smelt embed docs.txt --precision int8 --calibration sample.txt --save-ranges ranges.npy -o docs-int8.npy";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedInput {
+    Lines,
+    Jsonl,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedFormat {
+    Jsonl,
+    Npy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedPrecision {
+    Float32,
+    Int8,
+    Uint8,
+    Binary,
+    Ubinary,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Encoder: a sentence-transformers / HF directory, an ONNX export, or a name.
+    #[arg(short, long, value_name = "MODEL", default_value = "all-minilm-l6-v2")]
+    pub model: String,
+    /// Input file; `-` or nothing reads stdin.
+    #[arg(value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// How to read the input (default: jsonl for *.jsonl files, else lines).
+    #[arg(long = "input", value_enum, value_name = "KIND")]
+    pub input_kind: Option<EmbedInput>,
+    /// Output file (default: stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Output format (default: npy for *.npy outputs, else jsonl).
+    #[arg(long, value_enum)]
+    pub format: Option<EmbedFormat>,
+    /// Texts per batch (sorted by length, packed without padding).
+    #[arg(short, long, value_name = "N", default_value_t = 32)]
+    pub batch_size: usize,
+    /// Most tokens per batch.
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    pub batch_tokens: usize,
+    /// Embed each line as soon as it is read (one at a time, lowest latency); the default when
+    /// stdin is a terminal.
+    #[arg(long)]
+    pub stream: bool,
+    /// Tokens per text including [CLS] and [SEP] (default: the model's max_seq_length).
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+    /// Split long texts into windows of N tokens instead of truncating.
+    #[arg(long, value_name = "N")]
+    pub window: Option<usize>,
+    /// Tokens between window starts (default: 3/4 of --window).
+    #[arg(long, value_name = "N", requires = "window")]
+    pub stride: Option<usize>,
+    /// L2-normalize the embeddings (default: as the model's modules.json says).
+    #[arg(long, overrides_with = "no_normalize")]
+    pub normalize: bool,
+    #[arg(long, overrides_with = "normalize", hide = true)]
+    pub no_normalize: bool,
+    /// Embedding precision.
+    #[arg(long, value_enum, default_value_t = EmbedPrecision::Float32)]
+    pub precision: EmbedPrecision,
+    /// Texts (one per line) whose embeddings calibrate int8/uint8 ranges.
+    #[arg(long, value_name = "FILE", conflicts_with = "ranges")]
+    pub calibration: Option<PathBuf>,
+    /// Calibration ranges: a float32 .npy [2, dim] of per-dimension minima and maxima.
+    #[arg(long, value_name = "FILE.npy")]
+    pub ranges: Option<PathBuf>,
+    /// Save the int8/uint8 ranges used, for the next run's --ranges.
+    #[arg(long, value_name = "FILE.npy")]
+    pub save_ranges: Option<PathBuf>,
+    /// Convert the weight matrices to this type in memory.
+    #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
+    pub as_type: Option<GgmlType>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

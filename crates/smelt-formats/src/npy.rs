@@ -134,7 +134,7 @@ pub fn read_npy(bytes: &[u8]) -> Result<NpyArray, NpyError> {
 }
 
 /// Writes `array` as NPY version 1.0.
-pub fn write_npy<W: Write>(w: &mut W, array: &NpyArray) -> std::io::Result<()> {
+pub fn write_npy<W: Write + ?Sized>(w: &mut W, array: &NpyArray) -> std::io::Result<()> {
     let n: usize = array.shape.iter().product();
     if n != array.data.len() {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("shape {:?} does not match {} elements", array.shape, array.data.len())));

@@ -12,6 +12,7 @@ pub mod bert;
 pub mod bert_onnx;
 pub mod chat;
 pub mod embed;
+pub mod embed_quant;
 pub mod error;
 pub mod generate;
 pub mod linear;

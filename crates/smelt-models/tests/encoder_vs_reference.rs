@@ -87,3 +87,26 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
 fn paraphrase_minilm_l3_v2_from_onnx_matches_onnx_runtime() {
     check("paraphrase-minilm-l3-v2", "minilm_l3_ort.npy", "paraphrase-minilm-l3-v2");
 }
+
+#[test]
+fn embedding_quantization_matches_sentence_transformers() {
+    use smelt_formats::npy::NpyData;
+    use smelt_models::embed_quant::{quantize, ranges, Precision};
+    let refs = read_npy(&std::fs::read(reference("minilm_l6_st.npy")).unwrap()).unwrap();
+    let dim = refs.shape[1];
+    let rows = refs.data.to_f32();
+    let (lo, hi) = ranges(rows.chunks_exact(dim), dim);
+    let NpyData::I8(int8) = read_npy(&std::fs::read(reference("minilm_l6_int8.npy")).unwrap()).unwrap().data else { panic!("int8 fixture") };
+    let NpyData::U8(ubin) = read_npy(&std::fs::read(reference("minilm_l6_ubinary.npy")).unwrap()).unwrap().data else { panic!("uint8 fixture") };
+    let mut out = vec![0u8; dim];
+    for (i, want) in int8.chunks_exact(dim).enumerate() {
+        quantize(&rows[i * dim..(i + 1) * dim], Precision::Int8, &lo, &hi, &mut out);
+        assert_eq!(out.iter().map(|&b| b as i8).collect::<Vec<_>>(), want, "int8 row {i}");
+    }
+    let w = Precision::Ubinary.width(dim);
+    assert_eq!(ubin.len(), rows.len() / dim * w);
+    for (i, want) in ubin.chunks_exact(w).enumerate() {
+        quantize(&rows[i * dim..(i + 1) * dim], Precision::Ubinary, &lo, &hi, &mut out[..w]);
+        assert_eq!(&out[..w], want, "ubinary row {i}");
+    }
+}

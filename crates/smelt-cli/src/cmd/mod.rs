@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod embed;
 pub mod inspect;
 pub mod lm;
 pub mod pull;

@@ -17,6 +17,9 @@ beside this script:
     encoder_texts.jsonl        the non-STS texts, one JSON string per line
     minilm_l6_st.npy           float16 [N, 384], sentence-transformers' embeddings
     minilm_l3_ort.npy          float16 [N, 384], ONNX Runtime's pooled output
+    minilm_l6_int8.npy         int8 [QUANT_ROWS, 384]: sentence-transformers' quantize_embeddings
+                               of the float16 rows above (as float32), ranges from all N rows
+    minilm_l6_ubinary.npy      uint8 [N, 48]: the same with precision "ubinary"
     encoder_reference.json     package versions, file hashes, STS-B dev Spearman of each model
 
 float16 keeps the fixtures small; its rounding moves a cosine by about 1e-7, far below the
@@ -37,6 +40,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STS_KEPT = 1000
+QUANT_ROWS = 300
 
 EDGE_CASES = [
     "",
@@ -136,6 +140,13 @@ def main(models_dir, data_dir):
     l6 = st.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=False)
     kept = list(range(STS_KEPT)) + list(range(len(sts), len(texts)))
     np.save(os.path.join(HERE, "minilm_l6_st.npy"), l6[kept].astype(np.float16))
+
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    stored = l6[kept].astype(np.float16).astype(np.float32)
+    int8 = quantize_embeddings(stored, "int8", calibration_embeddings=stored)
+    np.save(os.path.join(HERE, "minilm_l6_int8.npy"), int8[:QUANT_ROWS])
+    np.save(os.path.join(HERE, "minilm_l6_ubinary.npy"), quantize_embeddings(stored, "ubinary"))
 
     l3_dir = os.path.join(models_dir, "paraphrase-minilm-l3-v2")
     onnx_path = os.path.join(l3_dir, "paraphrase-MiniLM-L3-v2.onnx")
