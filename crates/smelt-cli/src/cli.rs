@@ -58,8 +58,9 @@ pub enum Command {
     /// line, one vector per output line (JSON) or one row of a .npy matrix.
     #[command(after_help = EMBED_HELP)]
     Embed(EmbedArgs),
-    /// Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.
-    #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 -o json\n  smelt bench -m smollm2-135m --as q4_0 -t 1")]
+    /// Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench; for an
+    /// encoder, sentences/s and tokens/s at batch 1 and 32 (tokenization included).
+    #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 -o json\n  smelt bench -m smollm2-135m --as q4_0 -t 1\n  smelt bench -m all-minilm-l6-v2 --texts sentences.txt --batch 1,32 -o json")]
     Bench(BenchArgs),
 }
 
@@ -187,6 +188,12 @@ pub struct BenchArgs {
     /// Convert every weight matrix to this type in memory before measuring.
     #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
     pub as_type: Option<GgmlType>,
+    /// Encoders: texts to embed, one per line (default: 512 generated sentences of 8-60 words).
+    #[arg(long, value_name = "FILE")]
+    pub texts: Option<PathBuf>,
+    /// Encoders: batch sizes to measure (1 is the low-latency mode: one text per call).
+    #[arg(long = "batch", value_name = "N", value_delimiter = ',', default_value = "1,32")]
+    pub batches: Vec<usize>,
 }
 
 #[derive(Args, Debug)]

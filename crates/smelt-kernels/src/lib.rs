@@ -8,6 +8,7 @@
 //! - [`matmul`]: matrix-vector and matrix-matrix products over those kernels, split across a
 //!   [`pool::ThreadPool`]; dense f32/f16 matrix multiply through the `gemm` crate.
 //! - [`vec`]: f32 vector operations (attention's dot products and weighted sums).
+//! - [`math`]: element-wise functions (exp, erf, GELU, softmax, residual LayerNorm).
 //! - [`tolerance`]: the named error budgets kernels are tested against.
 
 #![cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
@@ -16,6 +17,7 @@ pub mod act;
 pub mod cpu;
 pub mod dequant;
 pub mod dot;
+pub mod math;
 pub mod matmul;
 pub mod pool;
 pub mod tolerance;

@@ -20,7 +20,7 @@ use smelt_formats::hf_config::{load_config, BertConfig, HfConfig};
 use smelt_formats::safetensors::SafetensorsFile;
 use smelt_formats::GgmlType;
 use smelt_kernels::pool::{Disjoint, ThreadPool};
-use smelt_kernels::vec;
+use smelt_kernels::{math, vec};
 
 use crate::linear::Linear;
 use crate::ops;
@@ -42,9 +42,8 @@ pub struct Norm {
 
 #[derive(Debug)]
 pub struct BertLayer {
-    pub q: Dense,
-    pub k: Dense,
-    pub v: Dense,
+    /// Query, key and value stacked: rows `[0, d)` are Q, `[d, 2d)` K, `[2d, 3d)` V.
+    pub qkv: Dense,
     pub o: Dense,
     pub ln_attn: Norm,
     pub up: Dense,
@@ -133,10 +132,10 @@ impl Bert {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = |s: &str| format!("encoder.layer.{i}.{s}");
+            let (q, k, v) = (dense(&p("attention.self.query"), d, d)?, dense(&p("attention.self.key"), d, d)?, dense(&p("attention.self.value"), d, d)?);
+            let qkv = Dense { w: Linear::stack(&p("attention.self.qkv"), &[&q.w, &k.w, &v.w])?, b: [q.b, k.b, v.b].concat() };
             layers.push(BertLayer {
-                q: dense(&p("attention.self.query"), d, d)?,
-                k: dense(&p("attention.self.key"), d, d)?,
-                v: dense(&p("attention.self.value"), d, d)?,
+                qkv,
                 o: dense(&p("attention.output.dense"), d, d)?,
                 ln_attn: norm(&p("attention.output.LayerNorm"))?,
                 up: dense(&p("intermediate.dense"), ffn, d)?,
@@ -147,6 +146,11 @@ impl Bert {
         Ok(Bert { cfg, word, position, token_type, ln_emb, layers })
     }
 
+    /// The type of the layers' weight matrices (e.g. `F32`).
+    pub fn weight_type(&self) -> String {
+        self.layers.first().map(|l| l.qkv.w.ty.name().to_string()).unwrap_or_default()
+    }
+
     pub fn dim(&self) -> usize {
         self.cfg.hidden_size
     }
@@ -155,7 +159,7 @@ impl Bert {
     pub fn n_params(&self) -> u64 {
         let m = |l: &Linear| (l.rows * l.cols) as u64;
         let dense = |x: &Dense| m(&x.w) + x.b.len() as u64;
-        let per: u64 = self.layers.iter().map(|l| dense(&l.q) + dense(&l.k) + dense(&l.v) + dense(&l.o) + dense(&l.up) + dense(&l.down) + 4 * l.ln_attn.w.len() as u64).sum();
+        let per: u64 = self.layers.iter().map(|l| dense(&l.qkv) + dense(&l.o) + dense(&l.up) + dense(&l.down) + 4 * l.ln_attn.w.len() as u64).sum();
         per + m(&self.word) + (self.position.len() + self.token_type.len() + 2 * self.ln_emb.w.len()) as u64
     }
 
@@ -180,62 +184,49 @@ impl Bert {
         }
         let b = bufs;
         b.resize(t, d, ffn);
-        // Embeddings.
-        let mut row = vec![0f32; d];
+        // Embeddings: x = LayerNorm(word + position + token_type[0]).
         for (s, seq) in seqs.iter().enumerate() {
             for (i, &tok) in seq.iter().enumerate() {
                 if tok as usize >= c.vocab_size {
                     return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
                 }
-                self.word.row_f32(tok as usize, &mut row)?;
-                let at = (starts[s] + i) * d;
-                let pos = &self.position[i * d..(i + 1) * d];
-                for (j, o) in b.tmp[at..at + d].iter_mut().enumerate() {
-                    *o = row[j] + pos[j] + self.token_type[j];
-                }
+                let row = &mut b.x[(starts[s] + i) * d..(starts[s] + i + 1) * d];
+                self.word.row_f32(tok as usize, row)?;
+                math::add_layernorm(row, &self.position[i * d..(i + 1) * d], &self.token_type[..d], &self.ln_emb.w, &self.ln_emb.b, eps);
             }
         }
-        let tmp = &b.tmp;
-        ops::par_rows(pool, &mut b.x[..t * d], t, &|r, x| ops::layernorm(&tmp[r * d..(r + 1) * d], &self.ln_emb.w, &self.ln_emb.b, eps, x));
         let heads = c.num_attention_heads;
         let hd = d / heads;
+        // Biases are folded into the pass that follows each product: Q, K and V's into one
+        // pass over the stacked output, the up projection's into GELU, the output
+        // projections' into the residual LayerNorms.
         for layer in &self.layers {
-            dense(pool, &layer.q, &b.x, t, &mut b.q, &mut b.scratch)?;
-            dense(pool, &layer.k, &b.x, t, &mut b.k, &mut b.scratch)?;
-            dense(pool, &layer.v, &b.x, t, &mut b.v, &mut b.scratch)?;
-            attention(pool, [&b.q, &b.k, &b.v], &starts, (heads, hd), &mut b.att);
-            dense(pool, &layer.o, &b.att, t, &mut b.tmp, &mut b.scratch)?;
-            residual_norm(pool, &mut b.x, &b.tmp, &layer.ln_attn, eps, t, d);
-            dense(pool, &layer.up, &b.x, t, &mut b.h, &mut b.scratch)?;
-            ops::par_rows(pool, &mut b.h[..t * ffn], t, &|_, h| ops::gelu(h));
-            dense(pool, &layer.down, &b.h, t, &mut b.tmp, &mut b.scratch)?;
-            residual_norm(pool, &mut b.x, &b.tmp, &layer.ln_ffn, eps, t, d);
+            let (qkv, up) = (&layer.qkv, &layer.up);
+            qkv.w.apply(pool, &b.x[..t * d], t, &mut b.qkv[..t * 3 * d], &mut b.scratch)?;
+            ops::par_rows(pool, &mut b.qkv[..t * 3 * d], t, &|_, row| ops::add_assign(row, &qkv.b));
+            attention(pool, &b.qkv, &starts, (heads, hd), &mut b.att);
+            layer.o.w.apply(pool, &b.att[..t * d], t, &mut b.tmp[..t * d], &mut b.scratch)?;
+            residual_norm(pool, &mut b.x, &b.tmp, &layer.o.b, &layer.ln_attn, eps, t, d);
+            up.w.apply(pool, &b.x[..t * d], t, &mut b.h[..t * ffn], &mut b.scratch)?;
+            ops::par_rows(pool, &mut b.h[..t * ffn], t, &|_, h| math::bias_gelu(h, &up.b));
+            layer.down.w.apply(pool, &b.h[..t * ffn], t, &mut b.tmp[..t * d], &mut b.scratch)?;
+            residual_norm(pool, &mut b.x, &b.tmp, &layer.down.b, &layer.ln_ffn, eps, t, d);
         }
         Ok(b.x[..t * d].to_vec())
     }
 }
 
-/// `y = x W^T + b` for `m` rows.
-fn dense(pool: &ThreadPool, l: &Dense, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
-    l.w.apply(pool, x, m, y, scratch)?;
-    let n = l.w.rows;
-    ops::par_rows(pool, &mut y[..m * n], m, &|_, row| ops::add_assign(row, &l.b));
-    Ok(())
-}
-
-/// `x = LayerNorm(x + y)` row by row.
-fn residual_norm(pool: &ThreadPool, x: &mut [f32], y: &[f32], n: &Norm, eps: f32, t: usize, d: usize) {
-    ops::par_rows(pool, &mut x[..t * d], t, &|r, row| {
-        ops::add_assign(row, &y[r * d..(r + 1) * d]);
-        let tmp: Vec<f32> = row.to_vec();
-        ops::layernorm(&tmp, &n.w, &n.b, eps, row);
-    });
+/// `x = LayerNorm(x + y + bias)` row by row.
+#[allow(clippy::too_many_arguments)]
+fn residual_norm(pool: &ThreadPool, x: &mut [f32], y: &[f32], bias: &[f32], n: &Norm, eps: f32, t: usize, d: usize) {
+    ops::par_rows(pool, &mut x[..t * d], t, &|r, row| math::add_layernorm(row, &y[r * d..(r + 1) * d], bias, &n.w, &n.b, eps));
 }
 
 /// Bidirectional attention within each sequence (`starts` delimits them in the packed rows):
 /// per (sequence, head) task, for each query: scores over the sequence's keys, softmax, mix.
-fn attention(pool: &ThreadPool, [q, k, v]: [&[f32]; 3], starts: &[usize], (heads, hd): (usize, usize), out: &mut [f32]) {
+fn attention(pool: &ThreadPool, qkv: &[f32], starts: &[usize], (heads, hd): (usize, usize), out: &mut [f32]) {
     let d = heads * hd;
+    let (q, k, v, stride) = (qkv, &qkv[d..], &qkv[2 * d..], 3 * d);
     let scale = 1.0 / (hd as f32).sqrt();
     let sink = Disjoint::new(out);
     let n_seq = starts.len() - 1;
@@ -244,13 +235,13 @@ fn attention(pool: &ThreadPool, [q, k, v]: [&[f32]; 3], starts: &[usize], (heads
         let (a, z) = (starts[s], starts[s + 1]);
         let n = z - a;
         let mut scores = vec![0f32; n];
-        let (kh, vh) = (&k[a * d + h * hd..], &v[a * d + h * hd..]);
+        let (kh, vh) = (&k[a * stride + h * hd..], &v[a * stride + h * hd..]);
         for i in a..z {
-            vec::attn_scores(&q[i * d + h * hd..i * d + (h + 1) * hd], kh, d, n, scale, &mut scores);
-            ops::softmax(&mut scores);
+            vec::attn_scores(&q[i * stride + h * hd..i * stride + (h + 1) * hd], kh, stride, n, scale, &mut scores);
+            math::softmax(&mut scores);
             // SAFETY: each (token, head) output slice belongs to one task.
             let o = unsafe { sink.slice(i * d + h * hd..i * d + (h + 1) * hd) };
-            vec::attn_mix(&scores, vh, d, o);
+            vec::attn_mix(&scores, vh, stride, o);
         }
     });
 }
@@ -259,9 +250,7 @@ fn attention(pool: &ThreadPool, [q, k, v]: [&[f32]; 3], starts: &[usize], (heads
 #[derive(Debug, Default)]
 pub struct BertBuffers {
     x: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    qkv: Vec<f32>,
     att: Vec<f32>,
     tmp: Vec<f32>,
     h: Vec<f32>,
@@ -270,9 +259,10 @@ pub struct BertBuffers {
 
 impl BertBuffers {
     fn resize(&mut self, t: usize, d: usize, ffn: usize) {
-        for buf in [&mut self.x, &mut self.q, &mut self.k, &mut self.v, &mut self.att, &mut self.tmp] {
+        for buf in [&mut self.x, &mut self.att, &mut self.tmp] {
             buf.resize(t * d, 0.0);
         }
+        self.qkv.resize(t * 3 * d, 0.0);
         self.h.resize(t * ffn, 0.0);
     }
 }

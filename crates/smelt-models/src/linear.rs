@@ -89,6 +89,17 @@ impl Linear {
         }
     }
 
+    /// The rows of several matrices of one type and width stacked into one (`[sum rows, cols]`),
+    /// e.g. Q, K and V as one product.
+    pub fn stack(name: &str, parts: &[&Linear]) -> Result<Linear, ModelError> {
+        let first = parts.first().ok_or_else(|| ModelError::Config(format!("{name}: nothing to stack")))?;
+        if let Some(p) = parts.iter().find(|p| p.ty != first.ty || p.cols != first.cols) {
+            return Err(ModelError::WrongShape { name: p.name.clone(), found: vec![p.rows as u64, p.cols as u64], expected: vec![p.rows as u64, first.cols as u64] });
+        }
+        let bytes: Vec<u8> = parts.iter().flat_map(|p| p.bytes().iter().copied()).collect();
+        Ok(Linear { name: name.into(), ty: first.ty, rows: parts.iter().map(|p| p.rows).sum(), cols: first.cols, bytes: Bytes::Owned(Arc::new(bytes)) })
+    }
+
     /// A copy in another type.
     pub fn converted(&self, ty: GgmlType) -> Result<Linear, ModelError> {
         let mut f = vec![0f32; self.rows * self.cols];

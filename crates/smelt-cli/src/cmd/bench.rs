@@ -68,6 +68,9 @@ fn stats(v: &[f64]) -> (f64, f64) {
 
 pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
     let path = crate::resolve_model(&args.model, global.quiet)?;
+    if super::bench_encoder::is_encoder(&path) {
+        return super::bench_encoder::run(args, global, &path);
+    }
     let model = smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?.model;
     let threads = global.threads.unwrap_or_else(smelt_kernels::pool::default_threads);
     let pool = ThreadPool::new(threads);

@@ -255,6 +255,11 @@ impl WordPiece {
         }
     }
 
+    /// The vocabulary's tokens in id order (continuation pieces keep their `##` prefix).
+    pub fn vocab_words(&self) -> impl Iterator<Item = &str> {
+        self.tokens.iter().map(String::as_str)
+    }
+
     /// Token ids of `text` without `[CLS]`/`[SEP]`.
     pub fn encode_words(&self, text: &str) -> Vec<u32> {
         let raw: Vec<&AddedToken> = self.added.iter().filter(|t| !t.normalized).collect();
