@@ -159,6 +159,12 @@ pub struct EmbedArgs {
     /// Convert the weight matrices to this type in memory.
     #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
     pub as_type: Option<GgmlType>,
+    /// Run the selected weight matrices in int8 (per-channel weights, activations quantized per
+    /// token at run time): `--int8` alone takes every matrix of every layer; SPEC is a comma list
+    /// applied in order, e.g. `all,-down` or `all,-5` or `qkv,o` (kinds: qkv, o, up, down;
+    /// layers: N or A-B, as `2.up`; `-` excludes).
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "all")]
+    pub int8: Option<smelt_models::Int8Spec>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -188,6 +194,12 @@ pub struct BenchArgs {
     /// Convert every weight matrix to this type in memory before measuring.
     #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
     pub as_type: Option<GgmlType>,
+    /// Run the selected weight matrices in int8 (per-channel weights, activations quantized per
+    /// token at run time): `--int8` alone takes every matrix of every layer; SPEC is a comma list
+    /// applied in order, e.g. `all,-down` or `all,-5` or `qkv,o` (kinds: qkv, o, up, down;
+    /// layers: N or A-B, as `2.up`; `-` excludes).
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "all")]
+    pub int8: Option<smelt_models::Int8Spec>,
     /// Encoders: texts to embed, one per line (default: 512 generated sentences of 8-60 words).
     #[arg(long, value_name = "FILE")]
     pub texts: Option<PathBuf>,

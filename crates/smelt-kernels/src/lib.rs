@@ -8,6 +8,7 @@
 //! - [`matmul`]: matrix-vector and matrix-matrix products over those kernels, split across a
 //!   [`pool::ThreadPool`]; dense f32/f16 matrix multiply through the `gemm` crate.
 //! - [`vec`]: f32 vector operations (attention's dot products and weighted sums).
+//! - [`qgemm`]: int8 matrix products (per-channel weights, activations quantized per row).
 //! - [`math`]: element-wise functions (exp, erf, GELU, softmax, residual LayerNorm).
 //! - [`tolerance`]: the named error budgets kernels are tested against.
 
@@ -19,6 +20,7 @@ pub mod dequant;
 pub mod dot;
 pub mod math;
 pub mod matmul;
+pub mod qgemm;
 pub mod pool;
 pub mod tolerance;
 pub mod vec;

@@ -22,6 +22,7 @@ use smelt_formats::GgmlType;
 use smelt_kernels::pool::{Disjoint, ThreadPool};
 use smelt_kernels::{math, vec};
 
+use crate::int8::{Calibration, DenseWeight, Int8Spec};
 use crate::linear::Linear;
 use crate::ops;
 use crate::ModelError;
@@ -29,7 +30,7 @@ use crate::ModelError;
 /// A linear layer with a bias.
 #[derive(Debug)]
 pub struct Dense {
-    pub w: Linear,
+    pub w: DenseWeight,
     pub b: Vec<f32>,
 }
 
@@ -122,7 +123,7 @@ impl Bert {
         }
         let (d, ffn) = (cfg.hidden_size, cfg.intermediate_size);
         let dense = |p: &str, rows: usize, cols: usize| -> Result<Dense, ModelError> {
-            Ok(Dense { w: src.matrix(&name(&format!("{p}.weight")), rows, cols, as_type)?, b: src.vector(&name(&format!("{p}.bias")), rows)? })
+            Ok(Dense { w: DenseWeight::Typed(src.matrix(&name(&format!("{p}.weight")), rows, cols, as_type)?), b: src.vector(&name(&format!("{p}.bias")), rows)? })
         };
         let norm = |p: &str| -> Result<Norm, ModelError> { Ok(Norm { w: src.vector(&name(&format!("{p}.weight")), d)?, b: src.vector(&name(&format!("{p}.bias")), d)? }) };
         let word = src.matrix(&name("embeddings.word_embeddings.weight"), cfg.vocab_size, d, None)?;
@@ -132,8 +133,9 @@ impl Bert {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = |s: &str| format!("encoder.layer.{i}.{s}");
-            let (q, k, v) = (dense(&p("attention.self.query"), d, d)?, dense(&p("attention.self.key"), d, d)?, dense(&p("attention.self.value"), d, d)?);
-            let qkv = Dense { w: Linear::stack(&p("attention.self.qkv"), &[&q.w, &k.w, &v.w])?, b: [q.b, k.b, v.b].concat() };
+            let m = |s: &str| src.matrix(&name(&p(&format!("attention.self.{s}.weight"))), d, d, as_type);
+            let v = |s: &str| src.vector(&name(&p(&format!("attention.self.{s}.bias"))), d);
+            let qkv = Dense { w: DenseWeight::Typed(Linear::stack(&p("attention.self.qkv"), &[&m("query")?, &m("key")?, &m("value")?])?), b: [v("query")?, v("key")?, v("value")?].concat() };
             layers.push(BertLayer {
                 qkv,
                 o: dense(&p("attention.output.dense"), d, d)?,
@@ -148,7 +150,33 @@ impl Bert {
 
     /// The type of the layers' weight matrices (e.g. `F32`).
     pub fn weight_type(&self) -> String {
-        self.layers.first().map(|l| l.qkv.w.ty.name().to_string()).unwrap_or_default()
+        self.layers.first().map(|l| l.qkv.w.type_name().to_string()).unwrap_or_default()
+    }
+
+    /// Runs `seqs` (framed token sequences) in the stored precision and returns the
+    /// per-channel maxima of every matrix's input, for [`Bert::quantize_int8`].
+    pub fn calibrate(&self, pool: &ThreadPool, seqs: &[&[u32]]) -> Result<Calibration, ModelError> {
+        let mut bufs = BertBuffers { calib: Some(Calibration::default()), ..Default::default() };
+        for chunk in seqs.chunks(32) {
+            self.forward(pool, chunk, &mut bufs)?;
+        }
+        Ok(bufs.calib.unwrap_or_default())
+    }
+
+    /// Quantizes the selected weight matrices to int8 per channel (activations are then
+    /// quantized per row at run time), smoothed by `calib` where it has the matrix's input;
+    /// returns how many matrices were converted.
+    pub fn quantize_int8(&mut self, spec: &Int8Spec, calib: Option<&Calibration>) -> Result<usize, ModelError> {
+        let mut n = 0;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            for (kind, dense) in [&mut l.qkv, &mut l.o, &mut l.up, &mut l.down].into_iter().enumerate() {
+                if spec.selects(i, kind) && matches!(dense.w, DenseWeight::Typed(_)) {
+                    dense.w.to_int8(calib.and_then(|c| c.get(i, kind)))?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     pub fn dim(&self) -> usize {
@@ -157,10 +185,9 @@ impl Bert {
 
     /// Parameters of every matrix and vector.
     pub fn n_params(&self) -> u64 {
-        let m = |l: &Linear| (l.rows * l.cols) as u64;
-        let dense = |x: &Dense| m(&x.w) + x.b.len() as u64;
+        let dense = |x: &Dense| (x.w.rows() * x.w.cols() + x.b.len()) as u64;
         let per: u64 = self.layers.iter().map(|l| dense(&l.qkv) + dense(&l.o) + dense(&l.up) + dense(&l.down) + 4 * l.ln_attn.w.len() as u64).sum();
-        per + m(&self.word) + (self.position.len() + self.token_type.len() + 2 * self.ln_emb.w.len()) as u64
+        per + (self.word.rows * self.word.cols) as u64 + (self.position.len() + self.token_type.len() + 2 * self.ln_emb.w.len()) as u64
     }
 
     /// Hidden states of the last layer for a batch of sequences (each already framed by
@@ -200,15 +227,24 @@ impl Bert {
         // Biases are folded into the pass that follows each product: Q, K and V's into one
         // pass over the stacked output, the up projection's into GELU, the output
         // projections' into the residual LayerNorms.
-        for layer in &self.layers {
+        for (li, layer) in self.layers.iter().enumerate() {
             let (qkv, up) = (&layer.qkv, &layer.up);
+            let record = |calib: &mut Option<Calibration>, kind: usize, x: &[f32], cols: usize| {
+                if let Some(c) = calib {
+                    c.record(li, kind, x, cols);
+                }
+            };
+            record(&mut b.calib, 0, &b.x[..t * d], d);
             qkv.w.apply(pool, &b.x[..t * d], t, &mut b.qkv[..t * 3 * d], &mut b.scratch)?;
             ops::par_rows(pool, &mut b.qkv[..t * 3 * d], t, &|_, row| ops::add_assign(row, &qkv.b));
             attention(pool, &b.qkv, &starts, (heads, hd), &mut b.att);
+            record(&mut b.calib, 1, &b.att[..t * d], d);
             layer.o.w.apply(pool, &b.att[..t * d], t, &mut b.tmp[..t * d], &mut b.scratch)?;
             residual_norm(pool, &mut b.x, &b.tmp, &layer.o.b, &layer.ln_attn, eps, t, d);
+            record(&mut b.calib, 2, &b.x[..t * d], d);
             up.w.apply(pool, &b.x[..t * d], t, &mut b.h[..t * ffn], &mut b.scratch)?;
             ops::par_rows(pool, &mut b.h[..t * ffn], t, &|_, h| math::bias_gelu(h, &up.b));
+            record(&mut b.calib, 3, &b.h[..t * ffn], ffn);
             layer.down.w.apply(pool, &b.h[..t * ffn], t, &mut b.tmp[..t * d], &mut b.scratch)?;
             residual_norm(pool, &mut b.x, &b.tmp, &layer.down.b, &layer.ln_ffn, eps, t, d);
         }
@@ -255,6 +291,8 @@ pub struct BertBuffers {
     tmp: Vec<f32>,
     h: Vec<f32>,
     scratch: Vec<u8>,
+    /// When set, the inputs of every matrix are folded into these maxima.
+    calib: Option<Calibration>,
 }
 
 impl BertBuffers {

@@ -117,6 +117,17 @@ impl Encoder {
         Ok(Encoder { model, tok, pooling, normalize, max_len })
     }
 
+    /// Switches the selected matrices to int8, smoothed with activation maxima measured on
+    /// `calibration` texts (default: [`crate::int8::DEFAULT_CALIBRATION`]); returns how many
+    /// matrices were converted.
+    pub fn quantize_int8(&mut self, pool: &ThreadPool, spec: &crate::Int8Spec, calibration: Option<&[&str]>) -> Result<usize, ModelError> {
+        let texts = calibration.unwrap_or(crate::int8::DEFAULT_CALIBRATION);
+        let seqs: Vec<Vec<u32>> = texts.iter().map(|t| self.tok.encode(t, self.max_len)).collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let calib = self.model.calibrate(pool, &refs)?;
+        self.model.quantize_int8(spec, Some(&calib))
+    }
+
     pub fn dim(&self) -> usize {
         self.model.dim()
     }

@@ -1,7 +1,8 @@
 //! smelt-models: model architectures and what runs around them.
 //!
 //! - [`llama`]: the Llama family of decoders (SmolLM2 and friends), one file.
-//! - [`bert`]: the BERT family of encoders (all-MiniLM-L6-v2 and friends), one file.
+//! - [`bert`]: the BERT family of encoders (all-MiniLM-L6-v2 and friends), one file; [`int8`]
+//!   its int8 path; [`embed`] sentence embeddings on top.
 //! - [`linear`], [`ops`], [`attention`]: the layers the architectures are made of, written once
 //!   against any weight type.
 //! - [`tokenizer`]: byte-level BPE from GGUF vocabularies, streaming detokenization.
@@ -15,6 +16,7 @@ pub mod embed;
 pub mod embed_quant;
 pub mod error;
 pub mod generate;
+pub mod int8;
 pub mod linear;
 pub mod llama;
 pub mod ops;
@@ -27,6 +29,7 @@ pub use llama::{Llama, LlamaConfig, LoadOptions, Session};
 pub use attention::KvType;
 pub use chat::{ChatTemplate, Message};
 pub use embed::{EmbedOptions, Encoder, Pooling, Window};
+pub use int8::Int8Spec;
 pub use generate::{generate, GenerateConfig, Generation, StopReason};
 pub use sampling::{Sampler, SamplerConfig};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -70,7 +70,10 @@ fn stats(v: &[f64]) -> (f64, f64) {
 }
 
 pub fn run(args: &BenchArgs, global: &Global, path: &Path) -> Result<()> {
-    let enc = Encoder::load(path, args.as_type).with_context(|| format!("loading {}", path.display()))?;
+    let mut enc = Encoder::load(path, args.as_type).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(spec) = &args.int8 {
+        enc.quantize_int8(&ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads)), spec, None)?;
+    }
     let texts: Vec<String> = match &args.texts {
         Some(p) => {
             let s = std::fs::read_to_string(p).with_context(|| format!("reading {} (UTF-8 text, one text per line)", p.display()))?;

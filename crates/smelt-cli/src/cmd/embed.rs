@@ -174,6 +174,9 @@ pub fn run(args: &EmbedArgs, global: &Global) -> Result<()> {
     }
     let path = crate::resolve_model(&args.model, global.quiet)?;
     let mut enc = Encoder::load(&path, args.as_type).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(spec) = &args.int8 {
+        enc.quantize_int8(&ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads)), spec, None)?;
+    }
     if let Some(m) = args.max_length {
         if m < 2 {
             bail!("--max-length must be at least 2 ([CLS] and [SEP])");

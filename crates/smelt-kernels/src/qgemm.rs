@@ -1,0 +1,437 @@
+//! Int8 matrix products: per-channel symmetric int8 weights, activations quantized per row on
+//! the fly (dynamic quantization), exact i32 accumulation.
+//!
+//! ```text
+//! W  [n x k]:  w_q[j,c] = round(W[j,c] / s_j),  s_j = max_c |W[j,c]| / 127
+//! X  [m x k]:  a_q[i,c] = round(X[i,c] / t_i),  t_i = max_c |X[i,c]| / 127
+//! Y  [m x n]:  Y[i,j]   = t_i s_j sum_c a_q[i,c] w_q[j,c]
+//! ```
+//! With smoothing (SmoothQuant, Xiao et al. 2023), per-input-channel factors `f_c` move
+//! activation outliers into the weights before quantizing: `W'[j,c] = W[j,c] f_c` and
+//! `X'[i,c] = X[i,c] / f_c`, with `f_c = amax(X_c)^a / amax(W_c)^(1-a)` from calibration maxima;
+//! the product is unchanged, but a channel that dominates every row (BERT's `[CLS]` row has one
+//! channel holding nearly all its energy) no longer flattens the rest of the row to zero.
+//!
+//! Rounding is to nearest, ties to even; both sides stay within `[-127, 127]`, so the AVX2
+//! kernel can multiply `|a|` (unsigned) by `sign(a) w` with `maddubs` without saturating
+//! (`2 * 127 * 127 < 2^15`), then widen pairs to i32 with `madd`. Rows are zero-padded to a
+//! multiple of 32 bytes. The scalar twin computes the same integers, so the two agree exactly
+//! before the final scaling.
+//!
+//! Work is split into (block of activation rows, block of weight rows) tasks; each task runs
+//! tiles of 2 activation rows x 4 weight rows held in registers.
+
+use std::cell::RefCell;
+
+use crate::cpu::{self, Isa};
+use crate::pool::{Disjoint, ThreadPool};
+use crate::KernelError;
+
+/// Bytes per step of the kernels; rows are padded to a multiple of it.
+pub const STEP: usize = 32;
+/// Activation rows per task.
+const MB: usize = 64;
+/// Weight rows per task.
+const NB: usize = 64;
+
+/// A weight matrix quantized per output channel (row).
+#[derive(Clone, Debug)]
+pub struct I8Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// Row stride in bytes: `cols` rounded up to [`STEP`].
+    pub stride: usize,
+    pub data: Vec<i8>,
+    /// `s_j` per row.
+    pub scales: Vec<f32>,
+    /// `1 / f_c` per input channel, applied to activations before they are quantized.
+    pub smooth: Option<Vec<f32>>,
+}
+
+/// Quantizes one row symmetrically to `[-127, 127]` (`out` is zero-padded past `x.len()`);
+/// returns the scale (0 for an all-zero row).
+pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
+    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    out[x.len()..].fill(0);
+    scale
+}
+
+impl I8Matrix {
+    /// Quantizes `w` (`rows x cols`, row-major f32).
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Result<I8Matrix, KernelError> {
+        if w.len() != rows * cols {
+            return Err(KernelError::Shape(format!("{} values for a {rows} x {cols} matrix", w.len())));
+        }
+        let stride = cols.div_ceil(STEP) * STEP;
+        let mut data = vec![0i8; rows * stride];
+        let scales = (0..rows).map(|r| quantize_row(&w[r * cols..(r + 1) * cols], &mut data[r * stride..(r + 1) * stride])).collect();
+        Ok(I8Matrix { rows, cols, stride, data, scales, smooth: None })
+    }
+
+    /// Quantizes `w` after smoothing with the activations' per-channel maxima `act_amax` (from
+    /// calibration) and migration strength `alpha` (0.5 is SmoothQuant's default).
+    pub fn quantize_smoothed(w: &[f32], rows: usize, cols: usize, act_amax: &[f32], alpha: f32) -> Result<I8Matrix, KernelError> {
+        if w.len() != rows * cols || act_amax.len() != cols {
+            return Err(KernelError::Shape(format!("{} values for a {rows} x {cols} matrix, {} channel maxima", w.len(), act_amax.len())));
+        }
+        let mut wmax = vec![0f32; cols];
+        for row in w.chunks_exact(cols) {
+            for (m, v) in wmax.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        let f: Vec<f32> = act_amax
+            .iter()
+            .zip(&wmax)
+            .map(|(&a, &m)| if a > 0.0 && m > 0.0 && a.is_finite() { (a.powf(alpha) / m.powf(1.0 - alpha)).clamp(1e-5, 1e5) } else { 1.0 })
+            .collect();
+        let scaled: Vec<f32> = w.chunks_exact(cols).flat_map(|row| row.iter().zip(&f).map(|(v, s)| v * s)).collect();
+        let mut q = I8Matrix::quantize(&scaled, rows, cols)?;
+        q.smooth = Some(f.iter().map(|s| 1.0 / s).collect());
+        Ok(q)
+    }
+
+    /// Row `r` back in f32 (for fidelity checks).
+    pub fn dequantize_row(&self, r: usize) -> Vec<f32> {
+        self.data[r * self.stride..r * self.stride + self.cols].iter().map(|&q| q as f32 * self.scales[r]).collect()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 4 * self.scales.len()
+    }
+}
+
+/// Scalar twin of the tile kernel: `out[i][j] = sum_c a[i*lda + c] w[j*ldw + c]` over `k`.
+pub fn tile_scalar<const MR: usize, const NR: usize>(a: &[i8], lda: usize, w: &[i8], ldw: usize, k: usize) -> [[i32; NR]; MR] {
+    let mut out = [[0i32; NR]; MR];
+    for (i, row) in out.iter_mut().enumerate() {
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = a[i * lda..i * lda + k].iter().zip(&w[j * ldw..j * ldw + k]).map(|(&x, &y)| x as i32 * y as i32).sum();
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+    }
+
+    /// AVX2 tile: `k` a multiple of 32; rows `lda`/`ldw` bytes apart; values in `[-127, 127]`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile<const MR: usize, const NR: usize>(a: *const i8, lda: usize, w: *const i8, ldw: usize, k: usize) -> [[i32; NR]; MR] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); NR]; MR];
+        let mut c = 0;
+        while c < k {
+            let mut wv = [_mm256_setzero_si256(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(w.add(j * ldw + c) as *const __m256i);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_loadu_si256(a.add(i * lda + c) as *const __m256i);
+                let abs = _mm256_abs_epi8(av);
+                for (j, s) in row.iter_mut().enumerate() {
+                    let p = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(wv[j], av));
+                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+                }
+            }
+            c += 32;
+        }
+        let mut out = [[0i32; NR]; MR];
+        for (o, r) in out.iter_mut().zip(&acc) {
+            for (x, v) in o.iter_mut().zip(r) {
+                *x = hsum(*v);
+            }
+        }
+        out
+    }
+
+    /// The `MR x 4` tile of `Y`, scaled and stored: `y[i*ldy + j] = t[i] s[j] sum_c a_i[c] w_j[c]`.
+    /// The four sums of a row come out of one `hadd` tree, already in column order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile4_store<const MR: usize>(a: *const i8, lda: usize, w: *const i8, ldw: usize, k: usize, t: &[f32], s: *const f32, y: *mut f32, ldy: usize) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 4]; MR];
+        let mut c = 0;
+        while c < k {
+            let wv = [0, 1, 2, 3].map(|j| _mm256_loadu_si256(w.add(j * ldw + c) as *const __m256i));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_loadu_si256(a.add(i * lda + c) as *const __m256i);
+                let abs = _mm256_abs_epi8(av);
+                for (j, sum) in row.iter_mut().enumerate() {
+                    let p = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(wv[j], av));
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, ones));
+                }
+            }
+            c += 32;
+        }
+        let sv = _mm_loadu_ps(s);
+        for (i, r) in acc.iter().enumerate() {
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+            let sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            let v = _mm_mul_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(sv, _mm_set1_ps(t[i])));
+            _mm_storeu_ps(y.add(i * ldy), v);
+        }
+    }
+
+    /// `quantize_row` in eight lanes (same rounding: ties to even).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
+        let n = x.len() / 8 * 8;
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for i in (0..n).step_by(8) {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(i))));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let max = x[n..].iter().fold(lanes.iter().fold(0.0f32, |a, &b| a.max(b)), |a, v| a.max(v.abs()));
+        let scale = max / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let (vi, lo, hi) = (_mm256_set1_ps(inv), _mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+        let mut i = 0;
+        while i + 32 <= n {
+            let q = |o: usize| {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i + o)), vi);
+                _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
+            };
+            let (a, b, c, d) = (q(0), q(8), q(16), q(24));
+            // packs interleave 128-bit lanes; the permute puts the 32 bytes back in order.
+            let ab = _mm256_packs_epi32(a, b);
+            let cd = _mm256_packs_epi32(c, d);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, bytes);
+            i += 32;
+        }
+        for (o, &v) in out[i..].iter_mut().zip(&x[i..]) {
+            *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        out[x.len()..].fill(0);
+        scale
+    }
+}
+
+fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        cpu::best() == Isa::Avx2
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`quantize_row`] with the best kernel of this machine.
+pub fn quantize_row_fast(x: &[f32], out: &mut [i8]) -> f32 {
+    assert!(out.len() >= x.len(), "quantize_row: output too short");
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: AVX2 and FMA detected; lengths asserted.
+        return unsafe { avx2::quantize_row(x, out) };
+    }
+    quantize_row(x, out)
+}
+
+/// One tile with the best kernel of this machine (`a` and `w` hold MR and NR rows of `k` bytes).
+#[inline]
+fn tile<const MR: usize, const NR: usize>(avx2: bool, a: &[i8], lda: usize, w: &[i8], ldw: usize, k: usize) -> [[i32; NR]; MR] {
+    debug_assert!(a.len() >= (MR - 1) * lda + k && w.len() >= (NR - 1) * ldw + k && k.is_multiple_of(STEP));
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2 detected by the caller; the slices cover the tile (checked by `gemm_i8`).
+        return unsafe { avx2::tile::<MR, NR>(a.as_ptr(), lda, w.as_ptr(), ldw, k) };
+    }
+    let _ = avx2;
+    tile_scalar::<MR, NR>(a, lda, w, ldw, k)
+}
+
+thread_local! {
+    static ACT: RefCell<(Vec<i8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SMOOTHED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `Y = X W^T` (`x`: `m x cols`, `y`: `m x rows`, row-major) with `X` quantized per row.
+pub fn gemm_i8(pool: &ThreadPool, w: &I8Matrix, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+    gemm_i8_with(pool, w, x, m, y, use_avx2())
+}
+
+/// [`gemm_i8`] with the kernel chosen by the caller (`avx2 = false`: the scalar twin).
+pub fn gemm_i8_with(pool: &ThreadPool, w: &I8Matrix, x: &[f32], m: usize, y: &mut [f32], avx2: bool) -> Result<(), KernelError> {
+    let (n, k, kp) = (w.rows, w.cols, w.stride);
+    if x.len() != m * k || y.len() != m * n || w.data.len() != n * kp || w.scales.len() != n {
+        return Err(KernelError::Shape(format!("W is {n} x {k}, X has {} values for {m} rows, Y has {}", x.len(), y.len())));
+    }
+    if avx2 && !use_avx2() {
+        return Err(KernelError::Shape("the AVX2 int8 kernel was asked for on a CPU without AVX2".into()));
+    }
+    ACT.with(|act| {
+        let (aq, at) = &mut *act.borrow_mut();
+        aq.resize(m * kp, 0);
+        at.resize(m, 0.0);
+        {
+            let (qs, ts) = (Disjoint::new(aq), Disjoint::new(at));
+            pool.for_chunks(m, m.div_ceil(4 * pool.n_threads()).max(1), &|r| {
+                for i in r {
+                    // SAFETY: each row is written by one task.
+                    let (q, t) = unsafe { (qs.slice(i * kp..(i + 1) * kp), ts.slice(i..i + 1)) };
+                    let row = &x[i * k..(i + 1) * k];
+                    let mut quant = |r: &[f32]| if avx2 { quantize_row_fast(r, q) } else { quantize_row(r, q) };
+                    t[0] = match &w.smooth {
+                        None => quant(row),
+                        Some(inv) => SMOOTHED.with(|buf| {
+                            let mut buf = buf.borrow_mut();
+                            buf.clear();
+                            buf.extend(row.iter().zip(inv).map(|(a, b)| a * b));
+                            quant(&buf)
+                        }),
+                    };
+                }
+            });
+        }
+        let (aq, at): (&[i8], &[f32]) = (aq, at);
+        let out = Disjoint::new(y);
+        let (mblocks, nblocks) = (m.div_ceil(MB), n.div_ceil(NB));
+        pool.run(mblocks * nblocks, &|task| {
+            let (mb, nb) = (task % mblocks, task / mblocks);
+            let (i0, i1) = (mb * MB, ((mb + 1) * MB).min(m));
+            let (j0, j1) = (nb * NB, ((nb + 1) * NB).min(n));
+            let store = |i: usize, j: usize, v: i32| {
+                // SAFETY: task (mb, nb) alone writes rows i0..i1, columns j0..j1 of Y.
+                unsafe { out.slice(i * n + j..i * n + j + 1)[0] = v as f32 * (w.scales[j] * at[i]) };
+            };
+            let mut j = j0;
+            while j < j1 {
+                let nr = (j1 - j).min(4);
+                let wr = &w.data[j * kp..];
+                let mut i = i0;
+                while i < i1 {
+                    let mr = (i1 - i).min(2);
+                    let ar = &aq[i * kp..];
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 && nr == 4 {
+                        // SAFETY: AVX2 checked; rows i..i+mr of X and j..j+4 of W exist (each
+                        // padded to kp bytes); this task alone writes Y[i..i+mr, j..j+4].
+                        unsafe {
+                            let y = out.as_mut_ptr().add(i * n + j);
+                            let (a, wp, s) = (ar.as_ptr(), wr.as_ptr(), w.scales.as_ptr().add(j));
+                            if mr == 2 {
+                                avx2::tile4_store::<2>(a, kp, wp, kp, kp, &at[i..i + 2], s, y, n);
+                            } else {
+                                avx2::tile4_store::<1>(a, kp, wp, kp, kp, &at[i..i + 1], s, y, n);
+                            }
+                        }
+                        i += mr;
+                        continue;
+                    }
+                    match (mr, nr) {
+                        (2, 4) => tile::<2, 4>(avx2, ar, kp, wr, kp, kp).iter().enumerate().for_each(|(di, r)| r.iter().enumerate().for_each(|(dj, &v)| store(i + di, j + dj, v))),
+                        (1, 4) => tile::<1, 4>(avx2, ar, kp, wr, kp, kp)[0].iter().enumerate().for_each(|(dj, &v)| store(i, j + dj, v)),
+                        _ => {
+                            for di in 0..mr {
+                                for dj in 0..nr {
+                                    store(i + di, j + dj, tile::<1, 1>(avx2, &ar[di * kp..], kp, &wr[dj * kp..], kp, kp)[0][0]);
+                                }
+                            }
+                        }
+                    }
+                    i += mr;
+                }
+                j += nr;
+            }
+        });
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quantize_row_kernels_agree_and_round_trip() {
+        for len in [1, 7, 31, 32, 33, 100, 384] {
+            let mut x = rand(len, len as u64);
+            x[0] = 3.0; // a tie case for some lanes
+            let (mut a, mut b) = (vec![1i8; len.div_ceil(32) * 32], vec![2i8; len.div_ceil(32) * 32]);
+            let (sa, sb) = (quantize_row(&x, &mut a), quantize_row_fast(&x, &mut b));
+            assert_eq!((sa, &a), (sb, &b), "len {len}");
+            for (q, v) in a.iter().zip(&x) {
+                assert!((*q as f32 * sa - v).abs() <= sa * 0.5 + 1e-6);
+            }
+            assert!(a[len..].iter().all(|&q| q == 0));
+        }
+        let mut z = [5i8; 32];
+        assert_eq!(quantize_row(&[0.0; 20], &mut z), 0.0);
+        assert!(z.iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn gemm_i8_kernels_agree_and_approximate_f32() {
+        let pool = ThreadPool::new(2);
+        for (m, n, k) in [(1, 1, 5), (3, 5, 40), (67, 130, 384), (130, 9, 96)] {
+            let (x, wf) = (rand(m * k, 1), rand(n * k, 2));
+            let w = I8Matrix::quantize(&wf, n, k).unwrap();
+            let (mut y1, mut y2) = (vec![0f32; m * n], vec![0f32; m * n]);
+            gemm_i8_with(&pool, &w, &x, m, &mut y1, false).unwrap();
+            gemm_i8(&pool, &w, &x, m, &mut y2).unwrap();
+            assert_eq!(y1, y2, "{m}x{n}x{k}: AVX2 and scalar twin differ");
+            for i in 0..m {
+                for j in 0..n {
+                    let exact: f32 = (0..k).map(|c| x[i * k + c] * wf[j * k + c]).sum();
+                    // x w - x' w' = x (w - w') + w' (x - x'): at most |x| s/2 + (|w| + s/2) t/2
+                    // per product (t <= 2/127 for these inputs).
+                    let t = 2.0 / 127.0;
+                    let bound = (0..k).map(|c| x[i * k + c].abs() * w.scales[j] * 0.5 + (wf[j * k + c].abs() + w.scales[j] * 0.5) * t * 0.5).sum::<f32>() + 1e-4;
+                    assert!((y1[i * n + j] - exact).abs() <= bound, "{m}x{n}x{k} [{i},{j}]: {} vs {exact} (bound {bound})", y1[i * n + j]);
+                }
+            }
+        }
+        let w = I8Matrix::quantize(&rand(12, 3), 3, 4).unwrap();
+        assert!(gemm_i8(&pool, &w, &[0.0; 7], 2, &mut [0.0; 6]).is_err());
+    }
+
+    #[test]
+    fn smoothing_rescues_rows_dominated_by_one_channel() {
+        // Every activation row has channel 5 about 100x the others (BERT's [CLS] row).
+        let (m, n, k) = (8, 16, 64);
+        let mut x = rand(m * k, 7);
+        (0..m).for_each(|i| x[i * k + 5] = 150.0);
+        let wf = rand(n * k, 8);
+        let exact: Vec<f32> = (0..m * n).map(|e| (0..k).map(|c| x[e / n * k + c] * wf[e % n * k + c]).sum()).collect();
+        let amax: Vec<f32> = (0..k).map(|c| (0..m).map(|i| x[i * k + c].abs()).fold(0.0, f32::max)).collect();
+        let pool = ThreadPool::new(2);
+        let err = |w: &I8Matrix| {
+            let mut y = vec![0f32; m * n];
+            gemm_i8(&pool, w, &x, m, &mut y).unwrap();
+            y.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
+        };
+        let (plain, smooth) = (err(&I8Matrix::quantize(&wf, n, k).unwrap()), err(&I8Matrix::quantize_smoothed(&wf, n, k, &amax, 0.5).unwrap()));
+        assert!(smooth * 3.0 < plain, "smoothed error {smooth} vs plain {plain}");
+    }
+}
