@@ -6,6 +6,7 @@ L2 normalization in numpy), after one warm-up pass. Prints one JSON line per rep
 {"seconds": ..., "texts": ...}. Tokenization is inside the timed loop.
 
     python3 ort_worker.py MODEL.onnx TOKENIZER_JSON TEXTS [--batch 32] [--threads 2] [--reps 3]
+                          [--save EMBEDDINGS.npy]
 """
 import argparse
 import json
@@ -25,6 +26,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--save", help="write the embeddings of the warm-up pass as .npy")
     a = ap.parse_args()
     texts = open(a.texts, encoding="utf-8").read().splitlines()
     so = ort.SessionOptions()
@@ -63,7 +65,9 @@ def main():
                 rows[i] = v[r]
         return np.stack([rows[i] for i in range(len(texts))]) if rows else out
 
-    embed_all()  # warm-up
+    emb = embed_all()  # warm-up
+    if a.save:
+        np.save(a.save, emb)
     for _ in range(a.reps):
         t = time.perf_counter()
         embed_all()

@@ -58,6 +58,10 @@ pub enum Command {
     /// line, one vector per output line (JSON) or one row of a .npy matrix.
     #[command(after_help = EMBED_HELP)]
     Embed(EmbedArgs),
+    /// Classify texts with a linear head on frozen sentence embeddings: train it (logistic
+    /// regression with L2), predict, evaluate (accuracy, precision, recall, F1).
+    #[command(after_help = CLASSIFY_HELP)]
+    Classify(ClassifyArgs),
     /// Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench; for an
     /// encoder, sentences/s and tokens/s at batch 1 and 32 (tokenization included).
     #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 -o json\n  smelt bench -m smollm2-135m --as q4_0 -t 1\n  smelt bench -m all-minilm-l6-v2 --texts sentences.txt --batch 1,32 -o json")]
@@ -81,6 +85,86 @@ Examples:\n  smelt embed docs.txt -o docs.npy\n  echo 'A man is playing a guitar
 smelt embed -m paraphrase-minilm-l3-v2 --input jsonl corpus.jsonl > vectors.jsonl\n  \
 smelt embed book.txt --window 256 --stride 192 -o book.npy\n  \
 smelt embed docs.txt --precision int8 --calibration sample.txt --save-ranges ranges.npy -o docs-int8.npy";
+
+const CLASSIFY_HELP: &str = "Data: JSON lines, one object per text: {\"text\": ..., \"label\": ...} (and an \
+optional \"id\", echoed back); `predict` also takes plain text, one text per line. \
+scripts/fetch-classification-data writes two ready tasks (BBC News topics, movie-review sentiment) \
+with the train/test split kept in data/splits.\n\n\
+The head file is JSON (format smelt-classifier-head, version 1): labels, weights, bias, the \
+encoder it was trained on and the training settings.\n\n\
+Examples:\n  smelt classify train train.jsonl -o topics.head.json\n  \
+smelt classify eval --head topics.head.json test.jsonl\n  \
+echo 'Shares fell sharply after the profit warning.' | smelt classify predict --head topics.head.json";
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    #[command(subcommand)]
+    pub command: ClassifyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClassifyCommand {
+    /// Embed labelled texts and fit a head; write it to -o.
+    Train(ClassifyTrainArgs),
+    /// Label texts: one JSON line per text with the label and every label's probability.
+    Predict(ClassifyPredictArgs),
+    /// Accuracy, per-label precision/recall/F1, macro averages and the confusion matrix.
+    Eval(ClassifyEvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyTrainArgs {
+    /// Labelled JSON lines ({"text", "label"}); `-` reads stdin.
+    #[arg(value_name = "DATA")]
+    pub data: PathBuf,
+    /// The head file to write (JSON; written to a temporary name and renamed when complete).
+    #[arg(short, long, value_name = "HEAD")]
+    pub output: PathBuf,
+    /// Encoder: a name from `smelt models`, a model directory or an .onnx file.
+    #[arg(short, long, value_name = "MODEL", default_value = "all-minilm-l6-v2")]
+    pub model: String,
+    /// L2 penalty on the weights (larger: simpler head, less overfitting).
+    #[arg(long, value_name = "X", default_value_t = 1e-3)]
+    pub l2: f32,
+    /// Most gradient steps (training stops earlier once the gradient is below 1e-5).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub max_iter: usize,
+    /// Embed with the int8 path (see `smelt embed --help`); predict/eval then use it too.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "all")]
+    pub int8: Option<smelt_models::Int8Spec>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyPredictArgs {
+    /// The head file from `smelt classify train`.
+    #[arg(long, value_name = "HEAD")]
+    pub head: PathBuf,
+    /// Texts: plain lines, or JSON lines with "text" (a .jsonl file, or --input jsonl); `-` or
+    /// nothing reads stdin.
+    #[arg(value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    #[arg(long = "input", value_enum, value_name = "KIND")]
+    pub input_kind: Option<EmbedInput>,
+    /// Encoder to use instead of the one the head names.
+    #[arg(short, long, value_name = "MODEL")]
+    pub model: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyEvalArgs {
+    /// The head file from `smelt classify train`.
+    #[arg(long, value_name = "HEAD")]
+    pub head: PathBuf,
+    /// Labelled JSON lines ({"text", "label"}).
+    #[arg(value_name = "DATA")]
+    pub data: PathBuf,
+    /// Encoder to use instead of the one the head names.
+    #[arg(short, long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Print the metrics as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EmbedInput {

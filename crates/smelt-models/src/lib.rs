@@ -12,6 +12,7 @@ pub mod attention;
 pub mod bert;
 pub mod bert_onnx;
 pub mod chat;
+pub mod classify;
 pub mod embed;
 pub mod embed_quant;
 pub mod error;

@@ -16,9 +16,9 @@ use crate::cli::{EmbedArgs, EmbedFormat, EmbedInput, EmbedPrecision, Global};
 use crate::progress::Progress;
 
 /// One input text and the id to echo back.
-struct Item {
-    id: Option<Value>,
-    text: String,
+pub struct Item {
+    pub id: Option<Value>,
+    pub text: String,
 }
 
 /// Texts per call of the encoder in throughput mode (sorting and progress granularity).
@@ -35,7 +35,7 @@ fn precision(p: EmbedPrecision) -> Precision {
 }
 
 /// Parses one input line (`n` is 1-based, for errors).
-fn parse_line(line: &[u8], n: usize, jsonl: bool) -> Result<Item> {
+pub fn parse_line(line: &[u8], n: usize, jsonl: bool) -> Result<Item> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = std::str::from_utf8(line).map_err(|e| anyhow::anyhow!("line {n} is not valid UTF-8 (invalid byte at column {})", e.valid_up_to() + 1))?;
     if !jsonl {
@@ -51,7 +51,7 @@ fn parse_line(line: &[u8], n: usize, jsonl: bool) -> Result<Item> {
     }
 }
 
-fn read_all(path: Option<&Path>) -> Result<Vec<u8>> {
+pub fn read_all(path: Option<&Path>) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     match path {
         None => {
@@ -62,7 +62,7 @@ fn read_all(path: Option<&Path>) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn parse_all(bytes: &[u8], jsonl: bool) -> Result<Vec<Item>> {
+pub fn parse_all(bytes: &[u8], jsonl: bool) -> Result<Vec<Item>> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
@@ -98,13 +98,14 @@ fn ranges(args: &EmbedArgs, enc: &Encoder, pool: &ThreadPool, opts: &EmbedOption
     Ok(embed_quant::ranges(rows.iter().map(Vec::as_slice), dim))
 }
 
-/// Writes the embeddings as JSON lines or .npy.
-fn write_output(w: &mut dyn Write, items: &[Item], rows: &[Vec<f32>], p: Precision, lohi: &(Vec<f32>, Vec<f32>), format: EmbedFormat, dim: usize) -> std::io::Result<()> {
+/// Writes the embeddings as JSON lines (numbered from `first`) or .npy.
+#[allow(clippy::too_many_arguments)]
+fn write_output(w: &mut dyn Write, items: &[Item], rows: &[Vec<f32>], p: Precision, lohi: &(Vec<f32>, Vec<f32>), format: EmbedFormat, dim: usize, first: usize) -> std::io::Result<()> {
     let width = p.width(dim);
     let mut q = vec![0u8; width];
     match format {
         EmbedFormat::Jsonl => {
-            for (i, (item, row)) in items.iter().zip(rows).enumerate() {
+            for (i, (item, row)) in (first..).zip(items.iter().zip(rows)) {
                 let emb = match p {
                     Precision::Float32 => json!(row),
                     Precision::Int8 | Precision::Binary => {
@@ -209,11 +210,7 @@ pub fn run(args: &EmbedArgs, global: &Global) -> Result<()> {
         for (n, line) in reader.split(b'\n').enumerate() {
             let item = parse_line(&line.context("reading input")?, n + 1, jsonl)?;
             let row = enc.embed(&pool, &[item.text.as_str()], &opts)?;
-            let mut buf = Vec::new();
-            write_output(&mut buf, std::slice::from_ref(&item), &row, p, &lohi, EmbedFormat::Jsonl, dim)?;
-            // Keep the input's numbering in "index".
-            let rec = String::from_utf8_lossy(&buf).replacen("{\"index\":0", &format!("{{\"index\":{index}"), 1);
-            out.write_all(rec.as_bytes())?;
+            write_output(&mut out, std::slice::from_ref(&item), &row, p, &lohi, EmbedFormat::Jsonl, dim, index)?;
             out.flush()?;
             index += 1;
         }
@@ -242,5 +239,5 @@ pub fn run(args: &EmbedArgs, global: &Global) -> Result<()> {
         let data = NpyData::F32(lohi.0.iter().chain(&lohi.1).copied().collect());
         smelt_formats::fsutil::write_atomic_io(save, |w| write_npy(w, &NpyArray { shape: vec![2, dim], data })).with_context(|| format!("writing {}", save.display()))?;
     }
-    to_path_or_stdout(args.output.as_ref(), |w| write_output(w, &items, &rows, p, &lohi, format, dim))
+    to_path_or_stdout(args.output.as_ref(), |w| write_output(w, &items, &rows, p, &lohi, format, dim, 0))
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_encoder;
 pub mod chat;
+pub mod classify;
 pub mod embed;
 pub mod inspect;
 pub mod lm;
