@@ -163,6 +163,7 @@ mod avx2 {
     /// The `MR x 4` tile of `Y`, scaled and stored: `y[i*ldy + j] = t[i] s[j] sum_c a_i[c] w_j[c]`.
     /// The four sums of a row come out of one `hadd` tree, already in column order.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
     pub unsafe fn tile4_store<const MR: usize>(a: *const i8, lda: usize, w: *const i8, ldw: usize, k: usize, t: &[f32], s: *const f32, y: *mut f32, ldy: usize) {
         let ones = _mm256_set1_epi16(1);

@@ -54,6 +54,7 @@ impl Default for TrainOptions {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Mean loss and its gradient (`gw`: `C x d` row-major, `gb`: `C`) at (`w`, `b`).
 pub fn loss_grad(x: &[Vec<f32>], y: &[usize], c: usize, w: &[f64], b: &[f64], l2: f64, gw: &mut [f64], gb: &mut [f64]) -> f64 {
     let d = w.len() / c;

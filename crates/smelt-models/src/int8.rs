@@ -124,9 +124,12 @@ pub const KINDS: [&str; 4] = ["qkv", "o", "up", "down"];
 ///
 /// Examples: `all`; `all,-down` (every matrix but the FFN output projections);
 /// `all,-5` (all but the last layer of a 6-layer model); `qkv,o` (attention only).
+/// (include, layer range, kind index) of one item of an [`Int8Spec`].
+type SpecItem = (bool, Option<(usize, usize)>, Option<usize>);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Int8Spec {
-    items: Vec<(bool, Option<(usize, usize)>, Option<usize>)>,
+    items: Vec<SpecItem>,
 }
 
 impl Int8Spec {

@@ -9,7 +9,9 @@ use safetensors::SafeTensors;
 use smelt_models::Encoder;
 
 /// A copy of the model directory whose safetensors file is rebuilt by `edit` (name, shape).
-fn variant(tag: &str, edit: &dyn Fn(&str, Vec<usize>) -> Option<Vec<usize>>) -> PathBuf {
+type Edit<'a> = &'a dyn Fn(&str, Vec<usize>) -> Option<Vec<usize>>;
+
+fn variant(tag: &str, edit: Edit) -> PathBuf {
     let src = smelt_assets::ensure("all-minilm-l6-v2").unwrap();
     let dir = std::env::temp_dir().join(format!("smelt-bad-encoder-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -206,13 +206,11 @@ pub fn run(args: &EmbedArgs, global: &Global) -> Result<()> {
             None => Box::new(std::io::stdin().lock()),
         };
         let mut out = std::io::stdout().lock();
-        let mut index = 0;
         for (n, line) in reader.split(b'\n').enumerate() {
             let item = parse_line(&line.context("reading input")?, n + 1, jsonl)?;
             let row = enc.embed(&pool, &[item.text.as_str()], &opts)?;
-            write_output(&mut out, std::slice::from_ref(&item), &row, p, &lohi, EmbedFormat::Jsonl, dim, index)?;
+            write_output(&mut out, std::slice::from_ref(&item), &row, p, &lohi, EmbedFormat::Jsonl, dim, n)?;
             out.flush()?;
-            index += 1;
         }
         return Ok(());
     }
