@@ -19,7 +19,8 @@
 //! before the final scaling.
 //!
 //! Work is split into (block of activation rows, block of weight rows) tasks; each task runs
-//! tiles of 2 activation rows x 4 weight rows held in registers.
+//! tiles of 2 activation rows x 4 weight rows held in registers; the few columns past the last
+//! multiple of 4 (no encoder has any) and every tile of the scalar path use the scalar twin.
 
 use std::cell::RefCell;
 
@@ -121,45 +122,6 @@ pub fn tile_scalar<const MR: usize, const NR: usize>(a: &[i8], lda: usize, w: &[
 mod avx2 {
     use std::arch::x86_64::*;
 
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn hsum(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
-    }
-
-    /// AVX2 tile: `k` a multiple of 32; rows `lda`/`ldw` bytes apart; values in `[-127, 127]`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn tile<const MR: usize, const NR: usize>(a: *const i8, lda: usize, w: *const i8, ldw: usize, k: usize) -> [[i32; NR]; MR] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_si256(); NR]; MR];
-        let mut c = 0;
-        while c < k {
-            let mut wv = [_mm256_setzero_si256(); NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_si256(w.add(j * ldw + c) as *const __m256i);
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_loadu_si256(a.add(i * lda + c) as *const __m256i);
-                let abs = _mm256_abs_epi8(av);
-                for (j, s) in row.iter_mut().enumerate() {
-                    let p = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(wv[j], av));
-                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
-                }
-            }
-            c += 32;
-        }
-        let mut out = [[0i32; NR]; MR];
-        for (o, r) in out.iter_mut().zip(&acc) {
-            for (x, v) in o.iter_mut().zip(r) {
-                *x = hsum(*v);
-            }
-        }
-        out
-    }
-
     /// The `MR x 4` tile of `Y`, scaled and stored: `y[i*ldy + j] = t[i] s[j] sum_c a_i[c] w_j[c]`.
     /// The four sums of a row come out of one `hadd` tree, already in column order.
     #[inline]
@@ -249,19 +211,6 @@ pub fn quantize_row_fast(x: &[f32], out: &mut [i8]) -> f32 {
     quantize_row(x, out)
 }
 
-/// One tile with the best kernel of this machine (`a` and `w` hold MR and NR rows of `k` bytes).
-#[inline]
-fn tile<const MR: usize, const NR: usize>(avx2: bool, a: &[i8], lda: usize, w: &[i8], ldw: usize, k: usize) -> [[i32; NR]; MR] {
-    debug_assert!(a.len() >= (MR - 1) * lda + k && w.len() >= (NR - 1) * ldw + k && k.is_multiple_of(STEP));
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2 detected by the caller; the slices cover the tile (checked by `gemm_i8`).
-        return unsafe { avx2::tile::<MR, NR>(a.as_ptr(), lda, w.as_ptr(), ldw, k) };
-    }
-    let _ = avx2;
-    tile_scalar::<MR, NR>(a, lda, w, ldw, k)
-}
-
 thread_local! {
     static ACT: RefCell<(Vec<i8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     static SMOOTHED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -341,12 +290,12 @@ pub fn gemm_i8_with(pool: &ThreadPool, w: &I8Matrix, x: &[f32], m: usize, y: &mu
                         continue;
                     }
                     match (mr, nr) {
-                        (2, 4) => tile::<2, 4>(avx2, ar, kp, wr, kp, kp).iter().enumerate().for_each(|(di, r)| r.iter().enumerate().for_each(|(dj, &v)| store(i + di, j + dj, v))),
-                        (1, 4) => tile::<1, 4>(avx2, ar, kp, wr, kp, kp)[0].iter().enumerate().for_each(|(dj, &v)| store(i, j + dj, v)),
+                        (2, 4) => tile_scalar::<2, 4>(ar, kp, wr, kp, kp).iter().enumerate().for_each(|(di, r)| r.iter().enumerate().for_each(|(dj, &v)| store(i + di, j + dj, v))),
+                        (1, 4) => tile_scalar::<1, 4>(ar, kp, wr, kp, kp)[0].iter().enumerate().for_each(|(dj, &v)| store(i, j + dj, v)),
                         _ => {
                             for di in 0..mr {
                                 for dj in 0..nr {
-                                    store(i + di, j + dj, tile::<1, 1>(avx2, &ar[di * kp..], kp, &wr[dj * kp..], kp, kp)[0][0]);
+                                    store(i + di, j + dj, tile_scalar::<1, 1>(&ar[di * kp..], kp, &wr[dj * kp..], kp, kp)[0][0]);
                                 }
                             }
                         }

@@ -64,13 +64,6 @@ pub fn silu_mul_in_place(g: &mut [f32], u: &[f32]) {
     }
 }
 
-/// GELU in place, exact form: `x / 2 * (1 + erf(x / sqrt 2))` (HF's `gelu`).
-pub fn gelu(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
-    }
-}
-
 /// Softmax in place: `x_i = e^(x_i - max) / sum_j e^(x_j - max)`.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -60,7 +60,8 @@ fn generate(model: &Llama, pool: &ThreadPool, n: usize, rng: &mut Rng) -> Result
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-fn stats(v: &[f64]) -> (f64, f64) {
+/// Mean and sample standard deviation.
+pub(super) fn stats(v: &[f64]) -> (f64, f64) {
     let mean = v.iter().sum::<f64>() / v.len() as f64;
     let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
     (mean, var.sqrt())

@@ -11,6 +11,7 @@ use serde::Serialize;
 use smelt_kernels::pool::ThreadPool;
 use smelt_models::{EmbedOptions, Encoder};
 
+use super::bench::stats;
 use crate::cli::{BenchArgs, BenchFormat, Global};
 
 #[derive(Serialize)]
@@ -35,12 +36,18 @@ struct Record {
 
 /// Whether `path` holds an encoder (an ONNX file, or a directory whose config.json is BERT-like).
 pub fn is_encoder(path: &Path) -> bool {
+    use smelt_formats::hf_config::{load_config, HfConfig};
     if path.extension().is_some_and(|e| e == "onnx") {
         return true;
     }
-    path.is_dir()
-        && matches!(smelt_formats::hf_config::load_config(&path.join("config.json")), Ok(smelt_formats::hf_config::HfConfig::Bert(_)))
-        || path.is_dir() && !path.join("config.json").exists() && std::fs::read_dir(path).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "onnx"))))
+    if !path.is_dir() {
+        return false;
+    }
+    if path.join("config.json").exists() {
+        return matches!(load_config(&path.join("config.json")), Ok(HfConfig::Bert(_)));
+    }
+    // An ONNX export's folder (config-less): an .onnx file inside.
+    std::fs::read_dir(path).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "onnx"))))
 }
 
 /// Sentences of 8-60 words drawn from the tokenizer's whole-word vocabulary (a fixed seed).
@@ -61,12 +68,6 @@ fn generated_texts(enc: &Encoder) -> Vec<String> {
             s.join(" ")
         })
         .collect()
-}
-
-fn stats(v: &[f64]) -> (f64, f64) {
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
-    (mean, var.sqrt())
 }
 
 pub fn run(args: &BenchArgs, global: &Global, path: &Path) -> Result<()> {
