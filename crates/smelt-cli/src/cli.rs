@@ -66,6 +66,135 @@ pub enum Command {
     /// encoder, sentences/s and tokens/s at batch 1 and 32 (tokenization included).
     #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 -o json\n  smelt bench -m smollm2-135m --as q4_0 -t 1\n  smelt bench -m all-minilm-l6-v2 --texts sentences.txt --batch 1,32 -o json")]
     Bench(BenchArgs),
+    /// Measure a model: quality (perplexity, or fidelity/STS/retrieval for encoders), against a
+    /// reference too (KL divergence, top-1 agreement), speed, memory, energy and carbon.
+    #[command(after_help = EVAL_HELP)]
+    Eval(EvalArgs),
+    /// Measure several models side by side against one reference, in one report.
+    #[command(after_help = COMPARE_HELP)]
+    Compare(CompareArgs),
+    /// The main job: make compressed variants of a model, measure each against the original, and
+    /// recommend the smallest one that keeps its quality (table + HTML report).
+    #[command(after_help = SHRINK_HELP)]
+    Shrink(ShrinkArgs),
+}
+
+const EVAL_HELP: &str = "Decoders are scored as llama-perplexity scores them: the text is cut into chunks of --ctx tokens, each run from an empty context, and only the second half of each chunk is scored, so perplexities are comparable with llama.cpp's. With --against, the KL divergence of every scored token to the reference's distribution is computed online (no logits file): mean, median, p90, p99, p99.9, max; the share of tokens whose most likely next token is the reference's; the mean and RMS change of the correct token's probability.\n\n\
+Encoders (all-MiniLM-L6-v2 and other BERT-family models): cosine of each embedding to the reference's (mean, min, low percentiles), STS Spearman (--sts), retrieval overlap@10, and classification with a head trained on the reference and kept fixed, and one refit (--classify).\n\n\
+Speed is measured in a separate process that loads only the model, so peak RSS is its own: decoders run --requests prompts of --prompt tokens and generate --gen tokens each (TTFT, per-token latency p50/p95/p99, prefill and decode tokens/s); encoders embed each text alone and then in batches of 32. Energy comes from RAPL counters when readable, else it is estimated from CPU time and labelled \"estimated\"; carbon uses --grid gCO2e/kWh.\n\n\
+MODEL may name a variant: `all-minilm-l6-v2:int8`, `all-minilm-l6-v2:f16`, `smollm2-135m:f32` (the weights converted when loaded).\n\n\
+Examples:\n  smelt eval smollm2-q4_k.gguf --against smollm2-135m:f32\n  \
+smelt eval smollm2-135m --text wiki.valid.tokens --ctx 512 -o ppl.json\n  \
+smelt eval all-minilm-l6-v2:int8 --against all-minilm-l6-v2 --sts sts-dev.csv -o report.html";
+
+const COMPARE_HELP: &str = "Quality is computed in one pass over the text (the reference once per chunk); each model's speed and memory in its own process. The report holds every model; -o writes JSON, CSV, Markdown or HTML by extension (repeatable).\n\n\
+Examples:\n  smelt compare q8.gguf q4_k.gguf q2_k.gguf --against smollm2-135m:f32 -o cmp.html\n  \
+smelt compare all-minilm-l6-v2:f16 all-minilm-l6-v2:int8 --against all-minilm-l6-v2 --sts sts-dev.csv";
+
+const SHRINK_HELP: &str = "For a decoder (default SmolLM2-135M-Instruct): the original is its weights expanded to f32 (SmolLM2 ships only as Q4_1, so that is the best original there is); each --types variant is written by round-to-nearest quantization into --out-dir (reused when already there), scored against the original on --text (built in: Pride and Prejudice, chapters 1-9), timed, and the smallest variant within --max-loss percent of the original's perplexity is recommended.\n\n\
+For an encoder (all-minilm-l6-v2): fp32 vs f16 vs int8 (per-channel weights, SmoothQuant calibration), fidelity, retrieval, STS with --sts, speed.\n\n\
+Examples:\n  smelt shrink\n  smelt shrink smollm2-135m --types q8_0,q4_k,q2_k --chunks 4 -o report.html\n  \
+smelt shrink all-minilm-l6-v2 --sts sts-dev.csv";
+
+/// What every measuring command shares.
+#[derive(Args, Debug, Clone)]
+pub struct EvalOptions {
+    /// Text to score decoders on (and, for encoders, sentences to embed); default: built-in
+    /// Pride and Prejudice chapters 1-9.
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Tokens per perplexity chunk (llama-perplexity's -c).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most N chunks (default: all the text holds).
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// STS Benchmark file (tab-separated, score in column 5, sentences in 6 and 7) for encoders.
+    #[arg(long, value_name = "FILE")]
+    pub sts: Option<PathBuf>,
+    /// Classification task directory with train.jsonl and test.jsonl ({"text", "label"}); repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub classify: Vec<PathBuf>,
+    /// Skip quality; measure speed, memory and energy only.
+    #[arg(long)]
+    pub no_quality: bool,
+    /// Skip speed, memory and energy.
+    #[arg(long)]
+    pub no_speed: bool,
+    /// Decoder speed: requests to time.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub requests: usize,
+    /// Decoder speed: prompt tokens per request.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub prompt: usize,
+    /// Decoder speed: tokens generated per request.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub gen: usize,
+    /// Power per busy core for the energy estimate (used when RAPL counters are not readable).
+    #[arg(long, value_name = "W", default_value_t = smelt_eval::energy::DEFAULT_WATTS_PER_CORE)]
+    pub watts_per_core: f64,
+    /// Grid carbon intensity, gCO2e per kWh (default: world average 2023, Ember).
+    #[arg(long, value_name = "G", default_value_t = smelt_eval::energy::DEFAULT_GRID_G_PER_KWH)]
+    pub grid: f64,
+    /// Recommend the smallest model whose quality loss is at most this many percent.
+    #[arg(long, value_name = "PCT", default_value_t = 5.0)]
+    pub max_loss: f64,
+    /// Write the report to FILE; the format follows the extension: .json .csv .md .html
+    /// (repeatable).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Vec<PathBuf>,
+    /// What to print on stdout.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+    Md,
+    Html,
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The model: a file, directory or name, optionally with `:TYPE` or `:int8`.
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Reference model to compare with (same tokenizer).
+    #[arg(long, value_name = "MODEL")]
+    pub against: Option<String>,
+    #[command(flatten)]
+    pub opts: EvalOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Models to compare (files, directories or names, optionally with `:TYPE` or `:int8`).
+    #[arg(value_name = "MODEL", required = true)]
+    pub models: Vec<String>,
+    /// Reference model; listed first in the report.
+    #[arg(long, value_name = "MODEL")]
+    pub against: Option<String>,
+    #[command(flatten)]
+    pub opts: EvalOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct ShrinkArgs {
+    /// The model to shrink: a GGUF decoder or a BERT-family encoder.
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Decoder variants to make (comma list of quantization types).
+    #[arg(long, value_name = "TYPES", value_delimiter = ',', default_value = "q8_0,q6_k,q5_k,q4_k,q4_0,q3_k,q2_k", value_parser = parse_target)]
+    pub types: Vec<GgmlType>,
+    /// Where variant files go (default: $SMELT_HOME/shrink/MODEL).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: EvalOptions,
 }
 
 const EMBED_HELP: &str = "Input: plain text, one text per line (empty lines are texts too), or JSON lines \

@@ -86,6 +86,9 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Bench(a) => cmd::bench::run(a, &cli.global).map(|()| 0),
         Command::Run(a) => cmd::run::run(a, &cli.global),
         Command::Chat(a) => cmd::chat::run(a, &cli.global),
+        Command::Eval(a) => cmd::eval::run_eval(a, &cli.global).map(|()| 0),
+        Command::Compare(a) => cmd::eval::run_compare(a, &cli.global).map(|()| 0),
+        Command::Shrink(a) => cmd::shrink::run(a, &cli.global).map(|()| 0),
     }
 }
 

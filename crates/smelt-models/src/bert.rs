@@ -190,6 +190,13 @@ impl Bert {
         per + (self.word.rows * self.word.cols) as u64 + (self.position.len() + self.token_type.len() + 2 * self.ln_emb.w.len()) as u64
     }
 
+    /// Bytes of every weight matrix as stored (embeddings included; biases and norms, a few
+    /// kB, are not counted).
+    pub fn weight_bytes(&self) -> u64 {
+        let per: usize = self.layers.iter().map(|l| l.qkv.w.bytes() + l.o.w.bytes() + l.up.w.bytes() + l.down.w.bytes()).sum();
+        (per + self.word.bytes().len() + 4 * (self.position.len() + self.token_type.len())) as u64
+    }
+
     /// Hidden states of the last layer for a batch of sequences (each already framed by
     /// `[CLS] ... [SEP]` and no longer than `max_position_embeddings`), packed: row `i` of the
     /// result is token `i` of the concatenated sequences.

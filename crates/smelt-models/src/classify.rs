@@ -173,7 +173,7 @@ impl Head {
 }
 
 /// Precision, recall and F1 of one class.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ClassMetrics {
     pub label: String,
     pub precision: f64,
@@ -185,7 +185,7 @@ pub struct ClassMetrics {
 /// Accuracy, per-class and macro-averaged precision/recall/F1, and the confusion matrix
 /// (`confusion[true][predicted]`). A class never predicted has precision 0 (as scikit-learn
 /// reports with `zero_division=0`).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
     pub examples: usize,
     pub accuracy: f64,

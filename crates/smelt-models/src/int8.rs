@@ -30,6 +30,14 @@ impl DenseWeight {
         }
     }
 
+    /// Bytes the weights occupy in memory (int8 data plus scales for int8).
+    pub fn bytes(&self) -> usize {
+        match self {
+            DenseWeight::Typed(l) => l.bytes().len(),
+            DenseWeight::Int8(q) => q.bytes(),
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             DenseWeight::Typed(l) => l.ty.name(),

@@ -15,13 +15,13 @@ use crate::cli::{ClassifyArgs, ClassifyCommand, ClassifyEvalArgs, ClassifyPredic
 use crate::progress::Progress;
 
 /// A labelled example.
-struct Example {
-    text: String,
-    label: String,
+pub(crate) struct Example {
+    pub text: String,
+    pub label: String,
 }
 
 /// Reads JSON lines with "text" and "label" (line numbers in errors).
-fn read_labelled(path: &Path) -> Result<Vec<Example>> {
+pub(crate) fn read_labelled(path: &Path) -> Result<Vec<Example>> {
     let input = Some(path).filter(|p| p.as_os_str() != "-");
     let bytes = read_all(input)?;
     let mut out = Vec::new();

@@ -155,6 +155,11 @@ fn convert(pool: &ThreadPool, t: &TensorInfo, data: &[u8], target: GgmlType) -> 
 }
 
 pub fn run(args: &QuantizeArgs, global: &Global) -> Result<()> {
+    write(args, global, true)
+}
+
+/// Writes the re-quantized file; prints the summary when `report` is set.
+pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     let input = crate::resolve_model(&args.input, global.quiet)?;
     let file = GgufFile::open(&input).with_context(|| format!("reading {}", input.display()))?;
     let plans = plan(&file, args)?;
@@ -202,6 +207,9 @@ pub fn run(args: &QuantizeArgs, global: &Global) -> Result<()> {
     .with_context(|| format!("writing {}", args.output.display()))?;
     progress.finish();
     let out_bytes = std::fs::metadata(&args.output)?.len();
+    if !report {
+        return Ok(());
+    }
     summary(&file, &plans, &stats, &input, args, out_bytes, start.elapsed().as_secs_f64(), pool.n_threads())
 }
 
