@@ -123,7 +123,7 @@ pub fn encoder_speed(enc: &Encoder, pool: &ThreadPool, texts: &[&str], batch: us
     let opts = EmbedOptions { batch_size: batch.max(1), ..Default::default() };
     let single = EmbedOptions { batch_size: 1, ..Default::default() };
     enc.embed(pool, &texts[..texts.len().min(8)], &opts)?; // warm-up
-    let lens: Vec<usize> = texts.iter().map(|t| enc.tok.encode_words(t).len().min(enc.max_len.saturating_sub(2)) + 2).collect();
+    let lens: Vec<usize> = texts.iter().map(|t| enc.tok.encode(t, enc.max_len).len()).collect();
     let (mut req, mut per_tok) = (Vec::new(), Vec::new());
     for (t, &n) in texts.iter().zip(&lens) {
         let t0 = Instant::now();

@@ -123,13 +123,6 @@ impl Record {
         self.models.iter().find(|m| m.reference)
     }
 
-    /// Indices of the models on the Pareto front of (size, quality loss).
-    pub fn pareto_front(&self) -> Vec<usize> {
-        let r = self.reference();
-        let pts: Vec<(f64, f64)> = self.models.iter().map(|m| m.quality_loss_pct(r).map_or((f64::NAN, f64::NAN), |l| (m.size() as f64, l))).collect();
-        pareto(&pts)
-    }
-
     /// The smallest model whose quality loss is within `max_loss_pct`, and the sentence that
     /// says so (stored in `recommendation`).
     pub fn recommend(&mut self, max_loss_pct: f64) -> Option<usize> {

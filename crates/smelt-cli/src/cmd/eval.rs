@@ -91,7 +91,7 @@ pub fn describe(spec: &Spec, m: &Loaded) -> ModelResult {
     let file_bytes = if spec.variant.is_some() {
         None
     } else if spec.path.is_dir() {
-        ["model.safetensors"].iter().filter_map(|f| std::fs::metadata(spec.path.join(f)).ok()).map(|m| m.len()).next()
+        std::fs::metadata(spec.path.join("model.safetensors")).ok().map(|m| m.len())
     } else {
         std::fs::metadata(&spec.path).ok().map(|m| m.len())
     };

@@ -66,6 +66,7 @@ fn divergence(m: &crate::record::ModelResult) -> Option<(f64, &'static str)> {
 /// The plots that the record has data for.
 fn plots(record: &Record, best: Option<usize>) -> Vec<String> {
     let mut out = Vec::new();
+    let decoder = record.models.iter().any(|m| m.kind == "decoder");
     let idx: Vec<usize> = (0..record.models.len()).filter(|&i| !record.models[i].reference && divergence(&record.models[i]).is_some_and(|d| d.0 > 0.0)).collect();
     let label = idx.first().and_then(|&i| divergence(&record.models[i])).map(|d| d.1).unwrap_or("");
     let point = |i: usize, x: f64| divergence(&record.models[i]).map(|(y, _)| Point { label: record.models[i].name.clone(), x, y, highlight: Some(i) == best });
@@ -80,7 +81,6 @@ fn plots(record: &Record, best: Option<usize>) -> Vec<String> {
     };
     let sp: Vec<Point> = idx.iter().filter_map(|&i| speed(i).and_then(|x| point(i, x))).collect();
     if sp.len() > 1 {
-        let decoder = record.models.iter().any(|m| m.kind == "decoder");
         let x = if decoder { "decode tokens/s" } else { "texts/s (batched)" };
         let front = pareto(&sp.iter().map(|p| (-p.x, p.y)).collect::<Vec<_>>());
         out.push(scatter("Quality vs speed (dashed: Pareto front)", x, label, &sp, &front, true));
@@ -92,7 +92,6 @@ fn plots(record: &Record, best: Option<usize>) -> Vec<String> {
         .collect();
     if !energy.is_empty() {
         let method = record.models.iter().find_map(|m| m.decoder_speed.as_ref().map(|s| s.energy.method.clone()).or(m.encoder_speed.as_ref().map(|s| s.energy.method.clone()))).unwrap_or_default();
-        let decoder = record.models.iter().any(|m| m.kind == "decoder");
         let unit = if decoder { "mJ per generated token" } else { "mJ per text" };
         out.push(bars(&format!("Energy ({method})"), unit, &energy));
     }
