@@ -54,6 +54,9 @@ impl Default for EmbedOptions {
     }
 }
 
+/// From this many batches per thread on, [`Encoder::embed`] gives each thread whole batches.
+pub const BATCHES_PER_THREAD: usize = 2;
+
 /// An encoder with its tokenizer and pooling.
 pub struct Encoder {
     pub model: Bert,
@@ -186,6 +189,11 @@ impl Encoder {
     }
 
     /// Embeddings of `texts`, in order (`texts.len()` vectors of `dim()` values).
+    ///
+    /// With at least [`BATCHES_PER_THREAD`] batches per thread (throughput work), whole batches
+    /// are the pool's tasks: each thread runs the encoder on its own batches with its own
+    /// buffers, with no synchronisation inside a batch. With fewer (one request, low latency),
+    /// batches run one after another and every matrix product is split across the threads.
     pub fn embed(&self, pool: &ThreadPool, texts: &[&str], opts: &EmbedOptions) -> Result<Vec<Vec<f32>>, ModelError> {
         let d = self.dim();
         // (text index, sequence) for every sequence to run.
@@ -197,10 +205,8 @@ impl Encoder {
         }
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by_key(|&j| std::cmp::Reverse(jobs[j].1.len()));
-        let mut sums = vec![vec![0f32; d]; texts.len()];
-        let mut weights = vec![0f32; texts.len()];
-        let mut bufs = BertBuffers::default();
-        let mut pooled = vec![0f32; d];
+        // Batches: ranges of `order`, longest sequences first.
+        let mut batches = Vec::new();
         let mut at = 0;
         while at < order.len() {
             let mut end = at;
@@ -209,22 +215,53 @@ impl Encoder {
                 tokens += jobs[order[end]].1.len();
                 end += 1;
             }
-            let batch: Vec<&[u32]> = order[at..end].iter().map(|&j| jobs[j].1.as_slice()).collect();
-            let states = self.model.forward(pool, &batch, &mut bufs)?;
+            batches.push(at..end);
+            at = end;
+        }
+        // Runs one batch; returns the pooled vector of each of its sequences, in batch order.
+        let run = |range: &std::ops::Range<usize>, pool: &ThreadPool, bufs: &mut BertBuffers| -> Result<Vec<f32>, ModelError> {
+            let batch: Vec<&[u32]> = order[range.clone()].iter().map(|&j| jobs[j].1.as_slice()).collect();
+            let states = self.model.forward(pool, &batch, bufs)?;
+            let mut pooled = vec![0f32; batch.len() * d];
             let mut row = 0;
-            for (&j, seq) in order[at..end].iter().zip(&batch) {
-                self.pool(&states[row * d..(row + seq.len()) * d], seq.len(), &mut pooled);
-                let (i, w) = (jobs[j].0, seq.len() as f32);
-                if opts.window.is_some() {
-                    crate::ops::axpy(w, &pooled, &mut sums[i]);
-                    weights[i] += w;
-                } else {
-                    sums[i].copy_from_slice(&pooled);
-                    weights[i] = 1.0;
-                }
+            for (seq, out) in batch.iter().zip(pooled.chunks_exact_mut(d)) {
+                self.pool(&states[row * d..(row + seq.len()) * d], seq.len(), out);
                 row += seq.len();
             }
-            at = end;
+            Ok(pooled)
+        };
+        let results: Vec<Result<Vec<f32>, ModelError>> = if batches.len() >= BATCHES_PER_THREAD * pool.n_threads() && pool.n_threads() > 1 {
+            let slots: Vec<std::sync::Mutex<Option<Result<Vec<f32>, ModelError>>>> = batches.iter().map(|_| Default::default()).collect();
+            let spare: std::sync::Mutex<Vec<BertBuffers>> = Default::default();
+            pool.run(batches.len(), &|b| {
+                let mut bufs = spare.lock().map(|mut s| s.pop()).ok().flatten().unwrap_or_default();
+                // Inside a pool task, `forward`'s own parallel loops run inline on this thread.
+                let r = run(&batches[b], pool, &mut bufs);
+                if let Ok(mut s) = spare.lock() {
+                    s.push(bufs);
+                }
+                if let Ok(mut slot) = slots[b].lock() {
+                    *slot = Some(r);
+                }
+            });
+            slots.into_iter().map(|s| s.into_inner().ok().flatten().unwrap_or_else(|| Err(ModelError::Config("a batch did not run".into())))).collect()
+        } else {
+            let mut bufs = BertBuffers::default();
+            batches.iter().map(|r| run(r, pool, &mut bufs)).collect()
+        };
+        let mut sums = vec![vec![0f32; d]; texts.len()];
+        let mut weights = vec![0f32; texts.len()];
+        for (range, pooled) in batches.iter().zip(results) {
+            for (&j, v) in order[range.clone()].iter().zip(pooled?.chunks_exact(d)) {
+                let (i, w) = (jobs[j].0, jobs[j].1.len() as f32);
+                if opts.window.is_some() {
+                    crate::ops::axpy(w, v, &mut sums[i]);
+                    weights[i] += w;
+                } else {
+                    sums[i].copy_from_slice(v);
+                    weights[i] = 1.0;
+                }
+            }
         }
         let normalize = opts.normalize.unwrap_or(self.normalize);
         for (v, &w) in sums.iter_mut().zip(&weights) {
