@@ -199,33 +199,35 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax(x: &mut [f32]) {
         let n = x.len() / 8 * 8;
-        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        // The tail runs as one more vector, padded with -inf (whose exp is 0).
+        let mut tail = [f32::NEG_INFINITY; 8];
+        tail[..x.len() - n].copy_from_slice(&x[n..]);
+        let tv = _mm256_loadu_ps(tail.as_ptr());
+        let mut m = tv;
         for i in (0..n).step_by(8) {
             m = _mm256_max_ps(m, _mm256_loadu_ps(x.as_ptr().add(i)));
         }
-        let max = x[n..].iter().copied().fold(hmax(m), f32::max);
+        let max = hmax(m);
         if max == f32::NEG_INFINITY {
             return;
         }
-        let (vmax, mut acc) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+        let vmax = _mm256_set1_ps(max);
+        let te = exp8(_mm256_sub_ps(tv, vmax));
+        let mut acc = te;
         for i in (0..n).step_by(8) {
             let p = x.as_mut_ptr().add(i);
             let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), vmax));
             acc = _mm256_add_ps(acc, e);
             _mm256_storeu_ps(p, e);
         }
-        let mut sum = hsum(acc);
-        for v in &mut x[n..] {
-            *v = exp_scalar(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        let vinv = _mm256_set1_ps(inv);
+        let vinv = _mm256_set1_ps(1.0 / hsum(acc));
         for i in (0..n).step_by(8) {
             let p = x.as_mut_ptr().add(i);
             _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), vinv));
         }
-        x[n..].iter_mut().for_each(|v| *v *= inv);
+        _mm256_storeu_ps(tail.as_mut_ptr(), _mm256_mul_ps(te, vinv));
+        let len = x.len();
+        x[n..].copy_from_slice(&tail[..len - n]);
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -305,6 +307,16 @@ mod tests {
         softmax(&mut b);
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() <= 1e-6 * p.abs() + 1e-12, "softmax {p} vs {q}");
+        }
+        // Short rows (attention over a few tokens): tail only, one vector plus a tail.
+        for len in 1..=17 {
+            let (mut a, mut b) = (x[..len].to_vec(), x[500..500 + len].to_vec());
+            a.copy_from_slice(&b);
+            softmax_scalar(&mut a);
+            softmax(&mut b);
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= 1e-6 * p.abs() + 1e-12, "softmax of {len}: {p} vs {q}");
+            }
         }
         let mut inf = vec![f32::NEG_INFINITY; 11];
         inf[3] = 2.0;

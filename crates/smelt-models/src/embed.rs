@@ -231,7 +231,8 @@ impl Encoder {
             Ok(pooled)
         };
         let results: Vec<Result<Vec<f32>, ModelError>> = if batches.len() >= BATCHES_PER_THREAD * pool.n_threads() && pool.n_threads() > 1 {
-            let slots: Vec<std::sync::Mutex<Option<Result<Vec<f32>, ModelError>>>> = batches.iter().map(|_| Default::default()).collect();
+            type Slot = std::sync::Mutex<Option<Result<Vec<f32>, ModelError>>>;
+            let slots: Vec<Slot> = batches.iter().map(|_| Default::default()).collect();
             let spare: std::sync::Mutex<Vec<BertBuffers>> = Default::default();
             pool.run(batches.len(), &|b| {
                 let mut bufs = spare.lock().map(|mut s| s.pop()).ok().flatten().unwrap_or_default();
