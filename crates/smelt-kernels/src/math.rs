@@ -14,6 +14,7 @@
 
 use std::sync::OnceLock;
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::cpu::{self, Isa};
 
 const EXP_LO: f32 = -87.3;

@@ -31,6 +31,7 @@
 
 use std::cell::RefCell;
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::cpu::{self, Isa};
 use crate::pool::{Disjoint, ThreadPool};
 use crate::KernelError;
