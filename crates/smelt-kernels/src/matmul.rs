@@ -190,11 +190,13 @@ pub fn gemm_quantized(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8
 }
 
 /// The `gemm` crate on chunks of weight rows, widened to f32 unless stored as F32. Two chunks
-/// per thread keep both threads busy to the end.
+/// per thread keep both threads busy to the end; inside a pool task (one thread) the whole
+/// matrix is one call, so the activations are packed once.
 fn gemm_float(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
     let (rows, cols) = (w.rows, w.cols);
     let out = Disjoint::new(y);
-    let chunk = rows.div_ceil(2 * pool.n_threads()).max(16);
+    let threads = pool.threads_here();
+    let chunk = if threads == 1 { rows } else { rows.div_ceil(2 * threads).max(16) };
     pool.for_chunks(rows, chunk, &|r| {
         let n = r.len();
         let run = |wf: &[f32]| {

@@ -88,6 +88,17 @@ impl ThreadPool {
         self.workers.len() + 1
     }
 
+    /// Threads a [`run`](Self::run) from here would use: 1 inside a task (nested runs are
+    /// inline), else [`n_threads`](Self::n_threads). Callers size their chunks with it, so that
+    /// work run inline is not cut into pieces for threads it will never meet.
+    pub fn threads_here(&self) -> usize {
+        if IN_POOL.with(|c| c.get()) {
+            1
+        } else {
+            self.n_threads()
+        }
+    }
+
     /// Calls `f(i)` for every `i in 0..n_tasks`, spread over the pool; returns when all calls
     /// have returned. Called from inside a task, it runs the tasks inline on that thread.
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
@@ -312,6 +323,18 @@ mod tests {
             total.fetch_add(j + 1, Relaxed);
         }));
         assert_eq!(total.load(Relaxed), 4 * 6);
+    }
+
+    #[test]
+    fn threads_here_is_one_inside_a_task() {
+        let pool = ThreadPool::new(2);
+        assert_eq!(pool.threads_here(), 2);
+        let seen = AtomicUsize::new(0);
+        pool.run(8, &|_| {
+            seen.fetch_add(pool.threads_here(), Relaxed);
+        });
+        assert_eq!(seen.load(Relaxed), 8, "every task, on either thread, sees one thread");
+        assert_eq!(pool.threads_here(), 2, "back outside, the whole pool again");
     }
 
     #[test]

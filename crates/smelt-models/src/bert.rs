@@ -277,14 +277,18 @@ fn attention(pool: &ThreadPool, qkv: &[f32], starts: &[usize], (heads, hd): (usi
         let (s, h) = (task / heads, task % heads);
         let (a, z) = (starts[s], starts[s + 1]);
         let n = z - a;
-        let mut scores = vec![0f32; n];
+        // All n x n scores first, then every row's softmax, then every mix: each phase's rows
+        // are independent, so the CPU overlaps one row's dependency chain with the next's.
+        let mut scores = vec![0f32; n * n];
         let (kh, vh) = (&k[a * stride + h * hd..], &v[a * stride + h * hd..]);
-        for i in a..z {
-            vec::attn_scores(&q[i * stride + h * hd..i * stride + (h + 1) * hd], kh, stride, n, scale, &mut scores);
-            math::softmax(&mut scores);
+        for (i, row) in (a..z).zip(scores.chunks_exact_mut(n)) {
+            vec::attn_scores(&q[i * stride + h * hd..i * stride + (h + 1) * hd], kh, stride, n, scale, row);
+        }
+        scores.chunks_exact_mut(n).for_each(math::softmax);
+        for (i, row) in (a..z).zip(scores.chunks_exact(n)) {
             // SAFETY: each (token, head) output slice belongs to one task.
             let o = unsafe { sink.slice(i * d + h * hd..i * d + (h + 1) * hd) };
-            vec::attn_mix(&scores, vh, stride, o);
+            vec::attn_mix(row, vh, stride, o);
         }
     });
 }
