@@ -294,6 +294,22 @@ mod tests {
     }
 
     #[test]
+    fn softmax_matches_f64_and_survives_large_inputs() {
+        for x in [vec![1000.0f32, 1001.0, f32::NEG_INFINITY], (0..37).map(|i| (i as f32 * 1.7).sin() * 30.0).collect()] {
+            let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let e: Vec<f64> = x.iter().map(|&v| libm::exp(v as f64 - max)).collect();
+            let sum: f64 = e.iter().sum();
+            for f in [softmax_scalar as fn(&mut [f32]), softmax] {
+                let mut y = x.clone();
+                f(&mut y);
+                for (p, q) in y.iter().zip(&e) {
+                    assert!((*p as f64 - q / sum).abs() <= 1e-6 * (q / sum) + 1e-12, "softmax {p} vs {}", q / sum);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_isa_matches_the_scalar_twins() {
         let x: Vec<f32> = grid(-9.0, 9.0, 1003);
         let (mut a, mut b) = (x.clone(), x.clone());

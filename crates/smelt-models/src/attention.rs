@@ -11,9 +11,8 @@
 use std::cell::RefCell;
 
 use smelt_kernels::pool::{Disjoint, ThreadPool};
-use smelt_kernels::vec;
+use smelt_kernels::{math, vec};
 
-use crate::ops;
 
 /// How the cache stores keys and values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -156,7 +155,7 @@ pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, kv: Layer
                     LayerView::F32(k, _) => vec::attn_scores(qh, &k[g * h.d_head..], row, n_ctx, scale, &mut s),
                     LayerView::F16(k, _) => vec::attn_scores_f16(qh, &k[g * h.d_head..], row, n_ctx, scale, &mut s),
                 }
-                ops::softmax(&mut s);
+                math::softmax(&mut s);
                 // SAFETY: each head writes its own `d_head` outputs.
                 let o = unsafe { sink.slice(hh * h.d_head..(hh + 1) * h.d_head) };
                 match kv {
@@ -218,7 +217,7 @@ fn attend_batch(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f3
             for (i, srow) in s.chunks_exact_mut(n_ctx).enumerate() {
                 let visible = base + t0 + i + 1;
                 srow[visible..].fill(f32::NEG_INFINITY);
-                ops::softmax(srow);
+                math::softmax(srow);
             }
             // SAFETY: this task alone writes head `hh` of tokens `t0..t1`: rows of `out` at
             // stride `d`, columns `hh * d_head..`.
