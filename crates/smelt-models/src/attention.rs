@@ -203,17 +203,7 @@ fn attend_batch(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f3
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
             s.resize(rows * n_ctx, 0.0);
-            // SAFETY: extents as stated; S is this task's own scratch.
-            unsafe {
-                gemm::gemm(
-                    rows, n_ctx, h.d_head,
-                    s.as_mut_ptr(), 1, n_ctx as isize, false,
-                    q.as_ptr().add(t0 * q_stride + hh * h.d_head), 1, q_stride as isize,
-                    k.as_ptr().add(g * h.d_head), row as isize, 1,
-                    0.0, scale, false, false, false,
-                    gemm::Parallelism::None,
-                );
-            }
+            scores_gemm(&q[t0 * q_stride + hh * h.d_head..], q_stride, &k[g * h.d_head..], row, (rows, n_ctx, h.d_head), scale, &mut s);
             for (i, srow) in s.chunks_exact_mut(n_ctx).enumerate() {
                 let visible = base + t0 + i + 1;
                 srow[visible..].fill(f32::NEG_INFINITY);
@@ -221,16 +211,50 @@ fn attend_batch(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f3
             }
             // SAFETY: this task alone writes head `hh` of tokens `t0..t1`: rows of `out` at
             // stride `d`, columns `hh * d_head..`.
-            unsafe {
-                gemm::gemm(
-                    rows, h.d_head, n_ctx,
-                    sink.as_mut_ptr().add(t0 * d + hh * h.d_head), 1, d as isize, false,
-                    s.as_ptr(), 1, n_ctx as isize,
-                    v.as_ptr().add(g * h.d_head), 1, row as isize,
-                    0.0, 1.0, false, false, false,
-                    gemm::Parallelism::None,
-                );
-            }
+            unsafe { mix_gemm(&s, &v[g * h.d_head..], row, (rows, n_ctx, h.d_head), sink.as_mut_ptr().add(t0 * d + hh * h.d_head), d) };
         });
     });
+}
+
+/// `S = scale * Q K^T` with the `gemm` crate: `q` holds `rows` query rows at stride `q_stride`,
+/// `k` holds `n` key rows at stride `k_stride`, each `d` wide (a head's slice of packed rows);
+/// `s` is `rows x n`, row-major.
+pub(crate) fn scores_gemm(q: &[f32], q_stride: usize, k: &[f32], k_stride: usize, (rows, n, d): (usize, usize, usize), scale: f32, s: &mut [f32]) {
+    if rows == 0 || n == 0 {
+        return;
+    }
+    assert!(q.len() >= (rows - 1) * q_stride + d && k.len() >= (n - 1) * k_stride + d && s.len() >= rows * n, "scores_gemm: shapes");
+    // SAFETY: the extents were asserted above.
+    unsafe {
+        gemm::gemm(
+            rows, n, d,
+            s.as_mut_ptr(), 1, n as isize, false,
+            q.as_ptr(), 1, q_stride as isize,
+            k.as_ptr(), k_stride as isize, 1,
+            0.0, scale, false, false, false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `O = P V` with the `gemm` crate: `p` is `rows x n` row-major (softmaxed scores), `v` holds
+/// `n` value rows at stride `v_stride`, each `d` wide; `O` is written as `rows` rows of `d` at
+/// stride `out_stride` from `out`.
+///
+/// # Safety
+/// `out` must be valid for writes of `rows` rows of `d` at stride `out_stride`, and no one else
+/// may access them during the call.
+pub(crate) unsafe fn mix_gemm(p: &[f32], v: &[f32], v_stride: usize, (rows, n, d): (usize, usize, usize), out: *mut f32, out_stride: usize) {
+    if rows == 0 || n == 0 {
+        return;
+    }
+    assert!(p.len() >= rows * n && v.len() >= (n - 1) * v_stride + d, "mix_gemm: shapes");
+    gemm::gemm(
+        rows, d, n,
+        out, 1, out_stride as isize, false,
+        p.as_ptr(), 1, n as isize,
+        v.as_ptr(), 1, v_stride as isize,
+        0.0, 1.0, false, false, false,
+        gemm::Parallelism::None,
+    );
 }

@@ -22,6 +22,7 @@ use smelt_formats::GgmlType;
 use smelt_kernels::pool::{Disjoint, ThreadPool};
 use smelt_kernels::{math, vec};
 
+use crate::attention;
 use crate::int8::{Calibration, DenseWeight, Int8Spec};
 use crate::linear::Linear;
 use crate::ops;
@@ -265,6 +266,10 @@ fn residual_norm(pool: &ThreadPool, x: &mut [f32], y: &[f32], bias: &[f32], n: &
     ops::par_rows(pool, &mut x[..t * d], t, &|r, row| math::add_layernorm(row, &y[r * d..(r + 1) * d], bias, &n.w, &n.b, eps));
 }
 
+/// From this many tokens in a sequence on, attention's two products run as small GEMMs (the
+/// `gemm` crate) rather than a dot per (query, key) and an axpy per (query, value).
+const GEMM_MIN_KEYS: usize = 32;
+
 /// Bidirectional attention within each sequence (`starts` delimits them in the packed rows):
 /// per (sequence, head) task, for each query: scores over the sequence's keys, softmax, mix.
 fn attention(pool: &ThreadPool, qkv: &[f32], starts: &[usize], (heads, hd): (usize, usize), out: &mut [f32]) {
@@ -281,10 +286,20 @@ fn attention(pool: &ThreadPool, qkv: &[f32], starts: &[usize], (heads, hd): (usi
         // are independent, so the CPU overlaps one row's dependency chain with the next's.
         let mut scores = vec![0f32; n * n];
         let (kh, vh) = (&k[a * stride + h * hd..], &v[a * stride + h * hd..]);
-        for (i, row) in (a..z).zip(scores.chunks_exact_mut(n)) {
-            vec::attn_scores(&q[i * stride + h * hd..i * stride + (h + 1) * hd], kh, stride, n, scale, row);
+        if n >= GEMM_MIN_KEYS {
+            attention::scores_gemm(&q[a * stride + h * hd..], stride, kh, stride, (n, n, hd), scale, &mut scores);
+        } else {
+            for (i, row) in (a..z).zip(scores.chunks_exact_mut(n)) {
+                vec::attn_scores(&q[i * stride + h * hd..i * stride + (h + 1) * hd], kh, stride, n, scale, row);
+            }
         }
         scores.chunks_exact_mut(n).for_each(math::softmax);
+        if n >= GEMM_MIN_KEYS {
+            // SAFETY: this task alone writes head `h` of tokens `a..z`: rows of `out` at stride
+            // `d`, columns `h * hd..`; `out` holds every token's row (`sink` spans it).
+            unsafe { attention::mix_gemm(&scores, vh, stride, (n, n, hd), sink.as_mut_ptr().add(a * d + h * hd), d) };
+            return;
+        }
         for (i, row) in (a..z).zip(scores.chunks_exact(n)) {
             // SAFETY: each (token, head) output slice belongs to one task.
             let o = unsafe { sink.slice(i * d + h * hd..i * d + (h + 1) * hd) };
