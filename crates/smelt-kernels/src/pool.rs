@@ -51,7 +51,8 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool running work on `n_threads` threads in all: the caller and `n_threads - 1` workers.
+    /// A pool running work on `n_threads` threads in all: the caller and `n_threads - 1` workers
+    /// (fewer if the system cannot start them; [`n_threads`](Self::n_threads) says how many).
     pub fn new(n_threads: usize) -> ThreadPool {
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
@@ -65,13 +66,11 @@ impl ThreadPool {
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
         });
+        // A worker the system refuses to start is left out: the pool runs on fewer threads.
         let workers = (1..n_threads.max(1))
-            .map(|k| {
+            .filter_map(|k| {
                 let s = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("smelt-worker-{k}"))
-                    .spawn(move || worker(&s))
-                    .expect("spawn worker thread")
+                std::thread::Builder::new().name(format!("smelt-worker-{k}")).spawn(move || worker(&s)).ok()
             })
             .collect();
         ThreadPool { shared, workers, run_lock: Mutex::new(()) }

@@ -13,7 +13,6 @@ use std::cell::RefCell;
 use smelt_kernels::pool::{Disjoint, ThreadPool};
 use smelt_kernels::{math, vec};
 
-
 /// How the cache stores keys and values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum KvType {
@@ -133,6 +132,16 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` on this thread's attention scratch, `len` scores long (kept between calls, so that
+/// tasks do not allocate). Not reentrant.
+pub(crate) fn with_scores<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCORES.with(|s| {
+        let mut s = s.borrow_mut();
+        s.resize(len, 0.0);
+        f(&mut s[..len])
+    })
+}
+
 /// Attention of `m` new tokens at positions `base..base + m` (their keys and values already in
 /// the cache) over all positions up to their own. `q` holds each token's query heads at stride
 /// `q_stride`; `out` receives `m * n_heads * d_head` values. `widen` is scratch for an f16
@@ -148,14 +157,12 @@ pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, kv: Layer
         pool.run(h.n_heads, &|hh| {
             let g = hh / h.group();
             let qh = &q[hh * h.d_head..(hh + 1) * h.d_head];
-            SCORES.with(|s| {
-                let mut s = s.borrow_mut();
-                s.resize(n_ctx, 0.0);
+            with_scores(n_ctx, |s| {
                 match kv {
-                    LayerView::F32(k, _) => vec::attn_scores(qh, &k[g * h.d_head..], row, n_ctx, scale, &mut s),
-                    LayerView::F16(k, _) => vec::attn_scores_f16(qh, &k[g * h.d_head..], row, n_ctx, scale, &mut s),
+                    LayerView::F32(k, _) => vec::attn_scores(qh, &k[g * h.d_head..], row, n_ctx, scale, s),
+                    LayerView::F16(k, _) => vec::attn_scores_f16(qh, &k[g * h.d_head..], row, n_ctx, scale, s),
                 }
-                math::softmax(&mut s);
+                math::softmax(s);
                 // SAFETY: each head writes its own `d_head` outputs.
                 let o = unsafe { sink.slice(hh * h.d_head..(hh + 1) * h.d_head) };
                 match kv {
@@ -200,10 +207,8 @@ fn attend_batch(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f3
         let (t0, t1) = (c * CHUNK, ((c + 1) * CHUNK).min(m));
         let rows = t1 - t0;
         let n_ctx = base + t1; // keys the last token of the chunk sees
-        SCORES.with(|s| {
-            let mut s = s.borrow_mut();
-            s.resize(rows * n_ctx, 0.0);
-            scores_gemm(&q[t0 * q_stride + hh * h.d_head..], q_stride, &k[g * h.d_head..], row, (rows, n_ctx, h.d_head), scale, &mut s);
+        with_scores(rows * n_ctx, |s| {
+            scores_gemm(&q[t0 * q_stride + hh * h.d_head..], q_stride, &k[g * h.d_head..], row, (rows, n_ctx, h.d_head), scale, s);
             for (i, srow) in s.chunks_exact_mut(n_ctx).enumerate() {
                 let visible = base + t0 + i + 1;
                 srow[visible..].fill(f32::NEG_INFINITY);
@@ -211,7 +216,7 @@ fn attend_batch(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, k: &[f3
             }
             // SAFETY: this task alone writes head `hh` of tokens `t0..t1`: rows of `out` at
             // stride `d`, columns `hh * d_head..`.
-            unsafe { mix_gemm(&s, &v[g * h.d_head..], row, (rows, n_ctx, h.d_head), sink.as_mut_ptr().add(t0 * d + hh * h.d_head), d) };
+            unsafe { mix_gemm(s, &v[g * h.d_head..], row, (rows, n_ctx, h.d_head), sink.as_mut_ptr().add(t0 * d + hh * h.d_head), d) };
         });
     });
 }

@@ -271,7 +271,8 @@ fn residual_norm(pool: &ThreadPool, x: &mut [f32], y: &[f32], bias: &[f32], n: &
 const GEMM_MIN_KEYS: usize = 32;
 
 /// Bidirectional attention within each sequence (`starts` delimits them in the packed rows):
-/// per (sequence, head) task, for each query: scores over the sequence's keys, softmax, mix.
+/// per (sequence, head) task, the scores of every query over the sequence's keys, their
+/// softmaxes, then the mixes of the values.
 fn attention(pool: &ThreadPool, qkv: &[f32], starts: &[usize], (heads, hd): (usize, usize), out: &mut [f32]) {
     let d = heads * hd;
     let (q, k, v, stride) = (qkv, &qkv[d..], &qkv[2 * d..], 3 * d);
@@ -282,29 +283,31 @@ fn attention(pool: &ThreadPool, qkv: &[f32], starts: &[usize], (heads, hd): (usi
         let (s, h) = (task / heads, task % heads);
         let (a, z) = (starts[s], starts[s + 1]);
         let n = z - a;
-        // All n x n scores first, then every row's softmax, then every mix: each phase's rows
-        // are independent, so the CPU overlaps one row's dependency chain with the next's.
-        let mut scores = vec![0f32; n * n];
-        let (kh, vh) = (&k[a * stride + h * hd..], &v[a * stride + h * hd..]);
-        if n >= GEMM_MIN_KEYS {
-            attention::scores_gemm(&q[a * stride + h * hd..], stride, kh, stride, (n, n, hd), scale, &mut scores);
-        } else {
-            for (i, row) in (a..z).zip(scores.chunks_exact_mut(n)) {
-                vec::attn_scores(&q[i * stride + h * hd..i * stride + (h + 1) * hd], kh, stride, n, scale, row);
-            }
-        }
-        scores.chunks_exact_mut(n).for_each(math::softmax);
-        if n >= GEMM_MIN_KEYS {
-            // SAFETY: this task alone writes head `h` of tokens `a..z`: rows of `out` at stride
-            // `d`, columns `h * hd..`; `out` holds every token's row (`sink` spans it).
-            unsafe { attention::mix_gemm(&scores, vh, stride, (n, n, hd), sink.as_mut_ptr().add(a * d + h * hd), d) };
+        if n == 0 {
             return;
         }
-        for (i, row) in (a..z).zip(scores.chunks_exact(n)) {
-            // SAFETY: each (token, head) output slice belongs to one task.
-            let o = unsafe { sink.slice(i * d + h * hd..i * d + (h + 1) * hd) };
-            vec::attn_mix(row, vh, stride, o);
-        }
+        let (kh, vh) = (&k[a * stride + h * hd..], &v[a * stride + h * hd..]);
+        // All n x n scores first, then every row's softmax, then every mix: each phase's rows
+        // are independent, so the CPU overlaps one row's dependency chain with the next's.
+        attention::with_scores(n * n, |scores| {
+            if n >= GEMM_MIN_KEYS {
+                attention::scores_gemm(&q[a * stride + h * hd..], stride, kh, stride, (n, n, hd), scale, scores);
+                scores.chunks_exact_mut(n).for_each(math::softmax);
+                // SAFETY: this task alone writes head `h` of tokens `a..z`: rows of `out` at
+                // stride `d`, columns `h * hd..` (`sink` spans every token's row).
+                unsafe { attention::mix_gemm(scores, vh, stride, (n, n, hd), sink.as_mut_ptr().add(a * d + h * hd), d) };
+            } else {
+                for (i, row) in (a..z).zip(scores.chunks_exact_mut(n)) {
+                    vec::attn_scores(&q[i * stride + h * hd..i * stride + (h + 1) * hd], kh, stride, n, scale, row);
+                }
+                scores.chunks_exact_mut(n).for_each(math::softmax);
+                for (i, row) in (a..z).zip(scores.chunks_exact(n)) {
+                    // SAFETY: each (token, head) output slice belongs to one task.
+                    let o = unsafe { sink.slice(i * d + h * hd..i * d + (h + 1) * hd) };
+                    vec::attn_mix(row, vh, stride, o);
+                }
+            }
+        });
     });
 }
 
