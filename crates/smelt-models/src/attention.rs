@@ -166,8 +166,8 @@ pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, kv: Layer
                 // SAFETY: each head writes its own `d_head` outputs.
                 let o = unsafe { sink.slice(hh * h.d_head..(hh + 1) * h.d_head) };
                 match kv {
-                    LayerView::F32(_, v) => vec::attn_mix(&s, &v[g * h.d_head..], row, o),
-                    LayerView::F16(_, v) => vec::attn_mix_f16(&s, &v[g * h.d_head..], row, o),
+                    LayerView::F32(_, v) => vec::attn_mix(s, &v[g * h.d_head..], row, o),
+                    LayerView::F16(_, v) => vec::attn_mix_f16(s, &v[g * h.d_head..], row, o),
                 }
             });
         });
