@@ -40,7 +40,7 @@ pub enum AssetError {
     MemberMissing { archive: PathBuf, member: String },
     #[error("{file}: sha256 is {actual}, expected {expected}; the download is corrupt or the package changed (delete it from {downloads} and retry)")]
     ChecksumMismatch { file: String, expected: String, actual: String, downloads: PathBuf },
-    #[error("{asset} is not cached in {home} and SMELT_OFFLINE is set")]
+    #[error("{asset} is not cached in {home} and SMELT_OFFLINE is set: unset it to download the model, or give a path to a model file")]
     Offline { asset: String, home: PathBuf },
 }
 

@@ -34,6 +34,19 @@ pub struct Global {
     pub quiet: bool,
 }
 
+impl Global {
+    /// Threads to run with; [`crate::resolve_threads`] has settled the number before any command
+    /// runs.
+    pub fn n_threads(&self) -> usize {
+        self.threads.unwrap_or(1)
+    }
+
+    /// A pool of [`Global::n_threads`] threads.
+    pub fn pool(&self) -> smelt_kernels::pool::ThreadPool {
+        smelt_kernels::pool::ThreadPool::new(self.n_threads())
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Show a model file: architecture, parameters, every tensor's type, shape and size, bits
@@ -64,7 +77,7 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench; for an
     /// encoder, sentences/s and tokens/s at batch 1 and 32 (tokenization included).
-    #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 -o json\n  smelt bench -m smollm2-135m --as q4_0 -t 1\n  smelt bench -m all-minilm-l6-v2 --texts sentences.txt --batch 1,32 -o json")]
+    #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 --format json\n  smelt bench -m smollm2-135m --as q4_0 -t 1\n  smelt bench -m all-minilm-l6-v2 --texts sentences.txt --batch 1,32 -o bench.csv")]
     Bench(BenchArgs),
     /// Measure a model: quality (perplexity, or fidelity/STS/retrieval for encoders), against a
     /// reference too (KL divergence, top-1 agreement), speed, memory, energy and carbon.
@@ -401,9 +414,13 @@ pub struct BenchArgs {
     /// Repetitions per test (after one warm-up).
     #[arg(short, long, value_name = "N", default_value_t = 5)]
     pub repetitions: usize,
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = BenchFormat::Table)]
-    pub output: BenchFormat,
+    /// What to print on stdout.
+    #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
+    pub format: BenchFormat,
+    /// Also write the results to FILE; the format follows the extension: .json, .csv, .md or
+    /// .txt (a table).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Convert every weight matrix to this type in memory before measuring.
     #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
     pub as_type: Option<GgmlType>,
@@ -540,6 +557,7 @@ pub struct LmArgs {
     /// Penalise repeating the last --repeat-last-n tokens (1: off).
     #[arg(long, value_name = "X", default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// Tokens the repeat penalty looks back over (0: none).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub repeat_last_n: usize,
     /// Random seed (same seed, same text). Default: a fresh one, printed with --json.

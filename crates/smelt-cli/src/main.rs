@@ -8,13 +8,14 @@ mod cli;
 mod cmd;
 mod fmt;
 mod progress;
+mod settings;
 mod sys;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::FromArgMatches;
 use smelt_assets::{Asset, Event, Fetcher};
 
 use crate::cli::{Cli, Command};
@@ -26,7 +27,7 @@ pub fn fetch(asset: &Asset, quiet: bool) -> Result<PathBuf> {
     if fetcher.is_cached(asset) {
         return Ok(fetcher.main_path(asset));
     }
-    if !quiet {
+    if !quiet && !fetcher.offline {
         eprintln!("fetching {} into {} ({})", asset.name, fetcher.asset_dir(asset).display(), asset.license);
     }
     let mut bar: Option<Progress> = None;
@@ -70,12 +71,31 @@ pub fn resolve_model(arg: &str, quiet: bool) -> Result<PathBuf> {
     }
 }
 
-fn run(cli: &Cli) -> Result<i32> {
-    if let Some(n) = cli.global.threads {
-        if n == 0 {
-            anyhow::bail!("--threads must be at least 1");
+/// The threads to run with: `--threads`, else `SMELT_THREADS` (checked like the flag), else
+/// every CPU this process may use; never more than those CPUs (more would only make the
+/// threads wait for each other), with a warning when a request is lowered.
+pub fn resolve_threads(requested: Option<usize>, quiet: bool) -> Result<usize> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (n, source) = match (requested, std::env::var("SMELT_THREADS")) {
+        (Some(n), _) => (n, "--threads"),
+        (None, Ok(v)) => {
+            let n = smelt_models::settings::Bound::int("SMELT_THREADS", 1, settings::MAX_THREADS).parse(&v)?;
+            (n as usize, "SMELT_THREADS")
         }
+        (None, Err(_)) => (cpus, ""),
+    };
+    if n > cpus {
+        if !quiet {
+            eprintln!("warning: {source} {n} is more than the {cpus} CPUs this process may use; running {cpus} threads");
+        }
+        return Ok(cpus);
     }
+    Ok(n)
+}
+
+fn run(cli: &mut Cli) -> Result<i32> {
+    cli.global.threads = Some(resolve_threads(cli.global.threads, cli.global.quiet)?);
+    let cli = &*cli;
     match &cli.command {
         Command::Inspect(a) => cmd::inspect::run(a, cli.global.quiet).map(|()| 0),
         Command::Quantize(a) => cmd::quantize::run(a, &cli.global).map(|()| 0),
@@ -98,16 +118,38 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
+    let matches = settings::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(&mut cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            // Commands give file errors their path; an I/O error without one comes from
+            // printing the results.
+            let e = if e.chain().count() == 1 && e.downcast_ref::<std::io::Error>().is_some() { e.context("writing to standard output") } else { e };
+            // One line: what was being done, then each cause, most specific last.
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `a: b: c`, skipping a cause whose text the line already
+/// holds (contexts often repeat the path their cause names).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

@@ -55,6 +55,8 @@ pub enum GgufError {
     Misaligned { name: String, data_offset: u64, alignment: u64 },
     #[error("tensor {name:?}: data [{start}, {end}) lies past the end of the file ({file_len} bytes); the file is truncated or corrupt")]
     DataOutOfBounds { name: String, start: u64, end: u64, file_len: u64 },
+    #[error("tensor {first:?} ({ty}) takes data bytes [{}, {}) of the data section, which runs into tensor {second:?} starting at {second_start}: the file's tensor offsets or types are corrupt", first_range.0, first_range.1)]
+    OverlappingTensors { first: String, first_range: (u64, u64), ty: GgmlType, second: String, second_start: u64 },
     #[error("duplicate tensor name {name:?} (info at byte {offset})")]
     DuplicateTensor { name: String, offset: u64 },
     #[error("no tensor named {name:?} in this GGUF file")]
@@ -82,7 +84,7 @@ pub enum SafetensorsError {
     WrongShape { path: PathBuf, name: String, found: Vec<usize>, expected: Vec<usize> },
     #[error("{path}: tensor {name:?} has dtype {dtype}, which smelt cannot convert to f32")]
     UnsupportedDtype { path: PathBuf, name: String, dtype: String },
-    #[error("{path}: invalid config.json: {reason}")]
+    #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
 }
 

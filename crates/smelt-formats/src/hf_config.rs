@@ -109,8 +109,8 @@ pub struct PoolingConfig {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, SafetensorsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SafetensorsError::Io { path: path.into(), source })?;
-    serde_json::from_str(&text).map_err(|e| SafetensorsError::Config { path: path.into(), reason: e.to_string() })
+    let bytes = std::fs::read(path).map_err(|source| SafetensorsError::Io { path: path.into(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| SafetensorsError::Config { path: path.into(), reason: format!("invalid JSON: {e}") })
 }
 
 /// Parses a HF `config.json` into the typed config of its `model_type`.

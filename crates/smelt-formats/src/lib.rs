@@ -6,7 +6,8 @@
 //! - [`safetensors`]: HF safetensors via the `safetensors` crate, with dtype conversion.
 //! - [`hf_config`]: HF `config.json` into typed configs.
 //! - [`npy`]: numpy `.npy` arrays.
-//! - [`fsutil`]: write-to-temp-then-rename for every output.
+//! - [`fsutil`]: write-to-temp-then-rename for every output (devices and pipes written in place).
+//! - [`texts`]: text inputs, plain lines or JSON lines (with ids or labels).
 
 pub mod error;
 pub mod fsutil;
@@ -17,6 +18,7 @@ pub mod onnx;
 pub mod quant;
 pub mod safetensors;
 mod storage;
+pub mod texts;
 
 pub use error::{GgufError, NpyError, QuantError, SafetensorsError};
 pub use gguf::{GgufFile, GgufHeader, GgufValue, Metadata, TensorInfo};

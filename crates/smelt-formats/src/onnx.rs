@@ -20,7 +20,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use crate::storage::Storage;
 
 /// An error reading an ONNX file.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ pub enum OnnxError {
     NoGraph,
     #[error("initializer {name:?} keeps its data in an external file; smelt reads self-contained ONNX files only")]
     External { name: String },
+    #[error("the ONNX graph has two initializers named {name:?} (the second at byte {offset}); the file is corrupt")]
+    Duplicate { name: String, offset: usize },
     #[error("no initializer named {name:?} in the ONNX graph")]
     Missing { name: String },
     #[error("initializer {name:?} has shape {found:?}, expected {expected:?}")]
@@ -68,6 +70,41 @@ pub struct OnnxTensor {
     external: bool,
 }
 
+impl OnnxTensor {
+    /// Bytes of data the file holds for this tensor (0 for external or absent data).
+    pub fn stored_bytes(&self) -> usize {
+        match &self.data {
+            Data::Raw(r) | Data::Floats(r) | Data::Int64s(r) => r.len(),
+            Data::None => 0,
+        }
+    }
+
+    /// Elements, `None` for negative or overflowing dims.
+    pub fn n_elements(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
+    }
+}
+
+/// The name of an ONNX `TensorProto.DataType` and its bits per element.
+pub fn data_type_name(data_type: i32) -> (&'static str, u32) {
+    match data_type {
+        1 => ("FLOAT", 32),
+        2 => ("UINT8", 8),
+        3 => ("INT8", 8),
+        4 => ("UINT16", 16),
+        5 => ("INT16", 16),
+        6 => ("INT32", 32),
+        7 => ("INT64", 64),
+        9 => ("BOOL", 8),
+        10 => ("FLOAT16", 16),
+        11 => ("DOUBLE", 64),
+        12 => ("UINT32", 32),
+        13 => ("UINT64", 64),
+        16 => ("BFLOAT16", 16),
+        _ => ("UNKNOWN", 0),
+    }
+}
+
 /// An attribute of a node (only the scalar and tensor kinds are kept).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attribute {
@@ -89,7 +126,7 @@ pub struct Node {
 
 /// An ONNX model file, memory-mapped.
 pub struct OnnxFile {
-    bytes: Mmap,
+    bytes: Storage,
     pub initializers: Vec<OnnxTensor>,
     pub nodes: Vec<Node>,
 }
@@ -237,11 +274,18 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<OnnxTensor>, Vec<Node>), OnnxError> {
     let graph = graph.ok_or(OnnxError::NoGraph)?;
     let mut g = m.sub(&graph);
     let (mut inits, mut nodes) = (Vec::new(), Vec::new());
+    let mut names = std::collections::HashSet::new();
     while !g.done() {
         let (num, wt, _, range) = g.field()?;
         match (num, wt) {
             (1, 2) => nodes.push(node(g.sub(&range))?),
-            (5, 2) => inits.push(tensor(g.sub(&range))?),
+            (5, 2) => {
+                let t = tensor(g.sub(&range))?;
+                if !names.insert(t.name.clone()) {
+                    return Err(OnnxError::Duplicate { name: t.name, offset: range.start });
+                }
+                inits.push(t)
+            }
             _ => {}
         }
     }
@@ -251,11 +295,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<OnnxTensor>, Vec<Node>), OnnxError> {
 impl OnnxFile {
     pub fn open(path: impl AsRef<Path>) -> Result<OnnxFile, OnnxError> {
         let path = path.as_ref();
-        let open = |source| OnnxError::Open { path: path.to_path_buf(), source };
-        let file = std::fs::File::open(path).map_err(open)?;
-        // SAFETY: the map is read-only; like every model loader, smelt assumes the file is not
-        // truncated by another process while it is mapped.
-        let bytes = unsafe { Mmap::map(&file) }.map_err(open)?;
+        let bytes = Storage::map(path).map_err(|source| OnnxError::Open { path: path.to_path_buf(), source })?;
         let (initializers, nodes) = parse(&bytes)?;
         Ok(OnnxFile { bytes, initializers, nodes })
     }
@@ -283,7 +323,11 @@ impl OnnxFile {
             _ => &[][..],
         };
         if n.and_then(|n| n.checked_mul(4)) != Some(bytes.len()) {
-            return Err(OnnxError::Invalid { offset: 0, reason: format!("initializer {:?} of shape {:?} holds {} bytes", t.name, t.dims, bytes.len()) });
+            let offset = match &t.data {
+                Data::Raw(r) | Data::Floats(r) => r.start,
+                _ => 0,
+            };
+            return Err(OnnxError::Invalid { offset, reason: format!("initializer {:?} of shape {:?} needs {} bytes of FLOAT data, it holds {}", t.name, t.dims, n.and_then(|n| n.checked_mul(4)).map_or("more than 2^64".into(), |b| b.to_string()), bytes.len()) });
         }
         Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
@@ -363,6 +407,35 @@ mod tests {
         assert_eq!(nodes[0].op_type, "Add");
         assert_eq!(nodes[0].inputs, ["x", "w"]);
         assert_eq!(nodes[0].outputs, ["y"]);
+    }
+
+    #[test]
+    fn duplicate_initializers_are_refused() {
+        let m = model();
+        // The graph holds one node and one initializer; append a second copy of the initializer.
+        let (inits, _) = parse(&m).unwrap();
+        let mut g = Vec::new();
+        let mut r = Reader::new(&m, 0);
+        while !r.done() {
+            let (num, wt, _, range) = r.field().unwrap();
+            if (num, wt) == (7, 2) {
+                g = m[range].to_vec();
+            }
+        }
+        let mut gr = Reader::new(&g, 0);
+        let mut init = Vec::new();
+        while !gr.done() {
+            let (num, wt, _, range) = gr.field().unwrap();
+            if (num, wt) == (5, 2) {
+                init = g[range].to_vec();
+            }
+        }
+        field(5, &init, &mut g);
+        let mut m2 = Vec::new();
+        field(7, &g, &mut m2);
+        assert_eq!(inits[0].name, "w");
+        let err = parse(&m2).unwrap_err();
+        assert!(matches!(&err, OnnxError::Duplicate { name, .. } if name == "w"), "{err}");
     }
 
     #[test]

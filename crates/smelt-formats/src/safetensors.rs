@@ -49,6 +49,13 @@ impl SafetensorsFile {
     }
 
     fn from_storage(storage: Storage, path: PathBuf) -> Result<Self, SafetensorsError> {
+        // Duplicates first: the crate's parser keeps the last of two equal names, and then
+        // reports the hole the other leaves as a bad offset.
+        let header_len = storage.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        let header = header_len.and_then(|n| storage.get(8..8usize.checked_add(usize::try_from(n).ok()?)?));
+        if let Some(name) = header.and_then(first_duplicate_key) {
+            return Err(SafetensorsError::Invalid { path, reason: format!("the header names tensor {name:?} twice") });
+        }
         let (n, meta) = safetensors::SafeTensors::read_metadata(&storage)
             .map_err(|e| SafetensorsError::Invalid { path: path.clone(), reason: e.to_string() })?;
         let base = 8 + n;
@@ -130,4 +137,30 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
         Dtype::U8 | Dtype::BOOL => conv(bytes, |b: [u8; 1]| b[0] as f32),
         _ => return None,
     })
+}
+
+/// The first key that appears twice at the top level of a JSON object (`None` when every key is
+/// unique or the bytes are not an object). JSON parsers keep the last of two equal keys, so a
+/// duplicated tensor name would silently hide a tensor: it must be found before that.
+fn first_duplicate_key(json: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstDuplicate;
+    impl<'de> Visitor<'de> for FirstDuplicate {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            // The whole map is read (serde_json checks that a visitor consumed all of it).
+            let (mut seen, mut first) = (std::collections::HashSet::new(), None);
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if first.is_none() && !seen.insert(key.clone()) {
+                    first = Some(key);
+                }
+            }
+            Ok(first)
+        }
+    }
+    serde_json::Deserializer::from_slice(json).deserialize_map(FirstDuplicate).ok().flatten()
 }

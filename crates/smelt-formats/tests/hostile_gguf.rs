@@ -178,3 +178,97 @@ fn errors_read_well() {
     let msg = parse(&valid()[..70]).unwrap_err().to_string();
     assert!(msg.contains("truncated") && msg.contains("byte"), "{msg}");
 }
+
+/// A small deterministic generator (xorshift64*), so that the generated cases are the same on
+/// every run and a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// (type id, elements per block, bytes per block) of F32, F16, Q4_0, Q8_0.
+const TYPES: [(u32, u64, u64); 4] = [(0, 1, 4), (1, 1, 2), (2, 32, 18), (8, 32, 34)];
+
+/// A file of `n` tensors of random types and shapes, laid out one after another as ggml lays
+/// them out (aligned to 32); returns the bytes and each tensor's (type index, dims, offset).
+fn layout(rng: &mut Rng, n: usize) -> (Vec<(usize, Vec<u64>, u64)>, u64) {
+    let mut at = 0u64;
+    let mut ts = Vec::new();
+    for _ in 0..n {
+        let ti = rng.below(4) as usize;
+        let (_, block, bytes) = TYPES[ti];
+        let dims = vec![block * (1 + rng.below(4)), 1 + rng.below(3)];
+        let size = dims[0] / block * bytes * dims[1];
+        ts.push((ti, dims, at));
+        at = (at + size).div_ceil(32) * 32;
+    }
+    (ts, at)
+}
+
+fn build(ts: &[(usize, Vec<u64>, u64)], data: u64) -> Vec<u8> {
+    let mut r = Raw::header(ts.len() as u64, 0);
+    for (i, (ti, dims, off)) in ts.iter().enumerate() {
+        r = r.tensor(&format!("t{i}"), dims, TYPES[*ti].0, *off);
+    }
+    r.data(data as usize).0
+}
+
+#[test]
+fn generated_layouts_parse_and_every_overlap_is_refused() {
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let (mut moved, mut retyped) = (0, 0);
+    for case in 0..400 {
+        let n = 2 + rng.below(6) as usize;
+        let (ts, data) = layout(&mut rng, n);
+        let h = parse(&build(&ts, data)).unwrap_or_else(|e| panic!("case {case}: the valid layout fails: {e}"));
+        assert_eq!(h.tensors.len(), n);
+
+        // Move one tensor's offset into another's bytes (aligned, so only the overlap is wrong).
+        let (a, b) = (rng.below(n as u64) as usize, rng.below(n as u64) as usize);
+        if a != b {
+            let mut m = ts.clone();
+            let b_bytes = h.tensors[b].n_bytes;
+            m[a].2 = ts[b].2 + (rng.below(b_bytes.div_ceil(32)) * 32).min(b_bytes.saturating_sub(1) / 32 * 32);
+            match parse(&build(&m, data)) {
+                Err(GgufError::OverlappingTensors { .. } | GgufError::DataOutOfBounds { .. }) => moved += 1,
+                other => panic!("case {case}: t{a} moved onto t{b} was accepted: {other:?}"),
+            }
+        }
+
+        // Retype a tensor to one with more bytes for the same shape: its data now runs over the
+        // next tensor (or past the end).
+        let i = rng.below(n as u64) as usize;
+        let (ti, dims, _) = &ts[i];
+        let bigger = (0..4).filter(|&t| dims[0] % TYPES[t].1 == 0 && dims[0] / TYPES[t].1 * TYPES[t].2 > dims[0] / TYPES[*ti].1 * TYPES[*ti].2);
+        for t in bigger {
+            let mut m = ts.clone();
+            m[i].0 = t;
+            let new_size = dims[0] / TYPES[t].1 * TYPES[t].2 * dims[1];
+            let room = if i + 1 < n { ts[i + 1].2 - ts[i].2 } else { data - ts[i].2 };
+            match parse(&build(&m, data)) {
+                Err(GgufError::OverlappingTensors { .. } | GgufError::DataOutOfBounds { .. }) => retyped += 1,
+                Ok(_) if new_size <= room => {} // still fits in the padding: nothing overlaps
+                other => panic!("case {case}: t{i} retyped to {} was accepted: {other:?}", TYPES[t].0),
+            }
+        }
+    }
+    assert!(moved > 200 && retyped > 100, "too few overlapping cases generated: {moved} moved, {retyped} retyped");
+}
+
+#[test]
+fn overlap_errors_name_both_tensors() {
+    let f = Raw::header(2, 0).tensor("blk.0.attn_q.weight", &[32, 2], 0, 0).tensor("blk.0.attn_k.weight", &[32, 2], 0, 256).data(512).0;
+    assert!(parse(&f).is_ok());
+    let f = Raw::header(2, 0).tensor("blk.0.attn_q.weight", &[32, 2], 0, 0).tensor("blk.0.attn_k.weight", &[32, 2], 0, 224).data(512).0;
+    let msg = parse(&f).unwrap_err().to_string();
+    assert!(msg.contains("blk.0.attn_q.weight") && msg.contains("blk.0.attn_k.weight") && msg.contains("[0, 256)") && msg.contains("224"), "{msg}");
+}

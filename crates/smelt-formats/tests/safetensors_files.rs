@@ -71,3 +71,73 @@ fn broken_files_give_errors_not_panics() {
     let err = SafetensorsFile::from_bytes(bad, "shape").err().unwrap();
     assert!(err.to_string().contains("shape"), "{err}");
 }
+
+/// A safetensors file from hand-written header entries `(name, dtype, shape, [start, end))`, with
+/// `data` bytes after the header (so tests can write headers the serializer would refuse).
+/// A header entry: name, dtype, shape, data offsets.
+type Entry<'a> = (String, &'a str, Vec<usize>, (usize, usize));
+
+fn raw(entries: &[Entry], data: usize) -> Vec<u8> {
+    let body: Vec<String> = entries
+        .iter()
+        .map(|(n, dt, shape, (a, b))| format!("\"{n}\":{{\"dtype\":\"{dt}\",\"shape\":{shape:?},\"data_offsets\":[{a},{b}]}}"))
+        .collect();
+    let json = format!("{{{}}}", body.join(","));
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.resize(out.len() + data, 0);
+    out
+}
+
+#[test]
+fn generated_headers_with_duplicate_or_overlapping_tensors_are_refused() {
+    // xorshift64*: the same cases on every run.
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        (s.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
+    };
+    let dtypes = [("F32", 4), ("F16", 2), ("BF16", 2), ("I64", 8), ("U8", 1)];
+    for case in 0..300 {
+        let n = 2 + next(5);
+        let mut entries = Vec::new();
+        let mut at = 0;
+        for i in 0..n {
+            let (dt, size) = dtypes[next(dtypes.len())];
+            let shape = vec![1 + next(4), 1 + next(3)];
+            let len = shape.iter().product::<usize>() * size;
+            entries.push((format!("layer.{i}.weight"), dt, shape, (at, at + len)));
+            at += len;
+        }
+        let st = SafetensorsFile::from_bytes(raw(&entries, at), "ok").unwrap_or_else(|e| panic!("case {case}: {e}"));
+        assert_eq!(st.tensors().len(), n);
+
+        // The same name twice: once as a copy of an entry, once on another tensor's bytes.
+        let (a, b) = (next(n), next(n));
+        let mut dup = entries.clone();
+        dup.push(entries[a].clone());
+        let err = SafetensorsFile::from_bytes(raw(&dup, at), "dup").err().unwrap_or_else(|| panic!("case {case}: a repeated entry was accepted"));
+        assert!(err.to_string().contains(&entries[a].0) && err.to_string().contains("twice"), "case {case}: {err}");
+        if a != b {
+            let mut renamed = entries.clone();
+            renamed[b].0 = entries[a].0.clone();
+            let err = SafetensorsFile::from_bytes(raw(&renamed, at), "dup").err().unwrap_or_else(|| panic!("case {case}: a duplicate name was accepted"));
+            assert!(err.to_string().contains("twice"), "case {case}: {err}");
+        }
+
+        // A tensor's range moved onto its neighbour's, or grown over it.
+        let i = next(n - 1);
+        let mut moved = entries.clone();
+        let shift = 1 + next(moved[i].3 .1 - moved[i].3 .0);
+        moved[i + 1].3 = (moved[i + 1].3 .0 - shift, moved[i + 1].3 .1 - shift);
+        assert!(SafetensorsFile::from_bytes(raw(&moved, at), "moved").is_err(), "case {case}: overlap accepted");
+        let mut grown = entries.clone();
+        grown[i].3 .1 += 1;
+        assert!(SafetensorsFile::from_bytes(raw(&grown, at), "grown").is_err(), "case {case}: overrun accepted");
+        let mut retyped = entries.clone();
+        retyped[i].1 = if retyped[i].1 == "I64" { "U8" } else { "I64" };
+        assert!(SafetensorsFile::from_bytes(raw(&retyped, at), "retyped").is_err(), "case {case}: wrong size for the dtype accepted");
+    }
+}

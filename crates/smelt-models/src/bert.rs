@@ -24,8 +24,10 @@ use smelt_kernels::{math, vec};
 
 use crate::attention;
 use crate::int8::{Calibration, DenseWeight, Int8Spec};
+use crate::error::{check_activations, check_finite};
 use crate::linear::Linear;
 use crate::ops;
+use crate::settings::Bound;
 use crate::ModelError;
 
 /// A linear layer with a bias.
@@ -66,7 +68,8 @@ pub struct Bert {
 /// Where the weights come from: safetensors names, or an ONNX file's initializers.
 pub trait WeightSource {
     fn matrix(&self, name: &str, rows: usize, cols: usize, as_type: Option<GgmlType>) -> Result<Linear, ModelError>;
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError>;
+    /// A small tensor of `shape` (biases, norms, position tables) as f32, checked to be finite.
+    fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError>;
 }
 
 impl WeightSource for Arc<SafetensorsFile> {
@@ -78,12 +81,13 @@ impl WeightSource for Arc<SafetensorsFile> {
         Ok(l)
     }
 
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-        let v = self.tensor_f32(name, None).map_err(|e| ModelError::Config(e.to_string()))?;
-        if v.len() != len {
-            let found = self.get(name).map(|t| t.shape.iter().map(|&d| d as u64).collect()).unwrap_or_default();
-            return Err(ModelError::WrongShape { name: name.into(), found, expected: vec![len as u64] });
+    fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let found = self.get(name)?.shape.clone();
+        if found != shape {
+            return Err(ModelError::WrongShape { name: name.into(), found: found.iter().map(|&d| d as u64).collect(), expected: shape.iter().map(|&d| d as u64).collect() });
         }
+        let v = self.tensor_f32(name, None)?;
+        check_finite(name, &v)?;
         Ok(v)
     }
 }
@@ -94,48 +98,63 @@ pub fn hf_names(prefix: &str) -> impl Fn(&str) -> String + '_ {
 }
 
 /// Bounds on dimensions read from config.json (guards hostile files before allocating).
-const MAX_DIM: usize = 1 << 16;
+const MAX_DIM: usize = 1 << 20;
+
+/// LayerNorm's epsilon: a small positive number (BERT uses 1e-12).
+pub const LAYER_NORM_EPS: Bound = Bound::positive("layer_norm_eps", 1.0);
 
 impl Bert {
     /// Loads `config.json` and `model.safetensors` from an HF model directory.
     pub fn from_hf_dir(dir: &std::path::Path, as_type: Option<GgmlType>) -> Result<Bert, ModelError> {
-        let cfg = match load_config(&dir.join("config.json")).map_err(|e| ModelError::Config(e.to_string()))? {
+        let cfg = match load_config(&dir.join("config.json"))? {
             HfConfig::Bert(c) => c,
             HfConfig::Llama(_) => return Err(ModelError::UnsupportedArchitecture { found: "llama".into(), supported: "bert" }),
             HfConfig::Other { model_type } => return Err(ModelError::UnsupportedArchitecture { found: model_type, supported: "bert" }),
         };
-        let st = Arc::new(SafetensorsFile::open(dir.join("model.safetensors")).map_err(|e| ModelError::Config(e.to_string()))?);
+        let st = Arc::new(SafetensorsFile::open(dir.join("model.safetensors"))?);
         let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
         Self::build(cfg, &st, &hf_names(prefix), as_type)
     }
 
     /// Builds the model from any source of HF-named weights.
     pub fn build(cfg: BertConfig, src: &dyn WeightSource, name: &dyn Fn(&str) -> String, as_type: Option<GgmlType>) -> Result<Bert, ModelError> {
-        for (k, v) in [("hidden_size", cfg.hidden_size), ("num_hidden_layers", cfg.num_hidden_layers), ("num_attention_heads", cfg.num_attention_heads), ("intermediate_size", cfg.intermediate_size), ("max_position_embeddings", cfg.max_position_embeddings)] {
+        for (k, v) in [
+            ("hidden_size", cfg.hidden_size),
+            ("num_hidden_layers", cfg.num_hidden_layers),
+            ("num_attention_heads", cfg.num_attention_heads),
+            ("intermediate_size", cfg.intermediate_size),
+            ("max_position_embeddings", cfg.max_position_embeddings),
+            ("type_vocab_size", cfg.type_vocab_size),
+            ("vocab_size", cfg.vocab_size),
+        ] {
             if v == 0 || v > MAX_DIM {
-                return Err(ModelError::Config(format!("{k} = {v} is outside 1..={MAX_DIM}")));
+                return Err(ModelError::hyper(k, v, format!("a dimension must be 1 to {MAX_DIM}")));
             }
         }
         if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-            return Err(ModelError::Config(format!("hidden_size {} is not a multiple of {} heads", cfg.hidden_size, cfg.num_attention_heads)));
+            return Err(ModelError::hyper("hidden_size", cfg.hidden_size, format!("not a multiple of num_attention_heads = {}", cfg.num_attention_heads)));
         }
         if !cfg.hidden_act.starts_with("gelu") {
-            return Err(ModelError::Config(format!("activation {:?} is not supported yet (gelu is)", cfg.hidden_act)));
+            return Err(ModelError::hyper("hidden_act", format!("{:?}", cfg.hidden_act), "not supported yet (gelu is)"));
         }
+        if cfg.position_embedding_type != "absolute" {
+            return Err(ModelError::hyper("position_embedding_type", format!("{:?}", cfg.position_embedding_type), "not supported yet (absolute is)"));
+        }
+        LAYER_NORM_EPS.check(cfg.layer_norm_eps).map_err(|e| ModelError::hyper("layer_norm_eps", cfg.layer_norm_eps, format!("must be {}", e.expected)))?;
         let (d, ffn) = (cfg.hidden_size, cfg.intermediate_size);
         let dense = |p: &str, rows: usize, cols: usize| -> Result<Dense, ModelError> {
-            Ok(Dense { w: DenseWeight::Typed(src.matrix(&name(&format!("{p}.weight")), rows, cols, as_type)?), b: src.vector(&name(&format!("{p}.bias")), rows)? })
+            Ok(Dense { w: DenseWeight::Typed(src.matrix(&name(&format!("{p}.weight")), rows, cols, as_type)?), b: src.vector(&name(&format!("{p}.bias")), &[rows])? })
         };
-        let norm = |p: &str| -> Result<Norm, ModelError> { Ok(Norm { w: src.vector(&name(&format!("{p}.weight")), d)?, b: src.vector(&name(&format!("{p}.bias")), d)? }) };
+        let norm = |p: &str| -> Result<Norm, ModelError> { Ok(Norm { w: src.vector(&name(&format!("{p}.weight")), &[d])?, b: src.vector(&name(&format!("{p}.bias")), &[d])? }) };
         let word = src.matrix(&name("embeddings.word_embeddings.weight"), cfg.vocab_size, d, None)?;
-        let position = src.vector(&name("embeddings.position_embeddings.weight"), cfg.max_position_embeddings * d)?;
-        let token_type = src.vector(&name("embeddings.token_type_embeddings.weight"), cfg.type_vocab_size * d)?;
+        let position = src.vector(&name("embeddings.position_embeddings.weight"), &[cfg.max_position_embeddings, d])?;
+        let token_type = src.vector(&name("embeddings.token_type_embeddings.weight"), &[cfg.type_vocab_size, d])?;
         let ln_emb = norm("embeddings.LayerNorm")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = |s: &str| format!("encoder.layer.{i}.{s}");
             let m = |s: &str| src.matrix(&name(&p(&format!("attention.self.{s}.weight"))), d, d, as_type);
-            let v = |s: &str| src.vector(&name(&p(&format!("attention.self.{s}.bias"))), d);
+            let v = |s: &str| src.vector(&name(&p(&format!("attention.self.{s}.bias"))), &[d]);
             let qkv = Dense { w: DenseWeight::Typed(Linear::stack(&p("attention.self.qkv"), &[&m("query")?, &m("key")?, &m("value")?])?), b: [v("query")?, v("key")?, v("value")?].concat() };
             layers.push(BertLayer {
                 qkv,
@@ -255,6 +274,8 @@ impl Bert {
             record(&mut b.calib, 3, &b.h[..t * ffn], ffn);
             layer.down.w.apply(pool, &b.h[..t * ffn], t, &mut b.tmp[..t * d], &mut b.scratch)?;
             residual_norm(pool, &mut b.x, &b.tmp, &layer.down.b, &layer.ln_ffn, eps, t, d);
+            // A NaN or infinity stops here, naming its layer, rather than becoming an embedding.
+            check_activations(&b.x[..t * d], d, || format!("encoder layer {li} (encoder.layer.{li}.*)"))?;
         }
         Ok(b.x[..t * d].to_vec())
     }

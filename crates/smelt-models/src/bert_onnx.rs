@@ -17,6 +17,7 @@ use smelt_formats::onnx::{OnnxFile, FLOAT};
 use smelt_formats::GgmlType;
 
 use crate::bert::{Bert, WeightSource};
+use crate::error::check_finite;
 use crate::linear::Linear;
 use crate::ModelError;
 
@@ -57,14 +58,20 @@ impl WeightSource for OnnxWeights {
         Linear::from_f32(name, rows, cols, data, as_type)
     }
 
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let t = self.file.initializer(name)?;
-        let n: i64 = t.dims.iter().product();
-        if n != len as i64 {
-            return Err(ModelError::WrongShape { name: name.into(), found: t.dims.iter().map(|&d| d as u64).collect(), expected: vec![len as u64] });
+        if checked_len(&t.dims) != Some(shape.iter().product()) {
+            return Err(ModelError::WrongShape { name: name.into(), found: t.dims.iter().map(|&d| d as u64).collect(), expected: shape.iter().map(|&d| d as u64).collect() });
         }
-        Ok(self.file.floats(t, None)?)
+        let v = self.file.floats(t, None)?;
+        check_finite(name, &v)?;
+        Ok(v)
     }
+}
+
+/// Elements of a tensor of `dims`, `None` for negative or overflowing dims.
+fn checked_len(dims: &[i64]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
 }
 
 /// Loads a BERT encoder from an ONNX file (weights converted to `as_type` when given).
@@ -88,7 +95,7 @@ pub fn load(path: &Path, as_type: Option<GgmlType>) -> Result<Bert, ModelError> 
     let (max_position_embeddings, _) = dims2("embeddings.position_embeddings.weight")?;
     let (type_vocab_size, _) = dims2("embeddings.token_type_embeddings.weight")?;
     let num_hidden_layers = (0..).take_while(|i| file.initializer(&format!("{prefix}encoder.layer.{i}.attention.self.query.bias")).is_ok()).count();
-    let intermediate_size = file.initializer(&format!("{prefix}encoder.layer.0.intermediate.dense.bias"))?.dims.iter().product::<i64>() as usize;
+    let intermediate_size = checked_len(&file.initializer(&format!("{prefix}encoder.layer.0.intermediate.dense.bias"))?.dims).unwrap_or(0);
 
     // Dense weights: HF-named, else the MatMul weights in graph order.
     let mut dense = HashMap::new();
@@ -149,7 +156,7 @@ fn heads_from_scale(file: &OnnxFile, hidden: usize) -> Option<usize> {
             let v = file.values(t);
             if v.len() == 1 { Some((n.outputs.first()?.as_str(), v[0])) } else { None }
         })
-        .chain(file.initializers.iter().filter(|t| t.dims.iter().product::<i64>() == 1).filter_map(|t| Some((t.name.as_str(), *file.values(t).first()?))))
+        .chain(file.initializers.iter().filter(|t| checked_len(&t.dims) == Some(1)).filter_map(|t| Some((t.name.as_str(), *file.values(t).first()?))))
         .collect();
     for n in &file.nodes {
         let in_attention = n.outputs.iter().any(|o| o.contains("attention")) || n.name.contains("attention");

@@ -15,6 +15,7 @@ use smelt_formats::GgmlType;
 use smelt_kernels::pool::ThreadPool;
 
 use crate::bert::{Bert, BertBuffers};
+use crate::settings::Bound;
 use crate::tokenizer::wordpiece::WordPiece;
 use crate::ModelError;
 
@@ -67,8 +68,21 @@ pub struct Encoder {
     pub max_len: usize,
 }
 
-fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+/// Tokens per sequence, `[CLS]` and `[SEP]` included: the same range for `--max-length` and for
+/// `max_seq_length` in sentence_bert_config.json (capped by the model's position table).
+pub const MAX_LENGTH: Bound = Bound::int("max length", 2, 1 << 20);
+
+impl Window {
+    /// Windows of `size` tokens (`[CLS]` and `[SEP]` included) starting every `stride` tokens;
+    /// the size must fit the encoder (`max_len`) and hold a token besides the two markers, and
+    /// the stride must be at least 1 and at most the tokens a window holds (`size - 2`: a
+    /// larger one would skip text).
+    pub fn new(size: usize, stride: Option<usize>, max_len: usize) -> Result<Window, ModelError> {
+        let size = Bound::int("--window", 3, max_len as u64).check(size as f64)? as usize;
+        let stride = stride.unwrap_or((size * 3 / 4).clamp(1, size - 2));
+        let stride = Bound::int("--stride", 1, (size - 2) as u64).check(stride as f64)? as usize;
+        Ok(Window { size, stride })
+    }
 }
 
 impl Encoder {
@@ -98,26 +112,59 @@ impl Encoder {
     /// Wraps a model with the pooling and limits a sentence-transformers directory describes
     /// (defaults: mean pooling, not normalized; length: `max_seq_length` of
     /// sentence_bert_config.json, else the tokenizer.json's truncation, else the model's
-    /// position limit).
+    /// position limit). A side file that is present but unreadable or invalid is an error.
     pub fn with_model(dir: &Path, model: Bert, tok: WordPiece) -> Result<Encoder, ModelError> {
-        let pooling = match load_pooling(&dir.join("1_Pooling/config.json")) {
-            Ok(p) if p.pooling_mode_cls_token => Pooling::Cls,
-            Ok(p) if p.pooling_mode_max_tokens => Pooling::Max,
-            _ => Pooling::Mean,
-        };
-        let normalize = match read_json(&dir.join("modules.json")) {
-            Some(Value::Array(mods)) => mods.iter().any(|m| m.get("type").and_then(|t| t.as_str()).is_some_and(|t| t.ends_with("Normalize"))),
-            // A plain HF model: sentence-transformers adds mean pooling, no normalization.
-            _ => false,
-        };
         let limit = model.cfg.max_position_embeddings;
-        let max_len = read_json(&dir.join("sentence_bert_config.json"))
-            .and_then(|v| v.get("max_seq_length").and_then(|m| m.as_u64()))
-            .map(|m| m as usize)
-            .or(tok.truncation)
-            .map_or(limit, |m| m.min(limit))
-            .max(2);
+        crate::check_vocab(&model.word.name, model.word.rows, tok.vocab_size(), tok.max_id())?;
+        let pooling_path = dir.join("1_Pooling/config.json");
+        let pooling = if pooling_path.exists() {
+            let p = load_pooling(&pooling_path)?;
+            let side = |reason: String| ModelError::SideFile { path: pooling_path.clone(), reason };
+            if p.word_embedding_dimension != 0 && p.word_embedding_dimension != model.dim() {
+                return Err(side(format!("word_embedding_dimension is {}, but the model's hidden size is {}", p.word_embedding_dimension, model.dim())));
+            }
+            match (p.pooling_mode_cls_token, p.pooling_mode_mean_tokens, p.pooling_mode_max_tokens, p.pooling_mode_mean_sqrt_len_tokens) {
+                (true, false, false, false) => Pooling::Cls,
+                (false, true, false, false) => Pooling::Mean,
+                (false, false, true, false) => Pooling::Max,
+                _ => return Err(side("exactly one of pooling_mode_cls_token, pooling_mode_mean_tokens, pooling_mode_max_tokens must be true (smelt pools one way; mean_sqrt_len is not supported)".into())),
+            }
+        } else {
+            Pooling::Mean
+        };
+        let modules_path = dir.join("modules.json");
+        let normalize = match crate::read_side_file(&modules_path)? {
+            Some(Value::Array(mods)) => {
+                let mut normalize = false;
+                for (i, m) in mods.iter().enumerate() {
+                    match m.get("type").and_then(|t| t.as_str()) {
+                        Some(t) => normalize |= t.ends_with("Normalize"),
+                        None => return Err(ModelError::SideFile { path: modules_path, reason: format!("module #{i} has no \"type\" string") }),
+                    }
+                }
+                normalize
+            }
+            Some(_) => return Err(ModelError::SideFile { path: modules_path, reason: "expected a JSON array of modules".into() }),
+            // A plain HF model: sentence-transformers adds mean pooling, no normalization.
+            None => false,
+        };
+        let st_path = dir.join("sentence_bert_config.json");
+        let max_len = match crate::read_side_file(&st_path)?.as_ref().and_then(|v| v.get("max_seq_length")) {
+            Some(Value::Number(n)) => {
+                let name = format!("max_seq_length in {}", st_path.display());
+                MAX_LENGTH.at_most(limit as f64).check_as(n.as_f64().unwrap_or(f64::NAN), &name)? as usize
+            }
+            Some(Value::Null) | None => tok.truncation.map_or(limit, |m| m.clamp(2, limit)),
+            Some(other) => return Err(ModelError::SideFile { path: st_path, reason: format!("max_seq_length is {other}, expected a number") }),
+        };
         Ok(Encoder { model, tok, pooling, normalize, max_len })
+    }
+
+    /// Sets the tokens per sequence (`[CLS]` and `[SEP]` included), checked as
+    /// `max_seq_length` is: at least 2, at most the model's position table.
+    pub fn set_max_len(&mut self, m: usize) -> Result<(), ModelError> {
+        self.max_len = MAX_LENGTH.named("--max-length").at_most(self.model.cfg.max_position_embeddings as f64).check(m as f64)? as usize;
+        Ok(())
     }
 
     /// Switches the selected matrices to int8, smoothed with activation maxima measured on
@@ -158,37 +205,34 @@ impl Encoder {
         }
     }
 
-    /// The sequences of one text: one truncated sequence, or overlapping windows.
-    fn sequences(&self, text: &str, window: Option<Window>) -> Vec<Vec<u32>> {
-        let words = self.tok.encode_words(text);
-        let frame = |w: &[u32]| {
-            let mut v = Vec::with_capacity(w.len() + 2);
-            v.push(self.tok.cls);
-            v.extend_from_slice(w);
-            v.push(self.tok.sep);
-            v
-        };
+    /// The token ranges `[start, end)` of one text's `n` tokens to run: the first `max_len - 2`
+    /// (truncation), or overlapping windows covering all of them.
+    fn spans(&self, n: usize, window: Option<Window>, out: &mut Vec<(usize, usize)>) {
         let body = self.max_len - 2;
         match window {
-            Some(w) if words.len() > body => {
+            Some(w) if n > body => {
                 let size = w.size.clamp(3, self.max_len) - 2;
                 let stride = w.stride.clamp(1, size);
-                let mut out = Vec::new();
                 let mut start = 0;
                 loop {
-                    let end = (start + size).min(words.len());
-                    out.push(frame(&words[start..end]));
-                    if end == words.len() {
-                        break out;
+                    let end = (start + size).min(n);
+                    out.push((start, end));
+                    if end == n {
+                        break;
                     }
                     start += stride;
                 }
             }
-            _ => vec![frame(&words[..words.len().min(body)])],
+            _ => out.push((0, n.min(body))),
         }
     }
 
     /// Embeddings of `texts`, in order (`texts.len()` vectors of `dim()` values).
+    ///
+    /// Every text is tokenized once; its sequences (the truncated text, or its windows) are
+    /// token ranges, framed by `[CLS]`/`[SEP]` only when their batch runs, and each batch's
+    /// pooled vectors are folded into the texts' sums as soon as a wave of batches ends. Memory is
+    /// the texts' tokens plus one wave of batches, however many windows a text has.
     ///
     /// With at least [`BATCHES_PER_THREAD`] batches per thread (throughput work), whole batches
     /// are the pool's tasks: each thread runs the encoder on its own batches with its own
@@ -196,23 +240,26 @@ impl Encoder {
     /// batches run one after another and every matrix product is split across the threads.
     pub fn embed(&self, pool: &ThreadPool, texts: &[&str], opts: &EmbedOptions) -> Result<Vec<Vec<f32>>, ModelError> {
         let d = self.dim();
-        // (text index, sequence) for every sequence to run.
-        let mut jobs: Vec<(usize, Vec<u32>)> = Vec::new();
-        for (i, t) in texts.iter().enumerate() {
-            for s in self.sequences(t, opts.window) {
-                jobs.push((i, s));
-            }
+        let words: Vec<Vec<u32>> = texts.iter().map(|t| self.tok.encode_words(t)).collect();
+        // (text index, token range) of every sequence to run.
+        let mut jobs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut spans = Vec::new();
+        for (i, w) in words.iter().enumerate() {
+            spans.clear();
+            self.spans(w.len(), opts.window, &mut spans);
+            jobs.extend(spans.iter().map(|&(a, b)| (i, a, b)));
         }
+        let seq_len = |j: usize| jobs[j].2 - jobs[j].1 + 2;
         let mut order: Vec<usize> = (0..jobs.len()).collect();
-        order.sort_by_key(|&j| std::cmp::Reverse(jobs[j].1.len()));
+        order.sort_by_key(|&j| std::cmp::Reverse(seq_len(j)));
         // Batches: ranges of `order`, longest sequences first.
         let mut batches = Vec::new();
         let mut at = 0;
         while at < order.len() {
             let mut end = at;
             let mut tokens = 0;
-            while end < order.len() && end - at < opts.batch_size.max(1) && (end == at || tokens + jobs[order[end]].1.len() <= opts.batch_tokens) {
-                tokens += jobs[order[end]].1.len();
+            while end < order.len() && end - at < opts.batch_size.max(1) && (end == at || tokens + seq_len(order[end]) <= opts.batch_tokens) {
+                tokens += seq_len(order[end]);
                 end += 1;
             }
             batches.push(at..end);
@@ -220,7 +267,18 @@ impl Encoder {
         }
         // Runs one batch; returns the pooled vector of each of its sequences, in batch order.
         let run = |range: &std::ops::Range<usize>, pool: &ThreadPool, bufs: &mut BertBuffers| -> Result<Vec<f32>, ModelError> {
-            let batch: Vec<&[u32]> = order[range.clone()].iter().map(|&j| jobs[j].1.as_slice()).collect();
+            let seqs: Vec<Vec<u32>> = order[range.clone()]
+                .iter()
+                .map(|&j| {
+                    let (i, a, b) = jobs[j];
+                    let mut v = Vec::with_capacity(b - a + 2);
+                    v.push(self.tok.cls);
+                    v.extend_from_slice(&words[i][a..b]);
+                    v.push(self.tok.sep);
+                    v
+                })
+                .collect();
+            let batch: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
             let states = self.model.forward(pool, &batch, bufs)?;
             let mut pooled = vec![0f32; batch.len() * d];
             let mut row = 0;
@@ -230,37 +288,44 @@ impl Encoder {
             }
             Ok(pooled)
         };
-        let results: Vec<Result<Vec<f32>, ModelError>> = if batches.len() >= BATCHES_PER_THREAD * pool.n_threads() && pool.n_threads() > 1 {
-            type Slot = std::sync::Mutex<Option<Result<Vec<f32>, ModelError>>>;
-            let slots: Vec<Slot> = batches.iter().map(|_| Default::default()).collect();
-            let spare: std::sync::Mutex<Vec<BertBuffers>> = Default::default();
-            pool.run(batches.len(), &|b| {
-                let mut bufs = spare.lock().map(|mut s| s.pop()).ok().flatten().unwrap_or_default();
-                // Inside a pool task, `forward`'s own parallel loops run inline on this thread.
-                let r = run(&batches[b], pool, &mut bufs);
-                if let Ok(mut s) = spare.lock() {
-                    s.push(bufs);
-                }
-                if let Ok(mut slot) = slots[b].lock() {
-                    *slot = Some(r);
-                }
-            });
-            slots.into_iter().map(|s| s.into_inner().ok().flatten().unwrap_or_else(|| Err(ModelError::Config("a batch did not run".into())))).collect()
-        } else {
-            let mut bufs = BertBuffers::default();
-            batches.iter().map(|r| run(r, pool, &mut bufs)).collect()
-        };
+        let threads = pool.n_threads();
+        let parallel = threads > 1 && batches.len() >= BATCHES_PER_THREAD * threads;
+        let wave = if parallel { 16 * threads } else { 1 };
         let mut sums = vec![vec![0f32; d]; texts.len()];
         let mut weights = vec![0f32; texts.len()];
-        for (range, pooled) in batches.iter().zip(results) {
-            for (&j, v) in order[range.clone()].iter().zip(pooled?.chunks_exact(d)) {
-                let (i, w) = (jobs[j].0, jobs[j].1.len() as f32);
-                if opts.window.is_some() {
-                    crate::ops::axpy(w, v, &mut sums[i]);
-                    weights[i] += w;
-                } else {
-                    sums[i].copy_from_slice(v);
-                    weights[i] = 1.0;
+        let mut bufs = BertBuffers::default();
+        let spare: std::sync::Mutex<Vec<BertBuffers>> = Default::default();
+        for wave_batches in batches.chunks(wave) {
+            let results: Vec<Result<Vec<f32>, ModelError>> = if parallel {
+                type Slot = std::sync::Mutex<Option<Result<Vec<f32>, ModelError>>>;
+                let slots: Vec<Slot> = wave_batches.iter().map(|_| Default::default()).collect();
+                pool.run(wave_batches.len(), &|b| {
+                    let mut bufs = spare.lock().map(|mut s| s.pop()).ok().flatten().unwrap_or_default();
+                    // Inside a pool task, `forward`'s own parallel loops run inline on this thread.
+                    let r = run(&wave_batches[b], pool, &mut bufs);
+                    if let Ok(mut s) = spare.lock() {
+                        s.push(bufs);
+                    }
+                    if let Ok(mut slot) = slots[b].lock() {
+                        *slot = Some(r);
+                    }
+                });
+                slots.into_iter().map(|s| s.into_inner().ok().flatten().unwrap_or_else(|| Err(ModelError::Config("an embedding batch did not run (a worker thread failed)".into())))).collect()
+            } else {
+                wave_batches.iter().map(|r| run(r, pool, &mut bufs)).collect()
+            };
+            // Folded in batch order, so the sums do not depend on the threads' timing.
+            for (range, pooled) in wave_batches.iter().zip(results) {
+                for (&j, v) in order[range.clone()].iter().zip(pooled?.chunks_exact(d)) {
+                    let i = jobs[j].0;
+                    if opts.window.is_some() {
+                        let w = seq_len(j) as f32;
+                        crate::ops::axpy(w, v, &mut sums[i]);
+                        weights[i] += w;
+                    } else {
+                        sums[i].copy_from_slice(v);
+                        weights[i] = 1.0;
+                    }
                 }
             }
         }

@@ -22,6 +22,7 @@ pub mod linear;
 pub mod llama;
 pub mod ops;
 pub mod sampling;
+pub mod settings;
 pub mod stats;
 pub mod tokenizer;
 
@@ -45,16 +46,38 @@ pub struct Loaded {
 /// Opens a model: a GGUF file, or an HF directory (config.json, model.safetensors,
 /// tokenizer.json, tokenizer_config.json).
 pub fn load(path: &std::path::Path, opts: LoadOptions) -> Result<Loaded, ModelError> {
-    if path.is_dir() {
+    let (model, tok, template) = if path.is_dir() {
         let tok = Tokenizer::from_hf_json(&path.join("tokenizer.json"))?;
-        let template = ChatTemplate::new(tokenizer::hf::hf_chat_template(path).as_deref(), &tok);
-        let model = Llama::from_hf_dir(path, opts)?;
-        return Ok(Loaded { model, tok, template });
-    }
-    let file = std::sync::Arc::new(smelt_formats::GgufFile::open(path)?);
-    LlamaConfig::from_gguf(&file.header)?; // an unsupported architecture is the first thing to say
-    let tok = Tokenizer::from_gguf(&file.header)?;
-    let template = ChatTemplate::from_gguf(&file.header, &tok);
-    let model = Llama::from_gguf(file, opts)?;
+        let template = ChatTemplate::new(tokenizer::hf::hf_chat_template(path)?.as_deref(), &tok);
+        (Llama::from_hf_dir(path, opts)?, tok, template)
+    } else {
+        let file = std::sync::Arc::new(smelt_formats::GgufFile::open(path)?);
+        LlamaConfig::from_gguf(&file.header)?; // an unsupported architecture is the first thing to say
+        let tok = Tokenizer::from_gguf(&file.header)?;
+        let template = ChatTemplate::from_gguf(&file.header, &tok);
+        (Llama::from_gguf(file, opts)?, tok, template)
+    };
+    check_vocab(&model.embed.name, model.embed.rows, tok.vocab_size(), tok.vocab_size().saturating_sub(1) as u64)?;
     Ok(Loaded { model, tok, template })
+}
+
+/// A side file's JSON (tokenizer_config.json, modules.json, ...): `None` when the file is absent;
+/// an error naming it when it is present but cannot be read or parsed (a broken side file must
+/// not silently change what the model computes).
+pub fn read_side_file(path: &std::path::Path) -> Result<Option<serde_json::Value>, ModelError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ModelError::SideFile { path: path.into(), reason: format!("cannot read it: {e}") }),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| ModelError::SideFile { path: path.into(), reason: format!("invalid JSON: {e}") })
+}
+
+/// An embedding table must have a row for every id its tokenizer can produce; checked at load,
+/// not when a rare token first appears.
+pub fn check_vocab(table: &str, rows: usize, tokens: usize, max_id: u64) -> Result<(), ModelError> {
+    if max_id >= rows as u64 {
+        return Err(ModelError::VocabMismatch { table: format!("the embedding table {table:?}"), rows, tokens, max_id });
+    }
+    Ok(())
 }

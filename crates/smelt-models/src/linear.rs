@@ -64,7 +64,7 @@ impl Linear {
             Dtype::F32 => GgmlType::F32,
             Dtype::F16 => GgmlType::F16,
             Dtype::BF16 => GgmlType::BF16,
-            other => return Err(ModelError::Config(format!("tensor {name:?} has dtype {other:?}; smelt reads F32, F16 and BF16 safetensors"))),
+            other => return Err(ModelError::Config(format!("{}: tensor {name:?} has dtype {other:?}; smelt reads F32, F16 and BF16 weight matrices", file.path().display()))),
         };
         if t.shape.len() != 2 {
             return Err(ModelError::WrongShape { name: name.into(), found: t.shape.iter().map(|&d| d as u64).collect(), expected: vec![0, 0] });
@@ -102,10 +102,14 @@ impl Linear {
 
     /// A copy in another type.
     pub fn converted(&self, ty: GgmlType) -> Result<Linear, ModelError> {
-        let mut f = vec![0f32; self.rows * self.cols];
-        dequantize(self.ty, self.bytes(), &mut f)?;
-        let mut out = vec![0u8; self.rows * (self.cols / ty.block_elems()) * ty.block_bytes()];
-        quantize(ty, &f, &mut out)?;
+        let convert = || -> Result<Vec<u8>, ModelError> {
+            let mut f = vec![0f32; self.rows * self.cols];
+            dequantize(self.ty, self.bytes(), &mut f)?;
+            let mut out = vec![0u8; self.rows * (self.cols / ty.block_elems()) * ty.block_bytes()];
+            quantize(ty, &f, &mut out)?;
+            Ok(out)
+        };
+        let out = convert().map_err(|e| e.in_tensor(&self.name))?;
         Ok(Linear { name: self.name.clone(), ty, rows: self.rows, cols: self.cols, bytes: Bytes::Owned(Arc::new(out)) })
     }
 
@@ -121,7 +125,7 @@ impl Linear {
     }
 
     pub fn matrix(&self) -> Result<QMatrix<'_>, ModelError> {
-        Ok(QMatrix::new(self.ty, self.rows, self.cols, self.bytes())?)
+        QMatrix::new(self.ty, self.rows, self.cols, self.bytes()).map_err(|e| ModelError::from(e).in_tensor(&self.name))
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -164,11 +168,14 @@ pub fn tensor<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, Mode
     })
 }
 
-/// A 1-D tensor (norm weights, biases) as f32, checking its length.
+/// A 1-D tensor (norm weights, biases) as f32, checking its length and that every value is
+/// finite (these tensors are small: the scan costs nothing at load).
 pub fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
     let t = tensor(file, name)?;
     if t.n_elements as usize != len {
         return Err(ModelError::WrongShape { name: name.into(), found: t.dims.clone(), expected: vec![len as u64] });
     }
-    Ok(file.tensor_f32(t)?)
+    let v = file.tensor_f32(t)?;
+    crate::error::check_finite(name, &v)?;
+    Ok(v)
 }

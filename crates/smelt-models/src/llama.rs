@@ -24,7 +24,9 @@ use smelt_kernels::pool::ThreadPool;
 
 use crate::attention::{attend, Heads, KvCache, KvType};
 use crate::linear::{vector, Linear};
+use crate::error::{check_activations, check_finite};
 use crate::ops::{self, Rope, RopeStyle};
+use crate::settings::Bound;
 use crate::ModelError;
 
 /// Hyper-parameters, from GGUF metadata (`{arch}.*` keys).
@@ -52,6 +54,41 @@ pub const ARCHITECTURES: &str = "llama";
 /// Upper bound on any dimension read from metadata (guards hostile files before allocating).
 const MAX_DIM: u64 = 1 << 20;
 
+/// RMSNorm's epsilon: a small positive number (models use 1e-6 to 1e-5).
+pub const NORM_EPS: Bound = Bound::positive("rms norm epsilon", 1.0);
+/// RoPE's base frequency (10^4 for Llama 2, 5 x 10^5 for Llama 3, 10^5 for SmolLM2).
+pub const ROPE_THETA: Bound = Bound { name: "rope base", min: 1.0, max: 1e12, min_exclusive: false, integer: false };
+/// Linear RoPE scaling factor.
+pub const ROPE_SCALE: Bound = Bound::positive("rope scaling factor", 1e6);
+
+/// Where a config's values came from, to name them as the file does in messages.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    Gguf(&'a str),
+    Hf,
+}
+
+impl Keys<'_> {
+    /// The file's name for one of [`LlamaConfig`]'s fields.
+    fn name(self, field: &str) -> String {
+        let (gguf, hf) = match field {
+            "dim" => ("embedding_length", "hidden_size"),
+            "n_heads" => ("attention.head_count", "num_attention_heads"),
+            "n_kv_heads" => ("attention.head_count_kv", "num_key_value_heads"),
+            "head_dim" => ("attention.key_length", "head_dim"),
+            "rope_dim" => ("rope.dimension_count", "head_dim"),
+            "norm_eps" => ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+            "rope_theta" => ("rope.freq_base", "rope_theta"),
+            "rope_scale" => ("rope.scaling.factor", "rope_scaling.factor"),
+            other => (other, other),
+        };
+        match self {
+            Keys::Gguf(arch) => format!("{arch}.{gguf}"),
+            Keys::Hf => format!("{hf} (config.json)"),
+        }
+    }
+}
+
 impl LlamaConfig {
     pub fn from_gguf(h: &GgufHeader) -> Result<LlamaConfig, ModelError> {
         let arch = h.architecture().unwrap_or("").to_string();
@@ -62,41 +99,46 @@ impl LlamaConfig {
         let dim_of = |s: &str| -> Result<usize, ModelError> {
             let v = h.get_u64(&key(s))?;
             if v == 0 || v > MAX_DIM {
-                return Err(ModelError::Config(format!("{} = {v} is outside 1..={MAX_DIM}", key(s))));
+                return Err(ModelError::hyper(key(s), v, format!("a dimension must be 1 to {MAX_DIM}")));
             }
             Ok(v as usize)
         };
         let opt = |s: &str| h.get(&key(s)).and_then(|v| v.as_u64());
+        let float = |s: &str, default: f64| -> Result<f64, ModelError> {
+            match h.get(&key(s)) {
+                None => Ok(default),
+                Some(_) => Ok(h.get_f64(&key(s))?),
+            }
+        };
         let dim = dim_of("embedding_length")?;
         let n_heads = dim_of("attention.head_count")?;
         let n_kv_heads = match opt("attention.head_count_kv") {
             Some(_) => dim_of("attention.head_count_kv")?,
             None => n_heads,
         };
-        let head_dim = match opt("attention.key_length") {
-            Some(_) => dim_of("attention.key_length")?,
-            None => dim / n_heads,
-        };
-        if n_heads % n_kv_heads != 0 || head_dim == 0 {
-            return Err(ModelError::Config(format!("{n_heads} query heads cannot share {n_kv_heads} key/value heads of {head_dim} values")));
+        let explicit_head_dim = opt("attention.key_length").is_some();
+        let head_dim = if explicit_head_dim { dim_of("attention.key_length")? } else { dim / n_heads };
+        if !explicit_head_dim && dim % n_heads != 0 {
+            return Err(ModelError::hyper(
+                key("embedding_length"),
+                dim,
+                format!("not a multiple of {} = {n_heads}, and no {} gives the head size", key("attention.head_count"), key("attention.key_length")),
+            ));
         }
         let rope_dim = match opt("rope.dimension_count") {
             Some(_) => dim_of("rope.dimension_count")?,
             None => head_dim,
         };
-        if rope_dim > head_dim || rope_dim % 2 != 0 {
-            return Err(ModelError::Config(format!("RoPE over {rope_dim} of {head_dim} head dimensions")));
-        }
         let rope_scale = match h.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
             None | Some("none") => 1.0,
-            Some("linear") => h.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0).max(1e-6),
-            Some(other) => return Err(ModelError::Config(format!("RoPE scaling {other:?} is not supported yet (none, linear are)"))),
+            Some("linear") => float("rope.scaling.factor", 1.0)?,
+            Some(other) => return Err(ModelError::hyper(key("rope.scaling.type"), format!("{other:?}"), "not supported yet (none and linear are)")),
         };
         let vocab = match h.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(a) => a.len(),
             None => opt("vocab_size").unwrap_or(0) as usize,
         };
-        Ok(LlamaConfig {
+        let cfg = LlamaConfig {
             dim,
             n_layers: dim_of("block_count")?,
             n_heads,
@@ -104,12 +146,34 @@ impl LlamaConfig {
             head_dim,
             ffn_dim: dim_of("feed_forward_length")?,
             vocab,
-            norm_eps: h.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
-            rope_theta: h.get_f64(&key("rope.freq_base")).unwrap_or(10000.0),
+            norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)? as f32,
+            rope_theta: float("rope.freq_base", 10000.0)?,
             rope_dim,
             rope_scale,
             ctx_train: opt("context_length").unwrap_or(2048).clamp(1, MAX_DIM) as usize,
-        })
+        };
+        cfg.validate(Keys::Gguf(&arch))?;
+        Ok(cfg)
+    }
+
+    /// The checks every source of a config goes through: head counts that divide, RoPE that fits
+    /// the heads, finite hyper-parameters in range.
+    fn validate(&self, keys: Keys) -> Result<(), ModelError> {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(ModelError::hyper(
+                keys.name("n_heads"),
+                self.n_heads,
+                format!("not a multiple of {} = {}: every key/value head must serve the same number of query heads", keys.name("n_kv_heads"), self.n_kv_heads),
+            ));
+        }
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
+            return Err(ModelError::hyper(keys.name("rope_dim"), self.rope_dim, format!("RoPE needs an even number of dimensions, at most the head size {}", self.head_dim)));
+        }
+        for (field, v, bound) in [("norm_eps", self.norm_eps as f64, NORM_EPS), ("rope_theta", self.rope_theta, ROPE_THETA), ("rope_scale", self.rope_scale, ROPE_SCALE)] {
+            let name = keys.name(field);
+            bound.check_as(v, &name).map_err(|e| ModelError::hyper(name, v, format!("must be {}", e.expected)))?;
+        }
+        Ok(())
     }
 
     fn q_dim(&self) -> usize {
@@ -206,23 +270,26 @@ impl Llama {
     /// Loads an HF model directory: `config.json` and `model.safetensors` (HF tensor names,
     /// F32/F16/BF16). HF weights use the half-split RoPE pairing (`rotate_half`).
     pub fn from_hf_dir(dir: &std::path::Path, opts: LoadOptions) -> Result<Llama, ModelError> {
-        let hf = match load_config(&dir.join("config.json")).map_err(|e| ModelError::Config(e.to_string()))? {
+        let hf = match load_config(&dir.join("config.json"))? {
             HfConfig::Llama(c) => c,
             HfConfig::Bert(_) => return Err(ModelError::UnsupportedArchitecture { found: "bert".into(), supported: ARCHITECTURES }),
             HfConfig::Other { model_type } => return Err(ModelError::UnsupportedArchitecture { found: model_type, supported: ARCHITECTURES }),
         };
-        let bounded = |name: &str, v: usize| if v == 0 || v as u64 > MAX_DIM { Err(ModelError::Config(format!("{name} = {v}"))) } else { Ok(v) };
+        let bounded = |name: &str, v: usize| {
+            if v == 0 || v as u64 > MAX_DIM {
+                Err(ModelError::hyper(format!("{name} (config.json)"), v, format!("a dimension must be 1 to {MAX_DIM}")))
+            } else {
+                Ok(v)
+            }
+        };
         let n_heads = bounded("num_attention_heads", hf.num_attention_heads)?;
         let n_kv_heads = bounded("num_key_value_heads", hf.n_kv_heads())?;
         let head_dim = bounded("head_dim", hf.head_dim())?;
-        if n_heads % n_kv_heads != 0 {
-            return Err(ModelError::Config(format!("{n_heads} query heads cannot share {n_kv_heads} key/value heads")));
-        }
         let rope_scale = match hf.rope_scaling.as_ref() {
             None | Some(serde_json::Value::Null) => 1.0,
             Some(v) => match v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()) {
                 Some("linear") => v.get("factor").and_then(|f| f.as_f64()).unwrap_or(1.0),
-                other => return Err(ModelError::Config(format!("RoPE scaling {other:?} is not supported yet (linear is)"))),
+                other => return Err(ModelError::hyper("rope_scaling (config.json)", format!("{other:?}"), "not supported yet (linear is)")),
             },
         };
         let cfg = LlamaConfig {
@@ -239,14 +306,19 @@ impl Llama {
             rope_scale,
             ctx_train: bounded("max_position_embeddings", hf.max_position_embeddings)?,
         };
-        let st = Arc::new(SafetensorsFile::open(dir.join("model.safetensors")).map_err(|e| ModelError::Config(e.to_string()))?);
+        cfg.validate(Keys::Hf)?;
+        let st = Arc::new(SafetensorsFile::open(dir.join("model.safetensors"))?);
         let as_ty = opts.weight_type;
         let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             let l = Linear::load_safetensors(&st, name, as_ty)?;
             check(&l, rows, cols)?;
             Ok(l)
         };
-        let vec = |name: &str, n: usize| st.tensor_f32(name, Some(&[n])).map_err(|e| ModelError::Config(e.to_string()));
+        let vec = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
+            let v = st.tensor_f32(name, Some(&[n]))?;
+            check_finite(name, &v)?;
+            Ok(v)
+        };
         let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
         let embed = lin("model.embed_tokens.weight", cfg.vocab, d)?;
         let output = match st.get("lm_head.weight") {
@@ -365,6 +437,9 @@ impl Llama {
             layer.down.apply(pool, &b.g, m, &mut b.o, &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
+            // A NaN or infinity never reaches the output: it stops here, naming its layer (a
+            // scan of m x d values, next to the layer's m x 12 d^2 multiply-adds).
+            check_activations(&b.x[..m * d], d, || format!("layer {l} (blk.{l}.*)"))?;
         }
         sess.kv.len += m;
         sess.tokens.extend_from_slice(tokens);
@@ -377,6 +452,7 @@ impl Llama {
             ops::rmsnorm(&b.x[t * d..(t + 1) * d], &self.output_norm, c.norm_eps, &mut b.last[i * d..(i + 1) * d]);
         }
         head.apply(pool, &b.last, n, &mut b.logits, &mut b.scratch)?;
+        check_activations(&b.logits, c.vocab, || format!("the output head ({})", head.name))?;
         Ok(&b.logits)
     }
 }

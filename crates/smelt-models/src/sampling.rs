@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 
+use crate::settings::{Bound, SettingError};
+
 /// Sampling settings; defaults are llama.cpp's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
@@ -29,9 +31,28 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// `temperature`: 0 (greedy) to 100.
+    pub const TEMPERATURE: Bound = Bound::float("temperature", 0.0, 100.0);
+    /// `top_p`: 0 (the most likely token only) to 1 (all).
+    pub const TOP_P: Bound = Bound::float("top-p", 0.0, 1.0);
+    /// `min_p`: 0 (none dropped) to 1.
+    pub const MIN_P: Bound = Bound::float("min-p", 0.0, 1.0);
+    /// `repeat_penalty`: above 0 (1 is off; below 1 favours repeats), at most 10.
+    pub const REPEAT_PENALTY: Bound = Bound::positive("repeat-penalty", 10.0);
+
     /// Greedy decoding.
     pub fn greedy() -> Self {
         SamplerConfig { temperature: 0.0, ..Default::default() }
+    }
+
+    /// Checks every setting against its range (the command line and the server's requests call
+    /// this; a NaN temperature would otherwise sample garbage).
+    pub fn validate(&self) -> Result<(), SettingError> {
+        Self::TEMPERATURE.check(self.temperature as f64)?;
+        Self::TOP_P.check(self.top_p as f64)?;
+        Self::MIN_P.check(self.min_p as f64)?;
+        Self::REPEAT_PENALTY.check(self.repeat_penalty as f64)?;
+        Ok(())
     }
 }
 

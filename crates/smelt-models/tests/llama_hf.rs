@@ -32,7 +32,7 @@ fn gguf_and_hf_forms_give_the_same_logits_tokens_and_template() {
         assert_eq!(t_gguf.encode(t, true), t_hf.encode(t, true), "{t:?}");
     }
     assert_eq!((t_gguf.bos, t_gguf.eos), (t_hf.bos, t_hf.eos));
-    assert_eq!(hf_chat_template(&dir).as_deref(), gguf.header.get("tokenizer.chat_template").and_then(|v| v.as_str()));
+    assert_eq!(hf_chat_template(&dir).unwrap().as_deref(), gguf.header.get("tokenizer.chat_template").and_then(|v| v.as_str()));
 
     // Models: the GGUF weights rounded to F16 as the HF file stores them.
     let a = Llama::open(&gguf_path, LoadOptions { weight_type: Some(GgmlType::F16) }).unwrap();

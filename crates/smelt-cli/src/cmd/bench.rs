@@ -3,10 +3,12 @@
 //! token at a time with logits every step. Mean +- standard deviation over repetitions after
 //! one warm-up run; table, JSON or CSV from one record.
 
-use std::io::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use smelt_kernels::pool::ThreadPool;
 use smelt_models::{Llama, LoadOptions};
@@ -68,12 +70,13 @@ pub(super) fn stats(v: &[f64]) -> (f64, f64) {
 }
 
 pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
+    check_output(args)?;
     let path = crate::resolve_model(&args.model, global.quiet)?;
     if super::bench_encoder::is_encoder(&path) {
         return super::bench_encoder::run(args, global, &path);
     }
     let model = smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?.model;
-    let threads = global.threads.unwrap_or_else(smelt_kernels::pool::default_threads);
+    let threads = global.n_threads();
     let pool = ThreadPool::new(threads);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let params = model.n_params();
@@ -91,7 +94,7 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
             samples.push(once(&mut rng)?);
         }
         let (mean, sd) = stats(&samples);
-        if !global.quiet && args.output == BenchFormat::Table {
+        if !global.quiet && args.format == BenchFormat::Table {
             eprintln!("{name}: {mean:.1} +- {sd:.1} t/s");
         }
         records.push(Record {
@@ -115,39 +118,69 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
     for r in &mut records {
         r.peak_rss_bytes = rss;
     }
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match args.output {
-        BenchFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &records)?;
-            writeln!(out)?;
-        }
-        BenchFormat::Csv => {
-            writeln!(out, "model,model_bytes,parameters,weight_type,threads,isa,test,tokens,repetitions,tokens_per_second,stddev,peak_rss_bytes")?;
-            for r in &records {
-                writeln!(out, "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{}", r.model, r.model_bytes, r.parameters, r.weight_type, r.threads, r.isa, r.test, r.tokens, r.repetitions, r.tokens_per_second, r.stddev, r.peak_rss_bytes.unwrap_or(0))?;
+    emit(args, |format| {
+        let mut out = String::new();
+        match format {
+            BenchFormat::Json => out = serde_json::to_string_pretty(&records)? + "\n",
+            BenchFormat::Csv => {
+                writeln!(out, "model,model_bytes,parameters,weight_type,threads,isa,test,tokens,repetitions,tokens_per_second,stddev,peak_rss_bytes")?;
+                for r in &records {
+                    writeln!(out, "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{}", r.model, r.model_bytes, r.parameters, r.weight_type, r.threads, r.isa, r.test, r.tokens, r.repetitions, r.tokens_per_second, r.stddev, r.peak_rss_bytes.unwrap_or(0))?;
+                }
+            }
+            BenchFormat::Table => {
+                writeln!(out, "| model | size | params | type | threads | isa | test | t/s | peak RSS |")?;
+                writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
+                for r in &records {
+                    writeln!(
+                        out,
+                        "| {} | {} | {} | {} | {} | {} | {} | {:.2} +- {:.2} | {} |",
+                        r.model,
+                        crate::fmt::bytes(r.model_bytes),
+                        crate::fmt::count(r.parameters),
+                        r.weight_type,
+                        r.threads,
+                        r.isa,
+                        r.test,
+                        r.tokens_per_second,
+                        r.stddev,
+                        r.peak_rss_bytes.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "?".into())
+                    )?;
+                }
             }
         }
-        BenchFormat::Table => {
-            writeln!(out, "| model | size | params | type | threads | isa | test | t/s | peak RSS |")?;
-            writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
-            for r in &records {
-                writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {:.2} +- {:.2} | {} |",
-                    r.model,
-                    crate::fmt::bytes(r.model_bytes),
-                    crate::fmt::count(r.parameters),
-                    r.weight_type,
-                    r.threads,
-                    r.isa,
-                    r.test,
-                    r.tokens_per_second,
-                    r.stddev,
-                    r.peak_rss_bytes.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "?".into())
-                )?;
-            }
+        Ok(out)
+    })
+}
+
+/// The format a results file is written in, from its extension.
+fn format_of(p: &Path) -> Result<BenchFormat> {
+    Ok(match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("json") => BenchFormat::Json,
+        Some("csv") => BenchFormat::Csv,
+        Some("md" | "txt") => BenchFormat::Table,
+        _ if ["json", "csv", "table"].contains(&p.to_string_lossy().as_ref()) => {
+            bail!("-o names a file; to choose what is printed, use --format {}", p.display())
         }
+        _ => bail!("{}: say the results format with the extension .json, .csv, .md or .txt", p.display()),
+    })
+}
+
+/// Checks `-o` before the measurements start, so a bad path fails in the first second.
+pub(super) fn check_output(args: &BenchArgs) -> Result<()> {
+    if let Some(p) = &args.output {
+        format_of(p)?;
+        smelt_formats::fsutil::check_output(p).with_context(|| format!("cannot write {}", p.display()))?;
     }
-    out.flush()?;
+    Ok(())
+}
+
+/// Writes `-o` (atomically) and prints `--format` on stdout, both rendered by `render`.
+pub(super) fn emit(args: &BenchArgs, render: impl Fn(BenchFormat) -> Result<String>) -> Result<()> {
+    if let Some(p) = &args.output {
+        let text = render(format_of(p)?)?;
+        smelt_formats::fsutil::write_atomic_io(p, |w| w.write_all(text.as_bytes())).with_context(|| format!("writing {}", p.display()))?;
+    }
+    std::io::stdout().lock().write_all(render(args.format)?.as_bytes())?;
     Ok(())
 }

@@ -73,7 +73,7 @@ fn generated_texts(enc: &Encoder) -> Vec<String> {
 pub fn run(args: &BenchArgs, global: &Global, path: &Path) -> Result<()> {
     let mut enc = Encoder::load(path, args.as_type).with_context(|| format!("loading {}", path.display()))?;
     if let Some(spec) = &args.int8 {
-        enc.quantize_int8(&ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads)), spec, None)?;
+        enc.quantize_int8(&global.pool(), spec, None)?;
     }
     let texts: Vec<String> = match &args.texts {
         Some(p) => {
@@ -90,7 +90,7 @@ pub fn run(args: &BenchArgs, global: &Global, path: &Path) -> Result<()> {
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let tokens: usize = refs.iter().map(|t| enc.tok.encode(t, enc.max_len).len()).sum();
-    let threads = global.threads.unwrap_or_else(smelt_kernels::pool::default_threads);
+    let threads = global.n_threads();
     let pool = ThreadPool::new(threads);
     let mut records = Vec::new();
     for &batch in &args.batches {
@@ -114,7 +114,7 @@ pub fn run(args: &BenchArgs, global: &Global, path: &Path) -> Result<()> {
         let samples: Vec<f64> = secs.iter().map(|s| texts.len() as f64 / s).collect();
         let (mean, sd) = stats(&samples);
         let mean_secs = secs.iter().sum::<f64>() / secs.len() as f64;
-        if !global.quiet && args.output == BenchFormat::Table {
+        if !global.quiet && args.format == BenchFormat::Table {
             eprintln!("batch {batch}: {mean:.1} +- {sd:.1} sentences/s");
         }
         records.push(Record {
@@ -140,41 +140,39 @@ pub fn run(args: &BenchArgs, global: &Global, path: &Path) -> Result<()> {
     for r in &mut records {
         r.peak_rss_bytes = rss;
     }
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    use std::io::Write;
-    match args.output {
-        BenchFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &records)?;
-            writeln!(out)?;
-        }
-        BenchFormat::Csv => {
-            writeln!(out, "model,parameters,weight_type,threads,isa,test,batch,texts,tokens,repetitions,sentences_per_second,tokens_per_second,stddev,peak_rss_bytes")?;
-            for r in &records {
-                writeln!(out, "{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{}", r.model, r.parameters, r.weight_type, r.threads, r.isa, r.test, r.batch, r.texts, r.tokens, r.repetitions, r.sentences_per_second, r.tokens_per_second, r.stddev, r.peak_rss_bytes.unwrap_or(0))?;
+    super::bench::emit(args, |format| {
+        use std::fmt::Write;
+        let mut out = String::new();
+        match format {
+            BenchFormat::Json => out = serde_json::to_string_pretty(&records)? + "\n",
+            BenchFormat::Csv => {
+                writeln!(out, "model,parameters,weight_type,threads,isa,test,batch,texts,tokens,repetitions,sentences_per_second,tokens_per_second,stddev,peak_rss_bytes")?;
+                for r in &records {
+                    writeln!(out, "{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{}", r.model, r.parameters, r.weight_type, r.threads, r.isa, r.test, r.batch, r.texts, r.tokens, r.repetitions, r.sentences_per_second, r.tokens_per_second, r.stddev, r.peak_rss_bytes.unwrap_or(0))?;
+                }
+            }
+            BenchFormat::Table => {
+                writeln!(out, "| model | params | type | threads | isa | test | texts | sentences/s | tokens/s | peak RSS |")?;
+                writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
+                for r in &records {
+                    writeln!(
+                        out,
+                        "| {} | {} | {} | {} | {} | {} | {} | {:.1} +- {:.1} | {:.0} | {} |",
+                        r.model,
+                        crate::fmt::count(r.parameters),
+                        r.weight_type,
+                        r.threads,
+                        r.isa,
+                        r.test,
+                        r.texts,
+                        r.sentences_per_second,
+                        r.stddev,
+                        r.tokens_per_second,
+                        r.peak_rss_bytes.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "?".into())
+                    )?;
+                }
             }
         }
-        BenchFormat::Table => {
-            writeln!(out, "| model | params | type | threads | isa | test | texts | sentences/s | tokens/s | peak RSS |")?;
-            writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
-            for r in &records {
-                writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {:.1} +- {:.1} | {:.0} | {} |",
-                    r.model,
-                    crate::fmt::count(r.parameters),
-                    r.weight_type,
-                    r.threads,
-                    r.isa,
-                    r.test,
-                    r.texts,
-                    r.sentences_per_second,
-                    r.stddev,
-                    r.tokens_per_second,
-                    r.peak_rss_bytes.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "?".into())
-                )?;
-            }
-        }
-    }
-    out.flush()?;
-    Ok(())
+        Ok(out)
+    })
 }

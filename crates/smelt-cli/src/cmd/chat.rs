@@ -12,9 +12,9 @@ use crate::cli::{ChatArgs, Global};
 pub fn run(args: &ChatArgs, global: &Global) -> Result<i32> {
     let lm = lm::load(&args.lm, global)?;
     let cancel = lm::cancel_flag();
-    let ctx = lm::context(&args.lm, &lm.model);
+    let ctx = lm::context(&args.lm, &lm.model, global.quiet);
     let mut sess = lm.model.session(ctx);
-    let (cfg, _) = lm::config(&args.lm);
+    let (cfg, _) = lm::checked_config(&args.lm)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive && !global.quiet {
         eprintln!("{} ({} tokens of context). /reset starts over, /exit quits.", lm.name, ctx);

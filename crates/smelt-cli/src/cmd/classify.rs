@@ -10,45 +10,20 @@ use smelt_kernels::pool::ThreadPool;
 use smelt_models::classify::{self, Head, TrainOptions};
 use smelt_models::{EmbedOptions, Encoder, Int8Spec};
 
-use super::embed::{parse_all, read_all};
+use smelt_formats::texts::Labelled;
+
+use super::embed::{input_name, parse_all, read_all};
 use crate::cli::{ClassifyArgs, ClassifyCommand, ClassifyEvalArgs, ClassifyPredictArgs, ClassifyTrainArgs, EmbedInput, Global};
 use crate::progress::Progress;
 
-/// A labelled example.
-pub(crate) struct Example {
-    pub text: String,
-    pub label: String,
-}
-
-/// Reads JSON lines with "text" and "label" (line numbers in errors).
-pub(crate) fn read_labelled(path: &Path) -> Result<Vec<Example>> {
+/// Reads labelled JSON lines ({"text", "label"}) from a file or `-` (stdin).
+pub(crate) fn read_labelled(path: &Path) -> Result<Vec<Labelled>> {
     let input = Some(path).filter(|p| p.as_os_str() != "-");
-    let bytes = read_all(input)?;
-    let mut out = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let n = i + 1;
-        let v: Value = serde_json::from_slice(line).with_context(|| format!("{} line {n} is not valid JSON", path.display()))?;
-        let text = v.get("text").and_then(Value::as_str).with_context(|| format!("{} line {n}: needs a string \"text\"", path.display()))?;
-        let label = match v.get("label") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(x)) => x.to_string(),
-            Some(Value::Bool(b)) => b.to_string(),
-            _ => bail!("{} line {n}: needs a \"label\" (string, number or boolean)", path.display()),
-        };
-        out.push(Example { text: text.to_string(), label });
-    }
-    if out.is_empty() {
-        bail!("{}: no examples", path.display());
-    }
-    Ok(out)
+    smelt_formats::texts::parse_labelled(&read_all(input)?).with_context(|| format!("reading {}", input_name(input)))
 }
 
 fn pool(global: &Global) -> ThreadPool {
-    ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads))
+    global.pool()
 }
 
 fn load_encoder(model: &str, int8: Option<&Int8Spec>, pool: &ThreadPool, quiet: bool) -> Result<Encoder> {
@@ -142,7 +117,7 @@ fn predict(a: &ClassifyPredictArgs, global: &Global) -> Result<()> {
         Some(k) => k == EmbedInput::Jsonl,
         None => input.is_some_and(|p| p.extension().is_some_and(|e| e == "jsonl")),
     };
-    let items = parse_all(&read_all(input)?, jsonl)?;
+    let items = parse_all(&read_all(input)?, jsonl, &input_name(input))?;
     let pool = pool(global);
     let enc = head_encoder(&head, a.model.as_deref(), &pool, global.quiet)?;
     let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use smelt_formats::npy::{read_npy, write_npy, NpyArray, NpyData};
 use smelt_kernels::pool::ThreadPool;
 use smelt_models::embed_quant::{self, Precision};
@@ -15,11 +15,7 @@ use smelt_models::{EmbedOptions, Encoder, Window};
 use crate::cli::{EmbedArgs, EmbedFormat, EmbedInput, EmbedPrecision, Global};
 use crate::progress::Progress;
 
-/// One input text and the id to echo back.
-pub struct Item {
-    pub id: Option<Value>,
-    pub text: String,
-}
+pub use smelt_formats::texts::TextItem as Item;
 
 /// Texts per call of the encoder in throughput mode (sorting and progress granularity).
 const CHUNK: usize = 2048;
@@ -34,23 +30,6 @@ fn precision(p: EmbedPrecision) -> Precision {
     }
 }
 
-/// Parses one input line (`n` is 1-based, for errors).
-pub fn parse_line(line: &[u8], n: usize, jsonl: bool) -> Result<Item> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let text = std::str::from_utf8(line).map_err(|e| anyhow::anyhow!("line {n} is not valid UTF-8 (invalid byte at column {})", e.valid_up_to() + 1))?;
-    if !jsonl {
-        return Ok(Item { id: None, text: text.to_string() });
-    }
-    match serde_json::from_str::<Value>(text).with_context(|| format!("line {n} is not valid JSON"))? {
-        Value::String(s) => Ok(Item { id: None, text: s }),
-        Value::Object(mut o) => match o.remove("text") {
-            Some(Value::String(s)) => Ok(Item { id: o.remove("id"), text: s }),
-            _ => bail!("line {n}: a JSON object needs a string field \"text\""),
-        },
-        _ => bail!("line {n}: expected a JSON string or an object with \"text\""),
-    }
-}
-
 pub fn read_all(path: Option<&Path>) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     match path {
@@ -62,12 +41,14 @@ pub fn read_all(path: Option<&Path>) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-pub fn parse_all(bytes: &[u8], jsonl: bool) -> Result<Vec<Item>> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    body.split(|&b| b == b'\n').enumerate().map(|(i, l)| parse_line(l, i + 1, jsonl)).collect()
+/// The texts of an input (`name` says where they came from, in errors).
+pub fn parse_all(bytes: &[u8], jsonl: bool, name: &str) -> Result<Vec<Item>> {
+    smelt_formats::texts::parse_lines(bytes, jsonl).with_context(|| format!("reading {name}"))
+}
+
+/// How an input is named in messages.
+pub fn input_name(path: Option<&Path>) -> String {
+    path.map_or("standard input".into(), |p| p.display().to_string())
 }
 
 /// The int8/uint8 ranges: from --ranges, from --calibration texts, or from `fallback` rows.
@@ -82,7 +63,7 @@ fn ranges(args: &EmbedArgs, enc: &Encoder, pool: &ThreadPool, opts: &EmbedOption
         return Ok((v[..dim].to_vec(), v[dim..].to_vec()));
     }
     let rows: Vec<Vec<f32>> = if let Some(p) = &args.calibration {
-        let items = parse_all(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?, false)?;
+        let items = parse_all(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?, false, &p.display().to_string())?;
         let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
         enc.embed(pool, &texts, opts)?
     } else {
@@ -176,22 +157,15 @@ pub fn run(args: &EmbedArgs, global: &Global) -> Result<()> {
     let path = crate::resolve_model(&args.model, global.quiet)?;
     let mut enc = Encoder::load(&path, args.as_type).with_context(|| format!("loading {}", path.display()))?;
     if let Some(spec) = &args.int8 {
-        enc.quantize_int8(&ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads)), spec, None)?;
+        enc.quantize_int8(&global.pool(), spec, None)?;
     }
     if let Some(m) = args.max_length {
-        if m < 2 {
-            bail!("--max-length must be at least 2 ([CLS] and [SEP])");
-        }
-        enc.max_len = m.min(enc.model.cfg.max_position_embeddings);
+        enc.set_max_len(m)?;
     }
-    let window = match args.window {
-        Some(size) if size < 3 => bail!("--window must be at least 3 tokens"),
-        Some(size) => Some(Window { size: size.min(enc.max_len), stride: args.stride.unwrap_or(size * 3 / 4).max(1) }),
-        None => None,
-    };
+    let window = args.window.map(|size| Window::new(size, args.stride, enc.max_len)).transpose()?;
     let normalize = if args.normalize { Some(true) } else if args.no_normalize { Some(false) } else { None };
     let opts = EmbedOptions { batch_size: args.batch_size, batch_tokens: args.batch_tokens, window, normalize };
-    let pool = ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads));
+    let pool = global.pool();
     let p = precision(args.precision);
     let dim = enc.dim();
 
@@ -207,7 +181,7 @@ pub fn run(args: &EmbedArgs, global: &Global) -> Result<()> {
         };
         let mut out = std::io::stdout().lock();
         for (n, line) in reader.split(b'\n').enumerate() {
-            let item = parse_line(&line.context("reading input")?, n + 1, jsonl)?;
+            let item = smelt_formats::texts::parse_line(&line.with_context(|| format!("reading {}", input_name(input)))?, n + 1, jsonl).with_context(|| format!("reading {}", input_name(input)))?;
             let row = enc.embed(&pool, &[item.text.as_str()], &opts)?;
             write_output(&mut out, std::slice::from_ref(&item), &row, p, &lohi, EmbedFormat::Jsonl, dim, n)?;
             out.flush()?;
@@ -215,7 +189,7 @@ pub fn run(args: &EmbedArgs, global: &Global) -> Result<()> {
         return Ok(());
     }
 
-    let items = parse_all(&read_all(input)?, jsonl)?;
+    let items = parse_all(&read_all(input)?, jsonl, &input_name(input))?;
     let mut rows: Vec<Vec<f32>> = Vec::with_capacity(items.len());
     let mut bar = Progress::new("embedding", items.len() as u64, false, global.quiet);
     let t0 = std::time::Instant::now();

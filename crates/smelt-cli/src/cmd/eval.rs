@@ -134,7 +134,7 @@ pub fn power(opts: &EvalOptions) -> PowerModel {
 }
 
 pub fn pool(global: &Global) -> ThreadPool {
-    ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads))
+    global.pool()
 }
 
 /// The text to score: --text or the built-in one.

@@ -147,6 +147,66 @@ fn safetensors_report(path: &Path) -> Result<Report> {
     })
 }
 
+fn onnx_report(path: &Path) -> Result<Report> {
+    let f = smelt_formats::onnx::OnnxFile::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let tensors = f
+        .initializers
+        .iter()
+        .map(|t| {
+            let (ty, bits) = smelt_formats::onnx::data_type_name(t.data_type);
+            Tensor { name: t.name.clone(), ty: ty.into(), bits: bits as f64, shape: t.dims.iter().map(|&d| d.max(0) as u64).collect(), params: t.n_elements().unwrap_or(0), bytes: t.stored_bytes() as u64 }
+        })
+        .collect();
+    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in &f.nodes {
+        *ops.entry(n.op_type.as_str()).or_default() += 1;
+    }
+    let metadata = ops.iter().map(|(op, n)| (format!("graph.ops.{op}"), "COUNT".into(), n.to_string(), json!(n))).collect();
+    let architecture = f.initializers.iter().any(|t| t.name.ends_with("embeddings.word_embeddings.weight")).then(|| "bert".to_string());
+    Ok(Report {
+        file_bytes: std::fs::metadata(path)?.len(),
+        path: path.into(),
+        format: format!("ONNX, {} nodes", f.nodes.len()),
+        architecture,
+        name: None,
+        tensors,
+        metadata,
+    })
+}
+
+/// Formats `inspect` reads, for the message when a file is none of them.
+const FORMATS: &str = "GGUF files, safetensors files, HF model directories (config.json + model.safetensors) and ONNX files";
+
+/// Which reader a path needs: by what the path is (a directory), its extension, then its first
+/// bytes.
+fn report(path: &Path, full_arrays: bool) -> Result<Report> {
+    if path.is_dir() {
+        if path.join("model.safetensors").exists() {
+            return safetensors_report(path);
+        }
+        let onnx = std::fs::read_dir(path)?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "onnx"));
+        return match onnx {
+            Some(p) => onnx_report(&p),
+            None => anyhow::bail!("{} is a directory without model.safetensors or an .onnx file; smelt inspect reads {FORMATS}", path.display()),
+        };
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => return safetensors_report(path),
+        Some("onnx") => return onnx_report(path),
+        Some("gguf") => return gguf_report(path, full_arrays),
+        _ => {}
+    }
+    let mut head = [0u8; 9];
+    let n = std::io::Read::read(&mut std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?, &mut head)?;
+    if head[..n.min(4)] == b"GGUF"[..n.min(4)] && n >= 4 {
+        gguf_report(path, full_arrays)
+    } else if n == 9 && head[8] == b'{' {
+        safetensors_report(path)
+    } else {
+        onnx_report(path).map_err(|e| anyhow::anyhow!("{} is not a model file smelt reads ({e}); smelt inspect reads {FORMATS}", path.display()))
+    }
+}
+
 fn to_json(r: &Report) -> Value {
     json!({
         "file": r.path.display().to_string(),
@@ -205,8 +265,7 @@ fn print_human(r: &Report, summary: bool, out: &mut impl Write) -> std::io::Resu
 
 pub fn run(args: &InspectArgs, quiet: bool) -> Result<()> {
     let path = crate::resolve_model(&args.model, quiet)?;
-    let is_safetensors = path.is_dir() || path.extension().is_some_and(|e| e == "safetensors");
-    let report = if is_safetensors { safetensors_report(&path)? } else { gguf_report(&path, args.full_arrays)? };
+    let report = report(&path, args.full_arrays)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.json {

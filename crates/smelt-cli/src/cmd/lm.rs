@@ -25,14 +25,25 @@ pub fn load(args: &LmArgs, global: &Global) -> Result<Lm> {
     let path = crate::resolve_model(&args.model, global.quiet)?;
     let smelt_models::Loaded { model, tok, template } =
         smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?;
-    let pool = ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads));
+    let pool = global.pool();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(Lm { model, tok, template, pool, load_seconds: t.elapsed().as_secs_f64(), name })
 }
 
-/// The context size: the flag, else the model's trained context capped at 4096.
-pub fn context(args: &LmArgs, model: &Llama) -> usize {
-    args.ctx_size.unwrap_or_else(|| model.cfg.ctx_train.min(4096)).max(16)
+/// The context size: the flag, else the model's trained context capped at 4096. A flag above
+/// the trained context is lowered to it, with a warning (positions past it were never trained).
+pub fn context(args: &LmArgs, model: &Llama, quiet: bool) -> usize {
+    let trained = model.cfg.ctx_train;
+    match args.ctx_size {
+        Some(c) if c > trained => {
+            if !quiet {
+                eprintln!("warning: -c {c} is more than the {trained} tokens the model was trained with; using {trained}");
+            }
+            trained
+        }
+        Some(c) => c,
+        None => trained.min(4096),
+    }
 }
 
 /// Generation settings from the flags, and the seed they use.
@@ -51,6 +62,14 @@ pub fn config(args: &LmArgs) -> (GenerateConfig, u64) {
         seed,
     };
     (GenerateConfig { max_tokens: args.max_tokens, stop: args.stop.clone(), sampler }, seed)
+}
+
+/// [`config`], checked against the sampler's ranges (the parser checked each flag already; this
+/// is the library's own check, the one the server will use too).
+pub fn checked_config(args: &LmArgs) -> Result<(GenerateConfig, u64)> {
+    let (cfg, seed) = config(args);
+    cfg.sampler.validate()?;
+    Ok((cfg, seed))
 }
 
 static GENERATING: AtomicBool = AtomicBool::new(false);

@@ -172,7 +172,7 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
         }
     }
     let start = Instant::now();
-    let pool = ThreadPool::new(global.threads.unwrap_or_else(smelt_kernels::pool::default_threads));
+    let pool = global.pool();
     let mut meta = file.header.metadata.clone();
     meta.set("general.file_type", GgufValue::U32(file_type(args.to)));
     meta.set("general.quantized_by", GgufValue::String(format!("smelt {}", env!("CARGO_PKG_VERSION"))));

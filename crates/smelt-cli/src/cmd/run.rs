@@ -40,9 +40,9 @@ pub fn run(args: &RunArgs, global: &Global) -> Result<i32> {
         text
     };
     let ids = lm.tok.encode(&prompt, true);
-    let ctx = lm::context(&args.lm, &lm.model);
+    let ctx = lm::context(&args.lm, &lm.model, global.quiet);
     let mut sess = lm.model.session(ctx);
-    let (cfg, seed) = lm::config(&args.lm);
+    let (cfg, seed) = lm::checked_config(&args.lm)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let generation = {

@@ -242,5 +242,29 @@ pub fn parse(data: &[u8]) -> Result<GgufHeader, GgufError> {
             }
         }
     }
+    check_disjoint(&tensors)?;
     Ok(GgufHeader { version, metadata, tensors, alignment, data_offset, file_len })
+}
+
+/// Every tensor's bytes `[offset, offset + n_bytes)` (its exact size for its type and shape)
+/// must be disjoint from every other's: a tensor moved onto another, or one whose type was
+/// changed so that its data runs over the next, is refused rather than read as garbage.
+/// Tensors of zero bytes overlap nothing.
+fn check_disjoint(tensors: &[TensorInfo]) -> Result<(), GgufError> {
+    let mut order: Vec<&TensorInfo> = tensors.iter().filter(|t| t.n_bytes > 0).collect();
+    order.sort_by_key(|t| t.offset);
+    for pair in order.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        // Offsets and sizes were checked against the file length, so the sum cannot overflow.
+        if a.offset + a.n_bytes > b.offset {
+            return Err(GgufError::OverlappingTensors {
+                first: a.name.clone(),
+                first_range: (a.offset, a.offset + a.n_bytes),
+                ty: a.ty,
+                second: b.name.clone(),
+                second_start: b.offset,
+            });
+        }
+    }
+    Ok(())
 }

@@ -45,6 +45,16 @@ impl Tokenizer {
     pub fn from_hf_json(path: &Path) -> Result<Tokenizer, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
         let j: Value = serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let config = match path.parent() {
+            Some(dir) => crate::read_side_file(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null),
+            None => Value::Null,
+        };
+        Self::from_hf_value(&j, &config)
+    }
+
+    /// A byte-level BPE tokenizer from a parsed tokenizer.json and tokenizer_config.json (for
+    /// the special tokens; `Null` when there is none).
+    pub fn from_hf_value(j: &Value, config: &Value) -> Result<Tokenizer, ModelError> {
         let model = j.get("model").ok_or_else(|| bad("tokenizer.json has no \"model\""))?;
         if model.get("type").and_then(|t| t.as_str()) != Some("BPE") {
             return Err(bad(format!("tokenizer model {:?} is not supported yet (byte-level BPE is)", model.get("type"))));
@@ -57,8 +67,10 @@ impl Tokenizer {
                 size = size.max(id as usize + 1);
             }
         }
-        if size > 1 << 24 {
-            return Err(bad(format!("vocabulary of {size} tokens is implausible")));
+        // Ids are dense in real vocabularies; the tables below have a slot for every id.
+        let limit = vocab.len() + added.len() + (1 << 16);
+        if size > limit {
+            return Err(bad(format!("a token id of {} for a vocabulary of {} tokens is implausible", size - 1, vocab.len())));
         }
         let mut tokens = vec![String::new(); size];
         let mut kinds = vec![TokenKind::Unused; size];
@@ -85,12 +97,6 @@ impl Tokenizer {
             None => Vec::new(),
         };
         let pre = pre_tokenizer(j.get("pre_tokenizer").unwrap_or(&Value::Null))?;
-        let config: Value = path
-            .parent()
-            .map(|d| d.join("tokenizer_config.json"))
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
         let token_of = |key: &str| -> Option<u32> {
             let v = config.get(key)?;
             let s = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
@@ -103,8 +109,11 @@ impl Tokenizer {
 }
 
 /// The chat template of an HF model directory (`tokenizer_config.json`), if it has one.
-pub fn hf_chat_template(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v.get("chat_template").and_then(|t| t.as_str()).map(String::from)
+pub fn hf_chat_template(dir: &Path) -> Result<Option<String>, ModelError> {
+    let path = dir.join("tokenizer_config.json");
+    match crate::read_side_file(&path)?.as_ref().and_then(|v| v.get("chat_template")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(_) => Err(ModelError::SideFile { path, reason: "chat_template is not a string (smelt reads one template)".into() }),
+    }
 }

@@ -104,8 +104,16 @@ impl Tokenizer {
             None => vec![TokenKind::Normal; tokens.len()],
         };
         let n = tokens.len();
-        let id = |key: &str| h.get(key).and_then(|v| v.as_u64()).map(|v| v as u32).filter(|&v| (v as usize) < n);
-        let (bos, eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        let id = |key: &str| -> Result<Option<u32>, ModelError> {
+            match h.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64().filter(|&v| v < n as u64) {
+                    Some(id) => Ok(Some(id as u32)),
+                    None => Err(ModelError::hyper(key, v.render(20), format!("not a token id: the vocabulary has {n} tokens"))),
+                },
+            }
+        };
+        let (bos, eos) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
         let add_bos = h.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
         Self::build(tokens, kinds, &merges, pre, bos, eos, add_bos)
     }

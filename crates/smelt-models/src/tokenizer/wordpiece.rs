@@ -161,8 +161,11 @@ impl WordPiece {
         let vocab_json = model.get("vocab").and_then(|v| v.as_object()).ok_or_else(|| bad("WordPiece model without a vocabulary"))?;
         let mut vocab = HashMap::with_capacity(vocab_json.len());
         let mut max_id = 0usize;
+        // Ids are dense in real vocabularies; a few holes are allowed, a huge id is not (the
+        // table below has a slot for every id up to the largest).
+        let id_limit = vocab_json.len() as u64 + (1 << 16);
         for (t, id) in vocab_json {
-            let id = id.as_u64().filter(|&i| i < 1 << 24).ok_or_else(|| bad(format!("token {t:?} has no valid id")))? as usize;
+            let id = id.as_u64().filter(|&i| i < id_limit).ok_or_else(|| bad(format!("token {t:?} has id {id}, expected a whole number below {id_limit} (the vocabulary has {} tokens)", vocab_json.len())))? as usize;
             max_id = max_id.max(id);
             vocab.insert(t.clone(), id as u32);
         }
@@ -210,6 +213,12 @@ impl WordPiece {
 
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The largest id this tokenizer can produce (vocabulary and added tokens).
+    pub fn max_id(&self) -> u64 {
+        let added = self.added.iter().map(|a| a.id as u64).max().unwrap_or(0);
+        (self.tokens.len() as u64).saturating_sub(1).max(added)
     }
 
     pub fn token_text(&self, id: u32) -> Option<&str> {
