@@ -17,7 +17,7 @@
 use clap::builder::ValueParser;
 use clap::{Arg, Command};
 use smelt_models::embed::MAX_LENGTH;
-use smelt_models::settings::Bound;
+use smelt_models::settings::{Bound, SettingError};
 use smelt_models::SamplerConfig;
 
 /// The Rust type an option parses into (the derive's field type).
@@ -99,7 +99,7 @@ pub fn find(cmd: &str, id: &str) -> Option<&'static Setting> {
 /// A clap parser for `s`: the number, in range, as the field's type.
 fn parser(s: &Setting) -> ValueParser {
     let bound = s.bound;
-    let expect = move |e: smelt_models::settings::SettingError| format!("it must be {}", e.expected);
+    let expect = move |e: SettingError| format!("it must be {}", e.expected);
     match s.ty {
         Ty::Usize => ValueParser::new(move |v: &str| -> Result<usize, String> { whole(&bound, v).map_err(expect).and_then(|n| usize::try_from(n).map_err(|e| e.to_string())) }),
         Ty::U64 => ValueParser::new(move |v: &str| -> Result<u64, String> { whole(&bound, v).map_err(expect).and_then(|n| u64::try_from(n).map_err(|e| e.to_string())) }),
@@ -110,18 +110,11 @@ fn parser(s: &Setting) -> ValueParser {
 
 /// A whole number parsed exactly (no trip through f64, which would round large seeds), then
 /// checked against `bound`.
-fn whole(bound: &Bound, v: &str) -> Result<i128, smelt_models::settings::SettingError> {
-    let n: i128 = v.trim().parse().map_err(|_| bound.parse(v).err().unwrap_or_else(|| smelt_models::settings::SettingError {
-        name: bound.name.into(),
-        value: v.into(),
-        expected: format!("a whole number from {}", bound.text()),
-    }))?;
-    let low = if bound.min_exclusive { n as f64 > bound.min } else { n as f64 >= bound.min };
-    if low && n as f64 <= bound.max {
-        Ok(n)
-    } else {
-        Err(smelt_models::settings::SettingError { name: bound.name.into(), value: n.to_string(), expected: format!("a whole number from {}", bound.text()) })
-    }
+fn whole(bound: &Bound, v: &str) -> Result<i128, SettingError> {
+    let bad = |value: String| SettingError { name: bound.name.into(), value, expected: format!("a whole number from {}", bound.text()) };
+    let n: i128 = v.trim().parse().map_err(|_| bad(format!("{v:?}")))?;
+    bound.check(n as f64).map_err(|_| bad(n.to_string()))?;
+    Ok(n)
 }
 
 /// Applies [`SETTINGS`] to `arg` of subcommand `cmd`.

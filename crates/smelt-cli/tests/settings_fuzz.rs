@@ -105,15 +105,9 @@ fn fmt(x: f64) -> String {
 #[test]
 fn every_numeric_option_refuses_hostile_values_and_survives_extreme_ones() {
     let dir = scratch("settings");
-    let gguf = dir.join("tiny.gguf");
-    std::fs::write(&gguf, tiny::llama(3).to_bytes()).unwrap();
-    let bert = tiny::bert(5).write(&dir.join("bert"));
-    let texts = dir.join("texts.txt");
-    std::fs::write(&texts, "the man is playing a guitar.\na man plays\nthe guitar\n").unwrap();
+    let tiny::Files { gguf, bert, texts, data } = tiny::files(&dir, 3);
     let text = dir.join("text.txt");
     std::fs::write(&text, "hello hello world, the man is playing the guitar. ".repeat(40)).unwrap();
-    let data = dir.join("data.jsonl");
-    std::fs::write(&data, "{\"text\":\"the man plays\",\"label\":\"a\"}\n{\"text\":\"a guitar\",\"label\":\"b\"}\n{\"text\":\"the man\",\"label\":\"a\"}\n{\"text\":\"guitar is\",\"label\":\"b\"}\n").unwrap();
     let head = dir.join("head.json");
     let out = dir.join("out.npy");
     let (g, b) = (gguf.to_str().unwrap(), bert.to_str().unwrap());

@@ -160,6 +160,12 @@ pub fn write_atomic_io(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> 
     write_atomic(path, write, |_, e| e)
 }
 
+/// Whether `path` is written in place (a device, a pipe, an open descriptor such as
+/// `/dev/stdout`) rather than as a file: such outputs have no extension to choose a format by.
+pub fn is_stream(path: &Path) -> bool {
+    matches!(OutputTarget::resolve(path), Ok(OutputTarget::Direct { .. }))
+}
+
 /// Checks before long work that `path` can be written (see [`OutputTarget::resolve`]), so that a
 /// bad `-o` fails in the first second rather than after the work.
 pub fn check_output(path: &Path) -> std::io::Result<()> {

@@ -137,6 +137,9 @@ pub fn train(x: &[Vec<f32>], y: &[usize], labels: &[String], opts: TrainOptions,
     })
 }
 
+/// Largest weight or bias a head file may hold (trained heads stay far below: L2 keeps them near 1).
+pub const MAX_WEIGHT: f32 = 1e6;
+
 impl Head {
     /// Checks a head read from a file.
     pub fn validate(&self) -> Result<(), ModelError> {
@@ -149,6 +152,11 @@ impl Head {
         let c = self.labels.len();
         if c < 2 || self.weights.len() != c || self.bias.len() != c || self.weights.iter().any(|r| r.len() != self.dim) {
             return Err(ModelError::Config(format!("classifier head shapes disagree: {c} labels, {} weight rows, {} biases, dim {}", self.weights.len(), self.bias.len(), self.dim)));
+        }
+        // Finite and of a size training can produce, so that scores cannot overflow.
+        let values = self.weights.iter().flatten().chain(&self.bias);
+        if let Some(v) = values.copied().find(|v| !v.is_finite() || v.abs() > MAX_WEIGHT) {
+            return Err(ModelError::Config(format!("classifier head holds the weight {v:e}: weights and biases must be finite numbers of magnitude at most {MAX_WEIGHT} (train the head again)")));
         }
         Ok(())
     }

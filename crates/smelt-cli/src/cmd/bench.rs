@@ -153,12 +153,14 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
     })
 }
 
-/// The format a results file is written in, from its extension.
-fn format_of(p: &Path) -> Result<BenchFormat> {
+/// The format a results file is written in: from its extension, else (a device or a pipe)
+/// `--format`'s.
+fn format_of(p: &Path, args: &BenchArgs) -> Result<BenchFormat> {
     Ok(match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("json") => BenchFormat::Json,
         Some("csv") => BenchFormat::Csv,
         Some("md" | "txt") => BenchFormat::Table,
+        _ if smelt_formats::fsutil::is_stream(p) => args.format,
         _ if ["json", "csv", "table"].contains(&p.to_string_lossy().as_ref()) => {
             bail!("-o names a file; to choose what is printed, use --format {}", p.display())
         }
@@ -169,8 +171,8 @@ fn format_of(p: &Path) -> Result<BenchFormat> {
 /// Checks `-o` before the measurements start, so a bad path fails in the first second.
 pub(super) fn check_output(args: &BenchArgs) -> Result<()> {
     if let Some(p) = &args.output {
-        format_of(p)?;
         smelt_formats::fsutil::check_output(p).with_context(|| format!("cannot write {}", p.display()))?;
+        format_of(p, args)?;
     }
     Ok(())
 }
@@ -178,7 +180,7 @@ pub(super) fn check_output(args: &BenchArgs) -> Result<()> {
 /// Writes `-o` (atomically) and prints `--format` on stdout, both rendered by `render`.
 pub(super) fn emit(args: &BenchArgs, render: impl Fn(BenchFormat) -> Result<String>) -> Result<()> {
     if let Some(p) = &args.output {
-        let text = render(format_of(p)?)?;
+        let text = render(format_of(p, args)?)?;
         smelt_formats::fsutil::write_atomic_io(p, |w| w.write_all(text.as_bytes())).with_context(|| format!("writing {}", p.display()))?;
     }
     std::io::stdout().lock().write_all(render(args.format)?.as_bytes())?;

@@ -65,9 +65,7 @@ fn head_encoder(head: &Head, model: Option<&str>, pool: &ThreadPool, quiet: bool
 }
 
 fn train(a: &ClassifyTrainArgs, global: &Global) -> Result<()> {
-    if !(a.l2 >= 0.0 && a.l2.is_finite()) || a.max_iter == 0 {
-        bail!("--l2 must be a finite number >= 0 and --max-iter at least 1");
-    }
+    smelt_formats::fsutil::check_output(&a.output).with_context(|| format!("cannot write {}", a.output.display()))?;
     if a.int8.as_ref().is_some_and(|s| *s != Int8Spec::all()) {
         bail!("heads record only whether the whole encoder ran in int8: use --int8 or --int8 all");
     }

@@ -60,7 +60,11 @@ fn ranges(args: &EmbedArgs, enc: &Encoder, pool: &ThreadPool, opts: &EmbedOption
             bail!("{}: ranges must have shape [2, {dim}] (minima, maxima), found {:?}", p.display(), a.shape);
         }
         let v = a.data.to_f32();
-        return Ok((v[..dim].to_vec(), v[dim..].to_vec()));
+        let (lo, hi) = (v[..dim].to_vec(), v[dim..].to_vec());
+        if let Some(j) = (0..dim).find(|&j| !(lo[j].is_finite() && hi[j].is_finite() && lo[j] <= hi[j])) {
+            bail!("{}: dimension {j} has the range [{}, {}]; every minimum and maximum must be finite, the minimum no larger", p.display(), lo[j], hi[j]);
+        }
+        return Ok((lo, hi));
     }
     let rows: Vec<Vec<f32>> = if let Some(p) = &args.calibration {
         let items = parse_all(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?, false, &p.display().to_string())?;
@@ -153,6 +157,9 @@ pub fn run(args: &EmbedArgs, global: &Global) -> Result<()> {
     }
     if args.batch_size == 0 || args.batch_tokens == 0 {
         bail!("--batch-size and --batch-tokens must be at least 1");
+    }
+    for p in args.output.iter().chain(&args.save_ranges) {
+        smelt_formats::fsutil::check_output(p).with_context(|| format!("cannot write {}", p.display()))?;
     }
     let path = crate::resolve_model(&args.model, global.quiet)?;
     let mut enc = Encoder::load(&path, args.as_type).with_context(|| format!("loading {}", path.display()))?;

@@ -196,10 +196,14 @@ pub fn measure_in_child(spec: &Spec, opts: &EvalOptions, global: &Global) -> Res
 /// Checks before any long work that every output path can be written.
 pub fn check_outputs(paths: &[PathBuf]) -> Result<()> {
     for p in paths {
+        smelt_formats::fsutil::check_output(p).with_context(|| format!("cannot write {}", p.display()))?;
         format_of(p)?;
         let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if smelt_formats::fsutil::is_stream(p) {
+            continue;
+        }
         let probe = dir.join(format!(".smelt-probe-{}", std::process::id()));
-        std::fs::write(&probe, b"").with_context(|| format!("cannot write {}: its folder {} is not writable or does not exist", p.display(), dir.display()))?;
+        std::fs::write(&probe, b"").with_context(|| format!("cannot write {}: its folder {} is not writable", p.display(), dir.display()))?;
         let _ = std::fs::remove_file(&probe);
     }
     Ok(())
@@ -212,6 +216,7 @@ fn format_of(p: &Path) -> Result<ReportFormat> {
         Some("md") | Some("markdown") => ReportFormat::Md,
         Some("html") | Some("htm") => ReportFormat::Html,
         Some("txt") => ReportFormat::Table,
+        _ if smelt_formats::fsutil::is_stream(p) => ReportFormat::Json,
         _ => bail!("{}: say the report format with the extension .json, .csv, .md, .html or .txt", p.display()),
     })
 }

@@ -151,6 +151,10 @@ fn convert(pool: &ThreadPool, t: &TensorInfo, data: &[u8], target: GgmlType) -> 
     if let Some(e) = failure {
         bail!("tensor {}: {e}", t.name);
     }
+    // A NaN or infinity anywhere in the input makes the sum of squares non-finite.
+    if !x2.is_finite() {
+        bail!("tensor {} holds NaN or infinite values: the input file is corrupt", t.name);
+    }
     Ok((out, err2, x2))
 }
 
@@ -166,6 +170,7 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     if args.dry_run {
         return print_plan(&plans, args.json);
     }
+    smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
     if let (Ok(a), Ok(b)) = (args.output.canonicalize(), input.canonicalize()) {
         if a == b {
             bail!("OUT is the input file {}; write to another path", input.display());
@@ -190,6 +195,9 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
                 s.params += p.t.n_elements;
                 s.tensors += 1;
                 if p.target == p.t.ty {
+                    if p.t.ty.is_float() && !smelt_kernels::math::all_finite(&file.tensor_f32(p.t)?) {
+                        bail!("tensor {} holds NaN or infinite values: the input file is corrupt", p.t.name);
+                    }
                     gw.write_tensor(data)?;
                     s.bytes += data.len() as u64;
                 } else {

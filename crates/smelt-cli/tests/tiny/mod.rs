@@ -538,3 +538,27 @@ pub fn write_onnx(dir: &Path, inits: &[(String, Vec<i64>, Vec<f32>)], tokenizer:
     write_json(&dir.join("tokenizer.json"), tokenizer);
     p
 }
+
+// ---------------------------------------------------------------------------------------------
+// A folder of ready inputs
+
+/// Files for running commands: a tiny GGUF, a tiny encoder directory, texts and labelled data.
+pub struct Files {
+    pub gguf: PathBuf,
+    pub bert: PathBuf,
+    /// Short sentences, one per line.
+    pub texts: PathBuf,
+    /// Four labelled JSON lines, two labels.
+    pub data: PathBuf,
+}
+
+pub fn files(dir: &Path, seed: u64) -> Files {
+    let gguf = dir.join("tiny.gguf");
+    std::fs::write(&gguf, llama(seed).to_bytes()).unwrap();
+    let bert = bert(seed + 1).write(&dir.join("bert"));
+    let texts = dir.join("texts.txt");
+    std::fs::write(&texts, "the man is playing a guitar.\na man plays\nthe guitar\n".repeat(6)).unwrap();
+    let data = dir.join("data.jsonl");
+    std::fs::write(&data, "{\"text\":\"the man plays\",\"label\":\"a\"}\n{\"text\":\"a guitar\",\"label\":\"b\"}\n{\"text\":\"the man\",\"label\":\"a\"}\n{\"text\":\"guitar is\",\"label\":\"b\"}\n").unwrap();
+    Files { gguf, bert, texts, data }
+}

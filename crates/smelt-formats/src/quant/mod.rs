@@ -194,6 +194,11 @@ impl GgmlType {
         (n / i.block_elems as u64).checked_mul(i.block_bytes as u64)
     }
 
+    /// A plain float type (F32, F16, BF16, F64): one value per element, no blocks.
+    pub fn is_float(self) -> bool {
+        matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F64)
+    }
+
     /// Whether [`quantize`] supports this type.
     pub fn can_quantize(self) -> bool {
         self.info().quantize.is_some()
