@@ -58,6 +58,10 @@ const GGUF_MUST_FAIL: &[(&str, GgufMutator)] = &[
         g.set(k, Kv::U32(v));
         format!("{k} = {v}")
     }),
+    ("context length of zero", |g, _| {
+        g.set("llama.context_length", Kv::U32(0));
+        "llama.context_length = 0".into()
+    }),
     ("norm weight not finite", |g, r| {
         let names: Vec<String> = g.tensors.iter().filter(|t| t.name.contains("norm")).map(|t| t.name.clone()).collect();
         let name = names[r.below(names.len())].clone();
@@ -761,5 +765,6 @@ fn hostile_heads_ranges_and_texts_are_refused_cleanly() {
             cases.push(Case::new("prompt file: invalid UTF-8", &["run", "-m", s(&gguf), "-f", s(&txt), "-n", "2", "-q"], Expect::Fail));
         }
     }
+    cases.push(Case::new("an empty stop string", &["run", "-m", s(&gguf), "-p", "hi", "--stop", "", "-q"], Expect::Fail));
     check_all("heads, ranges and texts", &cases, TIMEOUT);
 }

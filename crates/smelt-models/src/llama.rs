@@ -150,7 +150,12 @@ impl LlamaConfig {
             rope_theta: float("rope.freq_base", 10000.0)?,
             rope_dim,
             rope_scale,
-            ctx_train: opt("context_length").unwrap_or(2048).clamp(1, MAX_DIM) as usize,
+            // Contexts past MAX_DIM are used up to it (nothing smelt runs needs more).
+            ctx_train: match opt("context_length") {
+                Some(0) => return Err(ModelError::hyper(key("context_length"), 0, "a model must hold at least one token")),
+                Some(v) => v.min(MAX_DIM) as usize,
+                None => 2048,
+            },
         };
         cfg.validate(Keys::Gguf(&arch))?;
         Ok(cfg)

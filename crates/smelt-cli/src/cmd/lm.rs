@@ -69,6 +69,9 @@ pub fn config(args: &LmArgs) -> (GenerateConfig, u64) {
 pub fn checked_config(args: &LmArgs) -> Result<(GenerateConfig, u64)> {
     let (cfg, seed) = config(args);
     cfg.sampler.validate()?;
+    if cfg.stop.iter().any(String::is_empty) {
+        anyhow::bail!("--stop needs a non-empty string (an empty one would stop before the first token)");
+    }
     Ok((cfg, seed))
 }
 
