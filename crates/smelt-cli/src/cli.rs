@@ -356,13 +356,16 @@ pub struct EmbedArgs {
     /// stdin is a terminal.
     #[arg(long)]
     pub stream: bool,
-    /// Tokens per text including [CLS] and [SEP] (default: the model's max_seq_length).
+    /// Tokens per text including [CLS] and [SEP] (default: the model's max_seq_length; at most
+    /// its position table).
     #[arg(long, value_name = "N")]
     pub max_length: Option<usize>,
-    /// Split long texts into windows of N tokens instead of truncating.
+    /// Split long texts into windows of N tokens instead of truncating (at most the model's
+    /// max length).
     #[arg(long, value_name = "N")]
     pub window: Option<usize>,
-    /// Tokens between window starts (default: 3/4 of --window).
+    /// Tokens between window starts (default: 3/4 of --window; at most --window minus 2, so no
+    /// text is skipped).
     #[arg(long, value_name = "N", requires = "window")]
     pub stride: Option<usize>,
     /// L2-normalize the embeddings (default: as the model's modules.json says).

@@ -315,7 +315,7 @@ const DIR_MUST_FAIL: &[(&str, DirMutator)] = &[
     ("tokenizer vocabulary longer than the embedding table", |d, r| {
         let extra = 1 + r.below(9);
         let vocab = d.tokenizer["model"]["vocab"].as_object_mut().unwrap();
-        let n = vocab.len();
+        let n = vocab.values().filter_map(Value::as_u64).max().unwrap() as usize + 1;
         for i in 0..extra {
             vocab.insert(format!("extra{i}"), json!(n + i));
         }

@@ -94,7 +94,15 @@ pub fn load(path: &Path, as_type: Option<GgmlType>) -> Result<Bert, ModelError> 
     let (vocab_size, hidden_size) = dims2("embeddings.word_embeddings.weight")?;
     let (max_position_embeddings, _) = dims2("embeddings.position_embeddings.weight")?;
     let (type_vocab_size, _) = dims2("embeddings.token_type_embeddings.weight")?;
-    let num_hidden_layers = (0..).take_while(|i| file.initializer(&format!("{prefix}encoder.layer.{i}.attention.self.query.bias")).is_ok()).count();
+    // Layers: one past the highest index any initializer names, so that a missing tensor of a
+    // layer is an error rather than a model silently cut short.
+    let layer_prefix = format!("{prefix}encoder.layer.");
+    let num_hidden_layers = file
+        .initializers
+        .iter()
+        .filter_map(|t| t.name.strip_prefix(&layer_prefix)?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |i| i + 1);
     let intermediate_size = checked_len(&file.initializer(&format!("{prefix}encoder.layer.0.intermediate.dense.bias"))?.dims).unwrap_or(0);
 
     // Dense weights: HF-named, else the MatMul weights in graph order.

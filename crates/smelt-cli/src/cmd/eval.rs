@@ -158,6 +158,10 @@ fn measure_here(m: &Loaded, pool: &ThreadPool, opts: &EvalOptions, r: &mut Model
             if tokens.is_empty() || opts.prompt == 0 {
                 bail!("speed needs a non-empty text and --prompt of at least 1 token");
             }
+            let (need, holds) = (opts.prompt.saturating_add(opts.gen), model.cfg.ctx_train);
+            if need > holds {
+                bail!("--prompt {} + --gen {} = {need} tokens, more than the {holds} tokens the model holds; lower --prompt or --gen", opts.prompt, opts.gen);
+            }
             let prompts: Vec<Vec<u32>> = (0..opts.requests.max(1)).map(|i| (0..opts.prompt).map(|j| tokens[(i * opts.prompt + j) % tokens.len()]).collect()).collect();
             r.decoder_speed = Some(decoder_speed(model, pool, &prompts, opts.gen, &power(opts))?);
         }
@@ -185,10 +189,15 @@ pub fn measure_in_child(spec: &Spec, opts: &EvalOptions, global: &Global) -> Res
     if let Some(n) = global.threads {
         cmd.args(["--threads", &n.to_string()]);
     }
-    let out = cmd.stderr(std::process::Stdio::inherit()).output().context("running the speed measurement")?;
+    // The child runs quietly: its stderr holds warnings, and its error when it fails, which
+    // becomes part of this process's one-line error.
+    let out = cmd.output().context("running the speed measurement")?;
+    let child_err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("measuring the speed of {} failed ({})", spec.arg, out.status);
+        let why = child_err.lines().rev().find_map(|l| l.strip_prefix("error: ")).map_or_else(|| out.status.to_string(), String::from);
+        bail!("measuring the speed of {} failed: {why}", spec.arg);
     }
+    eprint!("{child_err}");
     let rec: Record = serde_json::from_slice(&out.stdout).context("reading the speed measurement's record")?;
     rec.models.into_iter().next().context("the speed measurement returned no model")
 }

@@ -108,6 +108,24 @@ fn plan<'a>(file: &'a GgufFile, args: &QuantizeArgs) -> Result<Vec<Plan<'a>>> {
     Ok(plans)
 }
 
+/// A writer that counts what passes through it (the output may be a pipe or a device, whose
+/// size cannot be asked afterwards).
+struct Counted<'a, W: std::io::Write> {
+    inner: W,
+    bytes: &'a mut u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        *self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Squared error and energy of the written weights, per target type.
 #[derive(Default, Clone, Copy)]
 struct ErrStat {
@@ -185,10 +203,11 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     let total: u64 = plans.iter().map(|p| p.t.n_bytes).sum();
     let mut progress = Progress::new("quantize", total, true, global.quiet);
     let mut stats: BTreeMap<GgmlType, ErrStat> = BTreeMap::new();
+    let mut out_bytes = 0u64;
     write_atomic(
         &args.output,
         |w| -> Result<()> {
-            let mut gw = GgufWriter::new(&mut *w, file.header.version, &meta, specs)?;
+            let mut gw = GgufWriter::new(Counted { inner: &mut *w, bytes: &mut out_bytes }, file.header.version, &meta, specs)?;
             for p in &plans {
                 let data = file.tensor_data(p.t);
                 let s = stats.entry(p.target).or_default();
@@ -214,7 +233,6 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     )
     .with_context(|| format!("writing {}", args.output.display()))?;
     progress.finish();
-    let out_bytes = std::fs::metadata(&args.output)?.len();
     if !report {
         return Ok(());
     }

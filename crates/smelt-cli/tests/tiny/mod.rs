@@ -314,8 +314,7 @@ pub fn wordpiece_vocab() -> Vec<String> {
     let mut v: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
     v.extend(('a'..='z').map(|c| c.to_string()));
     v.extend(('a'..='z').map(|c| format!("##{c}")));
-    v.extend(["the", "man", "guitar", "play", "##ing", "is", "a", ".", ",", "!", "?"].iter().map(|s| s.to_string()));
-    v.dedup();
+    v.extend(["the", "man", "guitar", "play", "##ing", "is", ".", ",", "!", "?"].iter().map(|s| s.to_string()));
     v
 }
 
