@@ -528,8 +528,8 @@ pub fn quantize_help() -> String {
     s.push_str(
         "\nRules: 1-D tensors (norms, biases) keep their type. A matrix whose rows are not a whole \
          number of blocks of the target falls back as llama.cpp does (Q2_K/Q3_K -> Q4_0, \
-         Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16). Tensors already of the target type \
-         are copied unchanged. The summary reports each type's weight error (relative RMS \
+         Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16); `--as TYPE` at load time follows \
+         the same rule. Tensors already of the target type are copied unchanged. The summary reports each type's weight error (relative RMS \
          against the input).\n\nExamples:\n  smelt quantize smollm2-135m smollm2-q4_k.gguf --to q4_k\n  \
          smelt quantize model.gguf model-q8.gguf --to q8_0 --embed-type q8_0 --keep 'blk.0.*'",
     );

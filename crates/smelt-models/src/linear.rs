@@ -50,8 +50,8 @@ impl Linear {
         let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
         let start = (file.header.data_offset + t.offset) as usize;
         let mut lin = Linear { name: name.into(), ty: t.ty, rows, cols, bytes: Bytes::File { file: file.clone(), start, len: t.n_bytes as usize } };
-        if let Some(target) = as_type.filter(|&ty| ty != t.ty && cols % ty.block_elems() == 0) {
-            lin = lin.converted(target)?;
+        if let Some(target) = as_type {
+            lin = lin.to_type(target)?;
         }
         Ok(lin)
     }
@@ -71,8 +71,20 @@ impl Linear {
         }
         let lin = Linear { name: name.into(), ty, rows: t.shape[0], cols: t.shape[1], bytes: Bytes::Safetensors { file: file.clone(), index } };
         match as_type {
-            Some(target) if target != ty && lin.cols.is_multiple_of(target.block_elems()) => lin.converted(target),
-            _ => Ok(lin),
+            Some(target) => lin.to_type(target),
+            None => Ok(lin),
+        }
+    }
+
+    /// This matrix in `target`, or in the type the fallback rule gives when its rows are not a
+    /// whole number of `target`'s blocks ([`GgmlType::fallback_for_row`], the rule
+    /// `smelt quantize` follows too); itself when it already is of that type.
+    pub fn to_type(self, target: GgmlType) -> Result<Linear, ModelError> {
+        let ty = target.fallback_for_row(self.cols as u64).unwrap_or(target);
+        if ty == self.ty {
+            Ok(self)
+        } else {
+            self.converted(ty)
         }
     }
 
@@ -84,8 +96,8 @@ impl Linear {
         let bytes = bytemuck::cast_slice::<f32, u8>(&data).to_vec();
         let lin = Linear { name: name.into(), ty: GgmlType::F32, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)) };
         match as_type {
-            Some(target) if target != GgmlType::F32 && cols.is_multiple_of(target.block_elems()) => lin.converted(target),
-            _ => Ok(lin),
+            Some(target) => lin.to_type(target),
+            None => Ok(lin),
         }
     }
 

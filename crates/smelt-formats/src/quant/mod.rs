@@ -194,6 +194,47 @@ impl GgmlType {
         (n / i.block_elems as u64).checked_mul(i.block_bytes as u64)
     }
 
+    /// The type to use instead when a row of `cols` values is not a whole number of this type's
+    /// blocks: llama.cpp's fallback chain (`tensor_type_fallback`: Q2_K/Q3_K -> Q4_0,
+    /// Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, anything else -> F16), followed until a type
+    /// fits. `None` when this type fits as it is. The one rule for every path that converts
+    /// weights (`smelt quantize`, `--as` at load time).
+    pub fn fallback_for_row(self, cols: u64) -> Option<GgmlType> {
+        let mut ty = self;
+        while !cols.is_multiple_of(ty.block_elems() as u64) {
+            ty = match ty {
+                GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+                GgmlType::Q4_K => GgmlType::Q5_0,
+                GgmlType::Q5_K => GgmlType::Q5_1,
+                GgmlType::Q6_K => GgmlType::Q8_0,
+                _ => GgmlType::F16,
+            };
+        }
+        (ty != self).then_some(ty)
+    }
+
+    /// llama.cpp's `general.file_type` (`LLAMA_FTYPE_MOSTLY_*`) for a file made mostly of this
+    /// type; 1024 (`LLAMA_FTYPE_GUESSED`) for types without one.
+    pub fn llama_file_type(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 7,
+            GgmlType::Q5_0 => 8,
+            GgmlType::Q5_1 => 9,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 11,
+            GgmlType::Q4_K => 14,
+            GgmlType::Q5_K => 16,
+            GgmlType::Q6_K => 18,
+            GgmlType::IQ4_NL => 25,
+            GgmlType::BF16 => 32,
+            _ => 1024,
+        }
+    }
+
     /// A plain float type (F32, F16, BF16, F64): one value per element, no blocks.
     pub fn is_float(self) -> bool {
         matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F64)
@@ -312,6 +353,22 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fallback_chain_ends_in_a_type_that_fits_the_row() {
+        // SmolLM2's rows of 576 = 2 x 256 + 64: the K-quants do not fit, the 32-blocks do.
+        assert_eq!(GgmlType::Q4_K.fallback_for_row(576), Some(GgmlType::Q5_0));
+        assert_eq!(GgmlType::Q2_K.fallback_for_row(576), Some(GgmlType::Q4_0));
+        assert_eq!(GgmlType::Q6_K.fallback_for_row(576), Some(GgmlType::Q8_0));
+        assert_eq!(GgmlType::Q4_K.fallback_for_row(1536), None);
+        assert_eq!(GgmlType::Q4_0.fallback_for_row(33), Some(GgmlType::F16));
+        for ty in GgmlType::weight_targets() {
+            for cols in [1u64, 31, 32, 48, 256, 576, 1000] {
+                let t = ty.fallback_for_row(cols).unwrap_or(ty);
+                assert!(cols.is_multiple_of(t.block_elems() as u64), "{ty} for rows of {cols} -> {t}");
+            }
+        }
+    }
 
     #[test]
     fn registry_is_complete_and_ordered() {

@@ -1,0 +1,20 @@
+//! smelt-compress: making models smaller, as recipes over the model files.
+//!
+//! - [`plan`]: which type every tensor of a GGUF file becomes (targets per role, `--keep`
+//!   globs, the one fallback rule for rows that do not divide into blocks).
+//! - [`convert`]: one tensor re-quantized, rows split across threads, with its error.
+//! - [`pipeline`]: a whole file planned, converted and written atomically, with statistics
+//!   per type.
+//!
+//! The command line parses arguments into a [`QuantizeConfig`] and prints what comes back; the
+//! logic lives here.
+
+pub mod convert;
+pub mod error;
+pub mod pipeline;
+pub mod plan;
+
+pub use convert::{convert, Converted};
+pub use error::CompressError;
+pub use pipeline::{quantize_file, ErrStat, Summary};
+pub use plan::{glob, plan, QuantizeConfig, TensorPlan};

@@ -1,0 +1,116 @@
+//! A whole GGUF file re-quantized: planned, converted tensor by tensor, streamed into a new GGUF
+//! written atomically (temporary file, renamed when complete), with error statistics per type.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use smelt_formats::fsutil::write_atomic;
+use smelt_formats::gguf::{GgufValue, GgufWriter, TensorSpec};
+use smelt_formats::{GgmlType, GgufError, GgufFile};
+use smelt_kernels::pool::ThreadPool;
+
+use crate::{convert, CompressError, TensorPlan};
+
+/// Squared error and energy of the written weights of one type, with their count and size.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct ErrStat {
+    pub err2: f64,
+    pub x2: f64,
+    pub params: u64,
+    pub bytes: u64,
+    pub tensors: u64,
+}
+
+impl ErrStat {
+    /// Relative RMS error of the written weights against the input (0 when nothing changed).
+    pub fn relative_rms(&self) -> f64 {
+        if self.x2 > 0.0 {
+            (self.err2 / self.x2).sqrt()
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug)]
+pub struct Summary {
+    /// Per written type.
+    pub types: BTreeMap<GgmlType, ErrStat>,
+    /// Bytes of the whole output (header included), counted as written (the output may be a
+    /// pipe or a device).
+    pub file_bytes: u64,
+}
+
+/// A writer that counts what passes through it.
+struct Counted<'a, W: std::io::Write> {
+    inner: W,
+    bytes: &'a mut u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        *self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `file` re-quantized as `plans` say into `out` (`file_type`: the file's main type, for
+/// `general.file_type`). `on_tensor` is called after each tensor with its plan (for progress).
+/// Nothing is left under `out` unless the whole file was written.
+pub fn quantize_file(
+    file: &GgufFile,
+    plans: &[TensorPlan],
+    file_type: GgmlType,
+    out: &Path,
+    pool: &ThreadPool,
+    on_tensor: &mut dyn FnMut(&TensorPlan),
+) -> Result<Summary, CompressError> {
+    if let (Some(input), Ok(a)) = (file.path(), out.canonicalize()) {
+        if input.canonicalize().is_ok_and(|b| a == b) {
+            return Err(CompressError::OutputIsInput(out.to_path_buf()));
+        }
+    }
+    let mut meta = file.header.metadata.clone();
+    meta.set("general.file_type", GgufValue::U32(file_type.llama_file_type()));
+    meta.set("general.quantized_by", GgufValue::String(format!("smelt {}", env!("CARGO_PKG_VERSION"))));
+    let specs: Vec<TensorSpec> = plans.iter().map(|p| TensorSpec { name: p.t.name.clone(), dims: p.t.dims.clone(), ty: p.target }).collect();
+    let mut types: BTreeMap<GgmlType, ErrStat> = BTreeMap::new();
+    let mut file_bytes = 0u64;
+    write_atomic(
+        out,
+        |w| -> Result<(), CompressError> {
+            let mut gw = GgufWriter::new(Counted { inner: &mut *w, bytes: &mut file_bytes }, file.header.version, &meta, specs)?;
+            for p in plans {
+                let data = file.tensor_data(p.t);
+                let s = types.entry(p.target).or_default();
+                s.params += p.t.n_elements;
+                s.tensors += 1;
+                if p.target == p.t.ty {
+                    // Copied as it is; plain floats are still checked for NaN and infinity.
+                    if p.t.ty.is_float() {
+                        let values = file.tensor_f32(p.t).map_err(|source| CompressError::Quant { tensor: p.t.name.clone(), source })?;
+                        if !smelt_kernels::math::all_finite(&values) {
+                            return Err(CompressError::NonFinite { tensor: p.t.name.clone() });
+                        }
+                    }
+                    gw.write_tensor(data)?;
+                    s.bytes += data.len() as u64;
+                } else {
+                    let c = convert(pool, p.t, data, p.target)?;
+                    gw.write_tensor(&c.bytes)?;
+                    (s.err2, s.x2, s.bytes) = (s.err2 + c.err2, s.x2 + c.x2, s.bytes + c.bytes.len() as u64);
+                }
+                on_tensor(p);
+            }
+            gw.finish()?;
+            Ok(())
+        },
+        |path, source| CompressError::Gguf(GgufError::Write { path, source }),
+    )?;
+    Ok(Summary { types, file_bytes })
+}
