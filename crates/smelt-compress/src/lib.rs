@@ -5,10 +5,13 @@
 //! - [`convert`]: one tensor re-quantized, rows split across threads, with its error.
 //! - [`pipeline`]: a whole file planned, converted and written atomically, with statistics
 //!   per type.
+//! - [`calib`]: statistics of the weight matrices' inputs over a calibration text (importance
+//!   vectors, GPTQ Hessians), gathered by an observer of the forward pass.
 //!
 //! The command line parses arguments into a [`QuantizeConfig`] and prints what comes back; the
 //! logic lives here.
 
+pub mod calib;
 pub mod convert;
 pub mod error;
 pub mod pipeline;

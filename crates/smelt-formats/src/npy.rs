@@ -64,6 +64,21 @@ impl NpyData {
     }
 }
 
+impl NpyData {
+    /// The elements as f64 (exact for every type but the widest integers).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self {
+            NpyData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            NpyData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            NpyData::F64(v) => v.clone(),
+            NpyData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            NpyData::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            NpyData::I8(v) => v.iter().map(|&x| x as f64).collect(),
+            NpyData::U8(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+}
+
 /// An n-dimensional array.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NpyArray {

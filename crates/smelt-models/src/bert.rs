@@ -26,6 +26,7 @@ use crate::attention;
 use crate::int8::{Calibration, DenseWeight, Int8Spec};
 use crate::error::{check_activations, check_finite};
 use crate::linear::Linear;
+use crate::observe::{note, MatrixInput, Observer};
 use crate::ops;
 use crate::settings::Bound;
 use crate::ModelError;
@@ -176,11 +177,12 @@ impl Bert {
     /// Runs `seqs` (framed token sequences) in the stored precision and returns the
     /// per-channel maxima of every matrix's input, for [`Bert::quantize_int8`].
     pub fn calibrate(&self, pool: &ThreadPool, seqs: &[&[u32]]) -> Result<Calibration, ModelError> {
-        let mut bufs = BertBuffers { calib: Some(Calibration::default()), ..Default::default() };
+        let mut bufs = BertBuffers::default();
+        let mut calib = Calibration::default();
         for chunk in seqs.chunks(32) {
-            self.forward(pool, chunk, &mut bufs)?;
+            self.forward_observed(pool, chunk, &mut bufs, Some(&mut calib))?;
         }
-        Ok(bufs.calib.unwrap_or_default())
+        Ok(calib)
     }
 
     /// Quantizes the selected weight matrices to int8 per channel (activations are then
@@ -221,6 +223,11 @@ impl Bert {
     /// `[CLS] ... [SEP]` and no longer than `max_position_embeddings`), packed: row `i` of the
     /// result is token `i` of the concatenated sequences.
     pub fn forward(&self, pool: &ThreadPool, seqs: &[&[u32]], bufs: &mut BertBuffers) -> Result<Vec<f32>, ModelError> {
+        self.forward_observed(pool, seqs, bufs, None)
+    }
+
+    /// [`Bert::forward`], showing `obs` the input of every weight matrix (see [`crate::observe`]).
+    pub fn forward_observed(&self, pool: &ThreadPool, seqs: &[&[u32]], bufs: &mut BertBuffers, mut obs: Option<&mut dyn Observer>) -> Result<Vec<f32>, ModelError> {
         let c = &self.cfg;
         let (d, ffn) = (c.hidden_size, c.intermediate_size);
         let eps = c.layer_norm_eps as f32;
@@ -256,22 +263,17 @@ impl Bert {
         // projections' into the residual LayerNorms.
         for (li, layer) in self.layers.iter().enumerate() {
             let (qkv, up) = (&layer.qkv, &layer.up);
-            let record = |calib: &mut Option<Calibration>, kind: usize, x: &[f32], cols: usize| {
-                if let Some(c) = calib {
-                    c.record(li, kind, x, cols);
-                }
-            };
-            record(&mut b.calib, 0, &b.x[..t * d], d);
+            note(&mut obs, li, MatrixInput::AttnQkv, &b.x, t, d);
             qkv.w.apply(pool, &b.x[..t * d], t, &mut b.qkv[..t * 3 * d], &mut b.scratch)?;
             ops::par_rows(pool, &mut b.qkv[..t * 3 * d], t, &|_, row| ops::add_assign(row, &qkv.b));
             attention(pool, &b.qkv, &starts, (heads, hd), &mut b.att);
-            record(&mut b.calib, 1, &b.att[..t * d], d);
+            note(&mut obs, li, MatrixInput::AttnOutput, &b.att, t, d);
             layer.o.w.apply(pool, &b.att[..t * d], t, &mut b.tmp[..t * d], &mut b.scratch)?;
             residual_norm(pool, &mut b.x, &b.tmp, &layer.o.b, &layer.ln_attn, eps, t, d);
-            record(&mut b.calib, 2, &b.x[..t * d], d);
+            note(&mut obs, li, MatrixInput::FfnUp, &b.x, t, d);
             up.w.apply(pool, &b.x[..t * d], t, &mut b.h[..t * ffn], &mut b.scratch)?;
             ops::par_rows(pool, &mut b.h[..t * ffn], t, &|_, h| math::bias_gelu(h, &up.b));
-            record(&mut b.calib, 3, &b.h[..t * ffn], ffn);
+            note(&mut obs, li, MatrixInput::FfnDown, &b.h, t, ffn);
             layer.down.w.apply(pool, &b.h[..t * ffn], t, &mut b.tmp[..t * d], &mut b.scratch)?;
             residual_norm(pool, &mut b.x, &b.tmp, &layer.down.b, &layer.ln_ffn, eps, t, d);
             // A NaN or infinity stops here, naming its layer, rather than becoming an embedding.
@@ -341,8 +343,6 @@ pub struct BertBuffers {
     tmp: Vec<f32>,
     h: Vec<f32>,
     scratch: Vec<u8>,
-    /// When set, the inputs of every matrix are folded into these maxima.
-    calib: Option<Calibration>,
 }
 
 impl BertBuffers {

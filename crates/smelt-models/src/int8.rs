@@ -82,6 +82,12 @@ pub struct Calibration {
     pub amax: Vec<[Vec<f32>; 4]>,
 }
 
+impl crate::observe::Observer for Calibration {
+    fn observe(&mut self, layer: usize, input: crate::observe::MatrixInput, x: &[f32], _rows: usize, cols: usize) {
+        self.record(layer, input.index(), x, cols);
+    }
+}
+
 impl Calibration {
     /// Folds rows of `cols` values into the maxima of (`layer`, `kind`).
     pub fn record(&mut self, layer: usize, kind: usize, x: &[f32], cols: usize) {

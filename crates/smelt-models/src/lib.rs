@@ -7,6 +7,7 @@
 //!   against any weight type.
 //! - [`tokenizer`]: byte-level BPE from GGUF vocabularies, streaming detokenization.
 //! - [`chat`], [`sampling`], [`generate`]: chat templates, token choice, the generation loop.
+//! - [`observe`]: the activation observer (the input of every weight matrix, for calibration).
 
 pub mod attention;
 pub mod bert;
@@ -20,6 +21,7 @@ pub mod generate;
 pub mod int8;
 pub mod linear;
 pub mod llama;
+pub mod observe;
 pub mod ops;
 pub mod sampling;
 pub mod settings;

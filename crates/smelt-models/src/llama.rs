@@ -24,6 +24,7 @@ use smelt_kernels::pool::ThreadPool;
 
 use crate::attention::{attend, Heads, KvCache, KvType};
 use crate::linear::{vector, Linear};
+use crate::observe::{note, MatrixInput, Observer};
 use crate::error::{check_activations, check_finite};
 use crate::ops::{self, Rope, RopeStyle};
 use crate::settings::Bound;
@@ -383,6 +384,11 @@ impl Llama {
     /// Runs `tokens` (appended after what the session holds) and returns the logits of the last
     /// one (`all = false`, `vocab` values) or of every one (`tokens.len() * vocab` values).
     pub fn forward<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool) -> Result<&'s [f32], ModelError> {
+        self.forward_observed(pool, sess, tokens, all, None)
+    }
+
+    /// [`Llama::forward`], showing `obs` the input of every weight matrix (see [`crate::observe`]).
+    pub fn forward_observed<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, mut obs: Option<&mut dyn Observer>) -> Result<&'s [f32], ModelError> {
         let c = &self.cfg;
         let m = tokens.len();
         if m == 0 {
@@ -411,6 +417,7 @@ impl Llama {
         for (l, layer) in self.layers.iter().enumerate() {
             let x = &b.x;
             ops::par_rows(pool, &mut b.h[..m * d], m, &|t, h| ops::rmsnorm(&x[t * d..(t + 1) * d], &layer.attn_norm, c.norm_eps, h));
+            note(&mut obs, l, MatrixInput::AttnQkv, &b.h, m, d);
             if m == 1 {
                 let ws = [&layer.wq.matrix()?, &layer.wk.matrix()?, &layer.wv.matrix()?];
                 gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.q[..qd], &mut b.k[..kvd], &mut b.v[..kvd]], &mut b.scratch)?;
@@ -425,11 +432,13 @@ impl Llama {
             ops::par_rows(pool, &mut b.k[..m * kvd], m, &rope);
             sess.kv.store(l, &b.k, &b.v, kvd, m);
             attend(pool, heads, &b.q, qd, sess.kv.layer(l), base, m, &mut b.att, &mut b.widen);
+            note(&mut obs, l, MatrixInput::AttnOutput, &b.att, m, qd);
             layer.wo.apply(pool, &b.att, m, &mut b.o, &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
             let x = &b.x;
             ops::par_rows(pool, &mut b.h[..m * d], m, &|t, h| ops::rmsnorm(&x[t * d..(t + 1) * d], &layer.ffn_norm, c.norm_eps, h));
+            note(&mut obs, l, MatrixInput::FfnUp, &b.h, m, d);
             if m == 1 {
                 let ws = [&layer.gate.matrix()?, &layer.up.matrix()?];
                 gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.g[..ffn], &mut b.u[..ffn]], &mut b.scratch)?;
@@ -439,6 +448,7 @@ impl Llama {
             }
             let u = &b.u;
             ops::par_rows(pool, &mut b.g[..m * ffn], m, &|t, g| ops::silu_mul_in_place(g, &u[t * ffn..(t + 1) * ffn]));
+            note(&mut obs, l, MatrixInput::FfnDown, &b.g, m, ffn);
             layer.down.apply(pool, &b.g, m, &mut b.o, &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
@@ -456,6 +466,7 @@ impl Llama {
         for (i, &t) in rows.iter().enumerate() {
             ops::rmsnorm(&b.x[t * d..(t + 1) * d], &self.output_norm, c.norm_eps, &mut b.last[i * d..(i + 1) * d]);
         }
+        note(&mut obs, self.layers.len(), MatrixInput::Output, &b.last, n, d);
         head.apply(pool, &b.last, n, &mut b.logits, &mut b.scratch)?;
         check_activations(&b.logits, c.vocab, || format!("the output head ({})", head.name))?;
         Ok(&b.logits)
