@@ -57,6 +57,11 @@ pub enum Command {
     /// Re-quantize a GGUF model to another type (round-to-nearest), writing GGUF.
     #[command(after_long_help = quantize_help(), after_help = "Run with --help for the list of types.")]
     Quantize(QuantizeArgs),
+    /// Compute an importance matrix (the mean square input of every weight matrix's columns)
+    /// over a calibration text, as llama-imatrix does, for `smelt quantize --imatrix` or
+    /// `llama-quantize --imatrix`.
+    #[command(after_help = IMATRIX_HELP)]
+    Imatrix(ImatrixArgs),
     /// Download a model by name into $SMELT_HOME (checks its sha256; does nothing if cached).
     Pull(PullArgs),
     /// List the models smelt can fetch by name, and whether they are cached.
@@ -99,6 +104,11 @@ MODEL may name a variant: `all-minilm-l6-v2:int8`, `all-minilm-l6-v2:f16`, `smol
 Examples:\n  smelt eval smollm2-q4_k.gguf --against smollm2-135m:f32\n  \
 smelt eval smollm2-135m --text wiki.valid.tokens --ctx 512 -o ppl.json\n  \
 smelt eval all-minilm-l6-v2:int8 --against all-minilm-l6-v2 --sts sts-dev.csv -o report.html";
+
+const IMATRIX_HELP: &str = "The text is tokenized once and cut into chunks of --ctx tokens (the last partial chunk is dropped); each chunk runs from an empty context and every token's input to every weight matrix is added in. The file is llama.cpp's: GGUF (the default, as llama-imatrix writes it) or the legacy .dat (--output-format dat, or a .dat name); either tool reads either tool's files. Q, K and V share one input, as do gate and up: their entries are equal.\n\n\
+Use a calibration text different from the text you evaluate on.\n\n\
+Examples:\n  smelt imatrix smollm2-135m --calib calib.txt -o smollm2.imatrix.gguf\n  \
+smelt imatrix model.gguf --calib calib.txt --ctx 512 --chunks 100 --process-output -o imatrix.dat";
 
 const COMPARE_HELP: &str = "Quality is computed in one pass over the text (the reference once per chunk); each model's speed and memory in its own process. The report holds every model; -o writes JSON, CSV, Markdown or HTML by extension (repeatable).\n\n\
 Examples:\n  smelt compare q8.gguf q4_k.gguf q2_k.gguf --against smollm2-135m:f32 -o cmp.html\n  \
@@ -486,6 +496,37 @@ pub struct QuantizeArgs {
     /// Print a JSON summary (the plan, sizes and weight error) instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImatrixFormat {
+    Gguf,
+    Dat,
+}
+
+#[derive(Args, Debug)]
+pub struct ImatrixArgs {
+    /// The model (a GGUF decoder or a name).
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Calibration text (UTF-8).
+    #[arg(long, value_name = "FILE")]
+    pub calib: PathBuf,
+    /// The imatrix file to write (temporary file renamed into place when complete).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Tokens per chunk (llama-imatrix's -c).
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 512)]
+    pub ctx: usize,
+    /// Run at most N chunks (default: all the text holds).
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Also gather the output head's input (llama-imatrix's --process-output).
+    #[arg(long)]
+    pub process_output: bool,
+    /// File form (default: dat for a .dat name, else gguf).
+    #[arg(long, value_enum)]
+    pub output_format: Option<ImatrixFormat>,
 }
 
 #[derive(Args, Debug)]

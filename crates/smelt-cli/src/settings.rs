@@ -69,6 +69,9 @@ pub const SETTINGS: &[Setting] = &[
     // Measuring (eval, compare, shrink).
     int("ctx", MEASURE, 16, MAX_TOKENS),
     int("chunks", MEASURE, 1, 1 << 24),
+    // Calibration (imatrix).
+    int("ctx", &["imatrix"], 16, MAX_TOKENS),
+    int("chunks", &["imatrix"], 1, 1 << 24),
     int("requests", MEASURE, 1, 100_000),
     int("prompt", MEASURE, 1, MAX_TOKENS),
     int("gen", MEASURE, 1, MAX_TOKENS),

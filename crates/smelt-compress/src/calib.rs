@@ -116,3 +116,68 @@ impl Observer for Collector<'_> {
         }
     }
 }
+
+/// How a calibration text is run.
+#[derive(Clone, Copy, Debug)]
+pub struct CalibOptions {
+    /// Tokens per chunk; each chunk runs from an empty context (llama-imatrix's `-c`).
+    pub ctx: usize,
+    /// Run at most this many chunks (default: all the text holds).
+    pub max_chunks: Option<usize>,
+    /// Also observe the output head's input (llama-imatrix's `--process-output`).
+    pub process_output: bool,
+}
+
+impl Default for CalibOptions {
+    fn default() -> Self {
+        CalibOptions { ctx: 512, max_chunks: None, process_output: false }
+    }
+}
+
+/// Runs `text` through a decoder in chunks of `opts.ctx` tokens (the last partial chunk is
+/// dropped; a chunk begins with BOS when the tokenizer adds one), showing `obs` every matrix
+/// input. `on_chunk(done, total)` is called after each chunk. Returns the chunks run.
+pub fn run_decoder(
+    model: &smelt_models::Llama,
+    tok: &smelt_models::Tokenizer,
+    pool: &ThreadPool,
+    text: &str,
+    opts: CalibOptions,
+    obs: &mut dyn Observer,
+    on_chunk: &mut dyn FnMut(usize, usize),
+) -> Result<usize, crate::CompressError> {
+    let tokens = tok.encode(text, false);
+    let ctx = opts.ctx.min(model.cfg.ctx_train);
+    let available = tokens.len() / ctx.max(1);
+    if ctx < 2 || available == 0 {
+        return Err(crate::CompressError::CalibrationTooShort { tokens: tokens.len(), ctx });
+    }
+    let n = opts.max_chunks.map_or(available, |m| m.min(available));
+    let mut sess = model.session(ctx);
+    let mut chunk = vec![0u32; ctx];
+    for i in 0..n {
+        chunk.copy_from_slice(&tokens[i * ctx..(i + 1) * ctx]);
+        if let (true, Some(bos)) = (tok.add_bos, tok.bos) {
+            chunk[0] = bos;
+        }
+        sess.truncate(0);
+        model.forward_observed(pool, &mut sess, &chunk, opts.process_output, Some(&mut *obs))?;
+        on_chunk(i + 1, n);
+    }
+    Ok(n)
+}
+
+/// The importance matrix of a decoder's gathered statistics, under llama.cpp's tensor names.
+/// With `opts.process_output`, the output head's entry is named after the head's own tensor
+/// (`output.weight`, or `token_embd.weight` when the embedding is tied); without it there is
+/// none, as in llama-imatrix.
+pub fn decoder_imatrix(model: &smelt_models::Llama, stats: &BTreeMap<(usize, MatrixInput), InputStats>, dataset: &str, chunks: usize, opts: CalibOptions) -> crate::imatrix::Imatrix {
+    let head = model.output.as_ref().unwrap_or(&model.embed).name.clone();
+    let names = |&(l, k): &(usize, MatrixInput)| match k {
+        MatrixInput::Output if opts.process_output => vec![head.clone()],
+        MatrixInput::Output => Vec::new(),
+        _ => k.llama_tensors(l),
+    };
+    let ctx = opts.ctx.min(model.cfg.ctx_train);
+    crate::imatrix::Imatrix::from_stats(stats, names, dataset, chunks as u32, ctx as u32)
+}

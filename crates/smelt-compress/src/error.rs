@@ -14,6 +14,12 @@ pub enum CompressError {
     Unreadable { tensor: String, ty: GgmlType },
     #[error("tensor {tensor:?} holds NaN or infinite values: the input file is corrupt")]
     NonFinite { tensor: String },
+    #[error("the calibration text has {tokens} tokens, fewer than one chunk of {ctx}: give a longer text or a smaller --ctx")]
+    CalibrationTooShort { tokens: usize, ctx: usize },
+    #[error(transparent)]
+    Model(#[from] smelt_models::ModelError),
+    #[error(transparent)]
+    Imatrix(#[from] crate::imatrix::ImatrixError),
     #[error("the output {0} is the input file; write to another path")]
     OutputIsInput(PathBuf),
 }

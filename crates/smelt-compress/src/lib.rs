@@ -7,6 +7,7 @@
 //!   per type.
 //! - [`calib`]: statistics of the weight matrices' inputs over a calibration text (importance
 //!   vectors, GPTQ Hessians), gathered by an observer of the forward pass.
+//! - [`imatrix`]: importance matrices in llama.cpp's files (GGUF and legacy `.dat`).
 //!
 //! The command line parses arguments into a [`QuantizeConfig`] and prints what comes back; the
 //! logic lives here.
@@ -14,6 +15,7 @@
 pub mod calib;
 pub mod convert;
 pub mod error;
+pub mod imatrix;
 pub mod pipeline;
 pub mod plan;
 

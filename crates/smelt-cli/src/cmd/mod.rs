@@ -7,6 +7,7 @@ pub mod classify;
 pub mod embed;
 pub mod eval;
 pub mod eval_quality;
+pub mod imatrix;
 pub mod inspect;
 pub mod lm;
 pub mod pull;
