@@ -490,6 +490,10 @@ pub struct QuantizeArgs {
     /// Repeatable, e.g. --keep 'blk.0.*' --keep '*.attn_v.weight'.
     #[arg(long, value_name = "GLOB")]
     pub keep: Vec<String>,
+    /// Importance matrix (from `smelt imatrix` or llama-imatrix, GGUF or .dat): every matrix it
+    /// has an entry for is quantized minimizing the importance-weighted error.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     /// Print the per-tensor plan and exit without writing.
     #[arg(long)]
     pub dry_run: bool,

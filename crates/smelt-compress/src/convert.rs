@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use smelt_formats::quant::{dequantize, quantize};
+use smelt_formats::quant::{dequantize, quantize, quantize_weighted};
 use smelt_formats::{GgmlType, TensorInfo};
 use smelt_kernels::pool::{Disjoint, ThreadPool};
 
@@ -21,9 +21,11 @@ pub struct Converted {
 }
 
 /// Re-quantizes `t` (its bytes are `data`) into `target`; rows must be whole blocks of both types
-/// (the plan ensures it). A NaN or infinity in the input is an error: it would make `x2`
-/// non-finite and the written weights garbage.
-pub fn convert(pool: &ThreadPool, t: &TensorInfo, data: &[u8], target: GgmlType) -> Result<Converted, CompressError> {
+/// (the plan ensures it). With `importance` (one value per column, the tensor's imatrix entry)
+/// every block's search minimizes the importance-weighted error
+/// ([`smelt_formats::quant::quantize_weighted`]). A NaN or infinity in the input is an error: it
+/// would make `x2` non-finite and the written weights garbage.
+pub fn convert(pool: &ThreadPool, t: &TensorInfo, data: &[u8], target: GgmlType, importance: Option<&[f32]>) -> Result<Converted, CompressError> {
     let quant_err = |source| CompressError::Quant { tensor: t.name.clone(), source };
     let cols = t.row_len() as usize;
     let rows = t.n_rows() as usize;
@@ -39,7 +41,10 @@ pub fn convert(pool: &ThreadPool, t: &TensorInfo, data: &[u8], target: GgmlType)
         // SAFETY: row chunks are disjoint.
         let o = unsafe { sink.slice(r.start * dst_row..r.end * dst_row) };
         let res = dequantize(t.ty, &data[r.start * src_row..r.end * src_row], &mut x)
-            .and_then(|()| quantize(target, &x, o))
+            .and_then(|()| match importance {
+                Some(imp) => quantize_weighted(target, &x, &imp.repeat(r.len()), o),
+                None => quantize(target, &x, o),
+            })
             .and_then(|()| dequantize(target, o, &mut back));
         let mut a = acc.lock().unwrap_or_else(|e| e.into_inner());
         match res {

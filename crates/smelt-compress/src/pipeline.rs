@@ -9,6 +9,7 @@ use smelt_formats::gguf::{GgufValue, GgufWriter, TensorSpec};
 use smelt_formats::{GgmlType, GgufError, GgufFile};
 use smelt_kernels::pool::ThreadPool;
 
+use crate::imatrix::Imatrix;
 use crate::{convert, CompressError, TensorPlan};
 
 /// Squared error and energy of the written weights of one type, with their count and size.
@@ -37,6 +38,11 @@ impl ErrStat {
 pub struct Summary {
     /// Per written type.
     pub types: BTreeMap<GgmlType, ErrStat>,
+    /// Converted tensors quantized with their importance vector.
+    pub weighted: usize,
+    /// Converted tensors the importance matrix has no entry for (quantized round-to-nearest,
+    /// as llama-quantize does; the token embedding, which no product reads, is one).
+    pub unweighted: Vec<String>,
     /// Bytes of the whole output (header included), counted as written (the output may be a
     /// pipe or a device).
     pub file_bytes: u64,
@@ -60,12 +66,14 @@ impl<W: std::io::Write> std::io::Write for Counted<'_, W> {
 }
 
 /// Writes `file` re-quantized as `plans` say into `out` (`file_type`: the file's main type, for
-/// `general.file_type`). `on_tensor` is called after each tensor with its plan (for progress).
-/// Nothing is left under `out` unless the whole file was written.
+/// `general.file_type`), weighting every converted tensor that `imatrix` has an entry for.
+/// `on_tensor` is called after each tensor with its plan (for progress). Nothing is left under
+/// `out` unless the whole file was written.
 pub fn quantize_file(
     file: &GgufFile,
     plans: &[TensorPlan],
     file_type: GgmlType,
+    imatrix: Option<&Imatrix>,
     out: &Path,
     pool: &ThreadPool,
     on_tensor: &mut dyn FnMut(&TensorPlan),
@@ -75,6 +83,22 @@ pub fn quantize_file(
             return Err(CompressError::OutputIsInput(out.to_path_buf()));
         }
     }
+    // Every entry's width is checked before any work; an imatrix whose names match none of the
+    // converted tensors was made for another model.
+    let converted: Vec<&TensorPlan> = plans.iter().filter(|p| p.target != p.t.ty).collect();
+    let mut importance: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+    if let Some(m) = imatrix {
+        for p in &converted {
+            if m.entries.contains_key(&p.t.name) {
+                importance.insert(&p.t.name, m.importance_for(&p.t.name, p.t.row_len() as usize)?);
+            }
+        }
+        if importance.is_empty() && !converted.is_empty() {
+            let example = converted[0].t.name.clone();
+            return Err(crate::imatrix::ImatrixError::Missing { tensor: example, n: m.entries.len(), example: m.entries.keys().next().cloned().unwrap_or_default() }.into());
+        }
+    }
+    let unweighted: Vec<String> = if imatrix.is_some() { converted.iter().filter(|p| !importance.contains_key(p.t.name.as_str())).map(|p| p.t.name.clone()).collect() } else { Vec::new() };
     let mut meta = file.header.metadata.clone();
     meta.set("general.file_type", GgufValue::U32(file_type.llama_file_type()));
     meta.set("general.quantized_by", GgufValue::String(format!("smelt {}", env!("CARGO_PKG_VERSION"))));
@@ -101,7 +125,7 @@ pub fn quantize_file(
                     gw.write_tensor(data)?;
                     s.bytes += data.len() as u64;
                 } else {
-                    let c = convert(pool, p.t, data, p.target)?;
+                    let c = convert(pool, p.t, data, p.target, importance.get(p.t.name.as_str()).map(Vec::as_slice))?;
                     gw.write_tensor(&c.bytes)?;
                     (s.err2, s.x2, s.bytes) = (s.err2 + c.err2, s.x2 + c.x2, s.bytes + c.bytes.len() as u64);
                 }
@@ -112,5 +136,5 @@ pub fn quantize_file(
         },
         |path, source| CompressError::Gguf(GgufError::Write { path, source }),
     )?;
-    Ok(Summary { types, file_bytes })
+    Ok(Summary { types, file_bytes, weighted: importance.len(), unweighted })
 }

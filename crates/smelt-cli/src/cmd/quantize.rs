@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use smelt_compress::imatrix::Imatrix;
 use smelt_compress::{plan, quantize_file, QuantizeConfig, Summary, TensorPlan};
 use smelt_formats::GgufFile;
 
@@ -36,7 +37,8 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     let pool = global.pool();
     let total: u64 = plans.iter().map(|p| p.t.n_bytes).sum();
     let mut progress = Progress::new("quantize", total, true, global.quiet);
-    let summary = quantize_file(&file, &plans, args.to, &args.output, &pool, &mut |p| progress.inc(p.t.n_bytes, &format!("{} -> {}", p.t.name, p.target)))
+    let imatrix = args.imatrix.as_deref().map(Imatrix::read).transpose()?;
+    let summary = quantize_file(&file, &plans, args.to, imatrix.as_ref(), &args.output, &pool, &mut |p| progress.inc(p.t.n_bytes, &format!("{} -> {}", p.t.name, p.target)))
         .with_context(|| format!("writing {}", args.output.display()))?;
     progress.finish();
     if !report {
@@ -89,6 +91,7 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
                 "weight_relative_rms_error": s.relative_rms(),
             })).collect::<Vec<_>>(),
             "fallbacks": fallbacks.iter().map(|p| json!({"name": p.t.name, "to": p.target.name(), "why": p.note})).collect::<Vec<_>>(),
+            "imatrix": args.imatrix.as_ref().map(|p| json!({"file": p.display().to_string(), "weighted_tensors": summary.weighted, "without_entry": summary.unweighted})),
         });
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
@@ -110,6 +113,9 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
             for (w, n) in why {
                 writeln!(out, "fallback   {n} tensors: {w}")?;
             }
+        }
+        if let Some(p) = &args.imatrix {
+            writeln!(out, "imatrix    {}: {} tensors weighted, {} without an entry (round-to-nearest)", p.display(), summary.weighted, summary.unweighted.len())?;
         }
         writeln!(out, "time       {secs:.1} s on {threads} threads")?;
     }

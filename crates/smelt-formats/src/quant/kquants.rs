@@ -58,14 +58,29 @@ fn f16r(x: f32) -> (f16, f32) {
 // ---------------------------------------------------------------- Q2_K
 
 pub(super) fn quantize_q2_k(src: &[f32], dst: &mut [u8]) {
+    write_blocks(src, dst, QK_K, |x| q2_k_block(x, None));
+}
+
+/// The search weight of element `l` of a super-block: the caller's importance times
+/// `sqrt(sigma^2 + x_l^2)` (`sigma^2` the super-block's mean square), so that among equally
+/// important inputs the larger weights count more; `None` when there is no importance.
+fn importance_weight(x: &[f32], imp: Option<&[f32]>) -> Option<[f32; QK_K]> {
+    let imp = imp?;
+    let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    Some(std::array::from_fn(|l| imp[l] * (sigma2 + x[l] * x[l]).sqrt()))
+}
+
+/// One Q2_K super-block; `imp` (one importance per element) weights the sub-block searches.
+pub(super) fn q2_k_block(x: &[f32], imp: Option<&[f32]>) -> BlockQ2K {
     const Q4SCALE: f32 = 15.0;
-    write_blocks(src, dst, QK_K, |x| {
+    {
+        let iw = importance_weight(x, imp);
         let mut levels = [0u8; QK_K];
         let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-        let p = AsymSearch { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
+        let p = AsymSearch { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: iw.is_none() };
         for j in 0..16 {
             let xs = &x[16 * j..16 * j + 16];
-            let w: [f32; 16] = std::array::from_fn(|l| xs[l].abs());
+            let w: [f32; 16] = std::array::from_fn(|l| iw.map_or(xs[l].abs(), |iw| iw[16 * j + l]));
             (scales[j], mins[j]) = make_qkx2_quants(xs, &w, 3, &mut levels[16 * j..16 * j + 16], p);
         }
         let (max_scale, max_min) = (max_of(&scales), max_of(&mins));
@@ -96,7 +111,7 @@ pub(super) fn quantize_q2_k(src: &[f32], dst: &mut [u8]) {
         }
         b.qs = pack_2bit(&levels);
         b
-    });
+    }
 }
 
 pub(super) fn dequantize_q2_k(src: &[u8], dst: &mut [f32]) {
@@ -114,12 +129,22 @@ pub(super) fn dequantize_q2_k(src: &[u8], dst: &mut [f32]) {
 // ---------------------------------------------------------------- Q3_K
 
 pub(super) fn quantize_q3_k(src: &[f32], dst: &mut [u8]) {
-    write_blocks(src, dst, QK_K, |x| {
+    write_blocks(src, dst, QK_K, |x| q3_k_block(x, None));
+}
+
+/// One Q3_K super-block; with `imp`, each sub-block's scale is the importance-weighted search's.
+pub(super) fn q3_k_block(x: &[f32], imp: Option<&[f32]>) -> BlockQ3K {
+    {
+        let iw = importance_weight(x, imp);
         let mut levels = [0i8; QK_K];
         let mut scales = [0f32; 16];
         let (mut amax, mut max_scale) = (0.0f32, 0.0f32);
         for j in 0..16 {
-            scales[j] = make_q3_quants(&x[16 * j..16 * j + 16], 4, &mut levels[16 * j..16 * j + 16], true);
+            let (xs, ls) = (&x[16 * j..16 * j + 16], &mut levels[16 * j..16 * j + 16]);
+            scales[j] = match &iw {
+                None => make_q3_quants(xs, 4, ls, true),
+                Some(iw) => make_qx_quants(xs, 4, ls, RmseWeight::Uniform, Some(&iw[16 * j..16 * j + 16])),
+            };
             if scales[j].abs() > amax {
                 amax = scales[j].abs();
                 max_scale = scales[j];
@@ -159,7 +184,7 @@ pub(super) fn quantize_q3_k(src: &[f32], dst: &mut [u8]) {
         }
         b.qs = pack_2bit(&low);
         b
-    });
+    }
 }
 
 pub(super) fn dequantize_q3_k(src: &[u8], dst: &mut [f32]) {
@@ -196,14 +221,15 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
 /// The shared first half of Q4_K and Q5_K: per 32-element sub-block asymmetric search with
 /// weights `w_i = rms(x) + |x_i|`, then 6-bit quantization of the scales and mins. Returns
 /// `(d, dmin, packed scales, levels)` with levels in `0..=nmax`.
-fn quantize_k_asym(x: &[f32], nmax: i32, p: AsymSearch) -> (f16, f16, [u8; K_SCALE_SIZE], [u8; QK_K]) {
+fn quantize_k_asym(x: &[f32], imp: Option<&[f32]>, nmax: i32, p: AsymSearch) -> (f16, f16, [u8; K_SCALE_SIZE], [u8; QK_K]) {
+    let iw = importance_weight(x, imp);
     let mut levels = [0u8; QK_K];
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
     for j in 0..8 {
         let xs = &x[32 * j..32 * j + 32];
         let sum_x2: f32 = xs.iter().fold(0.0, |s, v| s + v * v);
         let av_x = (sum_x2 / 32.0).sqrt();
-        let w: [f32; 32] = std::array::from_fn(|l| av_x + xs[l].abs());
+        let w: [f32; 32] = std::array::from_fn(|l| iw.map_or(av_x + xs[l].abs(), |iw| iw[32 * j + l]));
         (scales[j], mins[j]) = make_qkx2_quants(xs, &w, nmax, &mut levels[32 * j..32 * j + 32], p);
     }
     let (max_scale, max_min) = (max_of(&scales), max_of(&mins));
@@ -229,11 +255,13 @@ fn quantize_k_asym(x: &[f32], nmax: i32, p: AsymSearch) -> (f16, f16, [u8; K_SCA
 }
 
 pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) {
-    write_blocks(src, dst, QK_K, |x| {
-        let (d, dmin, scales, levels) =
-            quantize_k_asym(x, 15, AsymSearch { rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false });
-        BlockQ4K { d, dmin, scales, qs: pack_4bit(&levels) }
-    });
+    write_blocks(src, dst, QK_K, |x| q4_k_block(x, None));
+}
+
+/// One Q4_K super-block; `imp` weights the sub-block searches.
+pub(super) fn q4_k_block(x: &[f32], imp: Option<&[f32]>) -> BlockQ4K {
+    let (d, dmin, scales, levels) = quantize_k_asym(x, imp, 15, AsymSearch { rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false });
+    BlockQ4K { d, dmin, scales, qs: pack_4bit(&levels) }
 }
 
 pub(super) fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
@@ -247,15 +275,17 @@ pub(super) fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
 }
 
 pub(super) fn quantize_q5_k(src: &[f32], dst: &mut [u8]) {
-    write_blocks(src, dst, QK_K, |x| {
-        let (d, dmin, scales, levels) =
-            quantize_k_asym(x, 31, AsymSearch { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false });
-        let mut qh = [0u8; QK_K / 8];
-        for (e, &l) in levels.iter().enumerate() {
-            qh[e % 32] |= (l >> 4) << (e / 32);
-        }
-        BlockQ5K { d, dmin, scales, qh, qs: pack_4bit(&levels) }
-    });
+    write_blocks(src, dst, QK_K, |x| q5_k_block(x, None));
+}
+
+/// One Q5_K super-block; `imp` weights the sub-block searches.
+pub(super) fn q5_k_block(x: &[f32], imp: Option<&[f32]>) -> BlockQ5K {
+    let (d, dmin, scales, levels) = quantize_k_asym(x, imp, 31, AsymSearch { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false });
+    let mut qh = [0u8; QK_K / 8];
+    for (e, &l) in levels.iter().enumerate() {
+        qh[e % 32] |= (l >> 4) << (e / 32);
+    }
+    BlockQ5K { d, dmin, scales, qh, qs: pack_4bit(&levels) }
 }
 
 pub(super) fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
@@ -272,12 +302,19 @@ pub(super) fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
 // ---------------------------------------------------------------- Q6_K
 
 pub(super) fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
-    write_blocks(src, dst, QK_K, |x| {
+    write_blocks(src, dst, QK_K, |x| q6_k_block(x, None));
+}
+
+/// One Q6_K super-block; `imp` weights the sub-block searches.
+pub(super) fn q6_k_block(x: &[f32], imp: Option<&[f32]>) -> BlockQ6K {
+    {
+        let iw = importance_weight(x, imp);
         let mut levels = [0i8; QK_K];
         let mut scales = [0f32; 16];
         let (mut max_abs, mut max_scale) = (0.0f32, 0.0f32);
         for ib in 0..16 {
-            scales[ib] = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut levels[16 * ib..16 * ib + 16], RmseWeight::Square, None);
+            let qw = iw.as_ref().map(|iw| &iw[16 * ib..16 * ib + 16]);
+            scales[ib] = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut levels[16 * ib..16 * ib + 16], RmseWeight::Square, qw);
             if scales[ib].abs() > max_abs {
                 max_abs = scales[ib].abs();
                 max_scale = scales[ib];
@@ -309,7 +346,7 @@ pub(super) fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
             }
         }
         b
-    });
+    }
 }
 
 pub(super) fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {

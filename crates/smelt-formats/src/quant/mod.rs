@@ -11,6 +11,9 @@ mod iq4nl;
 mod kquants;
 mod legacy;
 pub mod search;
+pub mod weighted;
+
+pub use weighted::{quantize_weighted, supports_weighted};
 
 use std::fmt;
 
