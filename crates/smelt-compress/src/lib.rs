@@ -8,6 +8,8 @@
 //! - [`calib`]: statistics of the weight matrices' inputs over a calibration text (importance
 //!   vectors, GPTQ Hessians), gathered by an observer of the forward pass.
 //! - [`imatrix`]: importance matrices in llama.cpp's files (GGUF and legacy `.dat`).
+//! - [`gptq`]: GPTQ (column-by-column quantization with error feedback through the inverse
+//!   Hessian) into ggml block types.
 //!
 //! The command line parses arguments into a [`QuantizeConfig`] and prints what comes back; the
 //! logic lives here.
@@ -15,6 +17,7 @@
 pub mod calib;
 pub mod convert;
 pub mod error;
+pub mod gptq;
 pub mod imatrix;
 pub mod pipeline;
 pub mod plan;

@@ -10,6 +10,7 @@
 use half::f16;
 
 use super::blocks::*;
+use super::GgmlType;
 use super::search::{make_q3_quants, make_qkx2_quants, make_qx_quants, AsymSearch, RmseWeight, GROUP_MAX_EPS};
 use super::{nearest_int, read_blocks, write_blocks};
 
@@ -359,6 +360,64 @@ pub(super) fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
             let q = (low | (high << 4)) as i8 - 32;
             *o = (d * b.scales[e / 16] as f32) * q as f32;
         }
+    }
+}
+
+// ---------------------------------------------------------------- levels under given scales
+
+/// The K-quant block `block` (as its quantizer wrote it) with its levels replaced by `levels`
+/// (one per element, in the type's signed or unsigned range, as `grid::BlockGrid` gives them).
+pub(super) fn with_levels(ty: GgmlType, block: &[u8], levels: &[i32]) -> Vec<u8> {
+    let lv = |off: i32| -> [u8; QK_K] { std::array::from_fn(|e| (levels[e] + off) as u8) };
+    match ty {
+        GgmlType::Q2_K => {
+            let mut b: BlockQ2K = bytemuck::pod_read_unaligned(block);
+            b.qs = pack_2bit(&lv(0));
+            bytemuck::bytes_of(&b).to_vec()
+        }
+        GgmlType::Q3_K => {
+            let mut b: BlockQ3K = bytemuck::pod_read_unaligned(block);
+            let l = lv(4);
+            b.hmask = [0; 32];
+            let mut low = [0u8; QK_K];
+            for (e, &v) in l.iter().enumerate() {
+                if v > 3 {
+                    b.hmask[e % 32] |= 1 << (e / 32);
+                }
+                low[e] = v & 3;
+            }
+            b.qs = pack_2bit(&low);
+            bytemuck::bytes_of(&b).to_vec()
+        }
+        GgmlType::Q4_K => {
+            let mut b: BlockQ4K = bytemuck::pod_read_unaligned(block);
+            b.qs = pack_4bit(&lv(0));
+            bytemuck::bytes_of(&b).to_vec()
+        }
+        GgmlType::Q5_K => {
+            let mut b: BlockQ5K = bytemuck::pod_read_unaligned(block);
+            let l = lv(0);
+            b.qh = [0; QK_K / 8];
+            for (e, &v) in l.iter().enumerate() {
+                b.qh[e % 32] |= (v >> 4) << (e / 32);
+            }
+            b.qs = pack_4bit(&l);
+            bytemuck::bytes_of(&b).to_vec()
+        }
+        GgmlType::Q6_K => {
+            let mut b: BlockQ6K = bytemuck::pod_read_unaligned(block);
+            let l = lv(32);
+            (b.ql, b.qh) = ([0; 128], [0; 64]);
+            for h in 0..2 {
+                for t in 0..128 {
+                    let v = l[128 * h + t];
+                    b.ql[64 * h + t % 64] |= (v & 0xF) << (4 * (t / 64));
+                    b.qh[32 * h + t % 32] |= (v >> 4) << (2 * (t / 32));
+                }
+            }
+            bytemuck::bytes_of(&b).to_vec()
+        }
+        _ => block.to_vec(),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod blocks;
 mod float;
+pub mod grid;
 mod iq4nl;
 mod kquants;
 mod legacy;
