@@ -79,10 +79,23 @@ fn inverse_factor(h: &[f64], cols: usize, damp: f64) -> Result<(Vec<f32>, Vec<bo
     Ok((u, dead))
 }
 
-/// Quantizes `w` (`rows x cols`, row-major) into `ty` with GPTQ given `h` (`cols x cols`,
-/// row-major) and, for the grids' searches, the columns' `importance`. Returns the matrix's
-/// bytes in `ty`, rows of whole blocks as every ggml reader expects.
-pub fn gptq(pool: &ThreadPool, w: &[f32], rows: usize, cols: usize, h: &[f64], ty: GgmlType, importance: Option<&[f32]>, opts: GptqOptions) -> Result<Vec<u8>, GptqError> {
+/// One matrix to quantize and what calibration gave for its inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct GptqInput<'a> {
+    /// `rows x cols`, row-major (one row per output).
+    pub w: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    /// `H = X^T X`, `cols x cols`, row-major.
+    pub h: &'a [f64],
+    /// The columns' importance (weights the grids' searches), when known.
+    pub importance: Option<&'a [f32]>,
+}
+
+/// Quantizes the matrix into `ty` with GPTQ. Returns its bytes in `ty`, rows of whole blocks as
+/// every ggml reader expects.
+pub fn gptq(pool: &ThreadPool, input: GptqInput, ty: GgmlType, opts: GptqOptions) -> Result<Vec<u8>, GptqError> {
+    let GptqInput { w, rows, cols, h, importance } = input;
     if !supports_grid(ty) {
         return Err(GptqError::Unsupported { ty });
     }

@@ -10,7 +10,7 @@
 use std::process::Command;
 
 use smelt_compress::calib::{run_decoder, CalibOptions, Collector};
-use smelt_compress::gptq::{gptq, GptqOptions};
+use smelt_compress::gptq::{gptq, GptqInput, GptqOptions};
 use smelt_formats::npy::{write_npy, NpyArray, NpyData};
 use smelt_formats::quant::dequantize;
 use smelt_formats::GgmlType;
@@ -42,7 +42,7 @@ fn gptq_matches_numpy_on_real_matrices() {
         let mut w = vec![0f32; rows * cols];
         dequantize(lin.ty, lin.bytes(), &mut w).unwrap();
         let h = stats[&(layer, input)].hessian.as_ref().unwrap();
-        let bytes = gptq(&pool, &w, rows, cols, h, GgmlType::Q4_0, None, GptqOptions::default()).unwrap();
+        let bytes = gptq(&pool, GptqInput { w: &w, rows, cols, h, importance: None }, GgmlType::Q4_0, GptqOptions::default()).unwrap();
         let mut q = vec![0f32; rows * cols];
         dequantize(GgmlType::Q4_0, &bytes, &mut q).unwrap();
         let (pw, ph, pq) = (dir.join("w.npy"), dir.join("h.npy"), dir.join("q.npy"));
