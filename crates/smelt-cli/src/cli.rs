@@ -492,8 +492,30 @@ pub struct QuantizeArgs {
     pub keep: Vec<String>,
     /// Importance matrix (from `smelt imatrix` or llama-imatrix, GGUF or .dat): every matrix it
     /// has an entry for is quantized minimizing the importance-weighted error.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "calib")]
     pub imatrix: Option<PathBuf>,
+    /// Calibration text: importance vectors are gathered on it (as `smelt imatrix` does) and
+    /// weight every block's search; with --gptq, the inputs' Hessians too. Use a text other
+    /// than the one you evaluate on.
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Calibration: chunks of --calib-ctx tokens to run (default: all the text holds).
+    #[arg(long, value_name = "N")]
+    pub calib_chunks: Option<usize>,
+    /// Calibration: tokens per chunk.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub calib_ctx: usize,
+    /// Quantize every block matrix with GPTQ (error feedback through the inverse Hessian of its
+    /// inputs; needs --calib). Memory: the Hessians, 8 cols^2 bytes per input (0.8 GB for
+    /// SmolLM2-135M).
+    #[arg(long, requires = "calib")]
+    pub gptq: bool,
+    /// GPTQ: columns by descending Hessian diagonal (block scales decided first).
+    #[arg(long, requires = "gptq")]
+    pub act_order: bool,
+    /// GPTQ: dampening, a fraction of the Hessian's mean diagonal added to it.
+    #[arg(long, value_name = "X", default_value_t = 0.01, requires = "gptq")]
+    pub damp: f64,
     /// Print the per-tensor plan and exit without writing.
     #[arg(long)]
     pub dry_run: bool,

@@ -69,6 +69,10 @@ pub const SETTINGS: &[Setting] = &[
     // Measuring (eval, compare, shrink).
     int("ctx", MEASURE, 16, MAX_TOKENS),
     int("chunks", MEASURE, 1, 1 << 24),
+    // Calibrated quantization.
+    int("calib_chunks", &[], 1, 1 << 24),
+    int("calib_ctx", &[], 16, MAX_TOKENS),
+    of("damp", Ty::F64, Bound::positive("damp", 1.0)),
     // Calibration (imatrix).
     int("ctx", &["imatrix"], 16, MAX_TOKENS),
     int("chunks", &["imatrix"], 1, 1 << 24),

@@ -181,3 +181,17 @@ pub fn decoder_imatrix(model: &smelt_models::Llama, stats: &BTreeMap<(usize, Mat
     let ctx = opts.ctx.min(model.cfg.ctx_train);
     crate::imatrix::Imatrix::from_stats(stats, names, dataset, chunks as u32, ctx as u32)
 }
+
+/// The gathered Hessians by weight tensor name (Q, K and V share one, as do gate and up; the
+/// output head is left out: it is the tied embedding, a lookup table too).
+pub fn decoder_hessians(stats: &BTreeMap<(usize, MatrixInput), InputStats>) -> BTreeMap<String, &[f64]> {
+    let mut out = BTreeMap::new();
+    for (&(l, k), s) in stats {
+        if let (Some(h), false) = (&s.hessian, k == MatrixInput::Output) {
+            for name in k.llama_tensors(l) {
+                out.insert(name, h.as_slice());
+            }
+        }
+    }
+    out
+}

@@ -20,6 +20,8 @@ pub enum CompressError {
     Model(#[from] smelt_models::ModelError),
     #[error(transparent)]
     Imatrix(#[from] crate::imatrix::ImatrixError),
+    #[error("tensor {tensor:?}: {source}")]
+    Gptq { tensor: String, source: crate::gptq::GptqError },
     #[error("the output {0} is the input file; write to another path")]
     OutputIsInput(PathBuf),
 }

@@ -24,5 +24,5 @@ pub mod plan;
 
 pub use convert::{convert, Converted};
 pub use error::CompressError;
-pub use pipeline::{quantize_file, ErrStat, Summary};
+pub use pipeline::{quantize_file, Calib, ErrStat, Summary};
 pub use plan::{glob, plan, QuantizeConfig, TensorPlan};

@@ -9,8 +9,9 @@ use smelt_formats::gguf::{GgufValue, GgufWriter, TensorSpec};
 use smelt_formats::{GgmlType, GgufError, GgufFile};
 use smelt_kernels::pool::ThreadPool;
 
+use crate::gptq::{gptq, GptqInput, GptqOptions};
 use crate::imatrix::Imatrix;
-use crate::{convert, CompressError, TensorPlan};
+use crate::{convert, CompressError, Converted, TensorPlan};
 
 /// Squared error and energy of the written weights of one type, with their count and size.
 #[derive(Default, Clone, Copy, Debug)]
@@ -43,9 +44,22 @@ pub struct Summary {
     /// Converted tensors the importance matrix has no entry for (quantized round-to-nearest,
     /// as llama-quantize does; the token embedding, which no product reads, is one).
     pub unweighted: Vec<String>,
+    /// Tensors quantized with GPTQ.
+    pub gptq: usize,
     /// Bytes of the whole output (header included), counted as written (the output may be a
     /// pipe or a device).
     pub file_bytes: u64,
+}
+
+/// What calibration gives the quantizer.
+#[derive(Clone, Debug, Default)]
+pub struct Calib<'a> {
+    /// Importance per weight tensor: weights every block's search.
+    pub imatrix: Option<&'a Imatrix>,
+    /// The Hessian of each weight tensor's inputs (`cols x cols`), by tensor name: those
+    /// tensors are quantized with GPTQ.
+    pub hessians: BTreeMap<String, &'a [f64]>,
+    pub gptq: GptqOptions,
 }
 
 /// A writer that counts what passes through it.
@@ -73,7 +87,7 @@ pub fn quantize_file(
     file: &GgufFile,
     plans: &[TensorPlan],
     file_type: GgmlType,
-    imatrix: Option<&Imatrix>,
+    calib: &Calib,
     out: &Path,
     pool: &ThreadPool,
     on_tensor: &mut dyn FnMut(&TensorPlan),
@@ -86,6 +100,7 @@ pub fn quantize_file(
     // Every entry's width is checked before any work; an imatrix whose names match none of the
     // converted tensors was made for another model.
     let converted: Vec<&TensorPlan> = plans.iter().filter(|p| p.target != p.t.ty).collect();
+    let imatrix = calib.imatrix;
     let mut importance: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
     if let Some(m) = imatrix {
         for p in &converted {
@@ -105,6 +120,7 @@ pub fn quantize_file(
     let specs: Vec<TensorSpec> = plans.iter().map(|p| TensorSpec { name: p.t.name.clone(), dims: p.t.dims.clone(), ty: p.target }).collect();
     let mut types: BTreeMap<GgmlType, ErrStat> = BTreeMap::new();
     let mut file_bytes = 0u64;
+    let mut gptq_count = 0;
     write_atomic(
         out,
         |w| -> Result<(), CompressError> {
@@ -125,7 +141,14 @@ pub fn quantize_file(
                     gw.write_tensor(data)?;
                     s.bytes += data.len() as u64;
                 } else {
-                    let c = convert(pool, p.t, data, p.target, importance.get(p.t.name.as_str()).map(Vec::as_slice))?;
+                    let imp = importance.get(p.t.name.as_str()).map(Vec::as_slice);
+                    let c = match calib.hessians.get(&p.t.name) {
+                        Some(h) if gptq_fits(p) => {
+                            gptq_count += 1;
+                            gptq_tensor(pool, p, file, h, imp, calib.gptq)?
+                        }
+                        _ => convert(pool, p.t, data, p.target, imp)?,
+                    };
                     gw.write_tensor(&c.bytes)?;
                     (s.err2, s.x2, s.bytes) = (s.err2 + c.err2, s.x2 + c.x2, s.bytes + c.bytes.len() as u64);
                 }
@@ -136,5 +159,25 @@ pub fn quantize_file(
         },
         |path, source| CompressError::Gguf(GgufError::Write { path, source }),
     )?;
-    Ok(Summary { types, file_bytes, weighted: importance.len(), unweighted })
+    Ok(Summary { types, file_bytes, weighted: importance.len(), unweighted, gptq: gptq_count })
+}
+
+/// Whether GPTQ can write this plan's target (a type with a block grid, a 2-D matrix).
+fn gptq_fits(p: &TensorPlan) -> bool {
+    smelt_formats::quant::grid::supports_grid(p.target) && p.t.dims.len() == 2
+}
+
+/// One tensor through GPTQ, with the error statistics `convert` gives.
+fn gptq_tensor(pool: &ThreadPool, p: &TensorPlan, file: &GgufFile, h: &[f64], importance: Option<&[f32]>, opts: GptqOptions) -> Result<Converted, CompressError> {
+    let quant = |source| CompressError::Quant { tensor: p.t.name.clone(), source };
+    let w = file.tensor_f32(p.t).map_err(quant)?;
+    if !smelt_kernels::math::all_finite(&w) {
+        return Err(CompressError::NonFinite { tensor: p.t.name.clone() });
+    }
+    let (rows, cols) = (p.t.n_rows() as usize, p.t.row_len() as usize);
+    let input = GptqInput { w: &w, rows, cols, h, importance };
+    let bytes = gptq(pool, input, p.target, opts).map_err(|source| CompressError::Gptq { tensor: p.t.name.clone(), source })?;
+    let back = smelt_formats::quant::dequantize_to_vec(p.target, &bytes).map_err(quant)?;
+    let (err2, x2) = w.iter().zip(&back).fold((0f64, 0f64), |(e, x), (a, b)| (e + ((a - b) as f64).powi(2), x + (*a as f64).powi(2)));
+    Ok(Converted { bytes, err2, x2 })
 }

@@ -2,7 +2,7 @@
 //! the fallback rule), the written file (types, sizes, re-read by the reader), the error
 //! statistics against an independent computation, and refusals (NaN input, output = input).
 
-use smelt_compress::{plan, quantize_file, CompressError, QuantizeConfig};
+use smelt_compress::{plan, quantize_file, Calib, CompressError, QuantizeConfig};
 use smelt_formats::gguf::{GgufValue, GgufWriter, TensorSpec};
 use smelt_formats::quant::{dequantize, quantize};
 use smelt_formats::{GgmlType, GgufFile, Metadata};
@@ -81,7 +81,7 @@ fn the_written_file_has_the_planned_types_and_honest_error_statistics() {
     let f = GgufFile::open(&input).unwrap();
     let p = plan(&f, &QuantizeConfig::new(GgmlType::Q8_0)).unwrap();
     let mut seen = Vec::new();
-    let s = quantize_file(&f, &p, GgmlType::Q8_0, None, &out, &ThreadPool::new(2), &mut |t| seen.push(t.t.name.clone())).unwrap();
+    let s = quantize_file(&f, &p, GgmlType::Q8_0, &Calib::default(), &out, &ThreadPool::new(2), &mut |t| seen.push(t.t.name.clone())).unwrap();
     assert_eq!(seen.len(), 4, "called once per tensor");
     let g = GgufFile::open(&out).unwrap();
     assert_eq!(s.file_bytes, g.header.file_len, "bytes counted as written");
@@ -114,7 +114,7 @@ fn refusals_leave_no_output() {
         write_input(&input, Some(poisoned));
         let f = GgufFile::open(&input).unwrap();
         let p = plan(&f, &QuantizeConfig::new(GgmlType::Q4_0)).unwrap();
-        let e = quantize_file(&f, &p, GgmlType::Q4_0, None, &out, &ThreadPool::new(1), &mut |_| {}).unwrap_err();
+        let e = quantize_file(&f, &p, GgmlType::Q4_0, &Calib::default(), &out, &ThreadPool::new(1), &mut |_| {}).unwrap_err();
         assert!(matches!(&e, CompressError::NonFinite { tensor } if tensor == poisoned), "{e}");
         assert!(!out.exists(), "nothing written");
     }
@@ -122,7 +122,7 @@ fn refusals_leave_no_output() {
     write_input(&input, None);
     let f = GgufFile::open(&input).unwrap();
     let p = plan(&f, &QuantizeConfig::new(GgmlType::Q4_0)).unwrap();
-    let e = quantize_file(&f, &p, GgmlType::Q4_0, None, &input, &ThreadPool::new(1), &mut |_| {}).unwrap_err();
+    let e = quantize_file(&f, &p, GgmlType::Q4_0, &Calib::default(), &input, &ThreadPool::new(1), &mut |_| {}).unwrap_err();
     assert!(matches!(e, CompressError::OutputIsInput(_)), "{e}");
     assert!(GgufFile::open(&input).is_ok(), "the input is intact");
 }
@@ -139,7 +139,7 @@ fn an_imatrix_weights_the_tensors_it_has_and_a_foreign_one_is_refused() {
     let imp: Vec<f32> = (0..512).map(|j| if j < 64 { 100.0 } else { 1.0 }).collect();
     let mut m = Imatrix::default();
     m.entries.insert("blk.0.ffn_up.weight".into(), ImatrixEntry { sums: imp.iter().map(|v| v * 4.0).collect(), counts: vec![4.0] });
-    let s = quantize_file(&f, &p, GgmlType::Q4_0, Some(&m), &out, &ThreadPool::new(2), &mut |_| {}).unwrap();
+    let s = quantize_file(&f, &p, GgmlType::Q4_0, &Calib { imatrix: Some(&m), ..Default::default() }, &out, &ThreadPool::new(2), &mut |_| {}).unwrap();
     assert_eq!(s.weighted, 1);
     assert_eq!(s.unweighted, ["token_embd.weight", "blk.0.ffn_down.weight"]);
     // The weighted tensor's error on the important columns is below round-to-nearest's.
@@ -155,10 +155,10 @@ fn an_imatrix_weights_the_tensors_it_has_and_a_foreign_one_is_refused() {
     // An imatrix for another model: no name matches, or a width differs.
     let mut other = Imatrix::default();
     other.entries.insert("model.layers.0.mlp.up_proj.weight".into(), ImatrixEntry { sums: vec![1.0; 512], counts: vec![1.0] });
-    let e = quantize_file(&f, &p, GgmlType::Q4_0, Some(&other), &out, &ThreadPool::new(1), &mut |_| {}).unwrap_err();
+    let e = quantize_file(&f, &p, GgmlType::Q4_0, &Calib { imatrix: Some(&other), ..Default::default() }, &out, &ThreadPool::new(1), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("another model"), "{e}");
     let mut narrow = Imatrix::default();
     narrow.entries.insert("blk.0.ffn_up.weight".into(), ImatrixEntry { sums: vec![1.0; 576], counts: vec![1.0] });
-    let e = quantize_file(&f, &p, GgmlType::Q4_0, Some(&narrow), &out, &ThreadPool::new(1), &mut |_| {}).unwrap_err();
+    let e = quantize_file(&f, &p, GgmlType::Q4_0, &Calib { imatrix: Some(&narrow), ..Default::default() }, &out, &ThreadPool::new(1), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("576") && e.to_string().contains("512"), "{e}");
 }

@@ -4,12 +4,19 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use smelt_compress::calib::{decoder_hessians, decoder_imatrix, run_decoder, CalibOptions, Collector, InputStats};
+use smelt_compress::gptq::GptqOptions;
 use smelt_compress::imatrix::Imatrix;
-use smelt_compress::{plan, quantize_file, QuantizeConfig, Summary, TensorPlan};
+use smelt_compress::{plan, quantize_file, Calib, QuantizeConfig, Summary, TensorPlan};
+use smelt_models::observe::MatrixInput;
+
+/// What a calibration run gathered, per (layer, input).
+type CalibStats = BTreeMap<(usize, MatrixInput), InputStats>;
 use smelt_formats::GgufFile;
 
 use crate::cli::{Global, QuantizeArgs};
@@ -37,14 +44,49 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     let pool = global.pool();
     let total: u64 = plans.iter().map(|p| p.t.n_bytes).sum();
     let mut progress = Progress::new("quantize", total, true, global.quiet);
-    let imatrix = args.imatrix.as_deref().map(Imatrix::read).transpose()?;
-    let summary = quantize_file(&file, &plans, args.to, imatrix.as_ref(), &args.output, &pool, &mut |p| progress.inc(p.t.n_bytes, &format!("{} -> {}", p.t.name, p.target)))
+    let (imatrix, stats) = match &args.calib {
+        Some(text) => {
+            let (m, stats) = calibrate(args, global, &input, text, &pool)?;
+            (Some(m), Some(stats))
+        }
+        None => (args.imatrix.as_deref().map(Imatrix::read).transpose()?, None),
+    };
+    let calib = Calib {
+        imatrix: imatrix.as_ref(),
+        hessians: stats.as_ref().filter(|_| args.gptq).map(decoder_hessians).unwrap_or_default(),
+        gptq: GptqOptions { damp: args.damp, act_order: args.act_order },
+    };
+    let summary = quantize_file(&file, &plans, args.to, &calib, &args.output, &pool, &mut |p| progress.inc(p.t.n_bytes, &format!("{} -> {}", p.t.name, p.target)))
         .with_context(|| format!("writing {}", args.output.display()))?;
     progress.finish();
     if !report {
         return Ok(());
     }
     print_summary(&file, &plans, &summary, &input, args, start.elapsed().as_secs_f64(), pool.n_threads())
+}
+
+/// Runs the calibration text through the model: the importance matrix, and the statistics (with
+/// every layer's Hessians when GPTQ will use them).
+fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, pool: &smelt_kernels::pool::ThreadPool) -> Result<(Imatrix, CalibStats)> {
+    let bytes = std::fs::read(text).with_context(|| format!("reading {}", text.display()))?;
+    let text_s = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{} is not valid UTF-8 (first bad byte at offset {})", text.display(), e.utf8_error().valid_up_to()))?;
+    let m = smelt_models::load(input, smelt_models::LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
+    let opts = CalibOptions { ctx: args.calib_ctx, max_chunks: args.calib_chunks, process_output: false };
+    let mut collector = Collector::new(pool);
+    if args.gptq {
+        collector = collector.hessians_for(0..m.model.layers.len());
+    }
+    let mut bar: Option<Progress> = None;
+    let chunks = run_decoder(&m.model, &m.tok, pool, &text_s, opts, &mut collector, &mut |done, total| {
+        let b = bar.get_or_insert_with(|| Progress::new("calibrate", total as u64, false, global.quiet));
+        b.inc(1, &format!("chunk {done}/{total}"));
+    })
+    .with_context(|| format!("calibrating on {}", text.display()))?;
+    if let Some(b) = bar {
+        b.finish();
+    }
+    let stats = collector.finish()?;
+    Ok((decoder_imatrix(&m.model, &stats, &text.display().to_string(), chunks, opts), stats))
 }
 
 fn print_plan(plans: &[TensorPlan], json_out: bool) -> Result<()> {
@@ -91,7 +133,8 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
                 "weight_relative_rms_error": s.relative_rms(),
             })).collect::<Vec<_>>(),
             "fallbacks": fallbacks.iter().map(|p| json!({"name": p.t.name, "to": p.target.name(), "why": p.note})).collect::<Vec<_>>(),
-            "imatrix": args.imatrix.as_ref().map(|p| json!({"file": p.display().to_string(), "weighted_tensors": summary.weighted, "without_entry": summary.unweighted})),
+            "imatrix": args.imatrix.as_ref().or(args.calib.as_ref()).map(|p| json!({"file": p.display().to_string(), "weighted_tensors": summary.weighted, "without_entry": summary.unweighted})),
+            "gptq": (summary.gptq > 0).then(|| json!({"tensors": summary.gptq, "damp": args.damp, "act_order": args.act_order})),
         });
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
@@ -114,8 +157,11 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
                 writeln!(out, "fallback   {n} tensors: {w}")?;
             }
         }
-        if let Some(p) = &args.imatrix {
+        if let Some(p) = args.imatrix.as_ref().or(args.calib.as_ref()) {
             writeln!(out, "imatrix    {}: {} tensors weighted, {} without an entry (round-to-nearest)", p.display(), summary.weighted, summary.unweighted.len())?;
+        }
+        if summary.gptq > 0 {
+            writeln!(out, "gptq       {} tensors (damp {}, {})", summary.gptq, args.damp, if args.act_order { "act-order" } else { "column order" })?;
         }
         writeln!(out, "time       {secs:.1} s on {threads} threads")?;
     }
