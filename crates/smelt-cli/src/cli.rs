@@ -54,7 +54,8 @@ pub enum Command {
     #[command(after_help = "Reads GGUF files, safetensors files, and HF model directories (config.json + \
                             model.safetensors). Only the header is read: tensor data stays on disk.")]
     Inspect(InspectArgs),
-    /// Re-quantize a GGUF model to another type (round-to-nearest), writing GGUF.
+    /// Re-quantize a GGUF model to another type, writing GGUF: round-to-nearest, or calibrated
+    /// (importance-weighted with --imatrix or --calib; GPTQ with --gptq).
     #[command(after_long_help = quantize_help(), after_help = "Run with --help for the list of types.")]
     Quantize(QuantizeArgs),
     /// Compute an importance matrix (the mean square input of every weight matrix's columns)
@@ -598,7 +599,9 @@ pub fn quantize_help() -> String {
          Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16); `--as TYPE` at load time follows \
          the same rule. Tensors already of the target type are copied unchanged. The summary reports each type's weight error (relative RMS \
          against the input).\n\nExamples:\n  smelt quantize smollm2-135m smollm2-q4_k.gguf --to q4_k\n  \
-         smelt quantize model.gguf model-q8.gguf --to q8_0 --embed-type q8_0 --keep 'blk.0.*'",
+         smelt quantize model.gguf model-q8.gguf --to q8_0 --embed-type q8_0 --keep 'blk.0.*'\n  \
+         smelt quantize smollm2-135m q4_0.gguf --to q4_0 --imatrix imatrix.gguf\n  \
+         smelt quantize smollm2-135m q4_0-gptq.gguf --to q4_0 --calib calib.txt --calib-chunks 64 --gptq",
     );
     s
 }

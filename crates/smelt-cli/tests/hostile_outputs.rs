@@ -289,5 +289,39 @@ fn hostile_heads_ranges_and_texts_are_refused_cleanly() {
         }
     }
     cases.push(Case::new("an empty stop string", &["run", "-m", s(&gguf), "-p", "hi", "--stop", "", "-q"], Expect::Fail));
+    // Calibration: texts too short or not UTF-8, importance matrices of other models or broken.
+    let short = root.join("short.txt");
+    std::fs::write(&short, "just a few words").unwrap();
+    let latin1 = root.join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 ".repeat(2000)).unwrap();
+    let im = root.join("im.gguf");
+    let long = root.join("long.txt");
+    std::fs::write(&long, "the man is playing a guitar and the cat sleeps. ".repeat(200)).unwrap();
+    let o = hostile::run(&["imatrix", s(&gguf), "--calib", s(&long), "--ctx", "64", "-o", s(&im), "-q"].map(String::from), None, TIMEOUT);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let qout = root.join("q.gguf");
+    for (what, text) in [("shorter than one chunk", &short), ("not UTF-8", &latin1)] {
+        cases.push(Case::new(format!("imatrix calibration text {what}"), &["imatrix", s(&gguf), "--calib", s(text), "-o", s(&root.join("x.gguf")), "-q"], Expect::Fail));
+        cases.push(Case::new(format!("quantize calibration text {what}"), &["quantize", s(&gguf), s(&qout), "--to", "q8_0", "--calib", s(text), "-q"], Expect::Fail).with_output(&qout));
+    }
+    // An imatrix made for another model: every name renamed, or one width changed.
+    let m = smelt_compress::imatrix::Imatrix::read(&im).unwrap();
+    let mut renamed = m.clone();
+    renamed.entries = m.entries.iter().map(|(k, v)| (k.replace("blk.", "model.layers."), v.clone())).collect();
+    let mut narrow = m.clone();
+    if let Some(e) = narrow.entries.values_mut().next() {
+        e.sums.truncate(16);
+    }
+    for (what, bad) in [("of another model", renamed), ("with a wrong width", narrow)] {
+        let p = root.join(format!("bad-{}.imatrix.gguf", what.len()));
+        std::fs::write(&p, bad.to_gguf_bytes().unwrap()).unwrap();
+        cases.push(Case::new(format!("quantize with an imatrix {what}"), &["quantize", s(&gguf), s(&qout), "--to", "q4_0", "--imatrix", s(&p), "-q"], Expect::Fail).with_output(&qout));
+    }
+    for (k, cut) in [10usize, 100, 1000].iter().enumerate() {
+        let bytes = std::fs::read(&im).unwrap();
+        let p = root.join(format!("cut-{k}.imatrix"));
+        std::fs::write(&p, &bytes[..*cut.min(&bytes.len())]).unwrap();
+        cases.push(Case::new(format!("quantize with an imatrix cut at {cut}"), &["quantize", s(&gguf), s(&qout), "--to", "q4_0", "--imatrix", s(&p), "-q"], Expect::Fail).with_output(&qout));
+    }
     check_all("heads, ranges and texts", &cases, TIMEOUT);
 }

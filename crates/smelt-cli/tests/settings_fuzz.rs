@@ -44,7 +44,7 @@ fn range(help: &str) -> Option<(f64, f64, String, bool)> {
 /// The numeric options of a subcommand (`path` like `["classify", "train"]`), from its help.
 fn options(path: &[&str]) -> Vec<Opt> {
     let mut args: Vec<&str> = path.to_vec();
-    args.push("--help");
+    args.push("-h");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_smelt")).args(&args).env("COLUMNS", "1000").output().unwrap();
     let help = String::from_utf8_lossy(&o.stdout).into_owned();
     let mut out = Vec::new();
@@ -66,7 +66,7 @@ fn options(path: &[&str]) -> Vec<Opt> {
             None => missing.push(flag),
         }
     }
-    assert!(missing.is_empty(), "smelt {} --help: numeric options without a stated range: {missing:?}\n{help}", path.join(" "));
+    assert!(missing.is_empty(), "smelt {} -h: numeric options without a stated range: {missing:?}\n{help}", path.join(" "));
     out
 }
 
@@ -122,6 +122,8 @@ fn every_numeric_option_refuses_hostile_values_and_survives_extreme_ones() {
         (vec!["classify", "train"], ["-m", b, &p(&data), "-o", &p(&head)].map(String::from).to_vec(), None),
         (vec!["eval"], [g].iter().map(|s| s.to_string()).chain(measure.iter().map(|s| s.to_string())).collect(), None),
         (vec!["compare"], [g, "--against", g].iter().map(|s| s.to_string()).chain(measure.iter().map(|s| s.to_string())).collect(), None),
+        (vec!["imatrix"], [g, "--calib", &p(&text), "-o", &p(&dir.join("im.gguf"))].map(String::from).to_vec(), None),
+        (vec!["quantize"], [g, &p(&dir.join("q.gguf")), "--to", "q8_0", "--calib", &p(&text), "--gptq"].map(String::from).to_vec(), None),
         (vec!["models"], vec![], None),
     ];
     let full = std::env::var("SMELT_HOSTILE_CASES").is_ok();
