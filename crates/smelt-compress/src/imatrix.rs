@@ -95,6 +95,11 @@ impl Imatrix {
     /// Reads either form (GGUF by its magic, else legacy).
     pub fn read(path: &Path) -> Result<Imatrix, ImatrixError> {
         let bytes = std::fs::read(path).map_err(|source| ImatrixError::Io { path: path.into(), source })?;
+        Self::from_bytes(bytes, path)
+    }
+
+    /// [`Imatrix::read`] on bytes in memory (`path` names them in errors).
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Imatrix, ImatrixError> {
         if bytes.starts_with(b"GGUF") {
             Self::from_gguf(&GgufFile::from_bytes(bytes)?, path)
         } else {
