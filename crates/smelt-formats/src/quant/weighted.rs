@@ -115,11 +115,15 @@ fn asym_block<B>(x: &[f32], imp: &[f32], nmax: i32, make: impl Fn(f16, f16, &[u8
     make(d, m, &q)
 }
 
-/// IQ4_NL: for candidate inverse scales `(k + v_0) / max`, `k = -7..=7`, each element takes its
-/// nearest grid value; the weighted least-squares scale of the best candidate is kept and the
-/// indices are re-picked against it.
+/// IQ4_NL: for the inverse scale `-v_0 / max` (the block's extreme on the grid's positive side)
+/// and the candidates `(k + v_0) / max`, `k = -7..=7` (on its negative side; the grid runs from
+/// -127 to 113, so both sides must be tried), each element takes its nearest grid value; the
+/// weighted least-squares scale of the best candidate is kept and the indices are re-picked
+/// against it.
 fn iq4_nl_block(x: &[f32], imp: &[f32]) -> BlockIq4Nl {
-    let w = search_weights(x, imp);
+    // As ggml's IQ4_NL search: sigma^2 is twice the block's mean square.
+    let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let w: [f32; QK] = std::array::from_fn(|i| imp[i] * (sigma2 + x[i] * x[i]).sqrt());
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
         if v.abs() > amax {
@@ -142,7 +146,10 @@ fn iq4_nl_block(x: &[f32], imp: &[f32]) -> BlockIq4Nl {
         (sqx, sq2)
     };
     let v0 = grid(0);
-    let (mut d, mut best) = (0.0f32, 0.0f32);
+    // Start on the positive side of the grid (d = -max / v_0), then try the others.
+    let (sqx, sq2) = fit(v0 / -max);
+    let mut d = if sq2 > 0.0 { sqx / sq2 } else { 0.0 };
+    let mut best = d * sqx;
     for k in -7..=7 {
         let (sqx, sq2) = fit((k as f32 + v0) / max);
         if sq2 > 0.0 && sqx * sqx > best * sq2 {
@@ -151,7 +158,7 @@ fn iq4_nl_block(x: &[f32], imp: &[f32]) -> BlockIq4Nl {
         }
     }
     let df = f16::from_f32(d);
-    let id = if df.to_f32() != 0.0 { 1.0 / df.to_f32() } else { 0.0 };
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let l: [u8; QK] = std::array::from_fn(|j| nearest(id * x[j]) as u8);
     BlockIq4Nl { d: df, qs: std::array::from_fn(|j| l[j] | (l[j + QK / 2] << 4)) }
 }
@@ -186,6 +193,27 @@ mod tests {
             let (a, b) = (werr(&wq), werr(&rtn));
             assert!(a < b, "{ty}: weighted error {a} not below round-to-nearest {b}");
         }
+    }
+
+    /// With equal importance everywhere the weighted IQ4_NL search, which tries the reference
+    /// search's candidate scales, has no larger error than the reference.
+    #[test]
+    fn weighted_iq4_nl_is_not_worse_than_the_reference_with_flat_importance() {
+        let mut s = 12345u32;
+        let x: Vec<f32> = (0..32 * 2000)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                let u = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                u * u * u * 8.0
+            })
+            .collect();
+        let ty = GgmlType::IQ4_NL;
+        let err = |y: &[f32]| x.iter().zip(y).map(|(a, b)| ((a - b) * (a - b)) as f64).sum::<f64>();
+        let reference = err(&dequantize_to_vec(ty, &quantize_to_vec(ty, &x).unwrap()).unwrap());
+        let mut q = vec![0u8; x.len() / 32 * ty.block_bytes()];
+        quantize_weighted(ty, &x, &vec![1.0; x.len()], &mut q).unwrap();
+        let weighted = err(&dequantize_to_vec(ty, &q).unwrap());
+        assert!(weighted <= reference * 1.01, "weighted {weighted} vs reference {reference}");
     }
 
     #[test]
