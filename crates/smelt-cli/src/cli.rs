@@ -63,6 +63,11 @@ pub enum Command {
     /// `llama-quantize --imatrix`.
     #[command(after_help = IMATRIX_HELP)]
     Imatrix(ImatrixArgs),
+    /// Choose a type per tensor to fit a size (or a quality) and write the mixed-precision GGUF:
+    /// every matrix's candidate types are measured on a calibration text, then the mix with the
+    /// least predicted loss under the budget is written, with its plan and the size/KLD front.
+    #[command(after_help = FIT_HELP)]
+    Fit(FitArgs),
     /// Download a model by name into $SMELT_HOME (checks its sha256; does nothing if cached).
     Pull(PullArgs),
     /// List the models smelt can fetch by name, and whether they are cached.
@@ -110,6 +115,12 @@ const IMATRIX_HELP: &str = "The text is tokenized once and cut into chunks of --
 Use a calibration text different from the text you evaluate on.\n\n\
 Examples:\n  smelt imatrix smollm2-135m --calib calib.txt -o smollm2.imatrix.gguf\n  \
 smelt imatrix model.gguf --calib calib.txt --ctx 512 --chunks 100 --process-output -o imatrix.dat";
+
+const FIT_HELP: &str = "How: the importance of every matrix's input columns is gathered on the calibration text (or read from --imatrix); every matrix is quantized, importance-weighted, to each candidate type that is smaller than its own (keeping it as it is, at no loss, is always a candidate, so a Q4_1 file can keep its most sensitive matrices exactly); each matrix's smallest candidate is swapped into the model alone and the KL divergence of the next-token distribution from the original's is measured on the last --probe-chunks chunks of the text (not used for the importance); that measured KLD scales the importance-weighted error of the matrix's other candidates. The mix minimizing the sum of predicted KLDs under the budget is chosen (convex-hull knapsack), measured as a whole, and written; --report adds the plan and the Pareto front of size against KLD (predicted, and measured at --front-checks points).\n\n\
+Sizes are in bytes of the whole file: 80MB = 80,000,000 (also kB, GB, MiB, GiB, or a plain number). Use a calibration text different from the text you evaluate on.\n\n\
+Examples:\n  smelt fit smollm2-135m --max-size 78MB --calib calib.txt -o smollm2-78mb.gguf\n  \
+smelt fit model.gguf --max-bpw 4.5 --calib calib.txt -o out.gguf --report fit.md\n  \
+smelt fit model.gguf --min-quality 0.05 --calib calib.txt -o out.gguf --json";
 
 const COMPARE_HELP: &str = "Quality is computed in one pass over the text (the reference once per chunk); each model's speed and memory in its own process. The report holds every model; -o writes JSON, CSV, Markdown or HTML by extension (repeatable).\n\n\
 Examples:\n  smelt compare q8.gguf q4_k.gguf q2_k.gguf --against smollm2-135m:f32 -o cmp.html\n  \
@@ -217,8 +228,36 @@ pub struct ShrinkArgs {
     /// Where variant files go (default: $SMELT_HOME/shrink/MODEL).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Decoders: calibrated mixed-precision variants, one per size (as `smelt fit` makes them):
+    /// sizes like 84MB, or percentages of the model's file like 80%.
+    #[arg(long = "fit", value_name = "SIZES", value_delimiter = ',', default_value = "85%,80%,75%", value_parser = parse_fit_size)]
+    pub fit: Vec<FitSize>,
+    /// Decoders: no calibrated variants (round-to-nearest ones only).
+    #[arg(long)]
+    pub no_fit: bool,
+    /// Decoders: calibration text for the calibrated variants (default: chapters 1-18 of Sense
+    /// and Sensibility, built in; never the evaluation text).
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
     #[command(flatten)]
     pub opts: EvalOptions,
+}
+
+/// A size for `shrink --fit`: bytes, or a fraction of the model's file.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FitSize {
+    Bytes(u64),
+    OfSource(f64),
+}
+
+fn parse_fit_size(s: &str) -> Result<FitSize, String> {
+    match s.trim().strip_suffix('%') {
+        Some(p) => match p.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v <= 100.0 => Ok(FitSize::OfSource(v / 100.0)),
+            _ => Err(format!("{s:?}: a percentage above 0 and at most 100")),
+        },
+        None => parse_size(s).map(FitSize::Bytes),
+    }
 }
 
 const EMBED_HELP: &str = "Input: plain text, one text per line (empty lines are texts too), or JSON lines \
@@ -554,6 +593,88 @@ pub struct ImatrixArgs {
     /// File form (default: dat for a .dat name, else gguf).
     #[arg(long, value_enum)]
     pub output_format: Option<ImatrixFormat>,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("goal").required(true).args(["max_size", "max_bpw", "min_quality"]))]
+pub struct FitArgs {
+    /// The model (a GGUF decoder or a name).
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// The GGUF file to write (temporary file renamed into place when complete).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Largest file size, e.g. 78MB (10^6 bytes), 75MiB, 80000000.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
+    pub max_size: Option<u64>,
+    /// Largest size in bits per weight over the whole file (its bytes x 8 / its parameters).
+    #[arg(long, value_name = "X")]
+    pub max_bpw: Option<f64>,
+    /// Instead of a size: the smallest file whose predicted mean KL divergence from the
+    /// original (nats per token) is at most this.
+    #[arg(long, value_name = "X")]
+    pub min_quality: Option<f64>,
+    /// Calibration text (UTF-8): importance vectors and the sensitivity probes.
+    #[arg(long, value_name = "FILE")]
+    pub calib: PathBuf,
+    /// Importance matrix to use instead of gathering one (llama-imatrix's or smelt's; an entry
+    /// for the output head, from --process-output, weighs the tied embedding).
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Calibration: at most N chunks for the importance vectors.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub calib_chunks: usize,
+    /// Calibration: tokens per chunk.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub calib_ctx: usize,
+    /// Chunks at the end of the text on which each matrix's KLD is measured (one forward pass
+    /// per chunk per matrix: the longest step).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub probe_chunks: usize,
+    /// Points of the front whose KLD is measured for the report.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub front_checks: usize,
+    /// Candidate types, comma-separated (default: every block type smelt writes).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_target)]
+    pub types: Vec<GgmlType>,
+    /// Write the plan (tensor -> type, predicted loss), the front and the measurements: JSON
+    /// for a .json name, else Markdown.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A size in bytes: a number with an optional unit (B, kB, MB, GB in powers of 1000; KiB, MiB,
+/// GiB in powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?}: use B, kB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 78MB)"))?;
+    let bytes = v * scale;
+    if !bytes.is_finite() || !(1.0..=1e15).contains(&bytes) {
+        return Err(format!("{s:?}: a size from 1 B to 1000 TB"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Args, Debug)]

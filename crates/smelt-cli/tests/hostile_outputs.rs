@@ -303,7 +303,14 @@ fn hostile_heads_ranges_and_texts_are_refused_cleanly() {
     for (what, text) in [("shorter than one chunk", &short), ("not UTF-8", &latin1)] {
         cases.push(Case::new(format!("imatrix calibration text {what}"), &["imatrix", s(&gguf), "--calib", s(text), "-o", s(&root.join("x.gguf")), "-q"], Expect::Fail));
         cases.push(Case::new(format!("quantize calibration text {what}"), &["quantize", s(&gguf), s(&qout), "--to", "q8_0", "--calib", s(text), "-q"], Expect::Fail).with_output(&qout));
+        cases.push(Case::new(format!("fit calibration text {what}"), &["fit", s(&gguf), "--max-size", "50kB", "--calib", s(text), "-o", s(&qout), "-q"], Expect::Fail).with_output(&qout));
     }
+    // Goals no mix can meet: below the smallest candidates, or only types whose blocks do not
+    // divide the rows (nothing but "as it is" is left).
+    for goal in [["--max-size", "2kB"], ["--max-bpw", "1"]] {
+        cases.push(Case::new(format!("fit to {}", goal.join(" ")), &["fit", s(&gguf), goal[0], goal[1], "--calib", s(&long), "--calib-ctx", "64", "-o", s(&qout), "-q"], Expect::Fail).with_output(&qout));
+    }
+    cases.push(Case::new("fit with only types whose blocks do not divide the rows", &["fit", s(&gguf), "--max-size", "50kB", "--types", "q4_k,q6_k", "--calib", s(&long), "--calib-ctx", "64", "-o", s(&qout), "-q"], Expect::Fail).with_output(&qout));
     // An imatrix made for another model: every name renamed, or one width changed.
     let m = smelt_compress::imatrix::Imatrix::read(&im).unwrap();
     let mut renamed = m.clone();
@@ -316,6 +323,7 @@ fn hostile_heads_ranges_and_texts_are_refused_cleanly() {
         let p = root.join(format!("bad-{}.imatrix.gguf", what.len()));
         std::fs::write(&p, bad.to_gguf_bytes().unwrap()).unwrap();
         cases.push(Case::new(format!("quantize with an imatrix {what}"), &["quantize", s(&gguf), s(&qout), "--to", "q4_0", "--imatrix", s(&p), "-q"], Expect::Fail).with_output(&qout));
+        cases.push(Case::new(format!("fit with an imatrix {what}"), &["fit", s(&gguf), "--max-size", "50kB", "--imatrix", s(&p), "--calib", s(&long), "--calib-ctx", "64", "-o", s(&qout), "-q"], Expect::Fail).with_output(&qout));
     }
     for (k, cut) in [10usize, 100, 1000].iter().enumerate() {
         let bytes = std::fs::read(&im).unwrap();

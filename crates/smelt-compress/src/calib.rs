@@ -146,7 +146,19 @@ pub fn run_decoder(
     obs: &mut dyn Observer,
     on_chunk: &mut dyn FnMut(usize, usize),
 ) -> Result<usize, crate::CompressError> {
-    let tokens = tok.encode(text, false);
+    run_decoder_tokens(model, tok, pool, &tok.encode(text, false), opts, obs, on_chunk)
+}
+
+/// [`run_decoder`] on tokens already encoded.
+pub fn run_decoder_tokens(
+    model: &smelt_models::Llama,
+    tok: &smelt_models::Tokenizer,
+    pool: &ThreadPool,
+    tokens: &[u32],
+    opts: CalibOptions,
+    obs: &mut dyn Observer,
+    on_chunk: &mut dyn FnMut(usize, usize),
+) -> Result<usize, crate::CompressError> {
     let ctx = opts.ctx.min(model.cfg.ctx_train);
     let available = tokens.len() / ctx.max(1);
     if ctx < 2 || available == 0 {

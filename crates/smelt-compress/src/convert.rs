@@ -12,12 +12,14 @@ use crate::CompressError;
 
 /// A converted tensor: its bytes in the target type, the squared error of the written weights
 /// against the input (`err2 = sum (w - q)^2`) and the input's energy (`x2 = sum w^2`), both in
-/// f64, so that `sqrt(err2 / x2)` is the relative RMS error.
+/// f64, so that `sqrt(err2 / x2)` is the relative RMS error; with an importance vector `s` also
+/// the importance-weighted error `werr2 = sum_ij s_j (w_ij - q_ij)^2` (else `werr2 = err2`).
 #[derive(Debug)]
 pub struct Converted {
     pub bytes: Vec<u8>,
     pub err2: f64,
     pub x2: f64,
+    pub werr2: f64,
 }
 
 /// Re-quantizes `t` (its bytes are `data`) into `target`; rows must be whole blocks of both types
@@ -33,7 +35,7 @@ pub fn convert(pool: &ThreadPool, t: &TensorInfo, data: &[u8], target: GgmlType,
     let (src_row, dst_row) = (row_bytes(t.ty)?, row_bytes(target)?);
     let mut out = vec![0u8; rows * dst_row];
     let sink = Disjoint::new(&mut out);
-    let acc = Mutex::new((0.0f64, 0.0f64, None));
+    let acc = Mutex::new((0.0f64, 0.0f64, 0.0f64, None));
     let chunk = rows.div_ceil(pool.n_threads() * 8).max(1);
     pool.for_chunks(rows, chunk, &|r| {
         let n = r.len() * cols;
@@ -49,15 +51,17 @@ pub fn convert(pool: &ThreadPool, t: &TensorInfo, data: &[u8], target: GgmlType,
         let mut a = acc.lock().unwrap_or_else(|e| e.into_inner());
         match res {
             Ok(()) => {
-                for (p, q) in x.iter().zip(&back) {
-                    a.0 += ((p - q) as f64).powi(2);
+                for (i, (p, q)) in x.iter().zip(&back).enumerate() {
+                    let e2 = ((p - q) as f64).powi(2);
+                    a.0 += e2;
                     a.1 += (*p as f64).powi(2);
+                    a.2 += importance.map_or(1.0, |imp| imp[i % cols] as f64) * e2;
                 }
             }
-            Err(e) => a.2 = Some(e),
+            Err(e) => a.3 = Some(e),
         }
     });
-    let (err2, x2, failure) = acc.into_inner().unwrap_or_else(|e| e.into_inner());
+    let (err2, x2, werr2, failure) = acc.into_inner().unwrap_or_else(|e| e.into_inner());
     if let Some(e) = failure {
         return Err(quant_err(e));
     }
@@ -65,5 +69,5 @@ pub fn convert(pool: &ThreadPool, t: &TensorInfo, data: &[u8], target: GgmlType,
     if !x2.is_finite() {
         return Err(CompressError::NonFinite { tensor: t.name.clone() });
     }
-    Ok(Converted { bytes: out, err2, x2 })
+    Ok(Converted { bytes: out, err2, x2, werr2 })
 }

@@ -22,6 +22,12 @@ pub enum CompressError {
     Imatrix(#[from] crate::imatrix::ImatrixError),
     #[error("tensor {tensor:?}: {source}")]
     Gptq { tensor: String, source: crate::gptq::GptqError },
+    #[error(transparent)]
+    Eval(#[from] smelt_eval::EvalError),
+    #[error("{0}")]
+    Fit(String),
+    #[error("the budget is below the smallest file the candidate types give ({smallest} bytes, {smallest_bpw:.2} bits per weight): allow more, or add smaller types to --types")]
+    BudgetTooSmall { smallest: u64, smallest_bpw: f64 },
     #[error("the output {0} is the input file; write to another path")]
     OutputIsInput(PathBuf),
 }

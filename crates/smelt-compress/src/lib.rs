@@ -8,6 +8,7 @@
 //! - [`calib`]: statistics of the weight matrices' inputs over a calibration text (importance
 //!   vectors, GPTQ Hessians), gathered by an observer of the forward pass.
 //! - [`imatrix`]: importance matrices in llama.cpp's files (GGUF and legacy `.dat`).
+//! - [`fit`]: mixed precision to a budget (a type per tensor from measured sensitivities).
 //! - [`gptq`]: GPTQ (column-by-column quantization with error feedback through the inverse
 //!   Hessian) into ggml block types.
 //!
@@ -17,6 +18,7 @@
 pub mod calib;
 pub mod convert;
 pub mod error;
+pub mod fit;
 pub mod gptq;
 pub mod imatrix;
 pub mod pipeline;

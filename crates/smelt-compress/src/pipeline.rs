@@ -178,6 +178,11 @@ fn gptq_tensor(pool: &ThreadPool, p: &TensorPlan, file: &GgufFile, h: &[f64], im
     let input = GptqInput { w: &w, rows, cols, h, importance };
     let bytes = gptq(pool, input, p.target, opts).map_err(|source| CompressError::Gptq { tensor: p.t.name.clone(), source })?;
     let back = smelt_formats::quant::dequantize_to_vec(p.target, &bytes).map_err(quant)?;
-    let (err2, x2) = w.iter().zip(&back).fold((0f64, 0f64), |(e, x), (a, b)| (e + ((a - b) as f64).powi(2), x + (*a as f64).powi(2)));
-    Ok(Converted { bytes, err2, x2 })
+    let (mut err2, mut x2, mut werr2) = (0f64, 0f64, 0f64);
+    for (i, (a, b)) in w.iter().zip(&back).enumerate() {
+        let e2 = ((a - b) as f64).powi(2);
+        (err2, x2) = (err2 + e2, x2 + (*a as f64).powi(2));
+        werr2 += importance.map_or(1.0, |imp| imp[i % cols] as f64) * e2;
+    }
+    Ok(Converted { bytes, err2, x2, werr2 })
 }

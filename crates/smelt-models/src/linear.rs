@@ -101,6 +101,15 @@ impl Linear {
         }
     }
 
+    /// A matrix from bytes already in `ty`'s layout (`rows` rows of `cols` values).
+    pub fn owned(name: &str, ty: GgmlType, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Linear, ModelError> {
+        let expected = ty.bytes_for(cols as u64).map(|b| b as usize * rows);
+        if expected != Some(bytes.len()) {
+            return Err(ModelError::WrongShape { name: name.into(), found: vec![bytes.len() as u64], expected: vec![expected.unwrap_or(0) as u64] });
+        }
+        Ok(Linear { name: name.into(), ty, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)) })
+    }
+
     /// The rows of several matrices of one type and width stacked into one (`[sum rows, cols]`),
     /// e.g. Q, K and V as one product.
     pub fn stack(name: &str, parts: &[&Linear]) -> Result<Linear, ModelError> {

@@ -375,6 +375,13 @@ impl Llama {
         Session { kv: KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), max, kv), bufs: Buffers::default(), tokens: Vec::new() }
     }
 
+    /// Every weight matrix, by its tensor name (the embedding, each layer's seven, a separate
+    /// output head), mutable: calibration swaps one for a candidate and back.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        let layers = self.layers.iter_mut().flat_map(|l| [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.gate, &mut l.up, &mut l.down]);
+        std::iter::once(&mut self.embed).chain(self.output.as_mut()).chain(layers).find(|w| w.name == name)
+    }
+
     /// Bytes of weights (for reports).
     pub fn weight_bytes(&self) -> usize {
         let per_layer: usize = self.layers.iter().map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|w| w.bytes().len()).sum::<usize>()).sum();
@@ -388,7 +395,30 @@ impl Llama {
     }
 
     /// [`Llama::forward`], showing `obs` the input of every weight matrix (see [`crate::observe`]).
-    pub fn forward_observed<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, mut obs: Option<&mut dyn Observer>) -> Result<&'s [f32], ModelError> {
+    pub fn forward_observed<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, obs: Option<&mut dyn Observer>) -> Result<&'s [f32], ModelError> {
+        self.forward_inner(pool, sess, tokens, all, obs, None, None)
+    }
+
+    /// [`Llama::forward`] from an empty session, keeping the residual stream at the input of
+    /// every layer (`residuals[l]`, `tokens.len() x dim`), for [`Llama::forward_from`].
+    pub fn forward_capture<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, residuals: &mut Vec<Vec<f32>>) -> Result<&'s [f32], ModelError> {
+        residuals.clear();
+        self.forward_inner(pool, sess, tokens, all, None, None, Some(residuals))
+    }
+
+    /// [`Llama::forward`] from an empty session with the layers before `layer` skipped: `x` is
+    /// their output (the residual stream at `layer`'s input, as [`Llama::forward_capture`] kept
+    /// it). The same logits as a full pass when the skipped layers are unchanged; calibration
+    /// uses it to measure a change in layer `layer` or later at a fraction of the cost.
+    pub fn forward_from<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, layer: usize, x: &[f32]) -> Result<&'s [f32], ModelError> {
+        if sess.kv.len != 0 || layer > self.layers.len() || x.len() != tokens.len() * self.cfg.dim {
+            return Err(ModelError::Config(format!("forward_from: needs an empty session, a layer up to {} and {} x {} inputs", self.layers.len(), tokens.len(), self.cfg.dim)));
+        }
+        self.forward_inner(pool, sess, tokens, all, None, Some((layer, x)), None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_inner<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, mut obs: Option<&mut dyn Observer>, from: Option<(usize, &[f32])>, mut keep: Option<&mut Vec<Vec<f32>>>) -> Result<&'s [f32], ModelError> {
         let c = &self.cfg;
         let m = tokens.len();
         if m == 0 {
@@ -408,13 +438,19 @@ impl Llama {
         let b = &mut sess.bufs;
         b.resize(m, d, qd, kvd, ffn, c.rope_dim / 2);
         for (t, &tok) in tokens.iter().enumerate() {
-            self.embed.row_f32(tok as usize, &mut b.x[t * d..(t + 1) * d])?;
+            match from {
+                Some((_, x)) => b.x[t * d..(t + 1) * d].copy_from_slice(&x[t * d..(t + 1) * d]),
+                None => self.embed.row_f32(tok as usize, &mut b.x[t * d..(t + 1) * d])?,
+            }
             let half = c.rope_dim / 2;
             self.rope.angles(base + t, &mut b.cos[t * half..(t + 1) * half], &mut b.sin[t * half..(t + 1) * half]);
         }
         let heads = Heads { n_heads: c.n_heads, n_kv: c.n_kv_heads, d_head: c.head_dim };
         let half = c.rope_dim / 2;
-        for (l, layer) in self.layers.iter().enumerate() {
+        for (l, layer) in self.layers.iter().enumerate().skip(from.map_or(0, |f| f.0)) {
+            if let Some(k) = keep.as_deref_mut() {
+                k.push(b.x[..m * d].to_vec());
+            }
             let x = &b.x;
             ops::par_rows(pool, &mut b.h[..m * d], m, &|t, h| ops::rmsnorm(&x[t * d..(t + 1) * d], &layer.attn_norm, c.norm_eps, h));
             note(&mut obs, l, MatrixInput::AttnQkv, &b.h, m, d);

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod embed;
 pub mod eval;
 pub mod eval_quality;
+pub mod fit;
 pub mod imatrix;
 pub mod inspect;
 pub mod lm;
@@ -14,3 +15,11 @@ pub mod pull;
 pub mod quantize;
 pub mod run;
 pub mod shrink;
+
+/// A text file that must be UTF-8 (calibration texts), with the first bad byte's offset in the
+/// error.
+pub fn read_utf8(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{} is not valid UTF-8 (first bad byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
+}

@@ -1,5 +1,6 @@
 //! `smelt shrink`: the main job. Makes compressed variants of a model with what smelt has
-//! (round-to-nearest quantization for decoders; f16 and int8 for encoders), measures each
+//! (round-to-nearest quantization and calibrated mixed precision for decoders; f16 and int8 for
+//! encoders), measures each
 //! against the original (quality, speed, memory, energy), prints the table with a
 //! recommendation and writes the HTML report.
 
@@ -9,7 +10,11 @@ use anyhow::{Context, Result};
 use smelt_formats::GgmlType;
 
 use super::eval::{emit, evaluate, parse_spec, Spec};
-use crate::cli::{Global, QuantizeArgs, ShrinkArgs};
+use smelt_compress::calib::CalibOptions;
+use smelt_compress::fit::{analyze, default_types, write_mix, FitSettings, Goal, Source};
+
+use super::fit::StageBars;
+use crate::cli::{FitSize, Global, QuantizeArgs, ShrinkArgs};
 
 /// Default number of chunks scored by `shrink` (the built-in text holds 42).
 const DEFAULT_CHUNKS: usize = 8;
@@ -41,7 +46,17 @@ pub fn run(a: &ShrinkArgs, global: &Global) -> Result<()> {
         let shipped = smelt_formats::GgufFile::open(&src.path).ok().and_then(|f| f.tensor("blk.0.ffn_up.weight").map(|t| t.ty.name().to_string()));
         let mut variants = vec![Spec { name: format!("{} (as shipped)", shipped.unwrap_or_default()).trim_start().to_string(), ..src.clone() }];
         variants.extend(make_variants(&src, &a.types, &dir, global)?);
-        (r, variants, format!("the original is {} with its weights expanded to f32 (no higher-precision release of this model can be fetched here); each variant is a round-to-nearest re-quantization of that file", src.name))
+        let mut note = format!("the original is {} with its weights expanded to f32 (no higher-precision release of this model can be fetched here); the variants named by a type are round-to-nearest re-quantizations of that file", src.name);
+        if !a.no_fit && !a.fit.is_empty() {
+            let (calib, calib_name) = calibration_text(a)?;
+            let (eval_text, eval_name) = super::eval::text(&opts)?;
+            if eval_text == calib {
+                anyhow::bail!("the calibration text (--calib) is the evaluation text (--text): calibrated variants would be scored on what they were tuned on; give two different texts");
+            }
+            variants.extend(make_fit_variants(&src, &a.fit, &calib, &dir, global)?);
+            note.push_str(&format!("; the variants named \"fit SIZE\" choose a type per matrix for that size (smelt fit: importance-weighted candidates, per-matrix KLD probes), calibrated on {calib_name}, evaluated on {eval_name}"));
+        }
+        (r, variants, note)
     };
     let title = format!("smelt shrink: {}", src.name);
     let mut rec = evaluate(&title, &variants, Some(&reference), &opts, global)?;
@@ -69,5 +84,61 @@ fn make_variants(src: &Spec, types: &[GgmlType], dir: &std::path::Path, global: 
         }
         out.push(Spec { arg: path.display().to_string(), path, variant: None, name: ty.name().to_string() });
     }
+    Ok(out)
+}
+
+/// The built-in calibration text (a different book from the built-in evaluation text).
+pub const BUILTIN_CALIB: &str = include_str!("../../../smelt-compress/data/sense-and-sensibility-1-18.txt");
+const BUILTIN_CALIB_NAME: &str = "Sense and Sensibility ch. 1-18 (built in)";
+
+fn calibration_text(a: &ShrinkArgs) -> Result<(String, String)> {
+    match &a.calib {
+        Some(p) => Ok((super::read_utf8(p)?, p.display().to_string())),
+        None => Ok((BUILTIN_CALIB.to_string(), BUILTIN_CALIB_NAME.to_string())),
+    }
+}
+
+/// One calibrated mixed-precision GGUF per size (one analysis shared by all); a file already
+/// there is reused, and when all are there nothing is calibrated.
+fn make_fit_variants(src: &Spec, sizes: &[FitSize], calib: &str, dir: &std::path::Path, global: &Global) -> Result<Vec<Spec>> {
+    let file = smelt_formats::GgufFile::open(&src.path).with_context(|| format!("reading {}", src.path.display()))?;
+    let stem = src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let limits: Vec<u64> = sizes
+        .iter()
+        .map(|s| match *s {
+            FitSize::Bytes(b) => b,
+            FitSize::OfSource(f) => (f * file.header.file_len as f64) as u64,
+        })
+        .collect();
+    let path = |limit: u64| dir.join(format!("{stem}.fit-{:.1}MB.gguf", limit as f64 / 1e6));
+    let spec = |limit: u64| Spec { arg: path(limit).display().to_string(), path: path(limit), variant: None, name: format!("fit {}", crate::fmt::bytes(limit)) };
+    if limits.iter().all(|&l| path(l).exists()) {
+        return Ok(limits.iter().map(|&l| spec(l)).collect());
+    }
+    let mut m = smelt_models::load(&src.path, smelt_models::LoadOptions::default()).with_context(|| format!("loading {}", src.path.display()))?;
+    let settings = FitSettings {
+        goal: Goal::MaxBytes(0),
+        types: default_types(),
+        calib: CalibOptions { ctx: 512, max_chunks: Some(32), process_output: true },
+        probe_chunks: 1,
+        probe_first: 64,
+        front_checks: 0,
+    };
+    let pool = global.pool();
+    if !global.quiet {
+        eprintln!("calibrating for {} mixed-precision variants ...", limits.len());
+    }
+    let mut bars = StageBars::new(global.quiet);
+    let src = Source { file: &file, tok: &m.tok, text: calib, imatrix: None };
+    let analysis = analyze(&src, &mut m.model, &settings, &pool, &mut |s, d, t, w| bars.update(s, d, t, w)).context("calibrating")?;
+    let mut out = Vec::new();
+    for &limit in &limits {
+        if !path(limit).exists() {
+            let mix = analysis.choose(Goal::MaxBytes(limit)).with_context(|| format!("fitting to {}", crate::fmt::bytes(limit)))?;
+            write_mix(&file, &analysis, &mix, Some(limit), &path(limit), &pool, &mut |s, d, t, w| bars.update(s, d, t, w)).with_context(|| format!("writing {}", path(limit).display()))?;
+        }
+        out.push(spec(limit));
+    }
+    bars.finish();
     Ok(out)
 }

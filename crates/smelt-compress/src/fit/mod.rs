@@ -1,0 +1,263 @@
+//! Mixed precision to a budget: a type per tensor that minimizes the predicted loss of the whole
+//! model under a size (or the smallest model under a loss).
+//!
+//! For every weight matrix `t` and every candidate type `c` (each registry type whose blocks
+//! divide the rows and which is smaller than the source; "keep as is" always, at zero loss):
+//! 1. the matrix is quantized to `c` with its importance vector `s` (the mean square of each
+//!    input column over the calibration text), and the importance-weighted error
+//!    `E(t, c) = sum_ij s_j (w_ij - q_ij)^2` is measured (the diagonal of the layer-wise
+//!    Hessian, cheap for every candidate);
+//! 2. once per matrix, with its smallest candidate `p` swapped into the model alone, the mean
+//!    KL divergence `D(t, p)` of the model's next-token distribution from the source model's is
+//!    measured on held calibration chunks;
+//! 3. the loss of any candidate is predicted as `L(t, c) = D(t, p) E(t, c) / E(t, p)`: the
+//!    measured KLD says how much a unit of weighted error in this matrix costs at the output
+//!    (layers and roles differ by orders of magnitude there, which `E` alone cannot see), `E`
+//!    says how the candidates of one matrix compare;
+//! 4. losses are taken as additive over matrices, and [`solve`] picks one candidate per matrix.
+//!
+//! The prediction is checked by measuring the chosen mix (the report prints both).
+
+pub mod run;
+pub mod solve;
+
+use std::collections::BTreeMap;
+
+use smelt_eval::lm::RefLogprobs;
+use smelt_formats::{GgmlType, GgufFile, TensorInfo};
+use smelt_kernels::pool::ThreadPool;
+use smelt_models::linear::Linear;
+use smelt_models::Llama;
+
+use crate::imatrix::Imatrix;
+use crate::{convert, CompressError};
+
+pub use run::{analyze, fit, write_mix, Analysis, FitReport, FitSettings, FrontPoint, Goal, Source, Stage};
+pub use solve::{front, solve_budget, solve_loss, Mix};
+
+/// One way to store one matrix.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub ty: GgmlType,
+    /// Bytes of the tensor's data in this type.
+    pub bytes: u64,
+    /// `E(t, c)`: importance-weighted squared error against the source (0 when kept).
+    pub werr: f64,
+    /// `L(t, c)`: predicted KLD when only this matrix takes this candidate.
+    pub loss: f64,
+    /// The tensor as it is (the source type, no loss).
+    pub kept: bool,
+    /// The quantized bytes (empty when kept), to measure mixes without quantizing again.
+    pub data: Vec<u8>,
+}
+
+/// Every candidate of one matrix, and the probe that scaled them.
+#[derive(Clone, Debug)]
+pub struct TensorChoices {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub source: GgmlType,
+    /// Sorted by bytes, smallest first.
+    pub candidates: Vec<Candidate>,
+    /// The candidate measured alone in the model and the KLD it gave.
+    pub probe: Option<(GgmlType, f64)>,
+}
+
+/// The candidate types of a matrix of `t`'s shape among `types`: whole blocks per row, smaller
+/// than the source (a larger type cannot beat keeping the source, which loses nothing), never
+/// the source itself (that is the kept candidate).
+pub fn candidate_types(t: &TensorInfo, types: &[GgmlType]) -> Vec<GgmlType> {
+    let cols = t.row_len();
+    let source_bytes = t.ty.bytes_for(cols);
+    let mut out: Vec<GgmlType> = types
+        .iter()
+        .copied()
+        .filter(|&ty| ty != t.ty && !ty.is_float())
+        .filter(|ty| match (ty.bytes_for(cols), source_bytes) {
+            (Some(b), Some(s)) => b < s,
+            (Some(_), None) => true,
+            (None, _) => false,
+        })
+        .collect();
+    out.sort_by_key(|ty| ty.bytes_for(cols));
+    out.dedup();
+    out
+}
+
+/// The quantized types `smelt fit` chooses among by default: every producible block type.
+pub fn default_types() -> Vec<GgmlType> {
+    GgmlType::weight_targets()
+        .filter(|t| !t.is_float())
+        .collect()
+}
+
+/// Progress of [`analyze`]: `(done, total, what)`, once per step.
+pub type OnStep<'a> = &'a mut dyn FnMut(usize, usize, &str);
+
+/// The weight matrices of `model` that `file` holds and that can be re-quantized.
+pub fn matrices<'f>(file: &'f GgufFile, model: &mut Llama) -> Vec<&'f TensorInfo> {
+    file.tensors()
+        .iter()
+        .filter(|t| {
+            t.dims.len() == 2 && t.ty.can_dequantize() && model.linear_mut(&t.name).is_some()
+        })
+        .collect()
+}
+
+/// Quantizes every matrix of `file` (the file `model` was loaded from) to each of its candidate
+/// types, weighted by `imatrix` where it has an entry, and returns the candidates with their
+/// weighted errors (losses not yet predicted: see [`probe`]).
+pub fn quantize_candidates(
+    file: &GgufFile,
+    model: &mut Llama,
+    imatrix: Option<&Imatrix>,
+    types: &[GgmlType],
+    pool: &ThreadPool,
+    on_step: OnStep,
+) -> Result<Vec<TensorChoices>, CompressError> {
+    let tensors = matrices(file, model);
+    if let Some(m) = imatrix {
+        // An imatrix that names none of the matrices was made for another model.
+        if let Some(t) = tensors
+            .first()
+            .filter(|_| !tensors.iter().any(|t| m.entries.contains_key(&t.name)))
+        {
+            return Err(crate::imatrix::ImatrixError::Missing {
+                tensor: t.name.clone(),
+                n: m.entries.len(),
+                example: m.entries.keys().next().cloned().unwrap_or_default(),
+            }
+            .into());
+        }
+    }
+    let total: usize = tensors
+        .iter()
+        .map(|t| candidate_types(t, types).len())
+        .sum();
+    let mut done = 0;
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let imp = match imatrix {
+            Some(m) if m.entries.contains_key(&t.name) => {
+                Some(m.importance_for(&t.name, t.row_len() as usize)?)
+            }
+            _ => None,
+        };
+        let mut candidates = vec![Candidate {
+            ty: t.ty,
+            bytes: t.n_bytes,
+            werr: 0.0,
+            loss: 0.0,
+            kept: true,
+            data: Vec::new(),
+        }];
+        for ty in candidate_types(t, types) {
+            let c = convert(pool, t, file.tensor_data(t), ty, imp.as_deref())?;
+            candidates.push(Candidate {
+                ty,
+                bytes: c.bytes.len() as u64,
+                werr: c.werr2,
+                loss: 0.0,
+                kept: false,
+                data: c.bytes,
+            });
+            done += 1;
+            on_step(done, total, &format!("{} -> {ty}", t.name));
+        }
+        candidates.sort_by_key(|c| c.bytes);
+        out.push(TensorChoices {
+            name: t.name.clone(),
+            rows: t.n_rows() as usize,
+            cols: t.row_len() as usize,
+            source: t.ty,
+            candidates,
+            probe: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Swaps `data` (in `ty`) in for the matrix `name` of `model`, returning the matrix it replaced.
+fn swap(
+    model: &mut Llama,
+    name: &str,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+) -> Result<Linear, CompressError> {
+    let new = Linear::owned(name, ty, rows, cols, data)?;
+    let slot = model
+        .linear_mut(name)
+        .ok_or_else(|| CompressError::Fit(format!("the model has no matrix {name:?}")))?;
+    Ok(std::mem::replace(slot, new))
+}
+
+/// Measures, for each matrix, the KLD of the model with only its smallest candidate swapped in,
+/// and predicts every candidate's loss from it (`L = D E / E_probe`).
+pub fn probe(
+    model: &mut Llama,
+    choices: &mut [TensorChoices],
+    reference: &RefLogprobs,
+    pool: &ThreadPool,
+    on_step: OnStep,
+) -> Result<(), CompressError> {
+    let total = choices.len();
+    for (i, tc) in choices.iter_mut().enumerate() {
+        if let Some(p) = tc.candidates.iter().position(|c| !c.kept) {
+            let c = &tc.candidates[p];
+            let old = swap(model, &tc.name, c.ty, tc.rows, tc.cols, c.data.clone())?;
+            // Layers before the matrix's own run as in the reference: start from its residuals.
+            let layer = tc.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()).unwrap_or(0);
+            let kld = reference.kld_from(pool, model, layer);
+            let slot = model.linear_mut(&tc.name).ok_or_else(|| {
+                CompressError::Fit(format!("the model has no matrix {:?}", tc.name))
+            })?;
+            *slot = old;
+            let kld = kld?;
+            let e = c.werr;
+            tc.probe = Some((c.ty, kld));
+            for c in tc.candidates.iter_mut().filter(|c| !c.kept) {
+                c.loss = if e > 0.0 { kld * c.werr / e } else { 0.0 };
+            }
+        }
+        on_step(i + 1, total, &tc.name);
+    }
+    Ok(())
+}
+
+/// Measures the KLD of a whole mix (`mix.choice[i]` indexes `choices[i].candidates`): every
+/// matrix swapped in, measured, swapped back.
+pub fn measure(
+    model: &mut Llama,
+    choices: &[TensorChoices],
+    mix: &Mix,
+    reference: &RefLogprobs,
+    pool: &ThreadPool,
+) -> Result<f64, CompressError> {
+    let mut old: BTreeMap<&str, Linear> = BTreeMap::new();
+    let mut result = Ok(());
+    for (tc, &k) in choices.iter().zip(&mix.choice) {
+        let c = &tc.candidates[k];
+        if c.kept {
+            continue;
+        }
+        match swap(model, &tc.name, c.ty, tc.rows, tc.cols, c.data.clone()) {
+            Ok(prev) => {
+                old.insert(&tc.name, prev);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let kld = result.and_then(|()| reference.kld(pool, model).map_err(CompressError::from));
+    for (name, prev) in old {
+        if let Some(slot) = model.linear_mut(name) {
+            *slot = prev;
+        }
+    }
+    kld
+}

@@ -1,0 +1,252 @@
+//! `smelt fit` as one call: calibrate, quantize the candidates, measure the sensitivities, solve,
+//! check the prediction on a few points of the front, write the chosen mix.
+
+use std::path::Path;
+
+use smelt_eval::lm::RefLogprobs;
+use smelt_formats::{GgmlType, GgufFile};
+use smelt_kernels::pool::ThreadPool;
+use smelt_models::{Llama, Tokenizer};
+
+use super::{measure, probe, quantize_candidates, solve_budget, solve_loss, Mix, TensorChoices};
+use crate::calib::{decoder_imatrix, run_decoder_tokens, CalibOptions, Collector};
+use crate::imatrix::Imatrix;
+use crate::{quantize_file, Calib, CompressError, Summary, TensorPlan};
+
+/// What the mix must meet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Goal {
+    /// The whole file at most this many bytes.
+    MaxBytes(u64),
+    /// At most this many bits per weight over the whole file (its bytes over its parameters).
+    MaxBpw(f64),
+    /// The smallest file whose predicted mean KLD is at most this.
+    MaxKld(f64),
+}
+
+/// How `fit` runs.
+#[derive(Clone, Debug)]
+pub struct FitSettings {
+    pub goal: Goal,
+    /// Candidate types (each matrix also has "as it is").
+    pub types: Vec<GgmlType>,
+    /// The calibration run for the importance vectors (its output head included).
+    pub calib: CalibOptions,
+    /// Chunks of the calibration text, taken from its end and not used for the importance
+    /// vectors, on which the KL divergences are measured.
+    pub probe_chunks: usize,
+    /// Positions of each probe chunk before this one are not scored.
+    pub probe_first: usize,
+    /// Points of the front (besides the chosen mix) whose KLD is measured for the report.
+    pub front_checks: usize,
+}
+
+/// A long step of the run, for progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Calibrate,
+    Candidates,
+    Reference,
+    Probe,
+    Check,
+    Write,
+}
+
+/// One point of the front as reported.
+#[derive(Clone, Debug)]
+pub struct FrontPoint {
+    pub file_bytes: u64,
+    pub predicted_kld: f64,
+    pub measured_kld: Option<f64>,
+}
+
+/// What `fit` did.
+#[derive(Debug)]
+pub struct FitReport {
+    pub choices: Vec<TensorChoices>,
+    pub chosen: Mix,
+    /// Bytes of everything that is not a chosen matrix (header, metadata, 1-D tensors, padding
+    /// allowance), added to a mix's bytes for the file's size.
+    pub fixed_bytes: u64,
+    pub measured_kld: f64,
+    pub front: Vec<FrontPoint>,
+    pub summary: Summary,
+    pub params: u64,
+    pub imatrix_chunks: usize,
+    pub probe_tokens: usize,
+}
+
+/// Bytes a file of `file`'s metadata takes beside its matrices: the header (with room for the
+/// keys `quantize_file` adds), the tensors that are not among `matrices`, and one alignment
+/// padding per tensor.
+fn fixed_bytes(file: &GgufFile, matrices: &[TensorChoices]) -> u64 {
+    let names: std::collections::BTreeSet<&str> =
+        matrices.iter().map(|c| c.name.as_str()).collect();
+    let others: u64 = file
+        .tensors()
+        .iter()
+        .filter(|t| !names.contains(t.name.as_str()))
+        .map(|t| t.n_bytes)
+        .sum();
+    file.header.data_offset + 256 + others + file.tensors().len() as u64 * file.header.alignment
+}
+
+/// What a fit starts from: the model's file (the model itself is loaded from it), its
+/// tokenizer, the calibration text, and optionally importance vectors to use instead of
+/// gathering them (an entry for the output head, from `--process-output`, weighs the tied
+/// embedding).
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub file: &'a GgufFile,
+    pub tok: &'a Tokenizer,
+    pub text: &'a str,
+    pub imatrix: Option<&'a Imatrix>,
+}
+
+/// What the analysis of one model found: every matrix's candidates with their predicted losses,
+/// and what is needed to measure and write mixes of them.
+pub struct Analysis {
+    pub choices: Vec<TensorChoices>,
+    /// The importance vectors the candidates were weighted with (written files use them too).
+    pub imatrix: Imatrix,
+    pub imatrix_chunks: usize,
+    /// The source model's log-probabilities on the probe chunks.
+    pub reference: RefLogprobs,
+    /// Bytes of a file beside its chosen matrices (see [`fixed_bytes`]).
+    pub fixed_bytes: u64,
+    pub params: u64,
+}
+
+impl Analysis {
+    /// The largest file a goal allows (`None` for a quality goal).
+    pub fn limit(&self, goal: Goal) -> Option<u64> {
+        match goal {
+            Goal::MaxBytes(b) => Some(b),
+            Goal::MaxBpw(bpw) => Some((bpw * self.params as f64 / 8.0) as u64),
+            Goal::MaxKld(_) => None,
+        }
+    }
+
+    /// The mix that meets `goal` with the least predicted loss (or, for a quality goal, the
+    /// smallest one within it).
+    pub fn choose(&self, goal: Goal) -> Result<Mix, CompressError> {
+        let mix = match (goal, self.limit(goal)) {
+            (Goal::MaxKld(k), _) => solve_loss(&self.choices, k),
+            (_, Some(limit)) => solve_budget(&self.choices, limit.saturating_sub(self.fixed_bytes)),
+            (_, None) => None,
+        };
+        let smallest: u64 = self.choices.iter().map(|c| c.candidates[0].bytes).sum::<u64>() + self.fixed_bytes;
+        mix.ok_or(CompressError::BudgetTooSmall { smallest, smallest_bpw: 8.0 * smallest as f64 / self.params.max(1) as f64 })
+    }
+}
+
+/// Calibrates, quantizes every candidate and measures every matrix's sensitivity: the work
+/// every goal shares. `progress(stage, done, total, what)`.
+pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<Analysis, CompressError> {
+    let Source { file, tok, text, imatrix } = *src;
+    let ctx = settings.calib.ctx.min(model.cfg.ctx_train);
+    let tokens = tok.encode(text, false);
+    let available = tokens.len() / ctx.max(1);
+    let need = settings.probe_chunks + usize::from(imatrix.is_none());
+    if ctx <= settings.probe_first + 2 || available < need {
+        return Err(CompressError::CalibrationTooShort { tokens: tokens.len(), ctx: ctx * need });
+    }
+    let chunk = |i: usize| {
+        let mut c = tokens[i * ctx..(i + 1) * ctx].to_vec();
+        if let (true, Some(bos)) = (tok.add_bos, tok.bos) {
+            c[0] = bos;
+        }
+        c
+    };
+    let probes: Vec<Vec<u32>> = (available - settings.probe_chunks..available).map(chunk).collect();
+    // 1. Importance vectors on the chunks the probes do not use.
+    let (imatrix, imatrix_chunks) = match imatrix {
+        Some(m) => (m.clone(), m.chunk_count as usize),
+        None => {
+            let opts = CalibOptions { ctx, max_chunks: settings.calib.max_chunks, process_output: true };
+            let mut collector = Collector::new(pool);
+            let calib_tokens = &tokens[..(available - settings.probe_chunks) * ctx];
+            let n = run_decoder_tokens(model, tok, pool, calib_tokens, opts, &mut collector, &mut |d, t| progress(Stage::Calibrate, d, t, "chunk"))?;
+            let stats = collector.finish().map_err(smelt_models::ModelError::from)?;
+            (decoder_imatrix(model, &stats, "calibration text", n, opts), n)
+        }
+    };
+    // 2. Every candidate of every matrix.
+    let mut choices = quantize_candidates(file, model, Some(&imatrix), &settings.types, pool, &mut |d, t, w| progress(Stage::Candidates, d, t, w))?;
+    if choices.is_empty() {
+        return Err(CompressError::Fit("the model has no weight matrix smelt can re-quantize".into()));
+    }
+    // 3. The source model's log-probabilities on the probe chunks, then one probe per matrix.
+    progress(Stage::Reference, 0, 1, "reference");
+    let reference = RefLogprobs::new(pool, model, probes, settings.probe_first)?;
+    progress(Stage::Reference, 1, 1, "reference");
+    probe(model, &mut choices, &reference, pool, &mut |d, t, w| progress(Stage::Probe, d, t, w))?;
+    let fixed_bytes = fixed_bytes(file, &choices);
+    Ok(Analysis { choices, imatrix, imatrix_chunks, reference, fixed_bytes, params: file.header.n_params() })
+}
+
+/// Writes `mix` of `analysis` as a GGUF file at `out` (atomically) and checks it against the
+/// goal's size limit.
+pub fn write_mix(file: &GgufFile, analysis: &Analysis, mix: &Mix, limit: Option<u64>, out: &Path, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<Summary, CompressError> {
+    let choices = &analysis.choices;
+    let plans: Vec<TensorPlan> = file
+        .tensors()
+        .iter()
+        .map(|t| {
+            let target = choices.iter().zip(&mix.choice).find(|(c, _)| c.name == t.name).map_or(t.ty, |(c, &k)| c.candidates[k].ty);
+            TensorPlan { t, target, note: None }
+        })
+        .collect();
+    let calib = Calib { imatrix: Some(&analysis.imatrix), ..Default::default() };
+    let total: u64 = plans.iter().map(|p| p.t.n_bytes).sum();
+    let mut done = 0;
+    let summary = quantize_file(file, &plans, main_type(choices, mix), &calib, out, pool, &mut |p| {
+        done += p.t.n_bytes;
+        progress(Stage::Write, done as usize, total as usize, &p.t.name);
+    })?;
+    if let Some(limit) = limit.filter(|&l| summary.file_bytes > l) {
+        // `fixed_bytes` bounds the header and padding from above, so this cannot happen; if it
+        // did, the budget is a promise: say so rather than exit 0.
+        return Err(CompressError::Fit(format!("the written file has {} bytes, over the budget of {limit}; ask for a slightly smaller size", summary.file_bytes)));
+    }
+    Ok(summary)
+}
+
+/// The whole fit of `model` (loaded from `file`) to one goal: [`analyze`], choose, measure the
+/// chosen mix and `settings.front_checks` points of the front, write the mix to `out`.
+pub fn fit(src: &Source, model: &mut Llama, settings: &FitSettings, out: &Path, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<FitReport, CompressError> {
+    let analysis = analyze(src, model, settings, pool, progress)?;
+    let file = src.file;
+    let chosen = analysis.choose(settings.goal)?;
+    let (choices, reference, fixed) = (&analysis.choices, &analysis.reference, analysis.fixed_bytes);
+    // The prediction checked: the chosen mix and a few points spread over the front (by
+    // position, the lossless end left out: its KLD is 0).
+    let all = super::front(choices);
+    let mut picks: Vec<usize> = (0..settings.front_checks).map(|i| i * (all.len() - 1) / settings.front_checks).collect();
+    picks.dedup();
+    let total = picks.len() + 1;
+    progress(Stage::Check, 0, total, "chosen mix");
+    let measured_kld = measure(model, choices, &chosen, reference, pool)?;
+    let mut front: Vec<FrontPoint> = all.iter().map(|m| FrontPoint { file_bytes: m.bytes + fixed, predicted_kld: m.loss, measured_kld: None }).collect();
+    for (i, &k) in picks.iter().enumerate() {
+        progress(Stage::Check, i + 1, total, "front");
+        if front[k].measured_kld.is_none() {
+            front[k].measured_kld = Some(measure(model, choices, &all[k], reference, pool)?);
+        }
+    }
+    progress(Stage::Check, total, total, "done");
+    let summary = write_mix(file, &analysis, &chosen, analysis.limit(settings.goal), out, pool, progress)?;
+    let probe_tokens = reference.tokens();
+    Ok(FitReport { chosen, fixed_bytes: fixed, measured_kld, front, summary, params: analysis.params, imatrix_chunks: analysis.imatrix_chunks, probe_tokens, choices: analysis.choices })
+}
+
+/// The type holding most parameters of the mix (for `general.file_type`).
+fn main_type(choices: &[TensorChoices], mix: &Mix) -> GgmlType {
+    let mut by: std::collections::BTreeMap<GgmlType, u64> = Default::default();
+    for (c, &k) in choices.iter().zip(&mix.choice) {
+        *by.entry(c.candidates[k].ty).or_default() += (c.rows * c.cols) as u64;
+    }
+    by.into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map_or(GgmlType::F32, |(t, _)| t)
+}
