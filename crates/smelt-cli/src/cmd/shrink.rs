@@ -136,6 +136,7 @@ fn make_fit_variants(src: &Spec, sizes: &[FitSize], calib: &str, dir: &std::path
         if !path(limit).exists() {
             let mix = analysis.choose(Goal::MaxBytes(limit)).with_context(|| format!("fitting to {}", crate::fmt::bytes(limit)))?;
             write_mix(&file, &analysis, &mix, Some(limit), &path(limit), &pool, &mut |s, d, t, w| bars.update(s, d, t, w)).with_context(|| format!("writing {}", path(limit).display()))?;
+            bars.finish(); // one bar per file written
         }
         out.push(spec(limit));
     }
