@@ -556,6 +556,15 @@ pub struct QuantizeArgs {
     /// GPTQ: dampening, a fraction of the Hessian's mean diagonal added to it.
     #[arg(long, value_name = "X", default_value_t = 0.01, requires = "gptq")]
     pub damp: f64,
+    /// AWQ: scale each matrix group's input channels by their calibration RMS to the power
+    /// alpha (searched per group on a grid, minimizing the group's output error on --calib) and
+    /// fold the inverse scales into the norms, V and up, so the file stays a plain GGUF. Needs
+    /// --calib; memory as --gptq (the Hessians give the output error).
+    #[arg(long, requires = "calib")]
+    pub awq: bool,
+    /// AWQ: points of the alpha grid (alpha = 0, 1/N, ..., (N-1)/N).
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "awq")]
+    pub awq_grid: usize,
     /// Print the per-tensor plan and exit without writing.
     #[arg(long)]
     pub dry_run: bool,

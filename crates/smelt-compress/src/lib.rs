@@ -9,12 +9,15 @@
 //!   vectors, GPTQ Hessians), gathered by an observer of the forward pass.
 //! - [`imatrix`]: importance matrices in llama.cpp's files (GGUF and legacy `.dat`).
 //! - [`fit`]: mixed precision to a budget (a type per tensor from measured sensitivities).
+//! - [`awq`]: AWQ-style per-channel scales searched on the calibration text and folded into
+//!   the norms and matrices before the scaled ones, so the file stays a plain Llama GGUF.
 //! - [`gptq`]: GPTQ (column-by-column quantization with error feedback through the inverse
 //!   Hessian) into ggml block types.
 //!
 //! The command line parses arguments into a [`QuantizeConfig`] and prints what comes back; the
 //! logic lives here.
 
+pub mod awq;
 pub mod calib;
 pub mod convert;
 pub mod error;
@@ -24,7 +27,7 @@ pub mod imatrix;
 pub mod pipeline;
 pub mod plan;
 
-pub use convert::{convert, Converted};
+pub use convert::{convert, round_trip, Converted};
 pub use error::CompressError;
 pub use pipeline::{quantize_file, Calib, ErrStat, Summary};
 pub use plan::{glob, plan, QuantizeConfig, TensorPlan};

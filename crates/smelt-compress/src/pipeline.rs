@@ -9,9 +9,10 @@ use smelt_formats::gguf::{GgufValue, GgufWriter, TensorSpec};
 use smelt_formats::{GgmlType, GgufError, GgufFile};
 use smelt_kernels::pool::ThreadPool;
 
+use crate::awq::{Factors, Scaling};
 use crate::gptq::{gptq, GptqInput, GptqOptions};
 use crate::imatrix::Imatrix;
-use crate::{convert, CompressError, Converted, TensorPlan};
+use crate::{convert, round_trip, CompressError, Converted, TensorPlan};
 
 /// Squared error and energy of the written weights of one type, with their count and size.
 #[derive(Default, Clone, Copy, Debug)]
@@ -60,6 +61,9 @@ pub struct Calib<'a> {
     /// tensors are quantized with GPTQ.
     pub hessians: BTreeMap<String, &'a [f64]>,
     pub gptq: GptqOptions,
+    /// AWQ scales: the tensors they name are scaled before they are written (norms included,
+    /// which are then written scaled in their own type).
+    pub scaling: Option<&'a Scaling>,
 }
 
 /// A writer that counts what passes through it.
@@ -130,7 +134,15 @@ pub fn quantize_file(
                 let s = types.entry(p.target).or_default();
                 s.params += p.t.n_elements;
                 s.tensors += 1;
-                if p.target == p.t.ty {
+                let factors = calib.scaling.and_then(|sc| sc.get(&p.t.name));
+                if let Some(f) = factors {
+                    let imp = importance.get(p.t.name.as_str()).map(Vec::as_slice);
+                    let h = calib.hessians.get(&p.t.name).filter(|_| gptq_fits(p));
+                    gptq_count += h.is_some() as usize;
+                    let c = scaled_tensor(pool, p, file, f, h.copied(), imp, calib.gptq)?;
+                    gw.write_tensor(&c.bytes)?;
+                    (s.err2, s.x2, s.bytes) = (s.err2 + c.err2, s.x2 + c.x2, s.bytes + c.bytes.len() as u64);
+                } else if p.target == p.t.ty {
                     // Copied as it is; plain floats are still checked for NaN and infinity.
                     if p.t.ty.is_float() {
                         let values = file.tensor_f32(p.t).map_err(|source| CompressError::Quant { tensor: p.t.name.clone(), source })?;
@@ -162,6 +174,47 @@ pub fn quantize_file(
     Ok(Summary { types, file_bytes, weighted: importance.len(), unweighted, gptq: gptq_count })
 }
 
+/// One tensor scaled by its AWQ factors, then written in its target type (GPTQ with the scaled
+/// input's Hessian when `h` is given, else importance-weighted with the scaled input's
+/// importance); the error statistics are those of the unscaled values against the input.
+fn scaled_tensor(pool: &ThreadPool, p: &TensorPlan, file: &GgufFile, f: &Factors, h: Option<&[f64]>, importance: Option<&[f32]>, opts: GptqOptions) -> Result<Converted, CompressError> {
+    let quant = |source| CompressError::Quant { tensor: p.t.name.clone(), source };
+    let w0 = file.tensor_f32(p.t).map_err(quant)?;
+    if !smelt_kernels::math::all_finite(&w0) {
+        return Err(CompressError::NonFinite { tensor: p.t.name.clone() });
+    }
+    let cols = p.t.row_len() as usize;
+    let mut w = w0.clone();
+    f.apply(&mut w, cols);
+    let imp = importance.map(|imp| f.importance(imp));
+    let (bytes, mut back) = match h {
+        Some(h) => {
+            let h = f.hessian(h);
+            let input = GptqInput { w: &w, rows: p.t.n_rows() as usize, cols, h: &h, importance: imp.as_deref() };
+            let bytes = gptq(pool, input, p.target, opts).map_err(|source| CompressError::Gptq { tensor: p.t.name.clone(), source })?;
+            let back = smelt_formats::quant::dequantize_to_vec(p.target, &bytes).map_err(quant)?;
+            (bytes, back)
+        }
+        None => {
+            let (c, back) = round_trip(pool, &p.t.name, &w, cols, p.target, imp.as_deref())?;
+            (c.bytes, back)
+        }
+    };
+    f.unapply(&mut back, cols);
+    Ok(errors(bytes, &w0, &back, cols, importance))
+}
+
+/// The statistics of `back` written for `w` (`werr2` weighted by `importance` per column).
+fn errors(bytes: Vec<u8>, w: &[f32], back: &[f32], cols: usize, importance: Option<&[f32]>) -> Converted {
+    let (mut err2, mut x2, mut werr2) = (0f64, 0f64, 0f64);
+    for (i, (a, b)) in w.iter().zip(back).enumerate() {
+        let e2 = ((a - b) as f64).powi(2);
+        (err2, x2) = (err2 + e2, x2 + (*a as f64).powi(2));
+        werr2 += importance.map_or(1.0, |imp| imp[i % cols] as f64) * e2;
+    }
+    Converted { bytes, err2, x2, werr2 }
+}
+
 /// Whether GPTQ can write this plan's target (a type with a block grid, a 2-D matrix).
 fn gptq_fits(p: &TensorPlan) -> bool {
     smelt_formats::quant::grid::supports_grid(p.target) && p.t.dims.len() == 2
@@ -178,11 +231,5 @@ fn gptq_tensor(pool: &ThreadPool, p: &TensorPlan, file: &GgufFile, h: &[f64], im
     let input = GptqInput { w: &w, rows, cols, h, importance };
     let bytes = gptq(pool, input, p.target, opts).map_err(|source| CompressError::Gptq { tensor: p.t.name.clone(), source })?;
     let back = smelt_formats::quant::dequantize_to_vec(p.target, &bytes).map_err(quant)?;
-    let (mut err2, mut x2, mut werr2) = (0f64, 0f64, 0f64);
-    for (i, (a, b)) in w.iter().zip(&back).enumerate() {
-        let e2 = ((a - b) as f64).powi(2);
-        (err2, x2) = (err2 + e2, x2 + (*a as f64).powi(2));
-        werr2 += importance.map_or(1.0, |imp| imp[i % cols] as f64) * e2;
-    }
-    Ok(Converted { bytes, err2, x2, werr2 })
+    Ok(errors(bytes, &w, &back, cols, importance))
 }

@@ -140,11 +140,7 @@ pub fn pool(global: &Global) -> ThreadPool {
 /// The text to score: --text or the built-in one.
 pub fn text(opts: &EvalOptions) -> Result<(String, String)> {
     match &opts.text {
-        Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            let s = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{} is not valid UTF-8 (first bad byte at offset {})", p.display(), e.utf8_error().valid_up_to()))?;
-            Ok((s, p.display().to_string()))
-        }
+        Some(p) => Ok((super::read_utf8(p)?, p.display().to_string())),
         None => Ok((BUILTIN_TEXT.to_string(), BUILTIN_TEXT_NAME.to_string())),
     }
 }

@@ -13,8 +13,7 @@ use crate::progress::Progress;
 pub fn run(args: &ImatrixArgs, global: &Global) -> Result<()> {
     smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
     let format = args.output_format.unwrap_or(if args.output.extension().is_some_and(|e| e == "dat") { ImatrixFormat::Dat } else { ImatrixFormat::Gguf });
-    let bytes = std::fs::read(&args.calib).with_context(|| format!("reading {}", args.calib.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{} is not valid UTF-8 (first bad byte at offset {})", args.calib.display(), e.utf8_error().valid_up_to()))?;
+    let text = super::read_utf8(&args.calib)?;
     let path = crate::resolve_model(&args.model, global.quiet)?;
     let m = smelt_models::load(&path, LoadOptions::default()).with_context(|| format!("loading {}", path.display()))?;
     let pool = global.pool();

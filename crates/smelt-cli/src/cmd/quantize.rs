@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 use smelt_compress::calib::{decoder_hessians, decoder_imatrix, run_decoder, CalibOptions, Collector, InputStats};
+use smelt_compress::awq::{llama_groups, AwqOptions, Scaling};
 use smelt_compress::gptq::GptqOptions;
 use smelt_compress::imatrix::Imatrix;
 use smelt_compress::{plan, quantize_file, Calib, QuantizeConfig, Summary, TensorPlan};
@@ -51,10 +52,15 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
         }
         None => (args.imatrix.as_deref().map(Imatrix::read).transpose()?, None),
     };
+    let scaling = match (&stats, args.awq) {
+        (Some(stats), true) => Some(awq(args, global, &file, &input, &plans, stats, &pool)?),
+        _ => None,
+    };
     let calib = Calib {
         imatrix: imatrix.as_ref(),
         hessians: stats.as_ref().filter(|_| args.gptq).map(decoder_hessians).unwrap_or_default(),
         gptq: GptqOptions { damp: args.damp, act_order: args.act_order },
+        scaling: scaling.as_ref(),
     };
     let summary = quantize_file(&file, &plans, args.to, &calib, &args.output, &pool, &mut |p| progress.inc(p.t.n_bytes, &format!("{} -> {}", p.t.name, p.target)))
         .with_context(|| format!("writing {}", args.output.display()))?;
@@ -62,18 +68,17 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     if !report {
         return Ok(());
     }
-    print_summary(&file, &plans, &summary, &input, args, start.elapsed().as_secs_f64(), pool.n_threads())
+    print_summary(&file, &plans, &summary, &input, args, scaling.as_ref(), (start.elapsed().as_secs_f64(), pool.n_threads()))
 }
 
 /// Runs the calibration text through the model: the importance matrix, and the statistics (with
 /// every layer's Hessians when GPTQ will use them).
 fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, pool: &smelt_kernels::pool::ThreadPool) -> Result<(Imatrix, CalibStats)> {
-    let bytes = std::fs::read(text).with_context(|| format!("reading {}", text.display()))?;
-    let text_s = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{} is not valid UTF-8 (first bad byte at offset {})", text.display(), e.utf8_error().valid_up_to()))?;
+    let text_s = super::read_utf8(text)?;
     let m = smelt_models::load(input, smelt_models::LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
     let opts = CalibOptions { ctx: args.calib_ctx, max_chunks: args.calib_chunks, process_output: false };
     let mut collector = Collector::new(pool);
-    if args.gptq {
+    if args.gptq || args.awq {
         collector = collector.hessians_for(0..m.model.layers.len());
     }
     let mut bar: Option<Progress> = None;
@@ -87,6 +92,24 @@ fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, po
     }
     let stats = collector.finish()?;
     Ok((decoder_imatrix(&m.model, &stats, &text.display().to_string(), chunks, opts), stats))
+}
+
+/// Searches the AWQ scales of every layer's matrix groups for the planned target types.
+fn awq(args: &QuantizeArgs, global: &Global, file: &GgufFile, input: &Path, plans: &[TensorPlan], stats: &CalibStats, pool: &smelt_kernels::pool::ThreadPool) -> Result<Scaling> {
+    let m = smelt_models::load(input, smelt_models::LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
+    let c = &m.model.cfg;
+    let groups = llama_groups(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
+    let by_name: BTreeMap<&str, &TensorPlan> = plans.iter().map(|p| (p.t.name.as_str(), p)).collect();
+    let weights = |name: &str| -> std::result::Result<Vec<f32>, smelt_compress::CompressError> {
+        let t = by_name.get(name).ok_or_else(|| smelt_compress::CompressError::Fit(format!("AWQ: the file has no tensor {name:?}")))?.t;
+        file.tensor_f32(t).map_err(|source| smelt_compress::CompressError::Quant { tensor: name.to_string(), source })
+    };
+    let target = |name: &str| by_name.get(name).filter(|p| p.target != p.t.ty).map(|p| p.target);
+    let mut bar = Progress::new("awq search", groups.len() as u64, false, global.quiet);
+    let opts = AwqOptions { grid: args.awq_grid, weighted: true };
+    let scaling = smelt_compress::awq::search(pool, &groups, stats, &weights, &target, opts, &mut |_, _, name| bar.inc(1, name))?;
+    bar.finish();
+    Ok(scaling)
 }
 
 fn print_plan(plans: &[TensorPlan], json_out: bool) -> Result<()> {
@@ -105,7 +128,8 @@ fn print_plan(plans: &[TensorPlan], json_out: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input: &std::path::Path, args: &QuantizeArgs, secs: f64, threads: usize) -> Result<()> {
+fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input: &std::path::Path, args: &QuantizeArgs, scaling: Option<&Scaling>, (secs, threads): (f64, usize)) -> Result<()> {
+    let awq = scaling.map(awq_summary);
     let (stats, out_bytes) = (&summary.types, summary.file_bytes);
     let params = file.header.n_params();
     let in_bytes: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
@@ -134,6 +158,7 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
             })).collect::<Vec<_>>(),
             "fallbacks": fallbacks.iter().map(|p| json!({"name": p.t.name, "to": p.target.name(), "why": p.note})).collect::<Vec<_>>(),
             "imatrix": args.imatrix.as_ref().or(args.calib.as_ref()).map(|p| json!({"file": p.display().to_string(), "weighted_tensors": summary.weighted, "without_entry": summary.unweighted})),
+            "awq": awq.as_ref().map(|a| json!({"groups": a.groups, "scaled": a.scaled, "mean_alpha": a.mean_alpha, "calibration_error_ratio": a.ratio, "grid": args.awq_grid})),
             "gptq": (summary.gptq > 0).then(|| json!({"tensors": summary.gptq, "damp": args.damp, "act_order": args.act_order})),
         });
         serde_json::to_writer_pretty(&mut out, &v)?;
@@ -160,6 +185,9 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
         if let Some(p) = args.imatrix.as_ref().or(args.calib.as_ref()) {
             writeln!(out, "imatrix    {}: {} tensors weighted, {} without an entry (round-to-nearest)", p.display(), summary.weighted, summary.unweighted.len())?;
         }
+        if let Some(a) = &awq {
+            writeln!(out, "awq        {} of {} matrix groups scaled (mean alpha {:.2}); their output error on the calibration text {:.3}x that without scaling", a.scaled, a.groups, a.mean_alpha, a.ratio)?;
+        }
         if summary.gptq > 0 {
             writeln!(out, "gptq       {} tensors (damp {}, {})", summary.gptq, args.damp, if args.act_order { "act-order" } else { "column order" })?;
         }
@@ -167,4 +195,24 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
     }
     out.flush()?;
     Ok(())
+}
+
+/// What the AWQ search did, in short.
+struct AwqSummary {
+    groups: usize,
+    scaled: usize,
+    mean_alpha: f64,
+    /// Sum of the groups' chosen output errors over the sum without scaling.
+    ratio: f64,
+}
+
+fn awq_summary(s: &Scaling) -> AwqSummary {
+    let scaled: Vec<f64> = s.groups.iter().filter_map(|g| g.alpha).map(f64::from).collect();
+    let (best, base) = s.groups.iter().filter(|g| !g.losses.is_empty()).fold((0.0, 0.0), |(b, o), g| (b + g.losses.iter().cloned().fold(f64::INFINITY, f64::min), o + g.losses[0]));
+    AwqSummary {
+        groups: s.groups.len(),
+        scaled: scaled.len(),
+        mean_alpha: if scaled.is_empty() { 0.0 } else { scaled.iter().sum::<f64>() / scaled.len() as f64 },
+        ratio: if base > 0.0 { best / base } else { 1.0 },
+    }
 }

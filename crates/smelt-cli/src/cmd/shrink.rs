@@ -79,7 +79,7 @@ fn make_variants(src: &Spec, types: &[GgmlType], dir: &std::path::Path, global: 
             if !global.quiet {
                 eprintln!("[{}/{}] quantizing to {ty} ...", i + 1, types.len());
             }
-            let q = QuantizeArgs { input: src.path.display().to_string(), output: path.clone(), to: ty, embed_type: None, output_type: None, keep: Vec::new(), imatrix: None, calib: None, calib_chunks: None, calib_ctx: 512, gptq: false, act_order: false, damp: 0.01, dry_run: false, json: false };
+            let q = QuantizeArgs { input: src.path.display().to_string(), output: path.clone(), to: ty, embed_type: None, output_type: None, keep: Vec::new(), imatrix: None, calib: None, calib_chunks: None, calib_ctx: 512, gptq: false, act_order: false, damp: 0.01, awq: false, awq_grid: 20, dry_run: false, json: false };
             super::quantize::write(&q, global, false)?;
         }
         out.push(Spec { arg: path.display().to_string(), path, variant: None, name: ty.name().to_string() });

@@ -21,8 +21,6 @@
 pub mod run;
 pub mod solve;
 
-use std::collections::BTreeMap;
-
 use smelt_eval::lm::RefLogprobs;
 use smelt_formats::{GgmlType, GgufFile, TensorInfo};
 use smelt_kernels::pool::ThreadPool;
@@ -194,6 +192,13 @@ fn swap(
     Ok(std::mem::replace(slot, new))
 }
 
+/// Puts back a matrix [`swap`] took out (under its own name, which the model has).
+fn restore(model: &mut Llama, old: Linear) {
+    if let Some(slot) = model.linear_mut(&old.name) {
+        *slot = old;
+    }
+}
+
 /// Measures, for each matrix, the KLD of the model with only its smallest candidate swapped in,
 /// and predicts every candidate's loss from it (`L = D E / E_probe`).
 pub fn probe(
@@ -211,10 +216,7 @@ pub fn probe(
             // Layers before the matrix's own run as in the reference: start from its residuals.
             let layer = tc.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()).unwrap_or(0);
             let kld = reference.kld_from(pool, model, layer);
-            let slot = model.linear_mut(&tc.name).ok_or_else(|| {
-                CompressError::Fit(format!("the model has no matrix {:?}", tc.name))
-            })?;
-            *slot = old;
+            restore(model, old);
             let kld = kld?;
             let e = c.werr;
             tc.probe = Some((c.ty, kld));
@@ -236,7 +238,7 @@ pub fn measure(
     reference: &RefLogprobs,
     pool: &ThreadPool,
 ) -> Result<f64, CompressError> {
-    let mut old: BTreeMap<&str, Linear> = BTreeMap::new();
+    let mut old: Vec<Linear> = Vec::new();
     let mut result = Ok(());
     for (tc, &k) in choices.iter().zip(&mix.choice) {
         let c = &tc.candidates[k];
@@ -244,9 +246,7 @@ pub fn measure(
             continue;
         }
         match swap(model, &tc.name, c.ty, tc.rows, tc.cols, c.data.clone()) {
-            Ok(prev) => {
-                old.insert(&tc.name, prev);
-            }
+            Ok(prev) => old.push(prev),
             Err(e) => {
                 result = Err(e);
                 break;
@@ -254,10 +254,8 @@ pub fn measure(
         }
     }
     let kld = result.and_then(|()| reference.kld(pool, model).map_err(CompressError::from));
-    for (name, prev) in old {
-        if let Some(slot) = model.linear_mut(name) {
-            *slot = prev;
-        }
+    for prev in old {
+        restore(model, prev);
     }
     kld
 }
