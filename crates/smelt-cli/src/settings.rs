@@ -73,7 +73,7 @@ pub const SETTINGS: &[Setting] = &[
     int("calib_chunks", &[], 1, 1 << 24),
     int("calib_ctx", &[], 16, MAX_TOKENS),
     of("damp", Ty::F64, Bound::positive("damp", 1.0)),
-    int("awq_grid", &["quantize"], 2, 1000),
+    int("awq_grid", &["quantize", "fit"], 2, 1000),
     // Mixed precision (fit).
     of("max_bpw", Ty::F64, Bound::positive("max_bpw", 64.0)),
     of("min_quality", Ty::F64, Bound::float("min_quality", 0.0, 100.0)),

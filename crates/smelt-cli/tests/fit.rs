@@ -146,6 +146,37 @@ fn a_budget_that_holds_the_source_keeps_it_exactly() {
 }
 
 #[test]
+fn awq_fit_writes_the_scaled_model_it_measured() {
+    let (model, text) = setup("awq");
+    let src = GgufFile::open(&model).unwrap();
+    let budget = src.header.file_len * 45 / 100;
+    let out = dir("awq").join("awq.gguf");
+    let o = fit(&model, &text, &out, &["--max-size", &budget.to_string(), "--awq", "--awq-grid", "8"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(std::fs::metadata(&out).unwrap().len() <= budget);
+    let awq = &v["awq"];
+    assert_eq!(awq["groups"].as_u64(), Some(4 * 2), "{awq}");
+    assert!(awq["scaled"].as_u64().unwrap() >= 1 && awq["calibration_error_ratio"].as_f64().unwrap() < 1.0, "{awq}");
+    // A scaled matrix cannot be kept as it is; the norms its scales fold into are rescaled.
+    let f = GgufFile::open(&out).unwrap();
+    let scaled_norms = ["attn_norm", "ffn_norm"]
+        .iter()
+        .flat_map(|n| (0..2).map(move |l| format!("blk.{l}.{n}.weight")))
+        .filter(|n| src.tensor_f32(src.tensor(n).unwrap()).unwrap() != f.tensor_f32(f.tensor(n).unwrap()).unwrap())
+        .count();
+    assert!(scaled_norms >= 1, "no norm was rescaled");
+    // What was written is the model that was measured: its KLD on the calibration text (other
+    // positions than the fit's held chunk) is of the same size as the measured one.
+    let o = smelt(&["eval", s(&out), "--against", s(&model), "--text", s(&text), "--ctx", "64", "--chunks", "4", "--no-speed", "--format", "json", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let written = e["models"][1]["lm"]["vs_ref"]["kld_mean"].as_f64().unwrap();
+    let measured = v["measured_kld"].as_f64().unwrap();
+    assert!(measured > 0.0 && written > measured / 4.0 && written < measured * 4.0, "written file's KLD {written}, measured in the fit {measured}");
+}
+
+#[test]
 fn impossible_goals_are_refused_and_write_nothing() {
     let (model, text) = setup("none");
     let out = dir("none").join("none.gguf");

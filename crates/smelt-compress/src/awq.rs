@@ -164,16 +164,6 @@ pub struct GroupScale {
     pub skipped: Option<String>,
 }
 
-impl GroupScale {
-    /// The chosen loss over the identity's (1 when unscaled).
-    pub fn ratio(&self) -> f64 {
-        match (self.losses.first(), self.losses.iter().cloned().reduce(f64::min)) {
-            (Some(&l0), Some(best)) if l0 > 0.0 => best / l0,
-            _ => 1.0,
-        }
-    }
-}
-
 /// The scales of a whole model: factors per tensor name, and what each group's search found.
 #[derive(Clone, Debug, Default)]
 pub struct Scaling {
@@ -185,6 +175,30 @@ impl Scaling {
     pub fn get(&self, tensor: &str) -> Option<&Factors> {
         self.factors.get(tensor)
     }
+
+    /// What the search did, in short.
+    pub fn summary(&self) -> AwqSummary {
+        let scaled: Vec<f64> = self.groups.iter().filter_map(|g| g.alpha).map(f64::from).collect();
+        let (best, base) = self.groups.iter().filter(|g| !g.losses.is_empty()).fold((0.0, 0.0), |(b, o), g| (b + g.losses.iter().cloned().fold(f64::INFINITY, f64::min), o + g.losses[0]));
+        AwqSummary {
+            groups: self.groups.len(),
+            scaled: scaled.len(),
+            mean_alpha: if scaled.is_empty() { 0.0 } else { scaled.iter().sum::<f64>() / scaled.len() as f64 },
+            error_ratio: if base > 0.0 { best / base } else { 1.0 },
+        }
+    }
+}
+
+/// [`Scaling::summary`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AwqSummary {
+    pub groups: usize,
+    /// Groups whose chosen `alpha` is above 0.
+    pub scaled: usize,
+    /// Mean `alpha` of the scaled groups.
+    pub mean_alpha: f64,
+    /// Sum over the groups of the chosen output error, over the sum without scaling.
+    pub error_ratio: f64,
 }
 
 /// `s_j = max(a_j, eps)^alpha / sqrt(max s * min s)`, tied across the channels that share a row

@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 use smelt_compress::calib::CalibOptions;
-use smelt_compress::fit::{default_types, fit, FitReport, FitSettings, Goal, Source, Stage};
+use smelt_compress::awq::AwqOptions;
+use smelt_compress::fit::{default_types, fit, FitAwq, FitReport, FitSettings, Goal, Source, Stage};
 use smelt_compress::imatrix::Imatrix;
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::LoadOptions;
@@ -21,6 +22,7 @@ use crate::progress::Progress;
 fn stage_label(s: Stage) -> &'static str {
     match s {
         Stage::Calibrate => "calibrate",
+        Stage::Awq => "awq search",
         Stage::Candidates => "candidates",
         Stage::Reference => "reference",
         Stage::Probe => "sensitivity",
@@ -92,6 +94,7 @@ pub fn run(args: &FitArgs, global: &Global) -> Result<()> {
         probe_chunks: args.probe_chunks,
         probe_first: (args.calib_ctx / 8).min(64),
         front_checks: args.front_checks,
+        awq: args.awq.then_some(FitAwq { ty: args.awq_type, opts: AwqOptions { grid: args.awq_grid, weighted: true } }),
     };
     let pool = global.pool();
     let start = Instant::now();
@@ -156,6 +159,9 @@ fn print_summary(
         8.0 * fb as f64 / r.params.max(1) as f64
     )?;
     writeln!(out, "KLD        predicted {:.5}, measured {:.5} (mean nats per token on {} held calibration tokens)", r.chosen.loss, r.measured_kld, r.probe_tokens)?;
+    if let Some(a) = r.scaling.as_ref().map(|s| s.summary()) {
+        writeln!(out, "awq        {} of {} matrix groups scaled for {} (mean alpha {:.2}); their output error on the calibration text {:.3}x that without scaling", a.scaled, a.groups, args.awq_type, a.mean_alpha, a.error_ratio)?;
+    }
     writeln!(
         out,
         "\n{:<8} {:>8} {:>12} {:>12}",
@@ -227,6 +233,7 @@ fn document(
         "calibration": args.calib.display().to_string(),
         "imatrix": args.imatrix.as_ref().map(|p| p.display().to_string()),
         "imatrix_chunks": r.imatrix_chunks,
+        "awq": r.scaling.as_ref().map(|s| { let a = s.summary(); json!({"type": args.awq_type.name(), "groups": a.groups, "scaled": a.scaled, "mean_alpha": a.mean_alpha, "calibration_error_ratio": a.error_ratio}) }),
         "probe_tokens": r.probe_tokens,
         "goal": {"max_size": args.max_size, "max_bpw": args.max_bpw, "min_quality": args.min_quality},
         "file_bytes": r.summary.file_bytes,

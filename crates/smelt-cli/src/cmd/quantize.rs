@@ -129,7 +129,7 @@ fn print_plan(plans: &[TensorPlan], json_out: bool) -> Result<()> {
 }
 
 fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input: &std::path::Path, args: &QuantizeArgs, scaling: Option<&Scaling>, (secs, threads): (f64, usize)) -> Result<()> {
-    let awq = scaling.map(awq_summary);
+    let awq = scaling.map(Scaling::summary);
     let (stats, out_bytes) = (&summary.types, summary.file_bytes);
     let params = file.header.n_params();
     let in_bytes: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
@@ -158,7 +158,7 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
             })).collect::<Vec<_>>(),
             "fallbacks": fallbacks.iter().map(|p| json!({"name": p.t.name, "to": p.target.name(), "why": p.note})).collect::<Vec<_>>(),
             "imatrix": args.imatrix.as_ref().or(args.calib.as_ref()).map(|p| json!({"file": p.display().to_string(), "weighted_tensors": summary.weighted, "without_entry": summary.unweighted})),
-            "awq": awq.as_ref().map(|a| json!({"groups": a.groups, "scaled": a.scaled, "mean_alpha": a.mean_alpha, "calibration_error_ratio": a.ratio, "grid": args.awq_grid})),
+            "awq": awq.as_ref().map(|a| json!({"groups": a.groups, "scaled": a.scaled, "mean_alpha": a.mean_alpha, "calibration_error_ratio": a.error_ratio, "grid": args.awq_grid})),
             "gptq": (summary.gptq > 0).then(|| json!({"tensors": summary.gptq, "damp": args.damp, "act_order": args.act_order})),
         });
         serde_json::to_writer_pretty(&mut out, &v)?;
@@ -186,7 +186,7 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
             writeln!(out, "imatrix    {}: {} tensors weighted, {} without an entry (round-to-nearest)", p.display(), summary.weighted, summary.unweighted.len())?;
         }
         if let Some(a) = &awq {
-            writeln!(out, "awq        {} of {} matrix groups scaled (mean alpha {:.2}); their output error on the calibration text {:.3}x that without scaling", a.scaled, a.groups, a.mean_alpha, a.ratio)?;
+            writeln!(out, "awq        {} of {} matrix groups scaled (mean alpha {:.2}); their output error on the calibration text {:.3}x that without scaling", a.scaled, a.groups, a.mean_alpha, a.error_ratio)?;
         }
         if summary.gptq > 0 {
             writeln!(out, "gptq       {} tensors (damp {}, {})", summary.gptq, args.damp, if args.act_order { "act-order" } else { "column order" })?;
@@ -197,22 +197,3 @@ fn print_summary(file: &GgufFile, plans: &[TensorPlan], summary: &Summary, input
     Ok(())
 }
 
-/// What the AWQ search did, in short.
-struct AwqSummary {
-    groups: usize,
-    scaled: usize,
-    mean_alpha: f64,
-    /// Sum of the groups' chosen output errors over the sum without scaling.
-    ratio: f64,
-}
-
-fn awq_summary(s: &Scaling) -> AwqSummary {
-    let scaled: Vec<f64> = s.groups.iter().filter_map(|g| g.alpha).map(f64::from).collect();
-    let (best, base) = s.groups.iter().filter(|g| !g.losses.is_empty()).fold((0.0, 0.0), |(b, o), g| (b + g.losses.iter().cloned().fold(f64::INFINITY, f64::min), o + g.losses[0]));
-    AwqSummary {
-        groups: s.groups.len(),
-        scaled: scaled.len(),
-        mean_alpha: if scaled.is_empty() { 0.0 } else { scaled.iter().sum::<f64>() / scaled.len() as f64 },
-        ratio: if base > 0.0 { best / base } else { 1.0 },
-    }
-}

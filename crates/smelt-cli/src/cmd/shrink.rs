@@ -123,6 +123,7 @@ fn make_fit_variants(src: &Spec, sizes: &[FitSize], calib: &str, dir: &std::path
         probe_chunks: 1,
         probe_first: 64,
         front_checks: 0,
+        awq: None,
     };
     let pool = global.pool();
     if !global.quiet {

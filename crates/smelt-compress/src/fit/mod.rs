@@ -27,10 +27,11 @@ use smelt_kernels::pool::ThreadPool;
 use smelt_models::linear::Linear;
 use smelt_models::Llama;
 
+use crate::awq::{Factors, Scaling};
 use crate::imatrix::Imatrix;
-use crate::{convert, CompressError};
+use crate::{convert, round_trip, CompressError};
 
-pub use run::{analyze, fit, write_mix, Analysis, FitReport, FitSettings, FrontPoint, Goal, Source, Stage};
+pub use run::{analyze, fit, write_mix, Analysis, FitAwq, FitReport, FitSettings, FrontPoint, Goal, Source, Stage};
 pub use solve::{front, solve_budget, solve_loss, Mix};
 
 /// One way to store one matrix.
@@ -60,6 +61,9 @@ pub struct TensorChoices {
     pub candidates: Vec<Candidate>,
     /// The candidate measured alone in the model and the KLD it gave.
     pub probe: Option<(GgmlType, f64)>,
+    /// AWQ factors the candidates were quantized under (their data holds the scaled matrix;
+    /// the model gets it unscaled, in F32, for measuring).
+    pub factors: Option<Factors>,
 }
 
 /// The candidate types of a matrix of `t`'s shape among `types`: whole blocks per row, smaller
@@ -103,13 +107,25 @@ pub fn matrices<'f>(file: &'f GgufFile, model: &mut Llama) -> Vec<&'f TensorInfo
         .collect()
 }
 
+/// The candidate types of a matrix that AWQ scales: every one of `types` with whole blocks per
+/// row, its source type included (the scaled matrix cannot be kept as it is).
+pub fn scaled_candidate_types(t: &TensorInfo, types: &[GgmlType]) -> Vec<GgmlType> {
+    let cols = t.row_len();
+    let mut out: Vec<GgmlType> = types.iter().copied().chain(t.ty.can_quantize().then_some(t.ty)).filter(|ty| !ty.is_float() && ty.bytes_for(cols).is_some()).collect();
+    out.sort_by_key(|ty| ty.bytes_for(cols));
+    out.dedup();
+    out
+}
+
 /// Quantizes every matrix of `file` (the file `model` was loaded from) to each of its candidate
 /// types, weighted by `imatrix` where it has an entry, and returns the candidates with their
-/// weighted errors (losses not yet predicted: see [`probe`]).
+/// weighted errors (losses not yet predicted: see [`probe`]). A matrix `scaling` has factors for
+/// is scaled first (its importance with it) and has no kept candidate.
 pub fn quantize_candidates(
     file: &GgufFile,
     model: &mut Llama,
     imatrix: Option<&Imatrix>,
+    scaling: Option<&Scaling>,
     types: &[GgmlType],
     pool: &ThreadPool,
     on_step: OnStep,
@@ -129,10 +145,12 @@ pub fn quantize_candidates(
             .into());
         }
     }
-    let total: usize = tensors
-        .iter()
-        .map(|t| candidate_types(t, types).len())
-        .sum();
+    let factors = |t: &TensorInfo| scaling.and_then(|sc| sc.get(&t.name)).cloned();
+    let kinds = |t: &TensorInfo| match factors(t) {
+        Some(_) => scaled_candidate_types(t, types),
+        None => candidate_types(t, types),
+    };
+    let total: usize = tensors.iter().map(|t| kinds(t).len()).sum();
     let mut done = 0;
     let mut out = Vec::with_capacity(tensors.len());
     for t in tensors {
@@ -142,16 +160,25 @@ pub fn quantize_candidates(
             }
             _ => None,
         };
-        let mut candidates = vec![Candidate {
-            ty: t.ty,
-            bytes: t.n_bytes,
-            werr: 0.0,
-            loss: 0.0,
-            kept: true,
-            data: Vec::new(),
-        }];
-        for ty in candidate_types(t, types) {
-            let c = convert(pool, t, file.tensor_data(t), ty, imp.as_deref())?;
+        let f = factors(t);
+        let mut candidates = Vec::new();
+        if f.is_none() {
+            candidates.push(Candidate { ty: t.ty, bytes: t.n_bytes, werr: 0.0, loss: 0.0, kept: true, data: Vec::new() });
+        }
+        // A scaled matrix: its values scaled once, its importance with them.
+        let scaled = match &f {
+            Some(f) => {
+                let mut w = file.tensor_f32(t).map_err(|source| CompressError::Quant { tensor: t.name.clone(), source })?;
+                f.apply(&mut w, t.row_len() as usize);
+                Some((w, imp.as_deref().map(|imp| f.importance(imp))))
+            }
+            None => None,
+        };
+        for ty in kinds(t) {
+            let c = match &scaled {
+                Some((w, imp)) => round_trip(pool, &t.name, w, t.row_len() as usize, ty, imp.as_deref())?.0,
+                None => convert(pool, t, file.tensor_data(t), ty, imp.as_deref())?,
+            };
             candidates.push(Candidate {
                 ty,
                 bytes: c.bytes.len() as u64,
@@ -171,21 +198,24 @@ pub fn quantize_candidates(
             source: t.ty,
             candidates,
             probe: None,
+            factors: f,
         });
     }
     Ok(out)
 }
 
-/// Swaps `data` (in `ty`) in for the matrix `name` of `model`, returning the matrix it replaced.
-fn swap(
-    model: &mut Llama,
-    name: &str,
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    data: Vec<u8>,
-) -> Result<Linear, CompressError> {
-    let new = Linear::owned(name, ty, rows, cols, data)?;
+/// Swaps candidate `c` of `tc` in for its matrix in `model`, returning the matrix it replaced.
+/// A scaled candidate goes in unscaled, as F32 (the model's norms are not scaled).
+fn swap(model: &mut Llama, tc: &TensorChoices, c: &Candidate) -> Result<Linear, CompressError> {
+    let name = &tc.name;
+    let new = match &tc.factors {
+        Some(f) => {
+            let mut w = smelt_formats::quant::dequantize_to_vec(c.ty, &c.data).map_err(|source| CompressError::Quant { tensor: name.clone(), source })?;
+            f.unapply(&mut w, tc.cols);
+            Linear::owned(name, GgmlType::F32, tc.rows, tc.cols, bytemuck::cast_slice(&w).to_vec())?
+        }
+        None => Linear::owned(name, c.ty, tc.rows, tc.cols, c.data.clone())?,
+    };
     let slot = model
         .linear_mut(name)
         .ok_or_else(|| CompressError::Fit(format!("the model has no matrix {name:?}")))?;
@@ -212,7 +242,7 @@ pub fn probe(
     for (i, tc) in choices.iter_mut().enumerate() {
         if let Some(p) = tc.candidates.iter().position(|c| !c.kept) {
             let c = &tc.candidates[p];
-            let old = swap(model, &tc.name, c.ty, tc.rows, tc.cols, c.data.clone())?;
+            let old = swap(model, tc, c)?;
             // Layers before the matrix's own run as in the reference: start from its residuals.
             let layer = tc.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()).unwrap_or(0);
             let kld = reference.kld_from(pool, model, layer);
@@ -245,7 +275,7 @@ pub fn measure(
         if c.kept {
             continue;
         }
-        match swap(model, &tc.name, c.ty, tc.rows, tc.cols, c.data.clone()) {
+        match swap(model, tc, c) {
             Ok(prev) => old.push(prev),
             Err(e) => {
                 result = Err(e);

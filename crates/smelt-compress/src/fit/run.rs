@@ -10,6 +10,7 @@ use smelt_models::{Llama, Tokenizer};
 
 use super::{measure, probe, quantize_candidates, solve_budget, solve_loss, Mix, TensorChoices};
 use crate::calib::{decoder_imatrix, run_decoder_tokens, CalibOptions, Collector};
+use crate::awq::Scaling;
 use crate::imatrix::Imatrix;
 use crate::{quantize_file, Calib, CompressError, Summary, TensorPlan};
 
@@ -39,12 +40,23 @@ pub struct FitSettings {
     pub probe_first: usize,
     /// Points of the front (besides the chosen mix) whose KLD is measured for the report.
     pub front_checks: usize,
+    /// AWQ scales searched for one type before the candidates are made (`None`: no scaling).
+    pub awq: Option<FitAwq>,
+}
+
+/// AWQ in a fit: the scales are searched once, with every matrix quantized to `ty` (one type
+/// near the budget's), and every candidate of a scaled matrix is made from the scaled matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FitAwq {
+    pub ty: GgmlType,
+    pub opts: crate::awq::AwqOptions,
 }
 
 /// A long step of the run, for progress display.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     Calibrate,
+    Awq,
     Candidates,
     Reference,
     Probe,
@@ -74,6 +86,8 @@ pub struct FitReport {
     pub params: u64,
     pub imatrix_chunks: usize,
     pub probe_tokens: usize,
+    /// The AWQ scales the file was written with.
+    pub scaling: Option<Scaling>,
 }
 
 /// Bytes a file of `file`'s metadata takes beside its matrices: the header (with room for the
@@ -115,6 +129,8 @@ pub struct Analysis {
     /// Bytes of a file beside its chosen matrices (see [`fixed_bytes`]).
     pub fixed_bytes: u64,
     pub params: u64,
+    /// The AWQ scales the candidates were made under.
+    pub scaling: Option<Scaling>,
 }
 
 impl Analysis {
@@ -159,20 +175,30 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
         c
     };
     let probes: Vec<Vec<u32>> = (available - settings.probe_chunks..available).map(chunk).collect();
-    // 1. Importance vectors on the chunks the probes do not use.
-    let (imatrix, imatrix_chunks) = match imatrix {
-        Some(m) => (m.clone(), m.chunk_count as usize),
-        None => {
+    // 1. Importance vectors (and, for AWQ, Hessians) on the chunks the probes do not use.
+    let mut scaling = None;
+    let (imatrix, imatrix_chunks) = match (imatrix, settings.awq) {
+        (Some(m), None) => (m.clone(), m.chunk_count as usize),
+        (given, awq) => {
             let opts = CalibOptions { ctx, max_chunks: settings.calib.max_chunks, process_output: true };
             let mut collector = Collector::new(pool);
+            if awq.is_some() {
+                collector = collector.hessians_for(0..model.layers.len());
+            }
             let calib_tokens = &tokens[..(available - settings.probe_chunks) * ctx];
             let n = run_decoder_tokens(model, tok, pool, calib_tokens, opts, &mut collector, &mut |d, t| progress(Stage::Calibrate, d, t, "chunk"))?;
             let stats = collector.finish().map_err(smelt_models::ModelError::from)?;
-            (decoder_imatrix(model, &stats, "calibration text", n, opts), n)
+            if let Some(a) = awq {
+                scaling = Some(search_awq(file, model, &stats, a, pool, progress)?);
+            }
+            match given {
+                Some(m) => (m.clone(), m.chunk_count as usize),
+                None => (decoder_imatrix(model, &stats, "calibration text", n, opts), n),
+            }
         }
     };
     // 2. Every candidate of every matrix.
-    let mut choices = quantize_candidates(file, model, Some(&imatrix), &settings.types, pool, &mut |d, t, w| progress(Stage::Candidates, d, t, w))?;
+    let mut choices = quantize_candidates(file, model, Some(&imatrix), scaling.as_ref(), &settings.types, pool, &mut |d, t, w| progress(Stage::Candidates, d, t, w))?;
     if choices.is_empty() {
         return Err(CompressError::Fit("the model has no weight matrix smelt can re-quantize".into()));
     }
@@ -182,7 +208,20 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
     progress(Stage::Reference, 1, 1, "reference");
     probe(model, &mut choices, &reference, pool, &mut |d, t, w| progress(Stage::Probe, d, t, w))?;
     let fixed_bytes = fixed_bytes(file, &choices);
-    Ok(Analysis { choices, imatrix, imatrix_chunks, reference, fixed_bytes, params: file.header.n_params() })
+    Ok(Analysis { choices, imatrix, imatrix_chunks, reference, fixed_bytes, params: file.header.n_params(), scaling })
+}
+
+/// The AWQ scales of every block's matrix groups, every matrix quantized to `a.ty`.
+fn search_awq(file: &GgufFile, model: &mut Llama, stats: &std::collections::BTreeMap<(usize, smelt_models::observe::MatrixInput), crate::calib::InputStats>, a: FitAwq, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<Scaling, CompressError> {
+    let names: std::collections::BTreeSet<String> = super::matrices(file, model).iter().map(|t| t.name.clone()).collect();
+    let c = &model.cfg;
+    let groups = crate::awq::llama_groups(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
+    let weights = |name: &str| -> Result<Vec<f32>, CompressError> {
+        let t = file.tensor(name).ok_or_else(|| CompressError::Fit(format!("AWQ: the file has no tensor {name:?}")))?;
+        file.tensor_f32(t).map_err(|source| CompressError::Quant { tensor: name.to_string(), source })
+    };
+    let target = |name: &str| names.contains(name).then_some(a.ty);
+    crate::awq::search(pool, &groups, stats, &weights, &target, a.opts, &mut |d, t, w| progress(Stage::Awq, d, t, w))
 }
 
 /// Writes `mix` of `analysis` as a GGUF file at `out` (atomically) and checks it against the
@@ -197,7 +236,7 @@ pub fn write_mix(file: &GgufFile, analysis: &Analysis, mix: &Mix, limit: Option<
             TensorPlan { t, target, note: None }
         })
         .collect();
-    let calib = Calib { imatrix: Some(&analysis.imatrix), ..Default::default() };
+    let calib = Calib { imatrix: Some(&analysis.imatrix), scaling: analysis.scaling.as_ref(), ..Default::default() };
     let total: u64 = plans.iter().map(|p| p.t.n_bytes).sum();
     let mut done = 0;
     let summary = quantize_file(file, &plans, main_type(choices, mix), &calib, out, pool, &mut |p| {
@@ -237,7 +276,7 @@ pub fn fit(src: &Source, model: &mut Llama, settings: &FitSettings, out: &Path, 
     progress(Stage::Check, total, total, "done");
     let summary = write_mix(file, &analysis, &chosen, analysis.limit(settings.goal), out, pool, progress)?;
     let probe_tokens = reference.tokens();
-    Ok(FitReport { chosen, fixed_bytes: fixed, measured_kld, front, summary, params: analysis.params, imatrix_chunks: analysis.imatrix_chunks, probe_tokens, choices: analysis.choices })
+    Ok(FitReport { chosen, fixed_bytes: fixed, measured_kld, front, summary, params: analysis.params, imatrix_chunks: analysis.imatrix_chunks, probe_tokens, scaling: analysis.scaling, choices: analysis.choices })
 }
 
 /// The type holding most parameters of the mix (for `general.file_type`).

@@ -166,6 +166,7 @@ mod tests {
             source: GgmlType::Q8_0,
             candidates,
             probe: None,
+            factors: None,
         }
     }
 
