@@ -328,3 +328,22 @@ pub fn search(
     }
     Ok(out)
 }
+
+/// [`search`] over every block of a Llama decoder stored in `file` (`cfg` its shape), reading
+/// the original weights from the file.
+pub fn search_decoder(
+    pool: &ThreadPool,
+    file: &smelt_formats::GgufFile,
+    cfg: &smelt_models::LlamaConfig,
+    stats: &BTreeMap<(usize, MatrixInput), InputStats>,
+    target: &dyn Fn(&str) -> Option<GgmlType>,
+    opts: AwqOptions,
+    on_group: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Scaling, CompressError> {
+    let groups = llama_groups(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+    let weights = |name: &str| -> Result<Vec<f32>, CompressError> {
+        let t = file.tensor(name).ok_or_else(|| CompressError::Fit(format!("AWQ: the file has no tensor {name:?}")))?;
+        file.tensor_f32(t).map_err(|source| CompressError::Quant { tensor: name.to_string(), source })
+    };
+    search(pool, &groups, stats, &weights, target, opts, on_group)
+}

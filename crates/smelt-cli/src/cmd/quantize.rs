@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 use smelt_compress::calib::{decoder_hessians, decoder_imatrix, run_decoder, CalibOptions, Collector, InputStats};
-use smelt_compress::awq::{llama_groups, AwqOptions, Scaling};
+use smelt_compress::awq::{AwqOptions, Scaling};
 use smelt_compress::gptq::GptqOptions;
 use smelt_compress::imatrix::Imatrix;
 use smelt_compress::{plan, quantize_file, Calib, QuantizeConfig, Summary, TensorPlan};
@@ -47,15 +47,16 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     let mut progress = Progress::new("quantize", total, true, global.quiet);
     let (imatrix, stats) = match &args.calib {
         Some(text) => {
-            let (m, stats) = calibrate(args, global, &input, text, &pool)?;
-            (Some(m), Some(stats))
+            let (m, stats, cfg) = calibrate(args, global, &input, text, &pool)?;
+            (Some(m), Some((stats, cfg)))
         }
         None => (args.imatrix.as_deref().map(Imatrix::read).transpose()?, None),
     };
     let scaling = match (&stats, args.awq) {
-        (Some(stats), true) => Some(awq(args, global, &file, &input, &plans, stats, &pool)?),
+        (Some((stats, cfg)), true) => Some(awq(args, global, &file, cfg, &plans, stats, &pool)?),
         _ => None,
     };
+    let stats = stats.map(|(s, _)| s);
     let calib = Calib {
         imatrix: imatrix.as_ref(),
         hessians: stats.as_ref().filter(|_| args.gptq).map(decoder_hessians).unwrap_or_default(),
@@ -73,7 +74,8 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
 
 /// Runs the calibration text through the model: the importance matrix, and the statistics (with
 /// every layer's Hessians when GPTQ will use them).
-fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, pool: &smelt_kernels::pool::ThreadPool) -> Result<(Imatrix, CalibStats)> {
+/// Also returns the model's shape (for AWQ's groups).
+fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, pool: &smelt_kernels::pool::ThreadPool) -> Result<(Imatrix, CalibStats, smelt_models::LlamaConfig)> {
     let text_s = super::read_utf8(text)?;
     let m = smelt_models::load(input, smelt_models::LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
     let opts = CalibOptions { ctx: args.calib_ctx, max_chunks: args.calib_chunks, process_output: false };
@@ -91,23 +93,16 @@ fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, po
         b.finish();
     }
     let stats = collector.finish()?;
-    Ok((decoder_imatrix(&m.model, &stats, &text.display().to_string(), chunks, opts), stats))
+    Ok((decoder_imatrix(&m.model, &stats, &text.display().to_string(), chunks, opts), stats, m.model.cfg.clone()))
 }
 
 /// Searches the AWQ scales of every layer's matrix groups for the planned target types.
-fn awq(args: &QuantizeArgs, global: &Global, file: &GgufFile, input: &Path, plans: &[TensorPlan], stats: &CalibStats, pool: &smelt_kernels::pool::ThreadPool) -> Result<Scaling> {
-    let m = smelt_models::load(input, smelt_models::LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
-    let c = &m.model.cfg;
-    let groups = llama_groups(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
+fn awq(args: &QuantizeArgs, global: &Global, file: &GgufFile, cfg: &smelt_models::LlamaConfig, plans: &[TensorPlan], stats: &CalibStats, pool: &smelt_kernels::pool::ThreadPool) -> Result<Scaling> {
     let by_name: BTreeMap<&str, &TensorPlan> = plans.iter().map(|p| (p.t.name.as_str(), p)).collect();
-    let weights = |name: &str| -> std::result::Result<Vec<f32>, smelt_compress::CompressError> {
-        let t = by_name.get(name).ok_or_else(|| smelt_compress::CompressError::Fit(format!("AWQ: the file has no tensor {name:?}")))?.t;
-        file.tensor_f32(t).map_err(|source| smelt_compress::CompressError::Quant { tensor: name.to_string(), source })
-    };
     let target = |name: &str| by_name.get(name).filter(|p| p.target != p.t.ty).map(|p| p.target);
-    let mut bar = Progress::new("awq search", groups.len() as u64, false, global.quiet);
+    let mut bar = Progress::new("awq search", 4 * cfg.n_layers as u64, false, global.quiet);
     let opts = AwqOptions { grid: args.awq_grid, weighted: true };
-    let scaling = smelt_compress::awq::search(pool, &groups, stats, &weights, &target, opts, &mut |_, _, name| bar.inc(1, name))?;
+    let scaling = smelt_compress::awq::search_decoder(pool, file, cfg, stats, &target, opts, &mut |_, _, name| bar.inc(1, name))?;
     bar.finish();
     Ok(scaling)
 }

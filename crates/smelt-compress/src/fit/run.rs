@@ -214,14 +214,8 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
 /// The AWQ scales of every block's matrix groups, every matrix quantized to `a.ty`.
 fn search_awq(file: &GgufFile, model: &mut Llama, stats: &std::collections::BTreeMap<(usize, smelt_models::observe::MatrixInput), crate::calib::InputStats>, a: FitAwq, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<Scaling, CompressError> {
     let names: std::collections::BTreeSet<String> = super::matrices(file, model).iter().map(|t| t.name.clone()).collect();
-    let c = &model.cfg;
-    let groups = crate::awq::llama_groups(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
-    let weights = |name: &str| -> Result<Vec<f32>, CompressError> {
-        let t = file.tensor(name).ok_or_else(|| CompressError::Fit(format!("AWQ: the file has no tensor {name:?}")))?;
-        file.tensor_f32(t).map_err(|source| CompressError::Quant { tensor: name.to_string(), source })
-    };
     let target = |name: &str| names.contains(name).then_some(a.ty);
-    crate::awq::search(pool, &groups, stats, &weights, &target, a.opts, &mut |d, t, w| progress(Stage::Awq, d, t, w))
+    crate::awq::search_decoder(pool, file, &model.cfg, stats, &target, a.opts, &mut |d, t, w| progress(Stage::Awq, d, t, w))
 }
 
 /// Writes `mix` of `analysis` as a GGUF file at `out` (atomically) and checks it against the
