@@ -1,0 +1,199 @@
+//! Options of the compression commands: quantize, imatrix, fit (and the sizes they parse).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use smelt_formats::GgmlType;
+
+use super::parse_target;
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// Input GGUF file or model name.
+    #[arg(value_name = "IN")]
+    pub input: String,
+    /// Output GGUF path. Written to a temporary file and renamed into place when complete, so an
+    /// existing file is replaced only by a finished one.
+    #[arg(value_name = "OUT")]
+    pub output: PathBuf,
+    /// Target type for weight matrices (see the table below; case-insensitive).
+    #[arg(long = "to", value_name = "TYPE", value_parser = parse_target)]
+    pub to: GgmlType,
+    /// Type for the token embedding (token_embd.weight; also the output head of tied models).
+    /// Default: the --to type.
+    #[arg(long, value_name = "TYPE", value_parser = parse_target)]
+    pub embed_type: Option<GgmlType>,
+    /// Type for a separate output head (output.weight). Default: the --to type.
+    #[arg(long, value_name = "TYPE", value_parser = parse_target)]
+    pub output_type: Option<GgmlType>,
+    /// Keep tensors whose name matches this glob (`*` matches any run) in their current type.
+    /// Repeatable, e.g. --keep 'blk.0.*' --keep '*.attn_v.weight'.
+    #[arg(long, value_name = "GLOB")]
+    pub keep: Vec<String>,
+    /// Importance matrix (from `smelt imatrix` or llama-imatrix, GGUF or .dat): every matrix it
+    /// has an entry for is quantized minimizing the importance-weighted error.
+    #[arg(long, value_name = "FILE", conflicts_with = "calib")]
+    pub imatrix: Option<PathBuf>,
+    /// Calibration text: importance vectors are gathered on it (as `smelt imatrix` does) and
+    /// weight every block's search; with --gptq, the inputs' Hessians too. Use a text other
+    /// than the one you evaluate on.
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Calibration: chunks of --calib-ctx tokens to run (default: all the text holds).
+    #[arg(long, value_name = "N")]
+    pub calib_chunks: Option<usize>,
+    /// Calibration: tokens per chunk.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub calib_ctx: usize,
+    /// Quantize every block matrix with GPTQ (error feedback through the inverse Hessian of its
+    /// inputs; needs --calib). Memory: the Hessians, 8 cols^2 bytes per input (0.8 GB for
+    /// SmolLM2-135M).
+    #[arg(long, requires = "calib")]
+    pub gptq: bool,
+    /// GPTQ: columns by descending Hessian diagonal (block scales decided first).
+    #[arg(long, requires = "gptq")]
+    pub act_order: bool,
+    /// GPTQ: dampening, a fraction of the Hessian's mean diagonal added to it.
+    #[arg(long, value_name = "X", default_value_t = 0.01, requires = "gptq")]
+    pub damp: f64,
+    /// AWQ: scale each matrix group's input channels by their calibration RMS to the power
+    /// alpha (searched per group on a grid, minimizing the group's output error on --calib) and
+    /// fold the inverse scales into the norms, V and up, so the file stays a plain GGUF. Needs
+    /// --calib; memory as --gptq (the Hessians give the output error).
+    #[arg(long, requires = "calib")]
+    pub awq: bool,
+    /// AWQ: points of the alpha grid (alpha = 0, 1/N, ..., (N-1)/N).
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "awq")]
+    pub awq_grid: usize,
+    /// Print the per-tensor plan and exit without writing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print a JSON summary (the plan, sizes and weight error) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImatrixFormat {
+    Gguf,
+    Dat,
+}
+
+#[derive(Args, Debug)]
+pub struct ImatrixArgs {
+    /// The model (a GGUF decoder or a name).
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Calibration text (UTF-8).
+    #[arg(long, value_name = "FILE")]
+    pub calib: PathBuf,
+    /// The imatrix file to write (temporary file renamed into place when complete).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Tokens per chunk (llama-imatrix's -c).
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 512)]
+    pub ctx: usize,
+    /// Run at most N chunks (default: all the text holds).
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Also gather the output head's input (llama-imatrix's --process-output).
+    #[arg(long)]
+    pub process_output: bool,
+    /// File form (default: dat for a .dat name, else gguf).
+    #[arg(long, value_enum)]
+    pub output_format: Option<ImatrixFormat>,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("goal").required(true).args(["max_size", "max_bpw", "min_quality"]))]
+pub struct FitArgs {
+    /// The model (a GGUF decoder or a name).
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// The GGUF file to write (temporary file renamed into place when complete).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Largest file size, e.g. 78MB (10^6 bytes), 75MiB, 80000000.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
+    pub max_size: Option<u64>,
+    /// Largest size in bits per weight over the whole file (its bytes x 8 / its parameters).
+    #[arg(long, value_name = "X")]
+    pub max_bpw: Option<f64>,
+    /// Instead of a size: the smallest file whose predicted mean KL divergence from the
+    /// original (nats per token) is at most this.
+    #[arg(long, value_name = "X")]
+    pub min_quality: Option<f64>,
+    /// Calibration text (UTF-8): importance vectors and the sensitivity probes.
+    #[arg(long, value_name = "FILE")]
+    pub calib: PathBuf,
+    /// Importance matrix to use instead of gathering one (llama-imatrix's or smelt's; an entry
+    /// for the output head, from --process-output, weighs the tied embedding).
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Calibration: at most N chunks for the importance vectors.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub calib_chunks: usize,
+    /// Calibration: tokens per chunk.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub calib_ctx: usize,
+    /// Chunks at the end of the text on which each matrix's KLD is measured (one forward pass
+    /// per chunk per matrix: the longest step).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub probe_chunks: usize,
+    /// Points of the front whose KLD is measured for the report.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub front_checks: usize,
+    /// Candidate types, comma-separated (default: every block type smelt writes).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_target)]
+    pub types: Vec<GgmlType>,
+    /// AWQ first (as `smelt quantize --awq`): per-group input-channel scales searched with every
+    /// matrix quantized to --awq-type, folded into the norms, V and up; every candidate of a
+    /// scaled matrix is made from it (it can no longer be kept as it is). Memory: the Hessians
+    /// of every layer's inputs (0.8 GB for SmolLM2-135M) during calibration.
+    #[arg(long)]
+    pub awq: bool,
+    /// AWQ: the type the scales are searched for.
+    #[arg(long, value_name = "TYPE", default_value = "iq4_nl", value_parser = parse_target, requires = "awq")]
+    pub awq_type: GgmlType,
+    /// AWQ: points of the alpha grid (alpha = 0, 1/N, ..., (N-1)/N).
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "awq")]
+    pub awq_grid: usize,
+    /// Write the plan (tensor -> type, predicted loss), the front and the measurements: JSON
+    /// for a .json name, else Markdown.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A size in bytes: a number with an optional unit (B, kB, MB, GB in powers of 1000; KiB, MiB,
+/// GiB in powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?}: use B, kB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 78MB)"))?;
+    let bytes = v * scale;
+    if !bytes.is_finite() || !(1.0..=1e15).contains(&bytes) {
+        return Err(format!("{s:?}: a size from 1 B to 1000 TB"));
+    }
+    Ok(bytes as u64)
+}
