@@ -1,5 +1,5 @@
-//! A linear layer `y = W x` over any registry weight type: the model files hold the weights,
-//! smelt-kernels multiplies them. Models are written once against this type, whatever the
+//! A linear layer `y = W x (+ b)` over any registry weight type: the model files hold the
+//! weights, smelt-kernels multiplies them. Models are written once against this type, whatever the
 //! quantization (F32, F16, BF16, every ggml block type).
 
 use std::sync::Arc;
@@ -23,7 +23,8 @@ enum Bytes {
     Owned(Arc<Vec<u8>>),
 }
 
-/// A weight matrix `[rows = out_features, cols = in_features]`, row-major in its type's blocks.
+/// A weight matrix `[rows = out_features, cols = in_features]`, row-major in its type's blocks,
+/// with an optional bias (`rows` values, added to every product).
 #[derive(Clone)]
 pub struct Linear {
     pub name: String,
@@ -31,6 +32,7 @@ pub struct Linear {
     pub rows: usize,
     pub cols: usize,
     bytes: Bytes,
+    bias: Option<Arc<Vec<f32>>>,
 }
 
 impl std::fmt::Debug for Linear {
@@ -49,7 +51,7 @@ impl Linear {
         }
         let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
         let start = (file.header.data_offset + t.offset) as usize;
-        let mut lin = Linear { name: name.into(), ty: t.ty, rows, cols, bytes: Bytes::File { file: file.clone(), start, len: t.n_bytes as usize } };
+        let mut lin = Linear { name: name.into(), ty: t.ty, rows, cols, bytes: Bytes::File { file: file.clone(), start, len: t.n_bytes as usize }, bias: None };
         if let Some(target) = as_type {
             lin = lin.to_type(target)?;
         }
@@ -69,7 +71,7 @@ impl Linear {
         if t.shape.len() != 2 {
             return Err(ModelError::WrongShape { name: name.into(), found: t.shape.iter().map(|&d| d as u64).collect(), expected: vec![0, 0] });
         }
-        let lin = Linear { name: name.into(), ty, rows: t.shape[0], cols: t.shape[1], bytes: Bytes::Safetensors { file: file.clone(), index } };
+        let lin = Linear { name: name.into(), ty, rows: t.shape[0], cols: t.shape[1], bytes: Bytes::Safetensors { file: file.clone(), index }, bias: None };
         match as_type {
             Some(target) => lin.to_type(target),
             None => Ok(lin),
@@ -94,7 +96,7 @@ impl Linear {
             return Err(ModelError::WrongShape { name: name.into(), found: vec![data.len() as u64], expected: vec![rows as u64, cols as u64] });
         }
         let bytes = bytemuck::cast_slice::<f32, u8>(&data).to_vec();
-        let lin = Linear { name: name.into(), ty: GgmlType::F32, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)) };
+        let lin = Linear { name: name.into(), ty: GgmlType::F32, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)), bias: None };
         match as_type {
             Some(target) => lin.to_type(target),
             None => Ok(lin),
@@ -107,7 +109,7 @@ impl Linear {
         if expected != Some(bytes.len()) {
             return Err(ModelError::WrongShape { name: name.into(), found: vec![bytes.len() as u64], expected: vec![expected.unwrap_or(0) as u64] });
         }
-        Ok(Linear { name: name.into(), ty, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)) })
+        Ok(Linear { name: name.into(), ty, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)), bias: None })
     }
 
     /// The rows of several matrices of one type and width stacked into one (`[sum rows, cols]`),
@@ -118,7 +120,9 @@ impl Linear {
             return Err(ModelError::WrongShape { name: p.name.clone(), found: vec![p.rows as u64, p.cols as u64], expected: vec![p.rows as u64, first.cols as u64] });
         }
         let bytes: Vec<u8> = parts.iter().flat_map(|p| p.bytes().iter().copied()).collect();
-        Ok(Linear { name: name.into(), ty: first.ty, rows: parts.iter().map(|p| p.rows).sum(), cols: first.cols, bytes: Bytes::Owned(Arc::new(bytes)) })
+        // A part without a bias adds zeros, so the stack has one when any part has.
+        let bias = parts.iter().any(|p| p.bias.is_some()).then(|| Arc::new(parts.iter().flat_map(|p| p.bias.as_ref().map_or_else(|| vec![0.0; p.rows], |b| b.to_vec())).collect()));
+        Ok(Linear { name: name.into(), ty: first.ty, rows: parts.iter().map(|p| p.rows).sum(), cols: first.cols, bytes: Bytes::Owned(Arc::new(bytes)), bias })
     }
 
     /// A copy in another type.
@@ -131,7 +135,28 @@ impl Linear {
             Ok(out)
         };
         let out = convert().map_err(|e| e.in_tensor(&self.name))?;
-        Ok(Linear { name: self.name.clone(), ty, rows: self.rows, cols: self.cols, bytes: Bytes::Owned(Arc::new(out)) })
+        Ok(Linear { name: self.name.clone(), ty, rows: self.rows, cols: self.cols, bytes: Bytes::Owned(Arc::new(out)), bias: self.bias.clone() })
+    }
+
+    /// This matrix with the bias `b` (`rows` finite values) added to its products.
+    pub fn with_bias(mut self, b: Vec<f32>) -> Result<Linear, ModelError> {
+        if b.len() != self.rows {
+            return Err(ModelError::WrongShape { name: format!("{} (bias)", self.name), found: vec![b.len() as u64], expected: vec![self.rows as u64] });
+        }
+        crate::error::check_finite(&self.name, &b)?;
+        self.bias = Some(Arc::new(b));
+        Ok(self)
+    }
+
+    /// This matrix without a bias.
+    pub fn without_bias(mut self) -> Linear {
+        self.bias = None;
+        self
+    }
+
+    /// The bias, when the layer has one.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref().map(Vec::as_slice)
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -161,12 +186,25 @@ impl Linear {
         Ok(())
     }
 
-    /// `y = W x`.
+    /// `y = W x (+ b)`.
     pub fn forward(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
-        Ok(gemv(pool, &self.matrix()?, x, y, scratch)?)
+        gemv(pool, &self.matrix()?, x, y, scratch)?;
+        self.add_bias(y);
+        Ok(())
     }
 
-    /// `Y = X W^T` for `m` rows: a matrix-vector product for one row, matrix-matrix otherwise.
+    /// Adds the bias (if any) to every row of `y` (`rows` values each).
+    fn add_bias(&self, y: &mut [f32]) {
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(self.rows) {
+                for (v, b) in row.iter_mut().zip(b.iter()) {
+                    *v += b;
+                }
+            }
+        }
+    }
+
+    /// `Y = X W^T (+ b)` for `m` rows: a matrix-vector product for one row, matrix-matrix otherwise.
     pub fn apply(&self, pool: &ThreadPool, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
         if m == 1 {
             self.forward(pool, &x[..self.cols], &mut y[..self.rows], scratch)
@@ -175,9 +213,11 @@ impl Linear {
         }
     }
 
-    /// `Y = X W^T` for `m` rows of `X`.
+    /// `Y = X W^T (+ b)` for `m` rows of `X`.
     pub fn forward_batch(&self, pool: &ThreadPool, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
-        Ok(gemm(pool, &self.matrix()?, x, m, y, scratch)?)
+        gemm(pool, &self.matrix()?, x, m, y, scratch)?;
+        self.add_bias(&mut y[..m * self.rows]);
+        Ok(())
     }
 }
 

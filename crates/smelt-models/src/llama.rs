@@ -237,10 +237,15 @@ impl Llama {
     pub fn from_gguf(file: Arc<GgufFile>, opts: LoadOptions) -> Result<Llama, ModelError> {
         let cfg = LlamaConfig::from_gguf(&file.header)?;
         let as_ty = opts.weight_type;
+        // A block's matrix `NAME.weight` and its bias `NAME.bias` when the file has one
+        // (llama.cpp's Llama graph adds each of these optional biases after its product).
         let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             let l = Linear::load(&file, name, as_ty)?;
             check(&l, rows, cols)?;
-            Ok(l)
+            match name.strip_suffix(".weight").filter(|_| name.starts_with("blk.")).map(|stem| format!("{stem}.bias")).filter(|b| file.tensor(b).is_some()) {
+                Some(b) => l.with_bias(vector(&file, &b, rows)?),
+                None => Ok(l),
+            }
         };
         let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
         let embed = Linear::load(&file, "token_embd.weight", as_ty)?;

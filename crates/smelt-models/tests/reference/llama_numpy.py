@@ -6,9 +6,13 @@ each prompt records: the prompt's token ids (HF `tokenizers`, built as in hf_tok
 logits at the last prompt position, and 64 greedily generated tokens.
 
     python3 llama_numpy.py MODEL.gguf OUT_DIR
+    python3 llama_numpy.py --logits MODEL.gguf TOKEN_IDS_JSON OUT.npy
 
-Writes OUT_DIR/llama_reference.json and OUT_DIR/logits_<i>.npy (float32). Made the fixtures in
-this directory with MODEL = the smollm2-135m file (`smelt pull smollm2-135m`).
+The first form writes OUT_DIR/llama_reference.json and OUT_DIR/logits_<i>.npy (float32); it made
+the fixtures in this directory with MODEL = the smollm2-135m file (`smelt pull smollm2-135m`).
+The second writes the logits at the last of the given tokens (the test of optional biases runs
+it on a file it writes). A block's optional biases (`blk.N.attn_q.bias`, ... `ffn_down.bias`, as
+llama.cpp's Llama graph reads them) are added after their products.
 Needs `pip install gguf numpy tokenizers`.
 """
 import json
@@ -55,6 +59,12 @@ class Llama:
         self.out = self.w.get("output.weight", self.w["token_embd.weight"])
         self.cache = [([], []) for _ in range(self.n_layers)]
 
+    def lin(self, name, x):
+        """`W x (+ b)` for the matrix `name.weight` and its bias `name.bias` if the file has one."""
+        y = self.w[name + ".weight"] @ x
+        b = self.w.get(name + ".bias")
+        return y if b is None else y + b.reshape(-1)
+
     def rmsnorm(self, x, w):
         return x / np.sqrt(np.mean(x * x) + self.eps) * w
 
@@ -75,9 +85,9 @@ class Llama:
         for l in range(self.n_layers):
             p = f"blk.{l}."
             h = self.rmsnorm(x, self.w[p + "attn_norm.weight"])
-            q = (self.w[p + "attn_q.weight"] @ h).reshape(self.n_heads, self.hd)
-            kk = (self.w[p + "attn_k.weight"] @ h).reshape(self.n_kv, self.hd)
-            v = (self.w[p + "attn_v.weight"] @ h).reshape(self.n_kv, self.hd)
+            q = self.lin(p + "attn_q", h).reshape(self.n_heads, self.hd)
+            kk = self.lin(p + "attn_k", h).reshape(self.n_kv, self.hd)
+            v = self.lin(p + "attn_v", h).reshape(self.n_kv, self.hd)
             q, kk = self.rope(q, pos), self.rope(kk, pos)
             ks, vs = self.cache[l]
             ks.append(kk)
@@ -90,11 +100,11 @@ class Llama:
                 pr = np.exp(sc - sc.max())
                 pr /= pr.sum()
                 att[hh] = pr @ V[:, g, :]
-            x = x + self.w[p + "attn_output.weight"] @ att.reshape(-1)
+            x = x + self.lin(p + "attn_output", att.reshape(-1))
             h = self.rmsnorm(x, self.w[p + "ffn_norm.weight"])
-            gate = self.w[p + "ffn_gate.weight"] @ h
-            up = self.w[p + "ffn_up.weight"] @ h
-            x = x + self.w[p + "ffn_down.weight"] @ (gate / (1.0 + np.exp(-gate)) * up)
+            gate = self.lin(p + "ffn_gate", h)
+            up = self.lin(p + "ffn_up", h)
+            x = x + self.lin(p + "ffn_down", gate / (1.0 + np.exp(-gate)) * up)
         x = self.rmsnorm(x, self.w["output_norm.weight"])
         return self.out @ x
 
@@ -123,5 +133,16 @@ def main(path, out_dir):
         json.dump({"model": os.path.basename(path), "cases": cases}, f, indent=1)
 
 
+def logits_for(path, ids_json, out):
+    model = Llama(path)
+    ids = json.loads(open(ids_json).read())
+    for pos, t in enumerate(ids):
+        logits = model.step(t, pos)
+    np.save(out, logits.astype(np.float32))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--logits":
+        logits_for(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        main(sys.argv[1], sys.argv[2])
