@@ -151,10 +151,11 @@ fn awq_fit_writes_the_scaled_model_it_measured() {
     let src = GgufFile::open(&model).unwrap();
     let budget = src.header.file_len * 45 / 100;
     let out = dir("awq").join("awq.gguf");
-    let o = fit(&model, &text, &out, &["--max-size", &budget.to_string(), "--awq", "--awq-grid", "8"]);
+    let o = fit(&model, &text, &out, &["--max-size", &budget.to_string(), "--awq", "--awq-type", "iq4_nl", "--awq-grid", "8"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(std::fs::metadata(&out).unwrap().len() <= budget);
+    assert!(v["awq_check"].is_null(), "AWQ first is not checked against the unscaled mix: {}", v["awq_check"]);
     let awq = &v["awq"];
     assert_eq!(awq["groups"].as_u64(), Some(4 * 2), "{awq}");
     assert!(awq["scaled"].as_u64().unwrap() >= 1 && awq["calibration_error_ratio"].as_f64().unwrap() < 1.0, "{awq}");
@@ -174,6 +175,38 @@ fn awq_fit_writes_the_scaled_model_it_measured() {
     let written = e["models"][1]["lm"]["vs_ref"]["kld_mean"].as_f64().unwrap();
     let measured = v["measured_kld"].as_f64().unwrap();
     assert!(measured > 0.0 && written > measured / 4.0 && written < measured * 4.0, "written file's KLD {written}, measured in the fit {measured}");
+}
+
+/// AWQ after the mix: both mixes are measured on the held chunks and the written file is the
+/// better one; when that is the scaled one, a norm was rescaled and only matrices the mix
+/// re-quantizes are scaled (every kept matrix is byte for byte the source's).
+#[test]
+fn awq_after_the_mix_writes_the_better_measured_mix() {
+    let (model, text) = setup("awq-after");
+    let src = GgufFile::open(&model).unwrap();
+    let budget = src.header.file_len * 45 / 100;
+    let out = dir("awq-after").join("awq.gguf");
+    let o = fit(&model, &text, &out, &["--max-size", &budget.to_string(), "--awq", "--awq-grid", "8"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(std::fs::metadata(&out).unwrap().len() <= budget);
+    let check = &v["awq_check"];
+    let (without, with) = (check["measured_kld_unscaled"].as_f64().unwrap(), check["measured_kld_scaled"].as_f64().unwrap());
+    let scaled = check["scaled_written"].as_bool().unwrap();
+    assert_eq!(scaled, with < without, "{check}");
+    assert_eq!(v["measured_kld"].as_f64().unwrap(), if scaled { with } else { without }, "{check}");
+    assert_eq!(v["awq"].is_null(), !scaled, "{}", v["awq"]);
+    let f = GgufFile::open(&out).unwrap();
+    let kept: Vec<&str> = v["plan"].as_array().unwrap().iter().filter(|p| p["kept"].as_bool() == Some(true)).map(|p| p["name"].as_str().unwrap()).collect();
+    for name in &kept {
+        let (a, b) = (src.tensor(name).unwrap(), f.tensor(name).unwrap());
+        assert_eq!(src.tensor_data(a), f.tensor_data(b), "{name} is kept but was changed");
+    }
+    if scaled {
+        let rescaled = ["attn_norm", "ffn_norm"].iter().flat_map(|n| (0..2).map(move |l| format!("blk.{l}.{n}.weight"))).any(|n| src.tensor_f32(src.tensor(&n).unwrap()).unwrap() != f.tensor_f32(f.tensor(&n).unwrap()).unwrap());
+        let rows_scaled = (0..2).flat_map(|l| [format!("blk.{l}.attn_v.weight"), format!("blk.{l}.ffn_up.weight")]).any(|n| !kept.contains(&n.as_str()));
+        assert!(rescaled || rows_scaled, "the scaled mix was written but nothing was rescaled");
+    }
 }
 
 #[test]

@@ -45,7 +45,7 @@ fn a_pass_from_a_layer_equals_the_full_pass_and_probes_agree() {
     // Probes: for every matrix, the smallest candidate's predicted loss is the measured KLD,
     // and the others scale with their weighted errors; "keep" is free.
     let file = GgufFile::open(&path).unwrap();
-    let mut choices = quantize_candidates(&file, &mut m.model, None, None, &[GgmlType::Q4_0, GgmlType::Q8_0], &pool, &mut |_, _, _| {}).unwrap();
+    let mut choices = quantize_candidates(&file, &smelt_compress::fit::matrices(&file, &mut m.model), None, None, &[GgmlType::Q4_0, GgmlType::Q8_0], &pool, &mut |_, _, _| {}).unwrap();
     choices.retain(|c| c.name.starts_with("blk.29.") || c.name.starts_with("blk.0.attn_v"));
     probe(&mut m.model, &mut choices, &reference, &pool, &mut |_, _, _| {}).unwrap();
     for c in &choices {

@@ -146,15 +146,18 @@ pub struct FitArgs {
     /// Candidate types, comma-separated (default: every block type smelt writes).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_target)]
     pub types: Vec<GgmlType>,
-    /// AWQ first (as `smelt quantize --awq`): per-group input-channel scales searched with every
-    /// matrix quantized to --awq-type, folded into the norms, V and up; every candidate of a
-    /// scaled matrix is made from it (it can no longer be kept as it is). Memory: the Hessians
-    /// of every layer's inputs (0.8 GB for SmolLM2-135M) during calibration.
+    /// AWQ after the mix: the groups of matrices the chosen mix re-quantizes all (and the matrix
+    /// their scale folds into) get per-channel input scales searched for their chosen types
+    /// (as `smelt quantize --awq`), their candidates are made again from the scaled matrices and
+    /// probed, the mix is chosen again, and the scaled mix is written only if its measured KLD
+    /// on the probe chunks is lower. Memory: the Hessians of every layer's inputs (0.8 GB for
+    /// SmolLM2-135M).
     #[arg(long)]
     pub awq: bool,
-    /// AWQ: the type the scales are searched for.
-    #[arg(long, value_name = "TYPE", default_value = "iq4_nl", value_parser = parse_target, requires = "awq")]
-    pub awq_type: GgmlType,
+    /// AWQ first instead: every group scaled for this one type before any choice (its
+    /// matrices then cannot be kept as they are).
+    #[arg(long, value_name = "TYPE", value_parser = parse_target, requires = "awq")]
+    pub awq_type: Option<GgmlType>,
     /// AWQ: points of the alpha grid (alpha = 0, 1/N, ..., (N-1)/N).
     #[arg(long, value_name = "N", default_value_t = 20, requires = "awq")]
     pub awq_grid: usize,

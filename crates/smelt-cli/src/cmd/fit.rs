@@ -160,7 +160,12 @@ fn print_summary(
     )?;
     writeln!(out, "KLD        predicted {:.5}, measured {:.5} (mean nats per token on {} held calibration tokens)", r.chosen.loss, r.measured_kld, r.probe_tokens)?;
     if let Some(a) = r.scaling.as_ref().map(|s| s.summary()) {
-        writeln!(out, "awq        {} of {} matrix groups scaled for {} (mean alpha {:.2}); their output error on the calibration text {:.3}x that without scaling", a.scaled, a.groups, args.awq_type, a.mean_alpha, a.error_ratio)?;
+        let how = args.awq_type.map_or("their chosen types".to_string(), |t| t.to_string());
+        writeln!(out, "awq        {} of {} matrix groups scaled for {how} (mean alpha {:.2}); their output error on the calibration text {:.3}x that without scaling", a.scaled, a.groups, a.mean_alpha, a.error_ratio)?;
+    }
+    if let Some((without, with)) = r.awq_check {
+        let kept = if with < without { "the scaled mix written" } else { "the unscaled mix written" };
+        writeln!(out, "awq        measured KLD {without:.5} unscaled, {with:.5} scaled: {kept}")?;
     }
     writeln!(
         out,
@@ -233,7 +238,8 @@ fn document(
         "calibration": args.calib.display().to_string(),
         "imatrix": args.imatrix.as_ref().map(|p| p.display().to_string()),
         "imatrix_chunks": r.imatrix_chunks,
-        "awq": r.scaling.as_ref().map(|s| { let a = s.summary(); json!({"type": args.awq_type.name(), "groups": a.groups, "scaled": a.scaled, "mean_alpha": a.mean_alpha, "calibration_error_ratio": a.error_ratio}) }),
+        "awq": r.scaling.as_ref().map(|s| { let a = s.summary(); json!({"type": args.awq_type.map(|t| t.name()), "groups": a.groups, "scaled": a.scaled, "mean_alpha": a.mean_alpha, "calibration_error_ratio": a.error_ratio}) }),
+        "awq_check": r.awq_check.map(|(without, with)| json!({"measured_kld_unscaled": without, "measured_kld_scaled": with, "scaled_written": with < without})),
         "probe_tokens": r.probe_tokens,
         "goal": {"max_size": args.max_size, "max_bpw": args.max_bpw, "min_quality": args.min_quality},
         "file_bytes": r.summary.file_bytes,

@@ -31,7 +31,7 @@ use crate::awq::{Factors, Scaling};
 use crate::imatrix::Imatrix;
 use crate::{convert, round_trip, CompressError};
 
-pub use run::{analyze, fit, write_mix, Analysis, FitAwq, FitReport, FitSettings, FrontPoint, Goal, Source, Stage};
+pub use run::{analyze, fit, write_mix, Analysis, CalibStats, FitAwq, FitReport, FitSettings, FrontPoint, Goal, Source, Stage};
 pub use solve::{front, solve_budget, solve_loss, Mix};
 
 /// One way to store one matrix.
@@ -117,20 +117,19 @@ pub fn scaled_candidate_types(t: &TensorInfo, types: &[GgmlType]) -> Vec<GgmlTyp
     out
 }
 
-/// Quantizes every matrix of `file` (the file `model` was loaded from) to each of its candidate
+/// Quantizes each of `tensors` (matrices of `file`, see [`matrices`]) to each of its candidate
 /// types, weighted by `imatrix` where it has an entry, and returns the candidates with their
 /// weighted errors (losses not yet predicted: see [`probe`]). A matrix `scaling` has factors for
 /// is scaled first (its importance with it) and has no kept candidate.
 pub fn quantize_candidates(
     file: &GgufFile,
-    model: &mut Llama,
+    tensors: &[&TensorInfo],
     imatrix: Option<&Imatrix>,
     scaling: Option<&Scaling>,
     types: &[GgmlType],
     pool: &ThreadPool,
     on_step: OnStep,
 ) -> Result<Vec<TensorChoices>, CompressError> {
-    let tensors = matrices(file, model);
     if let Some(m) = imatrix {
         // An imatrix that names none of the matrices was made for another model.
         if let Some(t) = tensors

@@ -44,11 +44,18 @@ pub struct FitSettings {
     pub awq: Option<FitAwq>,
 }
 
-/// AWQ in a fit: the scales are searched once, with every matrix quantized to `ty` (one type
-/// near the budget's), and every candidate of a scaled matrix is made from the scaled matrix.
+/// AWQ in a fit, in one of two ways:
+/// - `ty: None` (after the mix): the mix is chosen unscaled; then the groups whose matrices
+///   (and the matrix their scale folds into) the mix re-quantizes all are searched, each matrix
+///   for its chosen type, their candidates made again from the scaled matrices and probed, the
+///   mix chosen again, and the scaled mix kept only if its measured KLD on the probe chunks is
+///   lower. A matrix the mix keeps as it is stays so.
+/// - `ty: Some(t)` (first): the scales are searched once before any choice, with every matrix
+///   quantized to `t`, and every candidate of a scaled matrix is made from the scaled matrix (no
+///   matrix of a scaled group can be kept as it is).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FitAwq {
-    pub ty: GgmlType,
+    pub ty: Option<GgmlType>,
     pub opts: crate::awq::AwqOptions,
 }
 
@@ -88,6 +95,9 @@ pub struct FitReport {
     pub probe_tokens: usize,
     /// The AWQ scales the file was written with.
     pub scaling: Option<Scaling>,
+    /// AWQ after the mix: the measured KLD of the unscaled mix and of the scaled one (the
+    /// lower was written).
+    pub awq_check: Option<(f64, f64)>,
 }
 
 /// Bytes a file of `file`'s metadata takes beside its matrices: the header (with room for the
@@ -131,7 +141,12 @@ pub struct Analysis {
     pub params: u64,
     /// The AWQ scales the candidates were made under.
     pub scaling: Option<Scaling>,
+    /// The calibration statistics with every layer's Hessians, kept for AWQ after the mix.
+    pub stats: Option<CalibStats>,
 }
+
+/// Statistics of the calibration run per (layer, input).
+pub type CalibStats = std::collections::BTreeMap<(usize, smelt_models::observe::MatrixInput), crate::calib::InputStats>;
 
 impl Analysis {
     /// The largest file a goal allows (`None` for a quality goal).
@@ -177,6 +192,7 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
     let probes: Vec<Vec<u32>> = (available - settings.probe_chunks..available).map(chunk).collect();
     // 1. Importance vectors (and, for AWQ, Hessians) on the chunks the probes do not use.
     let mut scaling = None;
+    let mut kept_stats = None;
     let (imatrix, imatrix_chunks) = match (imatrix, settings.awq) {
         (Some(m), None) => (m.clone(), m.chunk_count as usize),
         (given, awq) => {
@@ -188,8 +204,13 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
             let calib_tokens = &tokens[..(available - settings.probe_chunks) * ctx];
             let n = run_decoder_tokens(model, tok, pool, calib_tokens, opts, &mut collector, &mut |d, t| progress(Stage::Calibrate, d, t, "chunk"))?;
             let stats = collector.finish().map_err(smelt_models::ModelError::from)?;
-            if let Some(a) = awq {
-                scaling = Some(search_awq(file, model, &stats, a, pool, progress)?);
+            match awq {
+                Some(FitAwq { ty: Some(ty), opts }) => {
+                    let names: std::collections::BTreeSet<String> = super::matrices(file, model).iter().map(|t| t.name.clone()).collect();
+                    scaling = Some(search_awq(file, model, &stats, &|name| names.contains(name).then_some(ty), opts, pool, progress)?);
+                }
+                Some(FitAwq { ty: None, .. }) => kept_stats = Some(stats.clone()),
+                None => {}
             }
             match given {
                 Some(m) => (m.clone(), m.chunk_count as usize),
@@ -198,7 +219,7 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
         }
     };
     // 2. Every candidate of every matrix.
-    let mut choices = quantize_candidates(file, model, Some(&imatrix), scaling.as_ref(), &settings.types, pool, &mut |d, t, w| progress(Stage::Candidates, d, t, w))?;
+    let mut choices = quantize_candidates(file, &super::matrices(file, model), Some(&imatrix), scaling.as_ref(), &settings.types, pool, &mut |d, t, w| progress(Stage::Candidates, d, t, w))?;
     if choices.is_empty() {
         return Err(CompressError::Fit("the model has no weight matrix smelt can re-quantize".into()));
     }
@@ -208,14 +229,38 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
     progress(Stage::Reference, 1, 1, "reference");
     probe(model, &mut choices, &reference, pool, &mut |d, t, w| progress(Stage::Probe, d, t, w))?;
     let fixed_bytes = fixed_bytes(file, &choices);
-    Ok(Analysis { choices, imatrix, imatrix_chunks, reference, fixed_bytes, params: file.header.n_params(), scaling })
+    Ok(Analysis { choices, imatrix, imatrix_chunks, reference, fixed_bytes, params: file.header.n_params(), scaling, stats: kept_stats })
 }
 
-/// The AWQ scales of every block's matrix groups, every matrix quantized to `a.ty`.
-fn search_awq(file: &GgufFile, model: &mut Llama, stats: &std::collections::BTreeMap<(usize, smelt_models::observe::MatrixInput), crate::calib::InputStats>, a: FitAwq, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<Scaling, CompressError> {
-    let names: std::collections::BTreeSet<String> = super::matrices(file, model).iter().map(|t| t.name.clone()).collect();
-    let target = |name: &str| names.contains(name).then_some(a.ty);
-    crate::awq::search_decoder(pool, file, &model.cfg, stats, &target, a.opts, &mut |d, t, w| progress(Stage::Awq, d, t, w))
+/// The AWQ scales of every block's matrix groups, each matrix quantized to `target(name)`
+/// (`None`: kept, its groups left unscaled).
+fn search_awq(file: &GgufFile, model: &Llama, stats: &CalibStats, target: &dyn Fn(&str) -> Option<GgmlType>, opts: crate::awq::AwqOptions, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<Scaling, CompressError> {
+    crate::awq::search_decoder(pool, file, &model.cfg, stats, target, opts, &mut |d, t, w| progress(Stage::Awq, d, t, w))
+}
+
+/// AWQ after the mix (see [`FitAwq`]): scales the groups `mix` re-quantizes whole, remakes and
+/// probes their matrices' candidates in `analysis`, and returns the matrices' unscaled choices
+/// (index, choices) so that the caller can put them back. Nothing changes when no group gains.
+fn rescale(src: &Source, model: &mut Llama, analysis: &mut Analysis, mix: &Mix, settings: &FitSettings, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<Vec<(usize, TensorChoices)>, CompressError> {
+    let opts = settings.awq.map(|a| a.opts).unwrap_or_default();
+    let stats = analysis.stats.as_ref().ok_or_else(|| CompressError::Fit("AWQ after the mix needs the calibration run's Hessians".into()))?;
+    let chosen: std::collections::BTreeMap<&str, GgmlType> = analysis.choices.iter().zip(&mix.choice).filter(|(c, &k)| !c.candidates[k].kept).map(|(c, &k)| (c.name.as_str(), c.candidates[k].ty)).collect();
+    let scaling = search_awq(src.file, model, stats, &|name| chosen.get(name).copied(), opts, pool, progress)?;
+    if scaling.factors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut scaled = super::matrices(src.file, model);
+    scaled.retain(|t| scaling.get(&t.name).is_some());
+    let mut fresh = quantize_candidates(src.file, &scaled, Some(&analysis.imatrix), Some(&scaling), &settings.types, pool, &mut |d, t, w| progress(Stage::Candidates, d, t, w))?;
+    probe(model, &mut fresh, &analysis.reference, pool, &mut |d, t, w| progress(Stage::Probe, d, t, w))?;
+    let mut old = Vec::with_capacity(fresh.len());
+    for tc in fresh {
+        if let Some(i) = analysis.choices.iter().position(|c| c.name == tc.name) {
+            old.push((i, std::mem::replace(&mut analysis.choices[i], tc)));
+        }
+    }
+    analysis.scaling = Some(scaling);
+    Ok(old)
 }
 
 /// Writes `mix` of `analysis` as a GGUF file at `out` (atomically) and checks it against the
@@ -248,9 +293,31 @@ pub fn write_mix(file: &GgufFile, analysis: &Analysis, mix: &Mix, limit: Option<
 /// The whole fit of `model` (loaded from `file`) to one goal: [`analyze`], choose, measure the
 /// chosen mix and `settings.front_checks` points of the front, write the mix to `out`.
 pub fn fit(src: &Source, model: &mut Llama, settings: &FitSettings, out: &Path, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<FitReport, CompressError> {
-    let analysis = analyze(src, model, settings, pool, progress)?;
+    let mut analysis = analyze(src, model, settings, pool, progress)?;
     let file = src.file;
-    let chosen = analysis.choose(settings.goal)?;
+    let mut chosen = analysis.choose(settings.goal)?;
+    let mut awq_check = None;
+    if let Some(FitAwq { ty: None, .. }) = settings.awq {
+        let mut other = rescale(src, model, &mut analysis, &chosen, settings, pool, progress)?;
+        if !other.is_empty() {
+            // `other` holds the unscaled choices of the scaled matrices; swapping exchanges them
+            // with the scaled ones in the analysis.
+            let swap = |analysis: &mut Analysis, other: &mut Vec<(usize, TensorChoices)>| other.iter_mut().for_each(|(i, tc)| std::mem::swap(&mut analysis.choices[*i], tc));
+            let scaled_mix = analysis.choose(settings.goal)?;
+            progress(Stage::Check, 0, 2, "awq: scaled mix");
+            let with = measure(model, &analysis.choices, &scaled_mix, &analysis.reference, pool)?;
+            swap(&mut analysis, &mut other);
+            progress(Stage::Check, 1, 2, "awq: unscaled mix");
+            let without = measure(model, &analysis.choices, &chosen, &analysis.reference, pool)?;
+            awq_check = Some((without, with));
+            if with < without {
+                swap(&mut analysis, &mut other);
+                chosen = scaled_mix;
+            } else {
+                analysis.scaling = None;
+            }
+        }
+    }
     let (choices, reference, fixed) = (&analysis.choices, &analysis.reference, analysis.fixed_bytes);
     // The prediction checked: the chosen mix and a few points spread over the front (by
     // position, the lossless end left out: its KLD is 0).
@@ -270,7 +337,7 @@ pub fn fit(src: &Source, model: &mut Llama, settings: &FitSettings, out: &Path, 
     progress(Stage::Check, total, total, "done");
     let summary = write_mix(file, &analysis, &chosen, analysis.limit(settings.goal), out, pool, progress)?;
     let probe_tokens = reference.tokens();
-    Ok(FitReport { chosen, fixed_bytes: fixed, measured_kld, front, summary, params: analysis.params, imatrix_chunks: analysis.imatrix_chunks, probe_tokens, scaling: analysis.scaling, choices: analysis.choices })
+    Ok(FitReport { chosen, fixed_bytes: fixed, measured_kld, front, summary, params: analysis.params, imatrix_chunks: analysis.imatrix_chunks, probe_tokens, scaling: analysis.scaling, choices: analysis.choices, awq_check })
 }
 
 /// The type holding most parameters of the mix (for `general.file_type`).
