@@ -24,6 +24,8 @@ pub enum CompressError {
     Gptq { tensor: String, source: crate::gptq::GptqError },
     #[error(transparent)]
     Eval(#[from] smelt_eval::EvalError),
+    #[error("tensor {tensor:?}: {source}")]
+    Prune { tensor: String, source: crate::prune::PruneError },
     #[error("{0}")]
     Fit(String),
     #[error("the budget is below the smallest file the candidate types give ({smallest} bytes, {smallest_bpw:.2} bits per weight): allow more, or add smaller types to --types")]

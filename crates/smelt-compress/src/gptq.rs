@@ -53,7 +53,7 @@ pub enum GptqError {
 
 /// `U`, the upper Cholesky factor of the inverse of the dampened `H` (row-major, f32), and the
 /// columns whose input was always zero.
-fn inverse_factor(h: &[f64], cols: usize, damp: f64) -> Result<(Vec<f32>, Vec<bool>), GptqError> {
+pub(crate) fn inverse_factor(h: &[f64], cols: usize, damp: f64) -> Result<(Vec<f32>, Vec<bool>), GptqError> {
     use faer::linalg::solvers::DenseSolveCore;
     let dead: Vec<bool> = (0..cols).map(|j| h[j * cols + j] <= 0.0).collect();
     let live = dead.iter().filter(|d| !**d).count().max(1);

@@ -11,6 +11,7 @@
 //! - [`fit`]: mixed precision to a budget (a type per tensor from measured sensitivities).
 //! - [`awq`]: AWQ-style per-channel scales searched on the calibration text and folded into
 //!   the norms and matrices before the scaled ones, so the file stays a plain Llama GGUF.
+//! - [`prune`]: unstructured and N:M pruning (magnitude, Wanda, SparseGPT) of weight matrices.
 //! - [`gptq`]: GPTQ (column-by-column quantization with error feedback through the inverse
 //!   Hessian) into ggml block types.
 //!
@@ -26,6 +27,7 @@ pub mod gptq;
 pub mod imatrix;
 pub mod pipeline;
 pub mod plan;
+pub mod prune;
 
 pub use convert::{convert, round_trip, Converted};
 pub use error::CompressError;
