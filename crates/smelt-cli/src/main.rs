@@ -100,6 +100,7 @@ fn run(cli: &mut Cli) -> Result<i32> {
         Command::Inspect(a) => cmd::inspect::run(a, cli.global.quiet).map(|()| 0),
         Command::Quantize(a) => cmd::quantize::run(a, &cli.global).map(|()| 0),
         Command::Fit(a) => cmd::fit::run(a, &cli.global).map(|()| 0),
+        Command::Prune(a) => cmd::prune::run(a, &cli.global).map(|()| 0),
         Command::Imatrix(a) => cmd::imatrix::run(a, &cli.global).map(|()| 0),
         Command::Pull(a) => cmd::pull::pull(a, cli.global.quiet).map(|()| 0),
         Command::Models(a) => cmd::pull::models(a).map(|()| 0),

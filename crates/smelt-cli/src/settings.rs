@@ -78,6 +78,9 @@ pub const SETTINGS: &[Setting] = &[
     of("max_bpw", Ty::F64, Bound::positive("max_bpw", 64.0)),
     of("min_quality", Ty::F64, Bound::float("min_quality", 0.0, 100.0)),
     int("probe_chunks", &["fit"], 1, 1 << 16),
+    // Pruning.
+    of("sparsity", Ty::F64, Bound::float("sparsity", 0.0, 0.999)),
+    int("layers", &["prune"], 1, 1 << 16),
     int("front_checks", &["fit"], 0, 1 << 10),
     // Calibration (imatrix).
     int("ctx", &["imatrix"], 16, MAX_TOKENS),

@@ -125,6 +125,7 @@ fn every_numeric_option_refuses_hostile_values_and_survives_extreme_ones() {
         (vec!["imatrix"], [g, "--calib", &p(&text), "-o", &p(&dir.join("im.gguf"))].map(String::from).to_vec(), None),
         (vec!["quantize"], [g, &p(&dir.join("q.gguf")), "--to", "q8_0", "--calib", &p(&text), "--gptq", "--awq"].map(String::from).to_vec(), None),
         (vec!["fit"], [g, "--max-size", "60kB", "--calib", &p(&text), "--calib-ctx", "32", "--probe-chunks", "1", "--front-checks", "1", "--awq", "-o", &p(&dir.join("f.gguf"))].map(String::from).to_vec(), None),
+        (vec!["prune"], [g, "-o", &p(&dir.join("p.gguf")), "--method", "sparsegpt", "--sparsity", "0.5", "--calib", &p(&text), "--calib-ctx", "32"].map(String::from).to_vec(), None),
         (vec!["models"], vec![], None),
     ];
     let full = std::env::var("SMELT_HOSTILE_CASES").is_ok();

@@ -64,6 +64,10 @@ pub struct Calib<'a> {
     /// AWQ scales: the tensors they name are scaled before they are written (norms included,
     /// which are then written scaled in their own type).
     pub scaling: Option<&'a Scaling>,
+    /// Values that replace the file's for these tensors (pruned matrices, `rows x cols` f32):
+    /// written in the plan's target, F32 as they are or quantized from them (weighted by the
+    /// importance where there is one); the error statistics are against the file's values.
+    pub overrides: BTreeMap<String, Vec<f32>>,
 }
 
 /// A writer that counts what passes through it.
@@ -135,7 +139,12 @@ pub fn quantize_file(
                 s.params += p.t.n_elements;
                 s.tensors += 1;
                 let factors = calib.scaling.and_then(|sc| sc.get(&p.t.name));
-                if let Some(f) = factors {
+                if let Some(values) = calib.overrides.get(&p.t.name) {
+                    let imp = importance.get(p.t.name.as_str()).map(Vec::as_slice);
+                    let c = replaced_tensor(pool, p, file, values, imp)?;
+                    gw.write_tensor(&c.bytes)?;
+                    (s.err2, s.x2, s.bytes) = (s.err2 + c.err2, s.x2 + c.x2, s.bytes + c.bytes.len() as u64);
+                } else if let Some(f) = factors {
                     let imp = importance.get(p.t.name.as_str()).map(Vec::as_slice);
                     let h = calib.hessians.get(&p.t.name).filter(|_| gptq_fits(p));
                     gptq_count += h.is_some() as usize;
@@ -201,6 +210,24 @@ fn scaled_tensor(pool: &ThreadPool, p: &TensorPlan, file: &GgufFile, f: &Factors
         }
     };
     f.unapply(&mut back, cols);
+    Ok(errors(bytes, &w0, &back, cols, importance))
+}
+
+/// `values` (replacing `p`'s tensor) written in `p`'s target, with the error statistics against
+/// the file's values.
+fn replaced_tensor(pool: &ThreadPool, p: &TensorPlan, file: &GgufFile, values: &[f32], importance: Option<&[f32]>) -> Result<Converted, CompressError> {
+    let quant = |source| CompressError::Quant { tensor: p.t.name.clone(), source };
+    let w0 = file.tensor_f32(p.t).map_err(quant)?;
+    if values.len() != w0.len() || !smelt_kernels::math::all_finite(values) {
+        return Err(CompressError::NonFinite { tensor: p.t.name.clone() });
+    }
+    let cols = p.t.row_len() as usize;
+    let (bytes, back) = if p.target == GgmlType::F32 {
+        (bytemuck::cast_slice(values).to_vec(), values.to_vec())
+    } else {
+        let (c, back) = round_trip(pool, &p.t.name, values, cols, p.target, importance)?;
+        (c.bytes, back)
+    };
     Ok(errors(bytes, &w0, &back, cols, importance))
 }
 

@@ -123,3 +123,46 @@ fn pruning_matches_numpy() {
     eprintln!("ffn_gate 2:4 output error: SparseGPT {sgpt:.4e}, Wanda {wanda:.4e}");
     assert!(sgpt < wanda, "SparseGPT {sgpt} should reconstruct better than Wanda {wanda}");
 }
+
+/// Layers removed: the written file (SmolLM2 without the block `remove_layers` chose) gives in
+/// smelt, weights expanded to F32, the logits the float64 numpy reference computes from the
+/// same file (`smelt-models/tests/reference/llama_numpy.py`, which reads the block count and
+/// the renumbered tensors through the `gguf` package).
+#[test]
+fn removed_layers_match_numpy() {
+    use smelt_compress::prune::layers::{remove_layers, LayerScore};
+    use smelt_formats::GgmlType;
+    use smelt_models::{KvType, Llama};
+    let path = smelt_assets::ensure("smollm2-135m").unwrap();
+    let m = smelt_models::load(&path, LoadOptions::default()).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let pool = ThreadPool::new(2);
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/austen/sensesensibility.txt")).expect("../shared beside the repository");
+    let text = String::from_utf8_lossy(&text[..40_000]).into_owned();
+    let dir = std::env::temp_dir().join(format!("smelt-prune-layers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("pruned.gguf");
+    let r = remove_layers(&file, &m.model, &m.tok, &text, 4, LayerScore::Influence, CalibOptions { ctx: 256, max_chunks: Some(2), process_output: false }, &out, &pool, &mut |_, _| {}).unwrap();
+    assert_eq!(r.removed.len(), 4);
+    // Block influence is 1 - cos: within [0, 2], and the first layer (which turns embeddings
+    // into the residual stream) moves its input most.
+    assert!(r.scores.influence.iter().all(|v| (0.0..=2.0).contains(v)), "{:?}", r.scores.influence);
+    assert!(!r.removed.contains(&0), "{:?}", r.removed);
+    let pruned = Llama::open(&out, LoadOptions { weight_type: Some(GgmlType::F32) }).unwrap();
+    assert_eq!(pruned.layers.len(), m.model.layers.len() - 4);
+    let prompt = m.tok.encode("It is a truth universally acknowledged, that a single man", false);
+    let ids = dir.join("ids.json");
+    std::fs::write(&ids, serde_json::to_string(&prompt).unwrap()).unwrap();
+    let logits = dir.join("logits.npy");
+    let python = std::env::var("SMELT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../smelt-models/tests/reference/llama_numpy.py");
+    let st = Command::new(&python).arg(script).arg("--logits").arg(&out).arg(&ids).arg(&logits).status().unwrap();
+    assert!(st.success(), "{python} {script} failed (it needs gguf and numpy: scripts/test installs them)");
+    let want = read_npy(&std::fs::read(&logits).unwrap()).unwrap().data.to_f32();
+    let mut sess = pruned.session_with(512, KvType::F32);
+    let got = pruned.forward(&pool, &mut sess, &prompt, false).unwrap().to_vec();
+    std::fs::remove_dir_all(&dir).ok();
+    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    eprintln!("removed layers {:?}: max |logit error| against numpy {max_err}", r.removed);
+    assert!(max_err <= 2e-4, "max |logit error| {max_err}");
+}

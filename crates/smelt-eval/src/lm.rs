@@ -310,7 +310,7 @@ pub struct RefLogprobs {
     vocab: usize,
     /// Per chunk: log-probs of the scored positions, and each position's argmax.
     lp: Vec<(Vec<f32>, Vec<usize>)>,
-    /// Per chunk: the residual stream at each layer's input.
+    /// Per chunk: the residual stream at each layer's input (and after the last).
     residuals: Vec<Vec<Vec<f32>>>,
 }
 

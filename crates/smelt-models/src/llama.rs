@@ -405,7 +405,8 @@ impl Llama {
     }
 
     /// [`Llama::forward`] from an empty session, keeping the residual stream at the input of
-    /// every layer (`residuals[l]`, `tokens.len() x dim`), for [`Llama::forward_from`].
+    /// every layer (`residuals[l]`, `tokens.len() x dim`), for [`Llama::forward_from`], and after
+    /// the last layer (`residuals[n_layers]`, before the output norm).
     pub fn forward_capture<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, residuals: &mut Vec<Vec<f32>>) -> Result<&'s [f32], ModelError> {
         residuals.clear();
         self.forward_inner(pool, sess, tokens, all, None, None, Some(residuals))
@@ -496,6 +497,9 @@ impl Llama {
             // A NaN or infinity never reaches the output: it stops here, naming its layer (a
             // scan of m x d values, next to the layer's m x 12 d^2 multiply-adds).
             check_activations(&b.x[..m * d], d, || format!("layer {l} (blk.{l}.*)"))?;
+        }
+        if let Some(k) = keep.as_deref_mut() {
+            k.push(b.x[..m * d].to_vec());
         }
         sess.kv.len += m;
         sess.tokens.extend_from_slice(tokens);

@@ -200,3 +200,97 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
     Ok(bytes as u64)
 }
+
+/// `smelt prune`'s methods (see `smelt_compress::prune`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PruneMethod {
+    Magnitude,
+    Wanda,
+    Sparsegpt,
+    /// Whole layers (structured), chosen by --layer-score.
+    Layers,
+}
+
+/// How `--method layers` chooses.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerScoreArg {
+    /// The consecutive block whose output is closest in angle to its input (Gromov et al. 2024).
+    Angular,
+    /// The layers of least block influence, 1 - cos(input, output) (ShortGPT).
+    Influence,
+}
+
+/// Which entries compete under --sparsity.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PruneScope {
+    Row,
+    Matrix,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("amount").required(true).args(["sparsity", "pattern", "layers"]))]
+pub struct PruneArgs {
+    /// The model (a GGUF decoder or a name).
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// The GGUF file to write (temporary file renamed into place when complete).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// How entries are scored.
+    #[arg(long, value_enum)]
+    pub method: PruneMethod,
+    /// Fraction of each matrix's weights to remove, in [0, 1) (--method layers: of the block
+    /// parameters, rounded to whole layers).
+    #[arg(long, value_name = "X")]
+    pub sparsity: Option<f64>,
+    /// --method layers: how many layers to remove.
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    /// --method layers: how they are chosen.
+    #[arg(long, value_enum, default_value = "angular")]
+    pub layer_score: LayerScoreArg,
+    /// N:M semi-structured sparsity instead: N kept of every M consecutive weights of a row
+    /// (2:4, 4:8).
+    #[arg(long, value_name = "N:M", value_parser = parse_nm)]
+    pub pattern: Option<(usize, usize)>,
+    /// Which weights compete under --sparsity: each output row, or the whole matrix (for
+    /// sparsegpt: each block of 128 columns over all rows). Default: the method's paper's (row
+    /// for wanda, matrix for magnitude and sparsegpt).
+    #[arg(long, value_enum)]
+    pub scope: Option<PruneScope>,
+    /// Calibration text (UTF-8; needed by wanda and sparsegpt). Use a text other than the one
+    /// you evaluate on.
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Calibration: at most N chunks of --calib-ctx tokens.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub calib_chunks: usize,
+    /// Calibration: tokens per chunk.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub calib_ctx: usize,
+    /// Gather each layer's inputs with the layers before it already pruned (as the papers'
+    /// code does): one calibration pass per layer.
+    #[arg(long)]
+    pub sequential: bool,
+    /// SparseGPT: dampening, a fraction of the Hessian's mean diagonal added to it.
+    #[arg(long, value_name = "X", default_value_t = 0.01)]
+    pub damp: f64,
+    /// Write the pruned matrices in this type (importance-weighted when calibrated) instead of
+    /// F32. Zeros stay exact in types without a block minimum (Q8_0, Q4_0, Q5_0, IQ4_NL).
+    #[arg(long, value_name = "TYPE", value_parser = parse_target)]
+    pub then_quantize: Option<GgmlType>,
+    /// Print a JSON summary instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `N:M` with `0 < N < M`.
+fn parse_nm(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?} is not an N:M pattern such as 2:4 (N kept of every M, 0 < N < M)");
+    let (n, m) = s.split_once(':').ok_or_else(bad)?;
+    let (n, m): (usize, usize) = (n.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
+    if n == 0 || n >= m || m > 1024 {
+        return Err(bad());
+    }
+    Ok((n, m))
+}

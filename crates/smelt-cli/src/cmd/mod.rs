@@ -11,6 +11,7 @@ pub mod fit;
 pub mod imatrix;
 pub mod inspect;
 pub mod lm;
+pub mod prune;
 pub mod pull;
 pub mod quantize;
 pub mod run;

@@ -62,6 +62,7 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
         hessians: stats.as_ref().filter(|_| args.gptq).map(decoder_hessians).unwrap_or_default(),
         gptq: GptqOptions { damp: args.damp, act_order: args.act_order },
         scaling: scaling.as_ref(),
+        overrides: Default::default(),
     };
     let summary = quantize_file(&file, &plans, args.to, &calib, &args.output, &pool, &mut |p| progress.inc(p.t.n_bytes, &format!("{} -> {}", p.t.name, p.target)))
         .with_context(|| format!("writing {}", args.output.display()))?;

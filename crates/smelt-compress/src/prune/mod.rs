@@ -22,6 +22,12 @@
 //! first and, among equal scores, the lower index first. **N:M** keeps `N` of every `M`
 //! consecutive entries of a row (2:4 keeps 2 of 4): the `M - N` lowest scores of each group go;
 //! SparseGPT chooses each group's mask when the group's first column is reached.
+//!
+//! [`model`] prunes every block matrix of a decoder and writes the file; [`layers`] removes whole
+//! layers (structured), chosen by angular distance or block influence.
+
+pub mod layers;
+pub mod model;
 
 use smelt_kernels::pool::{Disjoint, ThreadPool};
 

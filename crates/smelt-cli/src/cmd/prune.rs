@@ -1,0 +1,232 @@
+//! `smelt prune MODEL -o OUT --method wanda --sparsity 0.5 --calib TEXT`: arguments into
+//! `smelt_compress::prune::model::DecoderPrune`, progress per stage, and the summary printed.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use smelt_compress::calib::CalibOptions;
+use smelt_compress::prune::layers::{remove_layers, LayerReport, LayerScore};
+use smelt_compress::prune::model::{prune_decoder, DecoderPrune, PruneReport, PruneStage};
+use smelt_compress::prune::{Method, Pattern, PruneOptions, Scope};
+use smelt_formats::{GgmlType, GgufFile};
+use smelt_models::LoadOptions;
+
+use crate::cli::{Global, LayerScoreArg, PruneArgs, PruneMethod, PruneScope};
+use crate::fmt::bytes;
+use crate::progress::Progress;
+
+fn options(args: &PruneArgs, method: Method) -> PruneOptions {
+    let pattern = match (args.pattern, args.sparsity) {
+        (Some((n, m)), _) => Pattern::NM { n, m },
+        (None, p) => Pattern::Unstructured(p.unwrap_or(0.0)),
+    };
+    let mut opts = PruneOptions::new(method, pattern);
+    opts.damp = args.damp;
+    if let Some(s) = args.scope {
+        opts.scope = match s {
+            PruneScope::Row => Scope::Row,
+            PruneScope::Matrix => Scope::Matrix,
+        };
+    }
+    opts
+}
+
+pub fn run(args: &PruneArgs, global: &Global) -> Result<()> {
+    smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    let method = match args.method {
+        PruneMethod::Magnitude => Method::Magnitude,
+        PruneMethod::Wanda => Method::Wanda,
+        PruneMethod::Sparsegpt => Method::SparseGpt,
+        PruneMethod::Layers => return run_layers(args, global),
+    };
+    if args.layers.is_some() {
+        anyhow::bail!("--layers goes with --method layers; give --sparsity or --pattern for --method {}", method.name());
+    }
+    let opts = options(args, method);
+    smelt_compress::prune::check_pattern(opts.pattern)?;
+    let needs = opts.method.needs_norms() || opts.method.needs_hessian();
+    let text = match (&args.calib, needs) {
+        (Some(p), true) => Some(super::read_utf8(p)?),
+        (None, true) => anyhow::bail!("--method {} needs a calibration text: give --calib FILE", opts.method.name()),
+        (_, false) => None,
+    };
+    let input = crate::resolve_model(&args.model, global.quiet)?;
+    let file = GgufFile::open(&input).with_context(|| format!("reading {}", input.display()))?;
+    let mut m = smelt_models::load(&input, LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
+    let settings = DecoderPrune {
+        opts,
+        calib: CalibOptions { ctx: args.calib_ctx, max_chunks: Some(args.calib_chunks), process_output: false },
+        sequential: args.sequential,
+        write_type: args.then_quantize.unwrap_or(GgmlType::F32),
+    };
+    let pool = global.pool();
+    let start = Instant::now();
+    let mut bar: Option<(PruneStage, Progress)> = None;
+    let report = prune_decoder(&file, &mut m.model, &m.tok, text.as_deref(), &settings, &args.output, &pool, &mut |stage, done, total, what| {
+        if bar.as_ref().is_none_or(|(s, _)| *s != stage) {
+            if let Some((_, b)) = bar.take() {
+                b.finish();
+            }
+            let label = match stage {
+                PruneStage::Calibrate => "calibrate",
+                PruneStage::Prune => "prune",
+                PruneStage::Write => "write",
+            };
+            bar = Some((stage, Progress::new(label, total as u64, stage == PruneStage::Write, global.quiet)));
+        }
+        if let Some((_, b)) = bar.as_mut() {
+            let n = (done as u64).saturating_sub(b.done());
+            b.inc(n, what);
+        }
+    })
+    .with_context(|| format!("pruning {}", input.display()))?;
+    if let Some((_, b)) = bar.take() {
+        b.finish();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &document(&report, args, &settings, &input.display().to_string(), secs, pool.n_threads()))?;
+        writeln!(out)?;
+    } else {
+        print_summary(&mut out, &report, args, &settings, secs, pool.n_threads())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn pattern_text(p: Pattern) -> String {
+    match p {
+        Pattern::Unstructured(s) => format!("unstructured {s}"),
+        Pattern::NM { n, m } => format!("{n}:{m}"),
+    }
+}
+
+fn print_summary(out: &mut impl Write, r: &PruneReport, args: &PruneArgs, s: &DecoderPrune, secs: f64, threads: usize) -> Result<()> {
+    let (n, z) = r.totals();
+    writeln!(out, "wrote      {} ({})", args.output.display(), bytes(r.summary.file_bytes))?;
+    let scope = match (s.opts.pattern, s.opts.scope) {
+        (Pattern::NM { .. }, _) => "",
+        (_, Scope::Row) => ", per row",
+        (_, Scope::Matrix) => ", per matrix",
+    };
+    writeln!(out, "pruned     {} matrices by {} ({}{scope}): {} of {} weights are zero ({:.2}%)", r.matrices.len(), s.opts.method.name(), pattern_text(s.opts.pattern), z, n, 100.0 * z as f64 / n.max(1) as f64)?;
+    if r.passes > 0 {
+        let how = if s.sequential { "sequential: one pass per layer" } else { "one pass" };
+        writeln!(out, "calibrate  {} chunks of {} tokens ({how}, {} passes)", r.chunks, s.calib.ctx, r.passes)?;
+    }
+    let written = if s.write_type == GgmlType::F32 { "F32 (exact)".to_string() } else { s.write_type.to_string() };
+    writeln!(out, "written as {written}; other tensors as they were")?;
+    let err: f64 = r.summary.types.get(&s.write_type).map_or(0.0, |e| e.relative_rms());
+    writeln!(out, "weight error {err:.4} (relative RMS of the pruned matrices against the input)")?;
+    writeln!(out, "time       {secs:.1} s on {threads} threads")?;
+    Ok(())
+}
+
+fn document(r: &PruneReport, args: &PruneArgs, s: &DecoderPrune, input: &str, secs: f64, threads: usize) -> serde_json::Value {
+    let (n, z) = r.totals();
+    json!({
+        "input": input,
+        "output": args.output.display().to_string(),
+        "method": s.opts.method.name(),
+        "pattern": pattern_text(s.opts.pattern),
+        "scope": match s.opts.scope { Scope::Row => "row", Scope::Matrix => "matrix" },
+        "sparsity": s.opts.pattern.sparsity(),
+        "calibration": args.calib.as_ref().map(|p| p.display().to_string()),
+        "calibration_chunks": r.chunks,
+        "passes": r.passes,
+        "sequential": s.sequential,
+        "written_as": s.write_type.name(),
+        "file_bytes": r.summary.file_bytes,
+        "pruned_weights": n,
+        "zero_weights": z,
+        "zero_fraction": z as f64 / n.max(1) as f64,
+        "weight_error": r.summary.types.get(&s.write_type).map(|e| e.relative_rms()),
+        "matrices": r.matrices.iter().map(|m| json!({"name": m.name, "rows": m.rows, "cols": m.cols, "zeros": m.zeros})).collect::<Vec<_>>(),
+        "seconds": secs,
+        "threads": threads,
+    })
+}
+
+/// `--method layers`: score, remove, write; print the scores and what went.
+fn run_layers(args: &PruneArgs, global: &Global) -> Result<()> {
+    if args.pattern.is_some() || args.then_quantize.is_some() || args.sequential || args.scope.is_some() {
+        anyhow::bail!("--method layers takes --layers N or --sparsity X (and --layer-score), not --pattern, --scope, --sequential or --then-quantize");
+    }
+    let Some(calib) = &args.calib else { anyhow::bail!("--method layers needs a calibration text to score the layers: give --calib FILE") };
+    let text = super::read_utf8(calib)?;
+    let input = crate::resolve_model(&args.model, global.quiet)?;
+    let file = GgufFile::open(&input).with_context(|| format!("reading {}", input.display()))?;
+    let m = smelt_models::load(&input, LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
+    let total = m.model.layers.len();
+    let n = match (args.layers, args.sparsity) {
+        (Some(n), _) => n,
+        (None, Some(p)) => (p * total as f64).round() as usize,
+        (None, None) => anyhow::bail!("give --layers N or --sparsity X"),
+    };
+    if n == 0 || n >= total {
+        anyhow::bail!("cannot remove {n} of the model's {total} layers: remove at least one and keep at least one");
+    }
+    let how = match args.layer_score {
+        LayerScoreArg::Angular => LayerScore::Angular,
+        LayerScoreArg::Influence => LayerScore::Influence,
+    };
+    let pool = global.pool();
+    let start = Instant::now();
+    let opts = CalibOptions { ctx: args.calib_ctx, max_chunks: Some(args.calib_chunks), process_output: false };
+    let mut bar: Option<Progress> = None;
+    let r = remove_layers(&file, &m.model, &m.tok, &text, n, how, opts, &args.output, &pool, &mut |done, total| {
+        let b = bar.get_or_insert_with(|| Progress::new("score layers", total as u64, false, global.quiet));
+        b.inc(1, &format!("chunk {done}/{total}"));
+    })
+    .with_context(|| format!("pruning {}", input.display()))?;
+    if let Some(b) = bar {
+        b.finish();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &layers_document(&r, args, &input.display().to_string(), secs, pool.n_threads()))?;
+        writeln!(out)?;
+    } else {
+        print_layers(&mut out, &r, args, secs, pool.n_threads())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_layers(out: &mut impl Write, r: &LayerReport, args: &PruneArgs, secs: f64, threads: usize) -> Result<()> {
+    writeln!(out, "wrote      {} ({})", args.output.display(), bytes(r.file_bytes))?;
+    writeln!(out, "removed    {} of {} layers: {:?} ({:.1}% of the block parameters)", r.removed.len(), r.layers_before, r.removed, 100.0 * r.removed_params as f64 / r.block_params.max(1) as f64)?;
+    writeln!(out, "scored on  {} chunks of {} tokens ({} positions)\n", r.scores.chunks, args.calib_ctx, r.scores.tokens)?;
+    writeln!(out, "{:>5}  {:>9}  {:>16}", "layer", "influence", format!("angular ({} from)", r.scores.block))?;
+    for (l, bi) in r.scores.influence.iter().enumerate() {
+        let ang = r.scores.angular.get(l).map_or(String::new(), |a| format!("{a:.4}"));
+        let mark = if r.removed.contains(&l) { "  removed" } else { "" };
+        writeln!(out, "{l:>5}  {bi:>9.4}  {ang:>16}{mark}")?;
+    }
+    writeln!(out, "\ntime       {secs:.1} s on {threads} threads")?;
+    Ok(())
+}
+
+fn layers_document(r: &LayerReport, args: &PruneArgs, input: &str, secs: f64, threads: usize) -> serde_json::Value {
+    json!({
+        "input": input,
+        "output": args.output.display().to_string(),
+        "method": "layers",
+        "layer_score": match args.layer_score { LayerScoreArg::Angular => "angular", LayerScoreArg::Influence => "influence" },
+        "calibration": args.calib.as_ref().map(|p| p.display().to_string()),
+        "calibration_chunks": r.scores.chunks,
+        "layers_before": r.layers_before,
+        "removed": r.removed,
+        "block_parameters": r.block_params,
+        "removed_parameters": r.removed_params,
+        "influence": r.scores.influence,
+        "angular": r.scores.angular,
+        "file_bytes": r.file_bytes,
+        "seconds": secs,
+        "threads": threads,
+    })
+}

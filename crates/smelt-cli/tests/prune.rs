@@ -1,0 +1,160 @@
+//! `smelt prune` on a tiny decoder: the written file holds the pruned block matrices (the
+//! asked fraction of zeros per row or per matrix, N:M groups), every other tensor unchanged, and
+//! it runs; bad settings are refused with a clear message and no output file.
+
+mod tiny;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use smelt_formats::{GgmlType, GgufFile};
+
+fn smelt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smelt")).args(args).output().expect("run smelt")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A folder with the tiny model and a calibration text of several 64-token chunks.
+fn setup(test: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let d = std::env::temp_dir().join(format!("smelt-prune-test-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let model = d.join("tiny.gguf");
+    std::fs::write(&model, tiny::llama(9).to_bytes()).unwrap();
+    let text = d.join("calib.txt");
+    std::fs::write(&text, "the man is playing a guitar while the cat sleeps on a warm mat. ".repeat(120)).unwrap();
+    (d, model, text)
+}
+
+fn prune(model: &Path, text: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["prune", s(model), "-o", s(out), "--calib", s(text), "--calib-ctx", "64", "--json", "-q"];
+    args.extend_from_slice(extra);
+    smelt(&args)
+}
+
+fn is_block_matrix(name: &str) -> bool {
+    name.starts_with("blk.") && name.ends_with(".weight") && !name.contains("norm")
+}
+
+#[test]
+fn pruned_files_hold_the_pattern_and_run() {
+    let (d, model, text) = setup("ok");
+    let src = GgufFile::open(&model).unwrap();
+    let cases: [(&str, &[&str]); 4] = [
+        ("magnitude", &["--sparsity", "0.5"]),
+        ("wanda", &["--sparsity", "0.5"]),
+        ("sparsegpt", &["--sparsity", "0.5", "--sequential"]),
+        ("sparsegpt", &["--pattern", "2:4"]),
+    ];
+    for (method, amount) in cases {
+        let out = d.join(format!("{method}-{}.gguf", amount[1].replace(':', "of")));
+        let mut extra = vec!["--method", method];
+        extra.extend_from_slice(amount);
+        let o = prune(&model, &text, &out, &extra);
+        let what = format!("{method} {amount:?}");
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["matrices"].as_array().unwrap().len(), 7 * tiny::LLAMA_LAYERS, "{what}");
+        let f = GgufFile::open(&out).unwrap();
+        for t in src.tensors() {
+            let w = f.tensor(&t.name).unwrap_or_else(|| panic!("{what}: {} missing", t.name));
+            if !is_block_matrix(&t.name) {
+                assert_eq!(src.tensor_data(t), f.tensor_data(w), "{what}: {} changed", t.name);
+                continue;
+            }
+            assert_eq!(w.ty, GgmlType::F32, "{what}: {}", t.name);
+            let (orig, vals) = (src.tensor_f32(t).unwrap(), f.tensor_f32(w).unwrap());
+            let cols = t.row_len() as usize;
+            if amount[0] == "--pattern" {
+                for (g, grp) in vals.chunks_exact(4).enumerate() {
+                    assert!(grp.iter().filter(|x| **x == 0.0).count() >= 2, "{what}: {} group {g} keeps more than 2 of 4", t.name);
+                }
+            } else {
+                let zeros = vals.iter().filter(|x| **x == 0.0).count();
+                assert!(zeros >= vals.len() / 2, "{what}: {} has {zeros} zeros of {}", t.name, vals.len());
+                if method == "wanda" {
+                    // Per row: every row loses exactly half.
+                    for (r, row) in vals.chunks_exact(cols).enumerate() {
+                        assert!(row.iter().filter(|x| **x == 0.0).count() >= cols / 2, "{what}: {} row {r}", t.name);
+                    }
+                }
+            }
+            if method != "sparsegpt" {
+                // No weight update: what is kept is the source's value.
+                assert!(vals.iter().zip(&orig).all(|(a, b)| *a == 0.0 || a == b), "{what}: {} kept values changed", t.name);
+            }
+        }
+        let r = smelt(&["run", "-m", s(&out), "--raw", "-p", "the man", "-n", "4", "--temp", "0", "-q"]);
+        assert!(r.status.success(), "{what}: the pruned file does not run: {}", String::from_utf8_lossy(&r.stderr));
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn bad_settings_are_refused_and_write_nothing() {
+    let (d, model, text) = setup("bad");
+    let out = d.join("never.gguf");
+    let cases: [(&[&str], u8, &str); 5] = [
+        (&["--method", "wanda", "--sparsity", "1"], 2, "sparsity"),
+        (&["--method", "magnitude", "--pattern", "4:4"], 2, "N:M"),
+        (&["--method", "magnitude", "--pattern", "3:7"], 1, "multiple of 7"),
+        (&["--method", "magnitude", "--sparsity", "0.5", "--pattern", "2:4"], 2, "cannot be used with"),
+        (&["--method", "wanda"], 2, "--sparsity"),
+    ];
+    for (args, code, says) in cases {
+        let o = prune(&model, &text, &out, args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code as i32), "{args:?}: {e}");
+        assert!(e.contains(says), "{args:?}: {e}");
+        assert!(!out.exists(), "{args:?} left a file");
+    }
+    // Wanda without a calibration text.
+    let o = smelt(&["prune", s(&model), "-o", s(&out), "--method", "wanda", "--sparsity", "0.5", "-q"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("--calib") && e.lines().count() == 1, "{e}");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `--method layers`: the file has one block fewer, renumbered, each kept block's tensors the
+/// source's own, and it runs; impossible counts are refused.
+#[test]
+fn removing_layers_renumbers_and_runs() {
+    let (d, model, text) = setup("layers");
+    let src = GgufFile::open(&model).unwrap();
+    let out = d.join("layers.gguf");
+    let o = prune(&model, &text, &out, &["--method", "layers", "--layers", "1", "--layer-score", "influence"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let removed = v["removed"].as_array().unwrap()[0].as_u64().unwrap() as usize;
+    let kept = 1 - removed;
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.header.get_u64("llama.block_count").unwrap(), (tiny::LLAMA_LAYERS - 1) as u64);
+    for t in src.tensors() {
+        let name = match t.name.strip_prefix(&format!("blk.{kept}.")) {
+            Some(rest) => format!("blk.0.{rest}"),
+            None if t.name.starts_with("blk.") => {
+                assert!(f.tensor(&t.name.replace(&format!("blk.{removed}."), "blk.9.")).is_none());
+                continue;
+            }
+            None => t.name.clone(),
+        };
+        let w = f.tensor(&name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(src.tensor_data(t), f.tensor_data(w), "{name}");
+    }
+    assert_eq!(f.tensors().len(), src.tensors().len() - 9, "one block of 9 tensors fewer");
+    let r = smelt(&["run", "-m", s(&out), "--raw", "-p", "the man", "-n", "4", "--temp", "0", "-q"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for (args, says) in [(&["--method", "layers", "--layers", "2"][..], "keep at least one"), (&["--method", "magnitude", "--layers", "1"][..], "--method layers")] {
+        let bad = d.join("bad.gguf");
+        let o = prune(&model, &text, &bad, args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains(says) && e.lines().count() == 1, "{args:?}: {e}");
+        assert!(!bad.exists());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
