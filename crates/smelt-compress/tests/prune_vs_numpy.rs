@@ -130,7 +130,8 @@ fn pruning_matches_numpy() {
 /// the renumbered tensors through the `gguf` package).
 #[test]
 fn removed_layers_match_numpy() {
-    use smelt_compress::prune::layers::{remove_layers, LayerScore};
+    use smelt_compress::prune::layers::{remove_layers, LayerRemoval, LayerScore};
+    use smelt_compress::prune::model::Source;
     use smelt_formats::GgmlType;
     use smelt_models::{KvType, Llama};
     let path = smelt_assets::ensure("smollm2-135m").unwrap();
@@ -142,7 +143,9 @@ fn removed_layers_match_numpy() {
     let dir = std::env::temp_dir().join(format!("smelt-prune-layers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("pruned.gguf");
-    let r = remove_layers(&file, &m.model, &m.tok, &text, 4, LayerScore::Influence, CalibOptions { ctx: 256, max_chunks: Some(2), process_output: false }, &out, &pool, &mut |_, _| {}).unwrap();
+    let src = Source { file: &file, tok: &m.tok, text: Some(&text) };
+    let removal = LayerRemoval { n: 4, how: LayerScore::Influence, calib: CalibOptions { ctx: 256, max_chunks: Some(2), process_output: false } };
+    let r = remove_layers(&src, &m.model, removal, &out, &pool, &mut |_, _| {}).unwrap();
     assert_eq!(r.removed.len(), 4);
     // Block influence is 1 - cos: within [0, 2], and the first layer (which turns embeddings
     // into the residual stream) moves its input most.

@@ -498,7 +498,7 @@ impl Llama {
             // scan of m x d values, next to the layer's m x 12 d^2 multiply-adds).
             check_activations(&b.x[..m * d], d, || format!("layer {l} (blk.{l}.*)"))?;
         }
-        if let Some(k) = keep.as_deref_mut() {
+        if let Some(k) = keep {
             k.push(b.x[..m * d].to_vec());
         }
         sess.kv.len += m;

@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 use smelt_compress::calib::CalibOptions;
-use smelt_compress::prune::layers::{remove_layers, LayerReport, LayerScore};
-use smelt_compress::prune::model::{prune_decoder, DecoderPrune, PruneReport, PruneStage};
+use smelt_compress::prune::layers::{remove_layers, LayerRemoval, LayerReport, LayerScore};
+use smelt_compress::prune::model::{prune_decoder, DecoderPrune, PruneReport, PruneStage, Source};
 use smelt_compress::prune::{Method, Pattern, PruneOptions, Scope};
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::LoadOptions;
@@ -64,7 +64,8 @@ pub fn run(args: &PruneArgs, global: &Global) -> Result<()> {
     let pool = global.pool();
     let start = Instant::now();
     let mut bar: Option<(PruneStage, Progress)> = None;
-    let report = prune_decoder(&file, &mut m.model, &m.tok, text.as_deref(), &settings, &args.output, &pool, &mut |stage, done, total, what| {
+    let src = Source { file: &file, tok: &m.tok, text: text.as_deref() };
+    let report = prune_decoder(&src, &mut m.model, &settings, &args.output, &pool, &mut |stage, done, total, what| {
         if bar.as_ref().is_none_or(|(s, _)| *s != stage) {
             if let Some((_, b)) = bar.take() {
                 b.finish();
@@ -177,7 +178,8 @@ fn run_layers(args: &PruneArgs, global: &Global) -> Result<()> {
     let start = Instant::now();
     let opts = CalibOptions { ctx: args.calib_ctx, max_chunks: Some(args.calib_chunks), process_output: false };
     let mut bar: Option<Progress> = None;
-    let r = remove_layers(&file, &m.model, &m.tok, &text, n, how, opts, &args.output, &pool, &mut |done, total| {
+    let src = Source { file: &file, tok: &m.tok, text: Some(&text) };
+    let r = remove_layers(&src, &m.model, LayerRemoval { n, how, calib: opts }, &args.output, &pool, &mut |done, total| {
         let b = bar.get_or_insert_with(|| Progress::new("score layers", total as u64, false, global.quiet));
         b.inc(1, &format!("chunk {done}/{total}"));
     })

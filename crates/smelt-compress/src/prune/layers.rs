@@ -25,6 +25,7 @@ use smelt_formats::{GgufError, GgufFile};
 use smelt_kernels::pool::ThreadPool;
 use smelt_models::{Llama, Tokenizer};
 
+use super::model::Source;
 use crate::calib::CalibOptions;
 use crate::CompressError;
 
@@ -184,11 +185,21 @@ pub struct LayerReport {
     pub file_bytes: u64,
 }
 
-/// Scores the layers of `model` (loaded from `file`) on `text`, removes the `n` that `how`
-/// chooses and writes the rest to `out`. `on_chunk(done, total)`.
-#[allow(clippy::too_many_arguments)]
-pub fn remove_layers(file: &GgufFile, model: &Llama, tok: &Tokenizer, text: &str, n: usize, how: LayerScore, opts: CalibOptions, out: &Path, pool: &ThreadPool, on_chunk: &mut dyn FnMut(usize, usize)) -> Result<LayerReport, CompressError> {
-    let scores = score_layers(model, tok, &tok.encode(text, false), opts, n, pool, on_chunk)?;
+/// Which layers to remove, and how to find them.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerRemoval {
+    pub n: usize,
+    pub how: LayerScore,
+    pub calib: CalibOptions,
+}
+
+/// Scores the layers of `model` (loaded from `src.file`) on `src.text`, removes the `r.n` that
+/// `r.how` chooses and writes the rest to `out`. `on_chunk(done, total)`.
+pub fn remove_layers(src: &Source, model: &Llama, r: LayerRemoval, out: &Path, pool: &ThreadPool, on_chunk: &mut dyn FnMut(usize, usize)) -> Result<LayerReport, CompressError> {
+    let Source { file, tok, text } = *src;
+    let text = text.ok_or_else(|| CompressError::Fit("removing layers needs a calibration text to score them".into()))?;
+    let (n, how) = (r.n, r.how);
+    let scores = score_layers(model, tok, &tok.encode(text, false), r.calib, n, pool, on_chunk)?;
     let removed = scores.choose(how);
     let set: BTreeSet<usize> = removed.iter().copied().collect();
     let (mut block_params, mut removed_params) = (0u64, 0u64);

@@ -66,6 +66,15 @@ impl PruneReport {
     }
 }
 
+/// What pruning starts from: the model's file (the model itself is loaded from it), its
+/// tokenizer, and the calibration text (needed by every method but magnitude).
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub file: &'a GgufFile,
+    pub tok: &'a Tokenizer,
+    pub text: Option<&'a str>,
+}
+
 /// Statistics of the calibration run per (layer, input).
 type Stats = BTreeMap<(usize, MatrixInput), InputStats>;
 
@@ -79,10 +88,11 @@ fn calibrate(model: &Llama, tok: &Tokenizer, tokens: &[u32], opts: CalibOptions,
     Ok((c.finish().map_err(smelt_models::ModelError::from)?, n))
 }
 
-/// Prunes every block matrix of `model` (loaded from `file`) as `settings` say, with `text`
-/// (needed by Wanda and SparseGPT) for calibration, and writes the result to `out` atomically.
+/// Prunes every block matrix of `model` (loaded from `src.file`) as `settings` say, calibrated
+/// on `src.text`, and writes the result to `out` atomically.
 /// `progress(stage, done, total, what)`.
-pub fn prune_decoder(file: &GgufFile, model: &mut Llama, tok: &Tokenizer, text: Option<&str>, settings: &DecoderPrune, out: &Path, pool: &ThreadPool, progress: &mut dyn FnMut(PruneStage, usize, usize, &str)) -> Result<PruneReport, CompressError> {
+pub fn prune_decoder(src: &Source, model: &mut Llama, settings: &DecoderPrune, out: &Path, pool: &ThreadPool, progress: &mut dyn FnMut(PruneStage, usize, usize, &str)) -> Result<PruneReport, CompressError> {
+    let Source { file, tok, text } = *src;
     let method = settings.opts.method;
     let wants_calibration = method.needs_norms() || method.needs_hessian();
     let tokens = match (wants_calibration, text) {
