@@ -161,3 +161,30 @@ fn removing_layers_renumbers_and_runs() {
     }
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `--method vocab`: the file keeps fewer tokens (its embedding fewer rows), runs, and the
+/// corpus's text tokenizes to the same pieces; a missing corpus is refused.
+#[test]
+fn trimming_the_vocabulary_keeps_the_corpus() {
+    let (d, model, text) = setup("vocab");
+    let out = d.join("vocab.gguf");
+    let o = smelt(&["prune", s(&model), "-o", s(&out), "--method", "vocab", "--corpus", s(&text), "--json", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (before, after) = (v["vocab_before"].as_u64().unwrap(), v["vocab_after"].as_u64().unwrap());
+    assert!(after < before, "{v}");
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.tensor("token_embd.weight").unwrap().dims[1], after);
+    let r = smelt(&["run", "-m", s(&out), "--raw", "-p", "the man is playing", "-n", "4", "--temp", "0", "-q"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let bad = d.join("bad.gguf");
+    for args in [&["--method", "vocab"][..], &["--method", "vocab", "--corpus", s(&text), "--sparsity", "0.5"][..]] {
+        let mut a = vec!["prune", s(&model), "-o", s(&bad), "-q"];
+        a.extend_from_slice(args);
+        let o = smelt(&a);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(matches!(o.status.code(), Some(1) | Some(2)) && e.contains("--corpus"), "{args:?}: {e}");
+        assert!(!bad.exists());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}

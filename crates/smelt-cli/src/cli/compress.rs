@@ -209,6 +209,9 @@ pub enum PruneMethod {
     Sparsegpt,
     /// Whole layers (structured), chosen by --layer-score.
     Layers,
+    /// The vocabulary: only the tokens --corpus uses (with specials, the byte-level alphabet
+    /// and what BPE needs to build them) are kept, with their embedding and head rows.
+    Vocab,
 }
 
 /// How `--method layers` chooses.
@@ -228,7 +231,7 @@ pub enum PruneScope {
 }
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("amount").required(true).args(["sparsity", "pattern", "layers"]))]
+#[command(group = clap::ArgGroup::new("amount").required(true).args(["sparsity", "pattern", "layers", "corpus"]))]
 pub struct PruneArgs {
     /// The model (a GGUF decoder or a name).
     #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
@@ -249,6 +252,9 @@ pub struct PruneArgs {
     /// --method layers: how they are chosen.
     #[arg(long, value_enum, default_value = "angular")]
     pub layer_score: LayerScoreArg,
+    /// --method vocab: the texts whose tokens are kept (UTF-8; repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub corpus: Vec<PathBuf>,
     /// N:M semi-structured sparsity instead: N kept of every M consecutive weights of a row
     /// (2:4, 4:8).
     #[arg(long, value_name = "N:M", value_parser = parse_nm)]

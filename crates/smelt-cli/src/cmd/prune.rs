@@ -9,6 +9,7 @@ use serde_json::json;
 use smelt_compress::calib::CalibOptions;
 use smelt_compress::prune::layers::{remove_layers, LayerRemoval, LayerReport, LayerScore};
 use smelt_compress::prune::model::{prune_decoder, DecoderPrune, PruneReport, PruneStage, Source};
+use smelt_compress::prune::vocab::{choose_vocab, write_trimmed};
 use smelt_compress::prune::{Method, Pattern, PruneOptions, Scope};
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::LoadOptions;
@@ -40,7 +41,11 @@ pub fn run(args: &PruneArgs, global: &Global) -> Result<()> {
         PruneMethod::Wanda => Method::Wanda,
         PruneMethod::Sparsegpt => Method::SparseGpt,
         PruneMethod::Layers => return run_layers(args, global),
+        PruneMethod::Vocab => return run_vocab(args, global),
     };
+    if !args.corpus.is_empty() {
+        anyhow::bail!("--corpus goes with --method vocab; give --sparsity or --pattern for --method {}", method.name());
+    }
     if args.layers.is_some() {
         anyhow::bail!("--layers goes with --method layers; give --sparsity or --pattern for --method {}", method.name());
     }
@@ -231,4 +236,53 @@ fn layers_document(r: &LayerReport, args: &PruneArgs, input: &str, secs: f64, th
         "seconds": secs,
         "threads": threads,
     })
+}
+
+/// `--method vocab`: the corpus's tokens kept, the file written; print what went.
+fn run_vocab(args: &PruneArgs, global: &Global) -> Result<()> {
+    if args.corpus.is_empty() {
+        anyhow::bail!("--method vocab needs the texts whose tokens to keep: give --corpus FILE (repeatable)");
+    }
+    if args.sparsity.is_some() || args.pattern.is_some() || args.layers.is_some() || args.then_quantize.is_some() || args.calib.is_some() {
+        anyhow::bail!("--method vocab takes --corpus FILE..., not --sparsity, --pattern, --layers, --calib or --then-quantize");
+    }
+    let texts: Vec<String> = args.corpus.iter().map(|p| super::read_utf8(p)).collect::<Result<_>>()?;
+    let input = crate::resolve_model(&args.model, global.quiet)?;
+    let file = GgufFile::open(&input).with_context(|| format!("reading {}", input.display()))?;
+    let tok = smelt_models::Tokenizer::from_gguf(&file.header).with_context(|| format!("reading the tokenizer of {}", input.display()))?;
+    let start = Instant::now();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let v = choose_vocab(&file, &tok, &refs).with_context(|| format!("trimming {}", input.display()))?;
+    let bytes_out = write_trimmed(&file, &v.kept, &args.output).with_context(|| format!("writing {}", args.output.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    let table_bytes = |n: usize| -> u64 { file.tensors().iter().filter(|t| t.name == "token_embd.weight" || t.name == "output.weight").map(|t| t.n_bytes / v.vocab_before as u64 * n as u64).sum() };
+    let doc = json!({
+        "input": input.display().to_string(),
+        "output": args.output.display().to_string(),
+        "method": "vocab",
+        "corpus": args.corpus.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "corpus_tokens": v.corpus_tokens,
+        "vocab_before": v.vocab_before,
+        "vocab_after": v.kept.len(),
+        "used_by_corpus": v.used,
+        "added_for_merges": v.closure,
+        "table_bytes_before": table_bytes(v.vocab_before),
+        "table_bytes_after": table_bytes(v.kept.len()),
+        "file_bytes_before": file.header.file_len,
+        "file_bytes": bytes_out,
+        "kept_ids": v.kept,
+        "seconds": secs,
+    });
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "wrote      {} ({}, was {})", args.output.display(), bytes(bytes_out), bytes(file.header.file_len))?;
+        writeln!(out, "vocabulary {} -> {} tokens: {} used by the corpus ({} tokens), the rest specials, the byte-level alphabet and {} that BPE needs to build them", v.vocab_before, v.kept.len(), v.used, v.corpus_tokens, v.closure)?;
+        writeln!(out, "tables     embedding and head {} -> {}", bytes(table_bytes(v.vocab_before)), bytes(table_bytes(v.kept.len())))?;
+        writeln!(out, "time       {secs:.1} s")?;
+    }
+    out.flush()?;
+    Ok(())
 }

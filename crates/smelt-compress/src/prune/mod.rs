@@ -24,10 +24,12 @@
 //! SparseGPT chooses each group's mask when the group's first column is reached.
 //!
 //! [`model`] prunes every block matrix of a decoder and writes the file; [`layers`] removes whole
-//! layers (structured), chosen by angular distance or block influence.
+//! layers (structured), chosen by angular distance or block influence; [`vocab`] keeps only the
+//! tokens a corpus uses.
 
 pub mod layers;
 pub mod model;
+pub mod vocab;
 
 use smelt_kernels::pool::{Disjoint, ThreadPool};
 
