@@ -85,7 +85,7 @@ pub const SETTINGS: &[Setting] = &[
     // Calibration (imatrix).
     int("ctx", &["imatrix"], 16, MAX_TOKENS),
     int("chunks", &["imatrix"], 1, 1 << 24),
-    int("requests", MEASURE, 1, 100_000),
+    int("requests", MEASURE, 1, 10_000),
     int("prompt", MEASURE, 1, MAX_TOKENS),
     int("gen", MEASURE, 1, MAX_TOKENS),
     of("watts_per_core", Ty::F64, Bound::positive("watts_per_core", 10_000.0)),

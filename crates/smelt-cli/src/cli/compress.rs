@@ -231,7 +231,7 @@ pub enum PruneScope {
 }
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("amount").required(true).args(["sparsity", "pattern", "layers", "corpus"]))]
+#[command(group = clap::ArgGroup::new("amount").required(true).multiple(true).args(["sparsity", "pattern", "layers", "corpus"]))]
 pub struct PruneArgs {
     /// The model (a GGUF decoder or a name).
     #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
@@ -257,7 +257,7 @@ pub struct PruneArgs {
     pub corpus: Vec<PathBuf>,
     /// N:M semi-structured sparsity instead: N kept of every M consecutive weights of a row
     /// (2:4, 4:8).
-    #[arg(long, value_name = "N:M", value_parser = parse_nm)]
+    #[arg(long, value_name = "N:M", value_parser = parse_nm, conflicts_with = "sparsity")]
     pub pattern: Option<(usize, usize)>,
     /// Which weights compete under --sparsity: each output row, or the whole matrix (for
     /// sparsegpt: each block of 128 columns over all rows). Default: the method's paper's (row
