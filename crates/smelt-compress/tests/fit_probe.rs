@@ -20,8 +20,9 @@ fn a_pass_from_a_layer_equals_the_full_pass_and_probes_agree() {
     let mut sess = model.session(tokens.len());
     let mut res = Vec::new();
     let full = model.forward_capture(&pool, &mut sess, &tokens, true, &mut res).unwrap().to_vec();
-    assert_eq!(res.len(), model.layers.len());
-    for l in [1, 15, 29] {
+    // Every layer's input, and the last layer's output.
+    assert_eq!(res.len(), model.layers.len() + 1);
+    for l in [1, 15, 29, 30] {
         let mut sess = model.session(tokens.len());
         let from = model.forward_from(&pool, &mut sess, &tokens, true, l, &res[l]).unwrap();
         assert!(from == full.as_slice(), "layer {l}: logits differ");
