@@ -204,8 +204,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// `smelt prune`'s methods (see `smelt_compress::prune`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PruneMethod {
+    /// Least |w| go (no calibration).
     Magnitude,
+    /// Least |w| x the input column's RMS go, per output row (Sun et al. 2023).
     Wanda,
+    /// Masks by w^2 / [H^-1]_jj^2 with the pruned weights' error pushed onto the row's later
+    /// columns (Frantar and Alistarh 2023).
     Sparsegpt,
     /// Whole layers (structured), chosen by --layer-score.
     Layers,
@@ -239,7 +243,7 @@ pub struct PruneArgs {
     /// The GGUF file to write (temporary file renamed into place when complete).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
-    /// How entries are scored.
+    /// What is removed, and how it is chosen.
     #[arg(long, value_enum)]
     pub method: PruneMethod,
     /// Fraction of each matrix's weights to remove, in [0, 1) (--method layers: of the block
