@@ -204,18 +204,19 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
             let calib_tokens = &tokens[..(available - settings.probe_chunks) * ctx];
             let n = run_decoder_tokens(model, tok, pool, calib_tokens, opts, &mut collector, &mut |d, t| progress(Stage::Calibrate, d, t, "chunk"))?;
             let stats = collector.finish().map_err(smelt_models::ModelError::from)?;
-            match awq {
-                Some(FitAwq { ty: Some(ty), opts }) => {
-                    let names: std::collections::BTreeSet<String> = super::matrices(file, model).iter().map(|t| t.name.clone()).collect();
-                    scaling = Some(search_awq(file, model, &stats, &|name| names.contains(name).then_some(ty), opts, pool, progress)?);
-                }
-                Some(FitAwq { ty: None, .. }) => kept_stats = Some(stats.clone()),
-                None => {}
+            if let Some(FitAwq { ty: Some(ty), opts }) = awq {
+                let names: std::collections::BTreeSet<String> = super::matrices(file, model).iter().map(|t| t.name.clone()).collect();
+                scaling = Some(search_awq(file, model, &stats, &|name| names.contains(name).then_some(ty), opts, pool, progress)?);
             }
-            match given {
+            let found = match given {
                 Some(m) => (m.clone(), m.chunk_count as usize),
                 None => (decoder_imatrix(model, &stats, "calibration text", n, opts), n),
+            };
+            // AWQ after the mix searches with these Hessians later: kept, not copied.
+            if matches!(awq, Some(FitAwq { ty: None, .. })) {
+                kept_stats = Some(stats);
             }
+            found
         }
     };
     // 2. Every candidate of every matrix.

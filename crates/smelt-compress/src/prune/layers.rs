@@ -68,18 +68,9 @@ impl LayerScores {
     }
 }
 
+/// The cosine of two residual rows, clamped into `acos`'s domain.
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (x as f64, y as f64);
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        return 1.0;
-    }
-    (ab / (aa.sqrt() * bb.sqrt())).clamp(-1.0, 1.0)
+    smelt_models::stats::cosine(a, b).clamp(-1.0, 1.0)
 }
 
 /// Runs the calibration `tokens` through `model` in chunks and scores its layers for removing
