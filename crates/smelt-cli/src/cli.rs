@@ -157,6 +157,12 @@ pub struct EvalOptions {
     /// Score at most N chunks (default: all the text holds).
     #[arg(long, value_name = "N")]
     pub chunks: Option<usize>,
+    /// Write one decoder's logits at the scored positions to FILE in llama-perplexity's
+    /// --kl-divergence-base format (with the tokens), so that `llama-perplexity -m MODEL
+    /// --kl-divergence-base FILE --kl-divergence` compares llama.cpp's run with smelt's (KLD,
+    /// same top p). About 50 KB per scored token on a 49k vocabulary.
+    #[arg(long, value_name = "FILE")]
+    pub save_logits: Option<PathBuf>,
     /// STS Benchmark file (tab-separated, score in column 5, sentences in 6 and 7) for encoders.
     #[arg(long, value_name = "FILE")]
     pub sts: Option<PathBuf>,

@@ -81,6 +81,8 @@ pub const SETTINGS: &[Setting] = &[
     // Pruning.
     of("sparsity", Ty::F64, Bound::float("sparsity", 0.0, 0.999)),
     int("layers", &["prune"], 1, 1 << 16),
+    of("ffn", Ty::F64, Bound::float("ffn", 0.0, 0.999)),
+    of("heads", Ty::F64, Bound::float("heads", 0.0, 0.999)),
     int("front_checks", &["fit"], 0, 1 << 10),
     // Calibration (imatrix).
     int("ctx", &["imatrix"], 16, MAX_TOKENS),

@@ -188,3 +188,55 @@ fn trimming_the_vocabulary_keeps_the_corpus() {
     }
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `--method width`: FFN channels and head groups removed, the layers left with their own widths
+/// (llama.cpp's `deci` with per-layer arrays when they differ), the refitted matrices with a
+/// bias, and the file runs; impossible settings are refused and write nothing.
+#[test]
+fn width_pruning_writes_per_layer_shapes_and_runs() {
+    let (d, model, text) = setup("width");
+    let out = d.join("width.gguf");
+    // One of the model's four key/value groups (global: the cheapest layer's), half the channels.
+    let o = prune(&model, &text, &out, &["--method", "width", "--ffn", "0.5", "--heads", "0.25", "--allocation", "global"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    let kv: Vec<u64> = layers.iter().map(|l| l["after"]["kv_heads"].as_u64().unwrap()).collect();
+    assert_eq!(kv.iter().sum::<u64>(), (2 * tiny::LLAMA_KV - 1) as u64, "{kv:?}");
+    let ffn: u64 = layers.iter().map(|l| l["after"]["ffn"].as_u64().unwrap()).sum();
+    assert_eq!(ffn, tiny::LLAMA_FFN as u64, "half of each layer's 64 channels, or the global choice rounded to 32s");
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.header.architecture(), Some("deci"), "layers that differ need llama.cpp's per-layer graph");
+    let heads = f.header.get("deci.attention.head_count_kv").and_then(|v| v.as_array()).expect("a per-layer array");
+    assert_eq!(heads.len(), tiny::LLAMA_LAYERS);
+    assert_eq!(f.header.get_u64("deci.attention.key_length").unwrap(), (tiny::LLAMA_D / tiny::LLAMA_HEADS) as u64);
+    for l in 0..tiny::LLAMA_LAYERS {
+        let (k, fd) = (kv[l] as usize, layers[l]["after"]["ffn"].as_u64().unwrap() as usize);
+        let hd = tiny::LLAMA_D / tiny::LLAMA_HEADS;
+        assert_eq!(f.tensor(&format!("blk.{l}.attn_k.weight")).unwrap().dims, vec![tiny::LLAMA_D as u64, (k * hd) as u64]);
+        assert_eq!(f.tensor(&format!("blk.{l}.ffn_down.weight")).unwrap().dims, vec![fd as u64, tiny::LLAMA_D as u64]);
+        assert!(f.tensor(&format!("blk.{l}.ffn_down.bias")).is_some(), "the refit's bias");
+    }
+    let r = smelt(&["run", "-m", s(&out), "--raw", "-p", "the man", "-n", "4", "--temp", "0", "-q"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // Uniform, the same from every layer: the layers stay alike, a plain `llama` file.
+    let o = prune(&model, &text, &out, &["--method", "ffn", "--sparsity", "0.5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.header.architecture(), Some("llama"));
+    assert_eq!(f.header.get_u64("llama.feed_forward_length").unwrap(), 32);
+    let bad: [(&[&str], &str); 4] = [
+        (&["--method", "ffn", "--sparsity", "0.5", "--ffn", "0.2"], "--sparsity X"),
+        (&["--method", "width", "--sparsity", "0.5"], "--ffn X and/or --heads Y"),
+        (&["--method", "heads", "--sparsity", "0.5", "--pattern", "2:4"], "cannot be used with"),
+        (&["--method", "wanda", "--heads", "0.5"], "--method width"),
+    ];
+    for (args, says) in bad {
+        let never = d.join("never.gguf");
+        let o = prune(&model, &text, &never, args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(says), "{args:?}: {e}");
+        assert!(!never.exists(), "{args:?} left a file");
+    }
+    std::fs::remove_dir_all(&d).ok();
+}

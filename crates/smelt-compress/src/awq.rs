@@ -88,12 +88,12 @@ pub struct Group {
 
 /// The groups of a Llama decoder under llama.cpp's tensor names, in search order: within a
 /// layer the output projection and down come first, so that the row scales they put on V and up
-/// are in place when Q/K/V and gate/up are searched.
-pub fn llama_groups(n_layers: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Vec<Group> {
+/// are in place when Q/K/V and gate/up are searched. Each layer's own head counts tie V's rows.
+pub fn llama_groups(shapes: &[smelt_models::llama::LayerShape], head_dim: usize) -> Vec<Group> {
     let mut out = Vec::new();
-    for l in 0..n_layers {
+    for (l, s) in shapes.iter().enumerate() {
         let b = |s: &str| format!("blk.{l}.{s}.weight");
-        let tie = (n_heads / n_kv_heads.max(1)).max(1);
+        let tie = (s.n_heads / s.n_kv_heads.max(1)).max(1);
         out.push(Group { layer: l, input: MatrixInput::AttnOutput, fold: Fold::Rows { tensor: b("attn_v"), tie, head_dim }, matrices: vec![b("attn_output")] });
         out.push(Group { layer: l, input: MatrixInput::FfnDown, fold: Fold::Rows { tensor: b("ffn_up"), tie: 1, head_dim: 1 }, matrices: vec![b("ffn_down")] });
         out.push(Group { layer: l, input: MatrixInput::AttnQkv, fold: Fold::Norm(b("attn_norm")), matrices: MatrixInput::AttnQkv.llama_tensors(l) });
@@ -340,7 +340,7 @@ pub fn search_decoder(
     opts: AwqOptions,
     on_group: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Scaling, CompressError> {
-    let groups = llama_groups(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+    let groups = llama_groups(&cfg.shapes, cfg.head_dim);
     let weights = |name: &str| -> Result<Vec<f32>, CompressError> {
         let t = file.tensor(name).ok_or_else(|| CompressError::Fit(format!("AWQ: the file has no tensor {name:?}")))?;
         file.tensor_f32(t).map_err(|source| CompressError::Quant { tensor: name.to_string(), source })

@@ -28,6 +28,8 @@ pub struct InputStats {
     pub rows: u64,
     /// `sum_r x_rj^2` per column.
     pub sum2: Vec<f64>,
+    /// `sum_r x_rj` per column (the mean input a bias can stand in for when a column goes).
+    pub sum: Vec<f64>,
     /// `X^T X`, row-major `cols x cols`, when gathered.
     pub hessian: Option<Vec<f64>>,
 }
@@ -96,14 +98,15 @@ impl<'p> Collector<'p> {
 impl Observer for Collector<'_> {
     fn observe(&mut self, layer: usize, input: MatrixInput, x: &[f32], rows: usize, cols: usize) {
         let want_h = self.hessian_layers.contains(&layer);
-        let e = self.stats.entry((layer, input)).or_insert_with(|| InputStats { cols, rows: 0, sum2: vec![0.0; cols], hessian: want_h.then(|| vec![0.0; cols * cols]) });
+        let e = self.stats.entry((layer, input)).or_insert_with(|| InputStats { cols, rows: 0, sum2: vec![0.0; cols], sum: vec![0.0; cols], hessian: want_h.then(|| vec![0.0; cols * cols]) });
         if e.cols != cols {
             return; // a model's widths do not change between passes
         }
         e.rows += rows as u64;
         for row in x.chunks_exact(cols) {
-            for (s, &v) in e.sum2.iter_mut().zip(row) {
-                *s += (v as f64) * (v as f64);
+            for ((s2, s), &v) in e.sum2.iter_mut().zip(e.sum.iter_mut()).zip(row) {
+                *s2 += (v as f64) * (v as f64);
+                *s += v as f64;
             }
         }
         if let Some(mut h) = e.hessian.take() {

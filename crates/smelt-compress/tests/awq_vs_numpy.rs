@@ -35,7 +35,7 @@ fn awq_search_matches_numpy_and_folding_is_exact() {
     run_decoder(&m.model, &m.tok, &pool, &text, CalibOptions { ctx: 256, max_chunks: Some(4), process_output: false }, &mut c, &mut |_, _| {}).unwrap();
     let stats = c.finish().unwrap();
     let cfg = &m.model.cfg;
-    let all = llama_groups(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+    let all = llama_groups(&cfg.shapes, cfg.head_dim);
     let weights = |name: &str| -> Result<Vec<f32>, CompressError> {
         let t = file.tensor(name).ok_or_else(|| CompressError::Fit(format!("no {name}")))?;
         Ok(file.tensor_f32(t).unwrap())

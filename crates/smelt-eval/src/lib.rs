@@ -2,7 +2,7 @@
 //!
 //! - [`lm`]: perplexity as llama-perplexity scores it, and against a reference model the KL
 //!   divergence distribution, top-1 agreement and the change of the correct token's
-//!   probability, computed online;
+//!   probability, computed online; [`kld_base`] writes llama-perplexity's logits file;
 //! - [`encoder`]: cosine fidelity, STS Spearman, retrieval overlap, classification with the head
 //!   kept fixed and refit;
 //! - [`efficiency`]: latency percentiles, time to first token, throughput, and [`energy`]
@@ -14,6 +14,7 @@ pub mod efficiency;
 pub mod encoder;
 pub mod energy;
 mod error;
+pub mod kld_base;
 pub mod lm;
 pub mod record;
 pub mod report;

@@ -159,13 +159,16 @@ impl Acc {
 
 /// Progress after each model finished a chunk.
 #[derive(Clone, Copy, Debug)]
-pub struct ChunkDone {
+pub struct ChunkDone<'a> {
     pub chunk: usize,
     pub chunks: usize,
     /// Index into `models` (`None` for the reference).
     pub model: Option<usize>,
     /// The model's running perplexity.
     pub ppl: f64,
+    /// The model's raw logits at the chunk's scored positions (`scored x vocab`; empty for the
+    /// reference), e.g. for [`crate::kld_base::KldBaseWriter`].
+    pub logits: &'a [f32],
 }
 
 /// `logsumexp(z)` and `argmax(z)` in f64.
@@ -234,7 +237,7 @@ pub fn evaluate(
     opts: &PplOptions,
     reference: Option<&Llama>,
     models: &[&Llama],
-    mut on_chunk: impl FnMut(ChunkDone),
+    mut on_chunk: impl FnMut(ChunkDone) -> Result<(), EvalError>,
 ) -> Result<(Option<LmQuality>, Vec<LmQuality>), EvalError> {
     if opts.ctx < 4 {
         return Err(EvalError::BadOption(format!("context of {} tokens: at least 4 are needed", opts.ctx)));
@@ -273,7 +276,7 @@ pub fn evaluate(
                 for (j, &t) in targets.iter().enumerate() {
                     ref_acc.push(Scored { nll: -(lp[j * vocab + t as usize] as f64), ..Default::default() }, false);
                 }
-                on_chunk(ChunkDone { chunk: c, chunks, model: None, ppl: ref_acc.ppl() });
+                on_chunk(ChunkDone { chunk: c, chunks, model: None, ppl: ref_acc.ppl(), logits: &[] })?;
                 Some((lp, tops))
             }
             None => None,
@@ -291,7 +294,7 @@ pub fn evaluate(
             for s in out.into_inner().unwrap_or_else(|e| e.into_inner()) {
                 accs[k].push(s, with_ref);
             }
-            on_chunk(ChunkDone { chunk: c, chunks, model: Some(k), ppl: accs[k].ppl() });
+            on_chunk(ChunkDone { chunk: c, chunks, model: Some(k), ppl: accs[k].ppl(), logits: &z })?;
         }
     }
     let ref_q = reference.map(|_| ref_acc.finish(opts, chunks, false));

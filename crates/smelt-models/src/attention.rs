@@ -43,7 +43,8 @@ pub struct KvCache {
     pub len: usize,
     /// The most tokens it may hold.
     pub max: usize,
-    row: usize,
+    /// Values per token of each layer (`n_kv * d_head`; layers of a pruned model differ).
+    rows: Vec<usize>,
 }
 
 fn grow<T: Clone + Default>(buf: &mut Vec<T>, need: usize, cap: usize) {
@@ -54,22 +55,22 @@ fn grow<T: Clone + Default>(buf: &mut Vec<T>, need: usize, cap: usize) {
 }
 
 impl KvCache {
-    /// An empty cache for `n_layers` layers of `row` values (`n_kv * d_head`) per token.
-    pub fn new(n_layers: usize, row: usize, max: usize, ty: KvType) -> KvCache {
+    /// An empty cache with `rows[l]` values (`n_kv * d_head`) per token for layer `l`.
+    pub fn new(rows: Vec<usize>, max: usize, ty: KvType) -> KvCache {
+        let n_layers = rows.len();
         let store = match ty {
             KvType::F32 => Store::F32 { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers] },
             KvType::F16 => Store::F16 { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers] },
         };
-        KvCache { store, len: 0, max, row }
+        KvCache { store, len: 0, max, rows }
     }
 
     /// Makes room for `n` more tokens (amortised doubling, never past `max`).
     pub fn reserve(&mut self, n: usize) {
-        let need = (self.len + n).min(self.max) * self.row;
-        let cap = self.max * self.row;
+        let tokens = (self.len + n).min(self.max);
         match &mut self.store {
-            Store::F32 { k, v } => k.iter_mut().chain(v.iter_mut()).for_each(|b| grow(b, need, cap)),
-            Store::F16 { k, v } => k.iter_mut().chain(v.iter_mut()).for_each(|b| grow(b, need, cap)),
+            Store::F32 { k, v } => k.iter_mut().chain(v.iter_mut()).zip(self.rows.iter().chain(&self.rows)).for_each(|(b, &r)| grow(b, tokens * r, self.max * r)),
+            Store::F16 { k, v } => k.iter_mut().chain(v.iter_mut()).zip(self.rows.iter().chain(&self.rows)).for_each(|(b, &r)| grow(b, tokens * r, self.max * r)),
         }
     }
 
@@ -81,7 +82,7 @@ impl KvCache {
     /// Stores keys and values (`m` tokens of `row` values each, at `stride`) of layer `l` at
     /// positions `len..len + m` (the caller advances `len` after the last layer).
     pub fn store(&mut self, l: usize, k: &[f32], v: &[f32], stride: usize, m: usize) {
-        let r = self.row;
+        let r = self.rows[l];
         for t in 0..m {
             let at = (self.len + t) * r;
             let (ks, vs) = (&k[t * stride..t * stride + r], &v[t * stride..t * stride + r]);

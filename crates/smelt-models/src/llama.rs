@@ -12,10 +12,17 @@
 //! ```
 //! then `logits = Wout rmsnorm(x) * output_norm`, with `Wout` the token embedding when the file
 //! has no `output.weight` (tied embeddings). Written once for every weight type.
+//!
+//! Layers may differ in width (a pruned model): each has its own query and key/value head counts
+//! and FFN width ([`LayerShape`]), read from llama.cpp's per-layer metadata arrays
+//! (`{arch}.attention.head_count`, `.head_count_kv`, `.feed_forward_length` holding one value
+//! per layer). llama.cpp's `llama` graph takes layer 0's widths for every layer; its `deci` graph
+//! (Nemotron-NAS, otherwise the Llama graph) takes each layer's own, so files with differing
+//! layers are written as `deci`, and both are read here.
 
 use std::sync::Arc;
 
-use smelt_formats::gguf::GgufHeader;
+use smelt_formats::gguf::{GgufArray, GgufHeader};
 use smelt_formats::hf_config::{load_config, HfConfig};
 use smelt_formats::safetensors::SafetensorsFile;
 use smelt_formats::{GgmlType, GgufFile};
@@ -30,15 +37,25 @@ use crate::ops::{self, Rope, RopeStyle};
 use crate::settings::Bound;
 use crate::ModelError;
 
+/// The widths of one block (the same for every block of an unpruned model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads; each serves `n_heads / n_kv_heads` query heads.
+    pub n_kv_heads: usize,
+    /// Rows of `ffn_gate` and `ffn_up`, columns of `ffn_down`.
+    pub ffn_dim: usize,
+}
+
 /// Hyper-parameters, from GGUF metadata (`{arch}.*` keys).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
     pub dim: usize,
     pub n_layers: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
+    /// Each layer's widths (`n_layers` of them).
+    pub shapes: Vec<LayerShape>,
     pub head_dim: usize,
-    pub ffn_dim: usize,
     pub vocab: usize,
     pub norm_eps: f32,
     pub rope_theta: f64,
@@ -50,7 +67,10 @@ pub struct LlamaConfig {
 }
 
 /// Architectures this file runs.
-pub const ARCHITECTURES: &str = "llama";
+pub const ARCHITECTURES: &str = "llama, deci";
+
+/// `general.architecture` of a file whose layers differ in width (see the module doc).
+pub const PER_LAYER_ARCH: &str = "deci";
 
 /// Upper bound on any dimension read from metadata (guards hostile files before allocating).
 const MAX_DIM: u64 = 1 << 20;
@@ -76,6 +96,7 @@ impl Keys<'_> {
             "dim" => ("embedding_length", "hidden_size"),
             "n_heads" => ("attention.head_count", "num_attention_heads"),
             "n_kv_heads" => ("attention.head_count_kv", "num_key_value_heads"),
+            "n_layers" => ("block_count", "num_hidden_layers"),
             "head_dim" => ("attention.key_length", "head_dim"),
             "rope_dim" => ("rope.dimension_count", "head_dim"),
             "norm_eps" => ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
@@ -93,7 +114,7 @@ impl Keys<'_> {
 impl LlamaConfig {
     pub fn from_gguf(h: &GgufHeader) -> Result<LlamaConfig, ModelError> {
         let arch = h.architecture().unwrap_or("").to_string();
-        if arch != "llama" {
+        if arch != "llama" && arch != PER_LAYER_ARCH {
             return Err(ModelError::UnsupportedArchitecture { found: arch, supported: ARCHITECTURES });
         }
         let key = |s: &str| format!("{arch}.{s}");
@@ -112,11 +133,39 @@ impl LlamaConfig {
             }
         };
         let dim = dim_of("embedding_length")?;
-        let n_heads = dim_of("attention.head_count")?;
-        let n_kv_heads = match opt("attention.head_count_kv") {
-            Some(_) => dim_of("attention.head_count_kv")?,
-            None => n_heads,
+        let n_layers = dim_of("block_count")?;
+        // A width per layer: one value for all, or an array of one per layer.
+        let per_layer = |s: &str| -> Result<Vec<usize>, ModelError> {
+            let arr = match h.get(&key(s)).and_then(|v| v.as_array()) {
+                None => return Ok(vec![dim_of(s)?; n_layers]),
+                Some(a) => a,
+            };
+            let vals: Option<Vec<u64>> = match arr {
+                GgufArray::U32(v) => Some(v.iter().map(|&x| x as u64).collect()),
+                GgufArray::I32(v) => v.iter().map(|&x| u64::try_from(x).ok()).collect(),
+                GgufArray::U64(v) => Some(v.clone()),
+                GgufArray::I64(v) => v.iter().map(|&x| u64::try_from(x).ok()).collect(),
+                _ => None,
+            };
+            let vals = vals.filter(|v| v.len() == n_layers).ok_or_else(|| ModelError::hyper(key(s), format!("an array of {} values", arr.len()), format!("one non-negative integer per layer ({n_layers}) or a single value")))?;
+            vals.iter()
+                .enumerate()
+                .map(|(l, &v)| match v {
+                    0 => Err(ModelError::hyper(format!("{}[{l}]", key(s)), 0, "layers without attention or without an FFN (Nemotron-NAS) are not supported yet")),
+                    v if v > MAX_DIM => Err(ModelError::hyper(format!("{}[{l}]", key(s)), v, format!("a dimension must be 1 to {MAX_DIM}"))),
+                    v => Ok(v as usize),
+                })
+                .collect()
         };
+        let heads = per_layer("attention.head_count")?;
+        let kv_heads = match h.get(&key("attention.head_count_kv")) {
+            Some(_) => per_layer("attention.head_count_kv")?,
+            None => heads.clone(),
+        };
+        let ffn = per_layer("feed_forward_length")?;
+        let shapes: Vec<LayerShape> = (0..n_layers).map(|l| LayerShape { n_heads: heads[l], n_kv_heads: kv_heads[l], ffn_dim: ffn[l] }).collect();
+        // llama.cpp's rule: the head size is `key_length`, else the width over layer 0's heads.
+        let n_heads = heads[0];
         let explicit_head_dim = opt("attention.key_length").is_some();
         let head_dim = if explicit_head_dim { dim_of("attention.key_length")? } else { dim / n_heads };
         if !explicit_head_dim && dim % n_heads != 0 {
@@ -141,11 +190,9 @@ impl LlamaConfig {
         };
         let cfg = LlamaConfig {
             dim,
-            n_layers: dim_of("block_count")?,
-            n_heads,
-            n_kv_heads,
+            n_layers,
+            shapes,
             head_dim,
-            ffn_dim: dim_of("feed_forward_length")?,
             vocab,
             norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)? as f32,
             rope_theta: float("rope.freq_base", 10000.0)?,
@@ -165,12 +212,18 @@ impl LlamaConfig {
     /// The checks every source of a config goes through: head counts that divide, RoPE that fits
     /// the heads, finite hyper-parameters in range.
     fn validate(&self, keys: Keys) -> Result<(), ModelError> {
-        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return Err(ModelError::hyper(
-                keys.name("n_heads"),
-                self.n_heads,
-                format!("not a multiple of {} = {}: every key/value head must serve the same number of query heads", keys.name("n_kv_heads"), self.n_kv_heads),
-            ));
+        if self.shapes.len() != self.n_layers {
+            return Err(ModelError::hyper(keys.name("n_layers"), self.n_layers, format!("the widths describe {} layers", self.shapes.len())));
+        }
+        for (l, s) in self.shapes.iter().enumerate() {
+            if !s.n_heads.is_multiple_of(s.n_kv_heads) {
+                let at = if self.is_uniform() { String::new() } else { format!(" in layer {l}") };
+                return Err(ModelError::hyper(
+                    keys.name("n_heads"),
+                    s.n_heads,
+                    format!("not a multiple of {} = {}{at}: every key/value head must serve the same number of query heads", keys.name("n_kv_heads"), s.n_kv_heads),
+                ));
+            }
         }
         if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return Err(ModelError::hyper(keys.name("rope_dim"), self.rope_dim, format!("RoPE needs an even number of dimensions, at most the head size {}", self.head_dim)));
@@ -182,27 +235,40 @@ impl LlamaConfig {
         Ok(())
     }
 
-    fn q_dim(&self) -> usize {
-        self.n_heads * self.head_dim
+    /// Whether every layer has the same widths (a file llama.cpp's `llama` graph runs).
+    pub fn is_uniform(&self) -> bool {
+        self.shapes.windows(2).all(|w| w[0] == w[1])
     }
 
-    fn kv_dim(&self) -> usize {
-        self.n_kv_heads * self.head_dim
+    /// Layer `l`'s query width (`n_heads * head_dim`).
+    pub fn q_dim(&self, l: usize) -> usize {
+        self.shapes[l].n_heads * self.head_dim
+    }
+
+    /// Layer `l`'s key/value width (`n_kv_heads * head_dim`).
+    pub fn kv_dim(&self, l: usize) -> usize {
+        self.shapes[l].n_kv_heads * self.head_dim
+    }
+
+    /// The widest of any layer's `(q_dim, kv_dim, ffn_dim)` (buffer sizes).
+    fn widest(&self) -> (usize, usize, usize) {
+        self.shapes.iter().fold((0, 0, 0), |(q, kv, f), s| (q.max(s.n_heads * self.head_dim), kv.max(s.n_kv_heads * self.head_dim), f.max(s.ffn_dim)))
     }
 }
 
-/// One transformer block's weights.
+/// One transformer block's weights; shapes as (rows, cols), with this layer's
+/// `q = n_heads * head_dim`, `kv = n_kv_heads * head_dim`, `ffn = ffn_dim`.
 #[derive(Debug)]
 pub struct Layer {
-    pub attn_norm: Vec<f32>,
-    pub wq: Linear,
-    pub wk: Linear,
-    pub wv: Linear,
-    pub wo: Linear,
-    pub ffn_norm: Vec<f32>,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
+    pub attn_norm: Vec<f32>, // (dim)
+    pub wq: Linear,          // (q, dim)
+    pub wk: Linear,          // (kv, dim)
+    pub wv: Linear,          // (kv, dim)
+    pub wo: Linear,          // (dim, q)
+    pub ffn_norm: Vec<f32>,  // (dim)
+    pub gate: Linear,        // (ffn, dim)
+    pub up: Linear,          // (ffn, dim)
+    pub down: Linear,        // (dim, ffn)
 }
 
 /// A loaded model.
@@ -247,7 +313,7 @@ impl Llama {
                 None => Ok(l),
             }
         };
-        let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
+        let d = cfg.dim;
         let embed = Linear::load(&file, "token_embd.weight", as_ty)?;
         if embed.cols != d || embed.rows == 0 {
             return Err(ModelError::WrongShape { name: "token_embd.weight".into(), found: vec![embed.cols as u64, embed.rows as u64], expected: vec![d as u64, cfg.vocab as u64] });
@@ -261,6 +327,7 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
+            let (qd, kvd, ffn) = (cfg.q_dim(i), cfg.kv_dim(i), cfg.shapes[i].ffn_dim);
             layers.push(Layer {
                 attn_norm: vector(&file, &p("attn_norm.weight"), d)?,
                 wq: lin(&p("attn_q.weight"), qd, d)?,
@@ -268,9 +335,9 @@ impl Llama {
                 wv: lin(&p("attn_v.weight"), kvd, d)?,
                 wo: lin(&p("attn_output.weight"), d, qd)?,
                 ffn_norm: vector(&file, &p("ffn_norm.weight"), d)?,
-                gate: lin(&p("ffn_gate.weight"), cfg.ffn_dim, d)?,
-                up: lin(&p("ffn_up.weight"), cfg.ffn_dim, d)?,
-                down: lin(&p("ffn_down.weight"), d, cfg.ffn_dim)?,
+                gate: lin(&p("ffn_gate.weight"), ffn, d)?,
+                up: lin(&p("ffn_up.weight"), ffn, d)?,
+                down: lin(&p("ffn_down.weight"), d, ffn)?,
             });
         }
         let output_norm = vector(&file, "output_norm.weight", d)?;
@@ -303,13 +370,13 @@ impl Llama {
                 other => return Err(ModelError::hyper("rope_scaling (config.json)", format!("{other:?}"), "not supported yet (linear is)")),
             },
         };
+        let n_layers = bounded("num_hidden_layers", hf.num_hidden_layers)?;
+        let shape = LayerShape { n_heads, n_kv_heads, ffn_dim: bounded("intermediate_size", hf.intermediate_size)? };
         let cfg = LlamaConfig {
             dim: bounded("hidden_size", hf.hidden_size)?,
-            n_layers: bounded("num_hidden_layers", hf.num_hidden_layers)?,
-            n_heads,
-            n_kv_heads,
+            n_layers,
+            shapes: vec![shape; n_layers],
             head_dim,
-            ffn_dim: bounded("intermediate_size", hf.intermediate_size)?,
             vocab: bounded("vocab_size", hf.vocab_size)?,
             norm_eps: hf.rms_norm_eps as f32,
             rope_theta: hf.rope_theta,
@@ -330,7 +397,7 @@ impl Llama {
             check_finite(name, &v)?;
             Ok(v)
         };
-        let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
+        let (d, qd, kvd, ffn) = (cfg.dim, cfg.q_dim(0), cfg.kv_dim(0), shape.ffn_dim);
         let embed = lin("model.embed_tokens.weight", cfg.vocab, d)?;
         let output = match st.get("lm_head.weight") {
             Ok(_) if !hf.tie_word_embeddings => Some(lin("lm_head.weight", cfg.vocab, d)?),
@@ -346,9 +413,9 @@ impl Llama {
                 wv: lin(&p("self_attn.v_proj.weight"), kvd, d)?,
                 wo: lin(&p("self_attn.o_proj.weight"), d, qd)?,
                 ffn_norm: vec(&p("post_attention_layernorm.weight"), d)?,
-                gate: lin(&p("mlp.gate_proj.weight"), cfg.ffn_dim, d)?,
-                up: lin(&p("mlp.up_proj.weight"), cfg.ffn_dim, d)?,
-                down: lin(&p("mlp.down_proj.weight"), d, cfg.ffn_dim)?,
+                gate: lin(&p("mlp.gate_proj.weight"), ffn, d)?,
+                up: lin(&p("mlp.up_proj.weight"), ffn, d)?,
+                down: lin(&p("mlp.down_proj.weight"), d, ffn)?,
             });
         }
         let output_norm = vec("model.norm.weight", d)?;
@@ -377,7 +444,8 @@ impl Llama {
     /// A fresh session with the given KV cache type.
     pub fn session_with(&self, max_ctx: usize, kv: KvType) -> Session {
         let max = max_ctx.clamp(1, self.cfg.ctx_train);
-        Session { kv: KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), max, kv), bufs: Buffers::default(), tokens: Vec::new() }
+        let rows = (0..self.cfg.n_layers).map(|l| self.cfg.kv_dim(l)).collect();
+        Session { kv: KvCache::new(rows, max, kv), bufs: Buffers::default(), tokens: Vec::new() }
     }
 
     /// Every weight matrix, by its tensor name (the embedding, each layer's seven, a separate
@@ -438,11 +506,12 @@ impl Llama {
                 return Err(ModelError::BadToken { id: t, vocab: c.vocab });
             }
         }
-        let (d, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let d = c.dim;
+        let (q_max, kv_max, ffn_max) = c.widest();
         let base = sess.kv.len;
         sess.kv.reserve(m);
         let b = &mut sess.bufs;
-        b.resize(m, d, qd, kvd, ffn, c.rope_dim / 2);
+        b.resize(m, d, q_max, kv_max, ffn_max, c.rope_dim / 2);
         for (t, &tok) in tokens.iter().enumerate() {
             match from {
                 Some((_, x)) => b.x[t * d..(t + 1) * d].copy_from_slice(&x[t * d..(t + 1) * d]),
@@ -451,9 +520,11 @@ impl Llama {
             let half = c.rope_dim / 2;
             self.rope.angles(base + t, &mut b.cos[t * half..(t + 1) * half], &mut b.sin[t * half..(t + 1) * half]);
         }
-        let heads = Heads { n_heads: c.n_heads, n_kv: c.n_kv_heads, d_head: c.head_dim };
         let half = c.rope_dim / 2;
         for (l, layer) in self.layers.iter().enumerate().skip(from.map_or(0, |f| f.0)) {
+            let s = c.shapes[l];
+            let heads = Heads { n_heads: s.n_heads, n_kv: s.n_kv_heads, d_head: c.head_dim };
+            let (qd, kvd, ffn) = (c.q_dim(l), c.kv_dim(l), s.ffn_dim);
             if let Some(k) = keep.as_deref_mut() {
                 k.push(b.x[..m * d].to_vec());
             }
@@ -464,18 +535,18 @@ impl Llama {
                 let ws = [&layer.wq.matrix()?, &layer.wk.matrix()?, &layer.wv.matrix()?];
                 gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.q[..qd], &mut b.k[..kvd], &mut b.v[..kvd]], &mut b.scratch)?;
             } else {
-                layer.wq.apply(pool, &b.h, m, &mut b.q, &mut b.scratch)?;
-                layer.wk.apply(pool, &b.h, m, &mut b.k, &mut b.scratch)?;
-                layer.wv.apply(pool, &b.h, m, &mut b.v, &mut b.scratch)?;
+                layer.wq.apply(pool, &b.h[..m * d], m, &mut b.q[..m * qd], &mut b.scratch)?;
+                layer.wk.apply(pool, &b.h[..m * d], m, &mut b.k[..m * kvd], &mut b.scratch)?;
+                layer.wv.apply(pool, &b.h[..m * d], m, &mut b.v[..m * kvd], &mut b.scratch)?;
             }
             let (cos, sin) = (&b.cos, &b.sin);
             let rope = |t: usize, row: &mut [f32]| self.rope.apply(row, c.head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
             ops::par_rows(pool, &mut b.q[..m * qd], m, &rope);
             ops::par_rows(pool, &mut b.k[..m * kvd], m, &rope);
             sess.kv.store(l, &b.k, &b.v, kvd, m);
-            attend(pool, heads, &b.q, qd, sess.kv.layer(l), base, m, &mut b.att, &mut b.widen);
-            note(&mut obs, l, MatrixInput::AttnOutput, &b.att, m, qd);
-            layer.wo.apply(pool, &b.att, m, &mut b.o, &mut b.scratch)?;
+            attend(pool, heads, &b.q, qd, sess.kv.layer(l), base, m, &mut b.att[..m * qd], &mut b.widen);
+            note(&mut obs, l, MatrixInput::AttnOutput, &b.att[..m * qd], m, qd);
+            layer.wo.apply(pool, &b.att[..m * qd], m, &mut b.o[..m * d], &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
             let x = &b.x;
@@ -485,13 +556,13 @@ impl Llama {
                 let ws = [&layer.gate.matrix()?, &layer.up.matrix()?];
                 gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.g[..ffn], &mut b.u[..ffn]], &mut b.scratch)?;
             } else {
-                layer.gate.apply(pool, &b.h, m, &mut b.g, &mut b.scratch)?;
-                layer.up.apply(pool, &b.h, m, &mut b.u, &mut b.scratch)?;
+                layer.gate.apply(pool, &b.h[..m * d], m, &mut b.g[..m * ffn], &mut b.scratch)?;
+                layer.up.apply(pool, &b.h[..m * d], m, &mut b.u[..m * ffn], &mut b.scratch)?;
             }
             let u = &b.u;
             ops::par_rows(pool, &mut b.g[..m * ffn], m, &|t, g| ops::silu_mul_in_place(g, &u[t * ffn..(t + 1) * ffn]));
-            note(&mut obs, l, MatrixInput::FfnDown, &b.g, m, ffn);
-            layer.down.apply(pool, &b.g, m, &mut b.o, &mut b.scratch)?;
+            note(&mut obs, l, MatrixInput::FfnDown, &b.g[..m * ffn], m, ffn);
+            layer.down.apply(pool, &b.g[..m * ffn], m, &mut b.o[..m * d], &mut b.scratch)?;
             let o = &b.o;
             ops::par_rows(pool, &mut b.x[..m * d], m, &|t, x| ops::add_assign(x, &o[t * d..(t + 1) * d]));
             // A NaN or infinity never reaches the output: it stops here, naming its layer (a

@@ -144,3 +144,108 @@ fn optional_block_biases_match_numpy() {
     assert!(moved > 0.5, "the biases should move the logits ({moved})");
     assert!(max_err <= LOGIT_TOL, "max |logit error| {max_err} > {LOGIT_TOL}");
 }
+
+/// Layers of different widths (what structured pruning makes): SmolLM2 with layer 3 keeping 2
+/// of its 3 key/value heads (6 of 9 query heads), layer 5 keeping 512 of its 1536 FFN channels
+/// and layer 20 both, written as llama.cpp's `deci` with per-layer metadata arrays (head counts,
+/// FFN widths; the head size stated). The slices are plain (no refit), so the model is a
+/// different one: smelt's logits must match the float64 reference's on that file, which reads
+/// each layer's widths from its matrices' shapes.
+#[test]
+fn per_layer_widths_match_numpy() {
+    use smelt_formats::gguf::{GgufArray, GgufValue, GgufWriter, TensorSpec};
+    let path = smelt_assets::ensure("smollm2-135m").unwrap();
+    let src = smelt_formats::GgufFile::open(&path).unwrap();
+    let dir = std::env::temp_dir().join(format!("smelt-widths-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let narrow = dir.join("narrow.gguf");
+    let (hd, group_q) = (64usize, 3usize);
+    // (layer, kept key/value heads, kept FFN channels)
+    let keep_kv = |l: usize| -> Vec<usize> { if l == 3 || l == 20 { vec![0, 2] } else { vec![0, 1, 2] } };
+    let keep_ffn = |l: usize| -> Vec<usize> { if l == 5 || l == 20 { (0..1536).filter(|c| c % 3 == 1).collect() } else { (0..1536).collect() } };
+    let rows_of = |heads: &[usize]| -> Vec<usize> { heads.iter().flat_map(|&h| h * hd..(h + 1) * hd).collect() };
+    let mut specs = Vec::new();
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    for t in src.tensors() {
+        let bytes = src.tensor_data(t);
+        let (mut dims, mut ty, mut out) = (t.dims.clone(), t.ty, bytes.to_vec());
+        if let Some((l, rest)) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            let l: usize = l.parse().unwrap();
+            let kv = keep_kv(l);
+            let q: Vec<usize> = kv.iter().flat_map(|&g| g * group_q..(g + 1) * group_q).collect();
+            let rows = match rest {
+                "attn_q.weight" => Some(rows_of(&q)),
+                "attn_k.weight" | "attn_v.weight" => Some(rows_of(&kv)),
+                "ffn_gate.weight" | "ffn_up.weight" => Some(keep_ffn(l)),
+                _ => None,
+            };
+            let cols = match rest {
+                "attn_output.weight" => Some(rows_of(&q)),
+                "ffn_down.weight" => Some(keep_ffn(l)),
+                _ => None,
+            };
+            if let Some(rows) = rows {
+                let row = bytes.len() / t.dims[1] as usize;
+                out = rows.iter().flat_map(|&r| bytes[r * row..(r + 1) * row].iter().copied()).collect();
+                dims[1] = rows.len() as u64;
+            }
+            if let Some(cols) = cols {
+                let w = src.tensor_f32(t).unwrap();
+                let n = t.dims[0] as usize;
+                let sub: Vec<f32> = w.chunks_exact(n).flat_map(|r| cols.iter().map(|&c| r[c])).collect();
+                (dims[0], ty, out) = (cols.len() as u64, GgmlType::F32, bytemuck::cast_slice(&sub).to_vec());
+            }
+        }
+        specs.push(TensorSpec { name: t.name.clone(), dims, ty });
+        data.push(out);
+    }
+    let mut meta = smelt_formats::gguf::Metadata::new();
+    for (k, v) in src.header.metadata.iter() {
+        meta.set(k.replace("llama.", "deci."), v.clone());
+    }
+    meta.set("general.architecture", GgufValue::String("deci".into()));
+    let arr = |f: &dyn Fn(usize) -> usize| GgufValue::Array(GgufArray::U32((0..30).map(|l| f(l) as u32).collect()));
+    meta.set("deci.attention.head_count", arr(&|l| keep_kv(l).len() * group_q));
+    meta.set("deci.attention.head_count_kv", arr(&|l| keep_kv(l).len()));
+    meta.set("deci.feed_forward_length", arr(&|l| keep_ffn(l).len()));
+    meta.set("deci.attention.key_length", GgufValue::U32(hd as u32));
+    meta.set("deci.attention.value_length", GgufValue::U32(hd as u32));
+    let mut w = GgufWriter::new(std::io::BufWriter::new(std::fs::File::create(&narrow).unwrap()), src.header.version, &meta, specs).unwrap();
+    for d in &data {
+        w.write_tensor(d).unwrap();
+    }
+    std::io::Write::flush(&mut w.finish().unwrap()).unwrap();
+
+    let model = Llama::open(&narrow, LoadOptions { weight_type: Some(GgmlType::F32) }).unwrap();
+    assert!(!model.cfg.is_uniform());
+    assert_eq!((model.cfg.shapes[20].n_heads, model.cfg.shapes[20].n_kv_heads, model.cfg.shapes[20].ffn_dim), (6, 2, 512));
+    assert_eq!((model.cfg.shapes[0].n_heads, model.cfg.shapes[0].ffn_dim), (9, 1536));
+    let r = reference();
+    let prompt: Vec<u32> = r["cases"][2]["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids = dir.join("ids.json");
+    std::fs::write(&ids, serde_json::to_string(&prompt).unwrap()).unwrap();
+    let out = dir.join("logits.npy");
+    let python = std::env::var("SMELT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/llama_numpy.py");
+    let st = std::process::Command::new(&python).arg(&script).arg("--logits").arg(&narrow).arg(&ids).arg(&out).status().unwrap();
+    assert!(st.success(), "{python} {} failed (it needs gguf and numpy: scripts/test installs them)", script.display());
+    let want = read_npy(&std::fs::read(&out).unwrap()).unwrap().data.to_f32();
+    let pool = ThreadPool::new(2);
+    // Prompt in one batch, and token by token (the decode path: per-layer KV rows).
+    let mut sess = model.session_with(512, KvType::F32);
+    let got = model.forward(&pool, &mut sess, &prompt, false).unwrap().to_vec();
+    let mut sess1 = model.session_with(512, KvType::F32);
+    let mut last = Vec::new();
+    for &t in &prompt {
+        last = model.forward(&pool, &mut sess1, &[t], false).unwrap().to_vec();
+    }
+    let full = read_npy(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/logits_2.npy")).unwrap()).unwrap().data.to_f32();
+    let moved = want.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    std::fs::remove_dir_all(&dir).ok();
+    for (what, v) in [("batch", &got), ("one token at a time", &last)] {
+        let max_err = v.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("narrow layers ({what}): max |logit error| {max_err}; the slicing moves the reference's logits by up to {moved}");
+        assert!(max_err <= LOGIT_TOL, "{what}: max |logit error| {max_err} > {LOGIT_TOL}");
+    }
+    assert!(moved > 0.5, "the slicing should change the model ({moved})");
+}

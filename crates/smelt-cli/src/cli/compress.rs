@@ -216,6 +216,23 @@ pub enum PruneMethod {
     /// The vocabulary: only the tokens --corpus uses (with specials, the byte-level alphabet
     /// and what BPE needs to build them) are kept, with their embedding and head rows.
     Vocab,
+    /// FFN channels (structured): --sparsity of them go, chosen and compensated by OBS on
+    /// ffn_down (Hessian of its input), the others refitted.
+    Ffn,
+    /// Attention head groups (structured; one key/value head with its query heads): --sparsity
+    /// of them go, chosen and compensated by OBS on attn_output. Every layer keeps one.
+    Heads,
+    /// FFN channels and head groups together: --ffn X --heads Y.
+    Width,
+}
+
+/// How structured width pruning spreads the removals over the layers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocationArg {
+    /// The same fraction from every layer.
+    Uniform,
+    /// The cheapest removals of the whole model (OBS cost over the layer's output energy).
+    Global,
 }
 
 /// How `--method layers` chooses.
@@ -235,7 +252,7 @@ pub enum PruneScope {
 }
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("amount").required(true).multiple(true).args(["sparsity", "pattern", "layers", "corpus"]))]
+#[command(group = clap::ArgGroup::new("amount").required(true).multiple(true).args(["sparsity", "pattern", "layers", "corpus", "ffn", "heads"]))]
 pub struct PruneArgs {
     /// The model (a GGUF decoder or a name).
     #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
@@ -256,6 +273,20 @@ pub struct PruneArgs {
     /// --method layers: how they are chosen.
     #[arg(long, value_enum, default_value = "angular")]
     pub layer_score: LayerScoreArg,
+    /// --method width: fraction of the FFN channels to remove, in [0, 1).
+    #[arg(long, value_name = "X")]
+    pub ffn: Option<f64>,
+    /// --method width: fraction of the attention head groups to remove, in [0, 1).
+    #[arg(long, value_name = "X")]
+    pub heads: Option<f64>,
+    /// --method ffn|heads|width: how the removals are spread over the layers (uniform measured
+    /// better on SmolLM2: docs/BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub allocation: AllocationArg,
+    /// --method ffn|heads|width: refit without a bias (by default ffn_down and attn_output get
+    /// one standing in for the removed inputs' mean; llama.cpp reads it).
+    #[arg(long)]
+    pub no_bias: bool,
     /// --method vocab: the texts whose tokens are kept (UTF-8; repeatable).
     #[arg(long, value_name = "FILE")]
     pub corpus: Vec<PathBuf>,

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use smelt_eval::encoder::{self, EncoderQuality, Split};
+use smelt_eval::kld_base::KldBaseWriter;
 use smelt_eval::lm::{self, PplOptions};
 use smelt_eval::record::{ModelResult, Record};
 use smelt_kernels::pool::ThreadPool;
@@ -81,10 +82,35 @@ fn decoder_quality(models: &[(&Llama, &Tokenizer)], has_ref: bool, results: &mut
     let (reference, rest) = if has_ref { (Some(llamas[0]), &llamas[1..]) } else { (None, &llamas[..]) };
     let mut bar = Progress::new("scoring", (chunks * llamas.len()) as u64, false, quiet);
     let off = has_ref as usize;
-    let (ref_q, qs) = lm::evaluate(pool, &tokens, &ppl, reference, rest, |d| {
+    // --save-logits: the one model's logits, streamed to a temporary file renamed at the end.
+    let mut save = match &opts.save_logits {
+        None => None,
+        Some(path) => {
+            if has_ref || rest.len() != 1 {
+                bail!("--save-logits writes one decoder's logits: give one model and no --against");
+            }
+            let tmp = smelt_formats::fsutil::temp_path_for(path);
+            let f = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?);
+            let n = chunks * opts.ctx;
+            Some((path.clone(), tmp, KldBaseWriter::new(f, opts.ctx, rest[0].cfg.vocab, &tokens[..n])?))
+        }
+    };
+    let result = lm::evaluate(pool, &tokens, &ppl, reference, rest, |d| {
         let name = d.model.map_or(&names[0], |k| &names[k + off]);
         bar.inc(1, &format!("chunk {}/{}: {name} PPL {:.3}", d.chunk + 1, d.chunks, d.ppl));
-    })?;
+        if let (Some((_, _, w)), Some(_)) = (save.as_mut(), d.model) {
+            w.chunk(d.logits).map_err(|e| smelt_eval::EvalError::BadOption(format!("writing the logits: {e}")))?;
+        }
+        Ok(())
+    });
+    if let Some((path, tmp, w)) = save.take() {
+        let done = if result.is_ok() { w.finish().and_then(|_| std::fs::rename(&tmp, &path)) } else { Ok(()) };
+        if result.is_err() || done.is_err() {
+            std::fs::remove_file(&tmp).ok();
+        }
+        done.with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let (ref_q, qs) = result?;
     bar.finish();
     if let Some(q) = ref_q {
         results[0].lm = Some(q);

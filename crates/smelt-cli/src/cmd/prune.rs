@@ -10,11 +10,12 @@ use smelt_compress::calib::CalibOptions;
 use smelt_compress::prune::layers::{remove_layers, LayerRemoval, LayerReport, LayerScore};
 use smelt_compress::prune::model::{prune_decoder, DecoderPrune, PruneReport, PruneStage, Source};
 use smelt_compress::prune::vocab::{choose_vocab, write_trimmed};
+use smelt_compress::prune::width::{prune_width, Allocation, WidthPrune, WidthReport};
 use smelt_compress::prune::{Method, Pattern, PruneOptions, Scope};
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::LoadOptions;
 
-use crate::cli::{Global, LayerScoreArg, PruneArgs, PruneMethod, PruneScope};
+use crate::cli::{AllocationArg, Global, LayerScoreArg, PruneArgs, PruneMethod, PruneScope};
 use crate::fmt::bytes;
 use crate::progress::Progress;
 
@@ -42,12 +43,16 @@ pub fn run(args: &PruneArgs, global: &Global) -> Result<()> {
         PruneMethod::Sparsegpt => Method::SparseGpt,
         PruneMethod::Layers => return run_layers(args, global),
         PruneMethod::Vocab => return run_vocab(args, global),
+        PruneMethod::Ffn | PruneMethod::Heads | PruneMethod::Width => return run_width(args, global),
     };
     if !args.corpus.is_empty() {
         anyhow::bail!("--corpus goes with --method vocab; give --sparsity or --pattern for --method {}", method.name());
     }
     if args.layers.is_some() {
         anyhow::bail!("--layers goes with --method layers; give --sparsity or --pattern for --method {}", method.name());
+    }
+    if args.ffn.is_some() || args.heads.is_some() {
+        anyhow::bail!("--ffn and --heads go with --method width; give --sparsity or --pattern for --method {}", method.name());
     }
     let opts = options(args, method);
     smelt_compress::prune::check_pattern(opts.pattern)?;
@@ -285,4 +290,124 @@ fn run_vocab(args: &PruneArgs, global: &Global) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// `--method ffn|heads|width`: structured width pruning; print each layer's widths.
+fn run_width(args: &PruneArgs, global: &Global) -> Result<()> {
+    if args.pattern.is_some() || args.then_quantize.is_some() || args.sequential || args.scope.is_some() || args.layers.is_some() || !args.corpus.is_empty() {
+        anyhow::bail!("--method {} takes --sparsity (ffn, heads) or --ffn/--heads (width), --allocation and --calib; not --pattern, --scope, --sequential, --layers, --corpus or --then-quantize (the file keeps the source's types; quantize it afterwards)", method_name(args.method));
+    }
+    let (ffn, heads) = match (args.method, args.sparsity, args.ffn, args.heads) {
+        (PruneMethod::Ffn, Some(p), None, None) => (p, 0.0),
+        (PruneMethod::Heads, Some(p), None, None) => (0.0, p),
+        (PruneMethod::Width, None, f, h) if f.is_some() || h.is_some() => (f.unwrap_or(0.0), h.unwrap_or(0.0)),
+        (PruneMethod::Width, ..) => anyhow::bail!("--method width takes --ffn X and/or --heads Y (fractions removed)"),
+        (m, ..) => anyhow::bail!("--method {} takes --sparsity X (the fraction removed), not --ffn/--heads", method_name(m)),
+    };
+    for (what, v) in [("--sparsity/--ffn", ffn), ("--sparsity/--heads", heads)] {
+        if !(0.0..1.0).contains(&v) {
+            anyhow::bail!("{what} {v} is outside [0, 1): give the fraction to remove, e.g. 0.25");
+        }
+    }
+    if ffn == 0.0 && heads == 0.0 {
+        anyhow::bail!("nothing to remove: give a fraction above 0");
+    }
+    let Some(calib) = &args.calib else { anyhow::bail!("--method {} needs a calibration text to choose and refit: give --calib FILE", method_name(args.method)) };
+    let text = super::read_utf8(calib)?;
+    let input = crate::resolve_model(&args.model, global.quiet)?;
+    let file = GgufFile::open(&input).with_context(|| format!("reading {}", input.display()))?;
+    let m = smelt_models::load(&input, LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
+    let settings = WidthPrune {
+        ffn,
+        heads,
+        allocation: match args.allocation {
+            AllocationArg::Global => Allocation::Global,
+            AllocationArg::Uniform => Allocation::Uniform,
+        },
+        calib: CalibOptions { ctx: args.calib_ctx, max_chunks: Some(args.calib_chunks), process_output: false },
+        damp: args.damp,
+        bias: !args.no_bias,
+    };
+    let pool = global.pool();
+    let start = Instant::now();
+    let mut bar: Option<(String, Progress)> = None;
+    let src = Source { file: &file, tok: &m.tok, text: Some(&text) };
+    let r = prune_width(&src, &m.model, &settings, &args.output, &pool, &mut |done, total, what| {
+        if bar.as_ref().is_none_or(|(w, _)| w != what) {
+            if let Some((_, b)) = bar.take() {
+                b.finish();
+            }
+            bar = Some((what.to_string(), Progress::new(what, total as u64, false, global.quiet)));
+        }
+        if let Some((_, b)) = bar.as_mut() {
+            let n = (done as u64 + 1).saturating_sub(b.done());
+            b.inc(n, "");
+        }
+    })
+    .with_context(|| format!("pruning {}", input.display()))?;
+    if let Some((_, b)) = bar.take() {
+        b.finish();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &width_document(&r, args, &settings, &input.display().to_string(), secs, pool.n_threads()))?;
+        writeln!(out)?;
+    } else {
+        print_width(&mut out, &r, args, secs, pool.n_threads())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn method_name(m: PruneMethod) -> &'static str {
+    match m {
+        PruneMethod::Magnitude => "magnitude",
+        PruneMethod::Wanda => "wanda",
+        PruneMethod::Sparsegpt => "sparsegpt",
+        PruneMethod::Layers => "layers",
+        PruneMethod::Vocab => "vocab",
+        PruneMethod::Ffn => "ffn",
+        PruneMethod::Heads => "heads",
+        PruneMethod::Width => "width",
+    }
+}
+
+fn print_width(out: &mut impl Write, r: &WidthReport, args: &PruneArgs, secs: f64, threads: usize) -> Result<()> {
+    let (before, after) = r.block_params;
+    writeln!(out, "wrote      {} ({})", args.output.display(), bytes(r.file_bytes))?;
+    writeln!(out, "blocks     {after} of {before} parameters kept ({:.1}% removed)", 100.0 * (1.0 - after as f64 / before.max(1) as f64))?;
+    writeln!(out, "calibrate  {} chunks of {} tokens\n", r.chunks, args.calib_ctx)?;
+    writeln!(out, "{:>5}  {:>11}  {:>11}", "layer", "heads (kv)", "ffn")?;
+    for (l, k) in r.layers.iter().enumerate() {
+        let heads = format!("{} ({})", k.after.n_heads, k.after.n_kv_heads);
+        writeln!(out, "{l:>5}  {heads:>11}  {:>11}", k.after.ffn_dim)?;
+    }
+    let first = r.layers.first().map(|k| k.before);
+    if let Some(b) = first {
+        writeln!(out, "(before: {} ({}) heads, {} channels per layer)", b.n_heads, b.n_kv_heads, b.ffn_dim)?;
+    }
+    writeln!(out, "\ntime       {secs:.1} s on {threads} threads")?;
+    Ok(())
+}
+
+fn width_document(r: &WidthReport, args: &PruneArgs, s: &WidthPrune, input: &str, secs: f64, threads: usize) -> serde_json::Value {
+    let shape = |x: &smelt_models::llama::LayerShape| json!({"heads": x.n_heads, "kv_heads": x.n_kv_heads, "ffn": x.ffn_dim});
+    json!({
+        "input": input,
+        "output": args.output.display().to_string(),
+        "method": method_name(args.method),
+        "ffn_fraction": s.ffn,
+        "head_fraction": s.heads,
+        "allocation": match s.allocation { Allocation::Global => "global", Allocation::Uniform => "uniform" },
+        "bias": s.bias,
+        "calibration": args.calib.as_ref().map(|p| p.display().to_string()),
+        "calibration_chunks": r.chunks,
+        "block_parameters": r.block_params.0,
+        "kept_block_parameters": r.block_params.1,
+        "layers": r.layers.iter().map(|k| json!({"before": shape(&k.before), "after": shape(&k.after)})).collect::<Vec<_>>(),
+        "file_bytes": r.file_bytes,
+        "seconds": secs,
+        "threads": threads,
+    })
 }

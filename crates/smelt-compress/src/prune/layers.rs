@@ -19,13 +19,13 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use smelt_formats::fsutil::write_atomic;
-use smelt_formats::gguf::{GgufValue, GgufWriter, TensorSpec};
-use smelt_formats::{GgufError, GgufFile};
+use smelt_formats::gguf::{GgufValue, TensorSpec};
+use smelt_formats::GgufFile;
 use smelt_kernels::pool::ThreadPool;
 use smelt_models::{Llama, Tokenizer};
 
 use super::model::Source;
+use super::write_gguf;
 use crate::calib::CalibOptions;
 use crate::CompressError;
 
@@ -133,34 +133,16 @@ pub fn write_without_layers(file: &GgufFile, removed: &BTreeSet<usize>, out: &Pa
     let new_index = |l: usize| l - removed.range(..l).count();
     let mut meta = file.header.metadata.clone();
     meta.set(key, GgufValue::U32((layers - removed.len()) as u32));
-    let mut kept = Vec::new();
-    let mut specs = Vec::new();
+    let mut tensors = Vec::new();
     for t in file.tensors() {
         let name = match block_of(&t.name) {
             Some((l, _)) if removed.contains(&l) => continue,
             Some((l, rest)) => format!("blk.{}.{rest}", new_index(l)),
             None => t.name.clone(),
         };
-        specs.push(TensorSpec { name, dims: t.dims.clone(), ty: t.ty });
-        kept.push(t);
+        tensors.push((TensorSpec { name, dims: t.dims.clone(), ty: t.ty }, file.tensor_data(t).into()));
     }
-    let mut bytes = 0u64;
-    write_atomic(
-        out,
-        |w| -> Result<(), CompressError> {
-            let mut gw = GgufWriter::new(&mut *w, file.header.version, &meta, specs)?;
-            for t in &kept {
-                gw.write_tensor(file.tensor_data(t))?;
-            }
-            gw.finish()?;
-            Ok(())
-        },
-        |path, source| CompressError::Gguf(GgufError::Write { path, source }),
-    )?;
-    if let Ok(m) = std::fs::metadata(out) {
-        bytes = m.len();
-    }
-    Ok(bytes)
+    write_gguf(file, &meta, tensors, out)
 }
 
 /// What removing layers did.

@@ -23,14 +23,23 @@
 //! consecutive entries of a row (2:4 keeps 2 of 4): the `M - N` lowest scores of each group go;
 //! SparseGPT chooses each group's mask when the group's first column is reached.
 //!
-//! [`model`] prunes every block matrix of a decoder and writes the file; [`layers`] removes whole
-//! layers (structured), chosen by angular distance or block influence; [`vocab`] keeps only the
-//! tokens a corpus uses.
+//! [`model`] prunes every block matrix of a decoder and writes the file. Structured: [`layers`]
+//! removes whole layers, chosen by angular distance or block influence; [`width`] removes FFN
+//! channels and attention head groups ([`columns`]: the OBS step that refits what stays);
+//! [`vocab`] keeps only the tokens a corpus uses.
 
+pub mod columns;
 pub mod layers;
 pub mod model;
 pub mod vocab;
+pub mod width;
 
+use std::borrow::Cow;
+use std::path::Path;
+
+use smelt_formats::fsutil::write_atomic;
+use smelt_formats::gguf::{GgufWriter, Metadata, TensorSpec};
+use smelt_formats::{GgufError, GgufFile};
 use smelt_kernels::pool::{Disjoint, ThreadPool};
 
 use crate::gptq::{inverse_factor, GptqError};
@@ -130,6 +139,27 @@ pub enum PruneError {
     Shape { found: usize, rows: usize, cols: usize },
     #[error(transparent)]
     Hessian(#[from] GptqError),
+    #[error("cannot remove {n_remove} of {n_groups} groups of {group} columns from a matrix of {cols} columns")]
+    Groups { group: usize, n_groups: usize, n_remove: usize, cols: usize },
+}
+
+/// Writes a GGUF of `file`'s version with `meta` and `tensors` (in order) to `out`, atomically;
+/// returns the bytes written. The structured methods' writer (they change shapes and metadata).
+pub(crate) fn write_gguf(file: &GgufFile, meta: &Metadata, tensors: Vec<(TensorSpec, Cow<[u8]>)>, out: &Path) -> Result<u64, crate::CompressError> {
+    let (specs, data): (Vec<TensorSpec>, Vec<Cow<[u8]>>) = tensors.into_iter().unzip();
+    write_atomic(
+        out,
+        |w| -> Result<(), crate::CompressError> {
+            let mut gw = GgufWriter::new(&mut *w, file.header.version, meta, specs)?;
+            for d in &data {
+                gw.write_tensor(d)?;
+            }
+            gw.finish()?;
+            Ok(())
+        },
+        |path, source| crate::CompressError::Gguf(GgufError::Write { path, source }),
+    )?;
+    Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
 }
 
 /// What calibration saw of one matrix's inputs.

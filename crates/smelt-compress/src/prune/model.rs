@@ -122,7 +122,7 @@ pub fn prune_decoder(src: &Source, model: &mut Llama, settings: &DecoderPrune, o
         for input in MatrixInput::BLOCK {
             let st = stats.get(&(l, input));
             if let Some(st) = st {
-                importance.entry((l, input)).or_insert_with(|| InputStats { cols: st.cols, rows: st.rows, sum2: st.sum2.clone(), hessian: None });
+                importance.entry((l, input)).or_insert_with(|| InputStats { cols: st.cols, rows: st.rows, sum2: st.sum2.clone(), sum: st.sum.clone(), hessian: None });
             }
             for name in input.llama_tensors(l) {
                 let t = file.tensor(&name).ok_or_else(|| CompressError::Fit(format!("the file has no tensor {name:?}")))?;

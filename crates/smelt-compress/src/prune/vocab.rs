@@ -18,9 +18,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use smelt_formats::fsutil::write_atomic;
-use smelt_formats::gguf::{GgufArray, GgufValue, GgufWriter, TensorSpec};
-use smelt_formats::{GgufError, GgufFile};
+use smelt_formats::gguf::{GgufArray, GgufValue, TensorSpec};
+use smelt_formats::GgufFile;
 use smelt_models::Tokenizer;
 
 use crate::CompressError;
@@ -154,31 +153,16 @@ pub fn write_trimmed(file: &GgufFile, kept: &[u32], out: &Path) -> Result<u64, C
         meta.set(format!("{arch}.vocab_size"), GgufValue::U32(kept.len() as u32));
     }
     // The vocabulary-sized tensors: their rows of the kept tokens.
-    let mut specs = Vec::new();
-    let mut data: Vec<std::borrow::Cow<[u8]>> = Vec::new();
+    let mut tensors: Vec<(TensorSpec, std::borrow::Cow<[u8]>)> = Vec::new();
     for t in file.tensors() {
         let bytes = file.tensor_data(t);
         if (t.name == "token_embd.weight" || t.name == "output.weight") && t.dims.len() == 2 && t.dims[1] as usize == n {
             let row = bytes.len() / n;
             let rows: Vec<u8> = kept.iter().flat_map(|&k| bytes[k as usize * row..(k as usize + 1) * row].iter().copied()).collect();
-            specs.push(TensorSpec { name: t.name.clone(), dims: vec![t.dims[0], kept.len() as u64], ty: t.ty });
-            data.push(rows.into());
+            tensors.push((TensorSpec { name: t.name.clone(), dims: vec![t.dims[0], kept.len() as u64], ty: t.ty }, rows.into()));
         } else {
-            specs.push(TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty });
-            data.push(bytes.into());
+            tensors.push((TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty }, bytes.into()));
         }
     }
-    write_atomic(
-        out,
-        |w| -> Result<(), CompressError> {
-            let mut gw = GgufWriter::new(&mut *w, file.header.version, &meta, specs)?;
-            for d in &data {
-                gw.write_tensor(d)?;
-            }
-            gw.finish()?;
-            Ok(())
-        },
-        |path, source| CompressError::Gguf(GgufError::Write { path, source }),
-    )?;
-    Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+    super::write_gguf(file, &meta, tensors, out)
 }

@@ -12,7 +12,9 @@ The first form writes OUT_DIR/llama_reference.json and OUT_DIR/logits_<i>.npy (f
 the fixtures in this directory with MODEL = the smollm2-135m file (`smelt pull smollm2-135m`).
 The second writes the logits at the last of the given tokens (the test of optional biases runs
 it on a file it writes). A block's optional biases (`blk.N.attn_q.bias`, ... `ffn_down.bias`, as
-llama.cpp's Llama graph reads them) are added after their products.
+llama.cpp's Llama graph reads them) are added after their products. Layers may differ in width
+(a pruned model, written as llama.cpp's `deci`): each layer's head counts are read from its own
+matrices' shapes, the head size from `attention.key_length` or the width over layer 0's heads.
 Needs `pip install gguf numpy tokenizers`.
 """
 import json
@@ -47,9 +49,8 @@ class Llama:
         k = lambda s: field(r, f"{arch}.{s}")
         self.d = k("embedding_length")
         self.n_layers = k("block_count")
-        self.n_heads = k("attention.head_count")
-        self.n_kv = k("attention.head_count_kv")
-        self.hd = self.d // self.n_heads
+        # A per-layer array reads as its first value here: layer 0's head count.
+        self.hd = k("attention.key_length") if f"{arch}.attention.key_length" in r.fields else self.d // k("attention.head_count")
         self.eps = k("attention.layer_norm_rms_epsilon")
         self.theta = k("rope.freq_base")
         self.w = {}
@@ -81,20 +82,22 @@ class Llama:
     def step(self, token, pos):
         """One token at position `pos` (the KV cache holds positions 0..pos); returns logits."""
         x = self.w["token_embd.weight"][token].copy()
-        group = self.n_heads // self.n_kv
         for l in range(self.n_layers):
             p = f"blk.{l}."
+            n_heads = self.w[p + "attn_q.weight"].shape[0] // self.hd
+            n_kv = self.w[p + "attn_k.weight"].shape[0] // self.hd
+            group = n_heads // n_kv
             h = self.rmsnorm(x, self.w[p + "attn_norm.weight"])
-            q = self.lin(p + "attn_q", h).reshape(self.n_heads, self.hd)
-            kk = self.lin(p + "attn_k", h).reshape(self.n_kv, self.hd)
-            v = self.lin(p + "attn_v", h).reshape(self.n_kv, self.hd)
+            q = self.lin(p + "attn_q", h).reshape(n_heads, self.hd)
+            kk = self.lin(p + "attn_k", h).reshape(n_kv, self.hd)
+            v = self.lin(p + "attn_v", h).reshape(n_kv, self.hd)
             q, kk = self.rope(q, pos), self.rope(kk, pos)
             ks, vs = self.cache[l]
             ks.append(kk)
             vs.append(v)
             K, V = np.stack(ks), np.stack(vs)  # [pos+1, n_kv, hd]
-            att = np.empty((self.n_heads, self.hd))
-            for hh in range(self.n_heads):
+            att = np.empty((n_heads, self.hd))
+            for hh in range(n_heads):
                 g = hh // group
                 sc = K[:, g, :] @ q[hh] / np.sqrt(self.hd)
                 pr = np.exp(sc - sc.max())
