@@ -240,3 +240,66 @@ fn width_pruning_writes_per_layer_shapes_and_runs() {
     }
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `--method ffn` on a sentence encoder (all-MiniLM-L6-v2): a new sentence-transformers
+/// directory whose config has the smaller `intermediate_size`, whose side files are the
+/// original's, and whose embeddings stay close to the original's (the OBS refit with a bias);
+/// an existing non-empty output directory is refused.
+#[test]
+fn pruning_an_encoder_writes_a_smaller_bert() {
+    let src = smelt_assets::ensure("all-minilm-l6-v2").unwrap();
+    let d = std::env::temp_dir().join(format!("smelt-prune-test-{}-encoder", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let text = d.join("calib.txt");
+    let austen = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/austen/emma.txt")).expect("../shared beside the repository");
+    std::fs::write(&text, &austen[..60_000]).unwrap();
+    let out = d.join("pruned");
+    let o = smelt(&["prune", s(&src), "-o", s(&out), "--method", "ffn", "--sparsity", "0.25", "--calib", s(&text), "--calib-chunks", "8", "--json", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["ffn_before"].as_u64(), v["ffn_after"].as_u64()), (Some(1536), Some(1152)));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["intermediate_size"], 1152);
+    for side in ["tokenizer.json", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json"] {
+        assert_eq!(std::fs::read(src.join(side)).unwrap(), std::fs::read(out.join(side)).unwrap(), "{side}");
+    }
+    let pool = smelt_kernels::pool::ThreadPool::new(2);
+    let texts = ["A man is playing a guitar.", "The weather in the mountains was cold and wet all week.", "She had never been so happy in her life.", "Stock markets fell sharply on Monday."];
+    let embed = |dir: &Path| smelt_models::Encoder::load(dir, None).unwrap().embed(&pool, &texts, &Default::default()).unwrap();
+    let (a, b) = (embed(&src), embed(&out));
+    for (x, y) in a.iter().zip(&b) {
+        let cos = x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>() / (x.iter().map(|p| p * p).sum::<f32>().sqrt() * y.iter().map(|q| q * q).sum::<f32>().sqrt());
+        assert!(cos > 0.85, "cosine to the original {cos} (0.91 when written: 256 calibration sentences)");
+    }
+    let o = smelt(&["prune", s(&src), "-o", s(&out), "--method", "ffn", "--sparsity", "0.25", "--calib", s(&text), "-q"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("not an empty directory"), "{e}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `smelt eval` on a pruned file reports its zeros, and `--save-logits` writes
+/// llama-perplexity's KL-divergence base (magic, context, vocabulary, chunks, the tokens, one
+/// record per scored position); with a reference it is refused.
+#[test]
+fn eval_reports_sparsity_and_saves_logits() {
+    let (d, model, text) = setup("evalzeros");
+    let out = d.join("wanda.gguf");
+    assert!(prune(&model, &text, &out, &["--method", "wanda", "--sparsity", "0.5"]).status.success());
+    let kld = d.join("base.kld");
+    let o = smelt(&["eval", s(&out), "--text", s(&text), "--ctx", "64", "--chunks", "2", "--no-speed", "--format", "json", "-q", "--save-logits", s(&kld)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let z = v["models"][0]["zero_fraction"].as_f64().unwrap();
+    assert!((z - 0.5).abs() < 0.01, "zero fraction {z}");
+    let bytes = std::fs::read(&kld).unwrap();
+    assert_eq!(&bytes[..8], b"_logits_");
+    let int = |at: usize| i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let (ctx, vocab, chunks) = (int(8), int(12), int(16));
+    assert_eq!((ctx, chunks), (64, 2));
+    let nv = 2 * vocab.div_ceil(2) + 4;
+    assert_eq!(bytes.len(), 20 + 4 * chunks * ctx + 2 * chunks * (ctx - 1 - ctx / 2) * nv);
+    let o = smelt(&["eval", s(&out), "--against", s(&model), "--text", s(&text), "--ctx", "64", "--chunks", "2", "--no-speed", "-q", "--save-logits", s(&d.join("never.kld"))]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("one model"));
+    assert!(!d.join("never.kld").exists());
+    std::fs::remove_dir_all(&d).ok();
+}

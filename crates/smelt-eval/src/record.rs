@@ -44,6 +44,9 @@ pub struct ModelResult {
     pub params: u64,
     /// `8 * weight_bytes / params`.
     pub bits_per_weight: f64,
+    /// Fraction of the block matrices' weights that are exactly zero (pruning's sparsity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_fraction: Option<f64>,
     /// The model the others are compared with.
     pub reference: bool,
     pub lm: Option<LmQuality>,

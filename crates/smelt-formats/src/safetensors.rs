@@ -164,3 +164,21 @@ fn first_duplicate_key(json: &[u8]) -> Option<String> {
     }
     serde_json::Deserializer::from_slice(json).deserialize_map(FirstDuplicate).ok().flatten()
 }
+
+/// A safetensors file's bytes holding `tensors` (name, shape, values) as F32, in the order given
+/// (the format sorts nothing; readers look tensors up by name). The values of each must fill its
+/// shape.
+pub fn serialize_f32(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>, SafetensorsError> {
+    let invalid = |reason: String| SafetensorsError::Invalid { path: PathBuf::from("(being written)"), reason };
+    let views = tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            let n: usize = shape.iter().product();
+            if n != values.len() {
+                return Err(invalid(format!("{name}: {} values for shape {shape:?}", values.len())));
+            }
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values)).map(|v| (name.clone(), v)).map_err(|e| invalid(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, None).map_err(|e| invalid(e.to_string()))
+}

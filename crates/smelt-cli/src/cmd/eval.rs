@@ -96,9 +96,7 @@ pub fn describe(spec: &Spec, m: &Loaded) -> ModelResult {
         std::fs::metadata(&spec.path).ok().map(|m| m.len())
     };
     let (kind, weight_type, weight_bytes, params) = match m {
-        Loaded::Decoder { model, .. } => {
-            ("decoder", type_mix(model), model.weight_bytes() as u64, model.n_params())
-        }
+        Loaded::Decoder { model, .. } => ("decoder", type_mix(model), model.weight_bytes() as u64, model.n_params()),
         Loaded::Encoder(e) => ("encoder", e.model.weight_type(), e.model.weight_bytes(), e.model.n_params()),
     };
     ModelResult {
@@ -110,8 +108,29 @@ pub fn describe(spec: &Spec, m: &Loaded) -> ModelResult {
         weight_bytes,
         params,
         bits_per_weight: if params > 0 { 8.0 * weight_bytes as f64 / params as f64 } else { 0.0 },
+        zero_fraction: match m {
+            Loaded::Decoder { model, .. } => zero_fraction(model),
+            Loaded::Encoder(_) => None,
+        },
         ..Default::default()
     }
+}
+
+/// The fraction of the block matrices' weights that are exactly zero, read row by row.
+fn zero_fraction(model: &Llama) -> Option<f64> {
+    let (mut n, mut zeros) = (0u64, 0u64);
+    let mut row = Vec::new();
+    for l in &model.layers {
+        for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+            row.resize(w.cols, 0.0);
+            for r in 0..w.rows {
+                w.row_f32(r, &mut row).ok()?;
+                zeros += row.iter().filter(|&&v| v == 0.0).count() as u64;
+            }
+            n += (w.rows * w.cols) as u64;
+        }
+    }
+    (n > 0).then(|| zeros as f64 / n as f64)
 }
 
 /// The weight matrices' types by share of parameters, largest first: `Q5_0+Q4_K` (K-quants

@@ -10,6 +10,7 @@ use smelt_compress::calib::CalibOptions;
 use smelt_compress::prune::layers::{remove_layers, LayerRemoval, LayerReport, LayerScore};
 use smelt_compress::prune::model::{prune_decoder, DecoderPrune, PruneReport, PruneStage, Source};
 use smelt_compress::prune::vocab::{choose_vocab, write_trimmed};
+use smelt_compress::prune::encoder::{prune_encoder, EncoderPrune};
 use smelt_compress::prune::width::{prune_width, Allocation, WidthPrune, WidthReport};
 use smelt_compress::prune::{Method, Pattern, PruneOptions, Scope};
 use smelt_formats::{GgmlType, GgufFile};
@@ -35,8 +36,15 @@ fn options(args: &PruneArgs, method: Method) -> PruneOptions {
     opts
 }
 
+fn check_output(args: &PruneArgs) -> Result<()> {
+    smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))
+}
+
 pub fn run(args: &PruneArgs, global: &Global) -> Result<()> {
-    smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    // An encoder's output is a directory (checked where the kind of model is known).
+    if !matches!(args.method, PruneMethod::Ffn | PruneMethod::Heads | PruneMethod::Width) {
+        check_output(args)?;
+    }
     let method = match args.method {
         PruneMethod::Magnitude => Method::Magnitude,
         PruneMethod::Wanda => Method::Wanda,
@@ -315,6 +323,16 @@ fn run_width(args: &PruneArgs, global: &Global) -> Result<()> {
     let Some(calib) = &args.calib else { anyhow::bail!("--method {} needs a calibration text to choose and refit: give --calib FILE", method_name(args.method)) };
     let text = super::read_utf8(calib)?;
     let input = crate::resolve_model(&args.model, global.quiet)?;
+    if input.is_dir() && input.join("config.json").exists() && !input.join("model.safetensors").exists() {
+        anyhow::bail!("{} has no model.safetensors: structured pruning reads the safetensors weights", input.display());
+    }
+    if input.is_dir() && matches!(smelt_formats::hf_config::load_config(&input.join("config.json")), Ok(smelt_formats::hf_config::HfConfig::Bert(_))) {
+        if heads > 0.0 || args.allocation != AllocationArg::Uniform {
+            anyhow::bail!("encoders take --method ffn (the same fraction from every layer, so that the result stays a standard BERT); head pruning is for decoders so far");
+        }
+        return run_encoder(args, global, &input, &text, ffn);
+    }
+    check_output(args)?;
     let file = GgufFile::open(&input).with_context(|| format!("reading {}", input.display()))?;
     let m = smelt_models::load(&input, LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
     let settings = WidthPrune {
@@ -330,24 +348,10 @@ fn run_width(args: &PruneArgs, global: &Global) -> Result<()> {
     };
     let pool = global.pool();
     let start = Instant::now();
-    let mut bar: Option<(String, Progress)> = None;
+    let mut bars = StageBars { bar: None, quiet: global.quiet };
     let src = Source { file: &file, tok: &m.tok, text: Some(&text) };
-    let r = prune_width(&src, &m.model, &settings, &args.output, &pool, &mut |done, total, what| {
-        if bar.as_ref().is_none_or(|(w, _)| w != what) {
-            if let Some((_, b)) = bar.take() {
-                b.finish();
-            }
-            bar = Some((what.to_string(), Progress::new(what, total as u64, false, global.quiet)));
-        }
-        if let Some((_, b)) = bar.as_mut() {
-            let n = (done as u64 + 1).saturating_sub(b.done());
-            b.inc(n, "");
-        }
-    })
-    .with_context(|| format!("pruning {}", input.display()))?;
-    if let Some((_, b)) = bar.take() {
-        b.finish();
-    }
+    let r = prune_width(&src, &m.model, &settings, &args.output, &pool, &mut |done, total, what| bars.step(done, total, what)).with_context(|| format!("pruning {}", input.display()))?;
+    bars.finish();
     let secs = start.elapsed().as_secs_f64();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
@@ -410,4 +414,102 @@ fn width_document(r: &WidthReport, args: &PruneArgs, s: &WidthPrune, input: &str
         "seconds": secs,
         "threads": threads,
     })
+}
+
+/// Sentences of a text for calibrating an encoder: split after `.`, `!` or `?`, whitespace
+/// collapsed, those of at least 4 words, at most `max`.
+fn sentences(text: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for word in text.split_whitespace() {
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+        if word.ends_with(['.', '!', '?']) || word.ends_with(".\"") || word.ends_with("?\"") || word.ends_with("!\"") {
+            if cur.split(' ').count() >= 4 {
+                out.push(std::mem::take(&mut cur));
+                if out.len() == max {
+                    break;
+                }
+            }
+            cur.clear();
+        }
+    }
+    out
+}
+
+/// `--method ffn` on a sentence encoder: FFN channels removed in every layer, a new
+/// sentence-transformers directory written.
+fn run_encoder(args: &PruneArgs, global: &Global, input: &std::path::Path, text: &str, ffn: f64) -> Result<()> {
+    let enc = smelt_models::Encoder::load(input, None).with_context(|| format!("loading {}", input.display()))?;
+    let sents = sentences(text, args.calib_chunks.saturating_mul(32));
+    if sents.is_empty() {
+        anyhow::bail!("{} holds no sentences of 4 words or more to calibrate on", args.calib.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+    }
+    let refs: Vec<&str> = sents.iter().map(String::as_str).collect();
+    let settings = EncoderPrune { ffn, damp: args.damp, bias: !args.no_bias, batch: 32 };
+    let pool = global.pool();
+    let start = Instant::now();
+    let mut bars = StageBars { bar: None, quiet: global.quiet };
+    let r = prune_encoder(input, &enc, &refs, &settings, &args.output, &pool, &mut |done, total, what| bars.step(done, total, what)).with_context(|| format!("pruning {}", input.display()))?;
+    bars.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        let doc = json!({
+            "input": input.display().to_string(),
+            "output": args.output.display().to_string(),
+            "method": "ffn",
+            "kind": "encoder",
+            "ffn_fraction": ffn,
+            "bias": settings.bias,
+            "ffn_before": r.ffn_before,
+            "ffn_after": r.ffn_after,
+            "parameters": r.params.0,
+            "kept_parameters": r.params.1,
+            "calibration": args.calib.as_ref().map(|p| p.display().to_string()),
+            "calibration_sentences": r.sentences,
+            "calibration_tokens": r.tokens,
+            "weights_bytes": r.bytes,
+            "seconds": secs,
+            "threads": pool.n_threads(),
+        });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "wrote      {}/ (model.safetensors {})", args.output.display(), bytes(r.bytes))?;
+        writeln!(out, "ffn        {} of {} channels kept in every layer", r.ffn_after, r.ffn_before)?;
+        writeln!(out, "parameters {} of {} kept ({:.1}% removed)", r.params.1, r.params.0, 100.0 * (1.0 - r.params.1 as f64 / r.params.0.max(1) as f64))?;
+        writeln!(out, "calibrate  {} sentences ({} tokens)", r.sentences, r.tokens)?;
+        writeln!(out, "time       {secs:.1} s on {} threads", pool.n_threads())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One progress bar per named stage of a long job (`step(done, total, stage)`; a new stage name
+/// finishes the previous bar).
+struct StageBars {
+    bar: Option<(String, Progress)>,
+    quiet: bool,
+}
+
+impl StageBars {
+    fn step(&mut self, done: usize, total: usize, what: &str) {
+        if self.bar.as_ref().is_none_or(|(w, _)| w != what) {
+            self.finish();
+            self.bar = Some((what.to_string(), Progress::new(what, total as u64, false, self.quiet)));
+        }
+        if let Some((_, b)) = self.bar.as_mut() {
+            let n = (done as u64 + 1).saturating_sub(b.done());
+            b.inc(n, "");
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, b)) = self.bar.take() {
+            b.finish();
+        }
+    }
 }

@@ -29,6 +29,7 @@
 //! [`vocab`] keeps only the tokens a corpus uses.
 
 pub mod columns;
+pub mod encoder;
 pub mod layers;
 pub mod model;
 pub mod vocab;

@@ -29,6 +29,10 @@ pub fn columns(record: &Record) -> Vec<Column> {
     let mut all = vec![
         col("size MB", 1, |m, _| Some(m.size() as f64 / 1e6)),
         col("bits/weight", 2, |m, _| (m.bits_per_weight > 0.0).then_some(m.bits_per_weight)),
+        col("params M", 2, |m, _| (m.params > 0).then_some(m.params as f64 / 1e6)),
+        col("params kept %", 1, |m, r| r.filter(|r| r.params > 0 && m.params > 0).map(|r| 100.0 * m.params as f64 / r.params as f64)),
+        // Shown once some model is pruned (a dense model's stray zeros are not sparsity).
+        col("zeros %", 1, |m, _| m.zero_fraction.filter(|&z| z >= 0.01).map(|z| 100.0 * z)),
         col("loss %", 2, |m, r| m.quality_loss_pct(r)),
         // Decoders.
         col("PPL", 3, |m, _| m.lm.as_ref().map(|q| q.ppl)),
