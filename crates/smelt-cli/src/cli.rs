@@ -258,8 +258,20 @@ pub struct ShrinkArgs {
     /// and Sensibility, built in; never the evaluation text).
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
+    /// Decoders: also pruned variants, one per fraction of FFN channels removed (comma list,
+    /// e.g. 0.2,0.3; as `smelt prune --method ffn` makes them, calibrated on --calib).
+    #[arg(long, value_name = "FRACTIONS", value_delimiter = ',', value_parser = parse_prune_fraction)]
+    pub prune: Vec<f64>,
     #[command(flatten)]
     pub opts: EvalOptions,
+}
+
+/// A fraction for `shrink --prune`, in (0, 1).
+fn parse_prune_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!("{s:?}: a fraction of FFN channels to remove, above 0 and below 1 (e.g. 0.3)")),
+    }
 }
 
 /// A size for `shrink --fit`: bytes, or a fraction of the model's file.

@@ -348,7 +348,7 @@ fn run_width(args: &PruneArgs, global: &Global) -> Result<()> {
     };
     let pool = global.pool();
     let start = Instant::now();
-    let mut bars = StageBars { bar: None, quiet: global.quiet };
+    let mut bars = StageBars::new(global.quiet);
     let src = Source { file: &file, tok: &m.tok, text: Some(&text) };
     let r = prune_width(&src, &m.model, &settings, &args.output, &pool, &mut |done, total, what| bars.step(done, total, what)).with_context(|| format!("pruning {}", input.display()))?;
     bars.finish();
@@ -451,7 +451,7 @@ fn run_encoder(args: &PruneArgs, global: &Global, input: &std::path::Path, text:
     let settings = EncoderPrune { ffn, damp: args.damp, bias: !args.no_bias, batch: 32 };
     let pool = global.pool();
     let start = Instant::now();
-    let mut bars = StageBars { bar: None, quiet: global.quiet };
+    let mut bars = StageBars::new(global.quiet);
     let r = prune_encoder(input, &enc, &refs, &settings, &args.output, &pool, &mut |done, total, what| bars.step(done, total, what)).with_context(|| format!("pruning {}", input.display()))?;
     bars.finish();
     let secs = start.elapsed().as_secs_f64();
@@ -490,13 +490,17 @@ fn run_encoder(args: &PruneArgs, global: &Global, input: &std::path::Path, text:
 
 /// One progress bar per named stage of a long job (`step(done, total, stage)`; a new stage name
 /// finishes the previous bar).
-struct StageBars {
+pub struct StageBars {
     bar: Option<(String, Progress)>,
     quiet: bool,
 }
 
 impl StageBars {
-    fn step(&mut self, done: usize, total: usize, what: &str) {
+    pub fn new(quiet: bool) -> StageBars {
+        StageBars { bar: None, quiet }
+    }
+
+    pub fn step(&mut self, done: usize, total: usize, what: &str) {
         if self.bar.as_ref().is_none_or(|(w, _)| w != what) {
             self.finish();
             self.bar = Some((what.to_string(), Progress::new(what, total as u64, false, self.quiet)));
@@ -507,7 +511,7 @@ impl StageBars {
         }
     }
 
-    fn finish(&mut self) {
+    pub fn finish(&mut self) {
         if let Some((_, b)) = self.bar.take() {
             b.finish();
         }

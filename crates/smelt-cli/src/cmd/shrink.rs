@@ -56,6 +56,14 @@ pub fn run(a: &ShrinkArgs, global: &Global) -> Result<()> {
             variants.extend(make_fit_variants(&src, &a.fit, &calib, &dir, global)?);
             note.push_str(&format!("; the variants named \"fit SIZE\" choose a type per matrix for that size (smelt fit: importance-weighted candidates, per-matrix KLD probes), calibrated on {calib_name}, evaluated on {eval_name}"));
         }
+        if !a.prune.is_empty() {
+            let (calib, calib_name) = calibration_text(a)?;
+            if super::eval::text(&opts)?.0 == calib {
+                anyhow::bail!("the calibration text (--calib) is the evaluation text (--text): pruned variants would be scored on what they were fitted on; give two different texts");
+            }
+            variants.extend(make_pruned_variants(&src, &a.prune, &calib, &dir, global)?);
+            note.push_str(&format!("; the variants named \"ffn -P%\" have P% of every layer's FFN channels removed (smelt prune --method ffn: OBS choice and refit with a bias, in the shipped types), calibrated on {calib_name}"));
+        }
         (r, variants, note)
     };
     let title = format!("smelt shrink: {}", src.name);
@@ -142,5 +150,35 @@ fn make_fit_variants(src: &Spec, sizes: &[FitSize], calib: &str, dir: &std::path
         out.push(spec(limit));
     }
     bars.finish();
+    Ok(out)
+}
+
+/// One GGUF per fraction of FFN channels removed (a file already there is reused).
+fn make_pruned_variants(src: &Spec, fractions: &[f64], calib: &str, dir: &std::path::Path, global: &Global) -> Result<Vec<Spec>> {
+    use smelt_compress::prune::model::Source as PruneSource;
+    use smelt_compress::prune::width::{prune_width, Allocation, WidthPrune};
+    let stem = src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = |f: f64| format!("ffn -{:.0}%", 100.0 * f);
+    let path = |f: f64| dir.join(format!("{stem}.ffn-{:.0}.gguf", 100.0 * f));
+    let mut out = Vec::new();
+    let missing: Vec<f64> = fractions.iter().copied().filter(|&f| !path(f).exists()).collect();
+    if !missing.is_empty() {
+        let file = smelt_formats::GgufFile::open(&src.path).with_context(|| format!("reading {}", src.path.display()))?;
+        let m = smelt_models::load(&src.path, smelt_models::LoadOptions::default()).with_context(|| format!("loading {}", src.path.display()))?;
+        let pool = global.pool();
+        for (i, &f) in missing.iter().enumerate() {
+            if !global.quiet {
+                eprintln!("[{}/{}] pruning {} of the FFN channels ...", i + 1, missing.len(), name(f).trim_start_matches("ffn -"));
+            }
+            let settings = WidthPrune { ffn: f, heads: 0.0, allocation: Allocation::Uniform, calib: CalibOptions { ctx: 512, max_chunks: Some(32), process_output: false }, damp: 0.01, bias: true };
+            let mut bars = super::prune::StageBars::new(global.quiet);
+            let psrc = PruneSource { file: &file, tok: &m.tok, text: Some(calib) };
+            prune_width(&psrc, &m.model, &settings, &path(f), &pool, &mut |d, t, w| bars.step(d, t, w)).with_context(|| format!("writing {}", path(f).display()))?;
+            bars.finish();
+        }
+    }
+    for &f in fractions {
+        out.push(Spec { arg: path(f).display().to_string(), path: path(f), variant: None, name: name(f) });
+    }
     Ok(out)
 }
