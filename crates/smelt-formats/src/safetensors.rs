@@ -182,3 +182,21 @@ pub fn serialize_f32(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u
         .collect::<Result<Vec<_>, _>>()?;
     safetensors::serialize(views, None).map_err(|e| invalid(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `serialize_f32` writes, the `safetensors` crate's parser reads back: names, shapes,
+    /// values; a shape the values do not fill is refused.
+    #[test]
+    fn f32_tensors_round_trip() {
+        let ts = vec![("b.weight".to_string(), vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-8, 7.0]), ("a.bias".to_string(), vec![2], vec![0.5, -0.25])];
+        let f = SafetensorsFile::from_bytes(serialize_f32(&ts).unwrap(), "written").unwrap();
+        for (name, shape, values) in &ts {
+            assert_eq!(&f.get(name).unwrap().shape, shape);
+            assert_eq!(&f.tensor_f32(name, Some(shape)).unwrap(), values);
+        }
+        assert!(serialize_f32(&[("x".into(), vec![3], vec![1.0])]).is_err());
+    }
+}
