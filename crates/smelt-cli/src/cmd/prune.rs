@@ -517,3 +517,18 @@ impl StageBars {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sentences;
+
+    #[test]
+    fn calibration_sentences_split_after_stops_and_skip_short_ones() {
+        let t = "It was a bright cold day in April. Yes! \"Who is there?\" she asked at the door.\n\nThe clocks were striking thirteen and nobody minded";
+        // A closing quote after the stop ends the sentence too; "Yes!" and the 3-word question
+        // are too short; the unfinished last one is not a sentence.
+        assert_eq!(sentences(t, 10), vec!["It was a bright cold day in April.", "she asked at the door."]);
+        assert_eq!(sentences(t, 1).len(), 1);
+        assert!(sentences("", 5).is_empty());
+    }
+}
