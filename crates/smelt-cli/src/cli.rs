@@ -71,8 +71,9 @@ pub enum Command {
     /// least predicted loss under the budget is written, with its plan and the size/KLD front.
     #[command(after_help = FIT_HELP)]
     Fit(FitArgs),
-    /// Prune a decoder and write the GGUF: its block matrices (unstructured or N:M, by
-    /// magnitude, Wanda or SparseGPT, calibrated on a text), whole layers, or its vocabulary.
+    /// Prune a model: a decoder's block matrices (unstructured or N:M, by magnitude, Wanda or
+    /// SparseGPT), FFN channels and head groups, whole layers or its vocabulary (a GGUF); a
+    /// sentence encoder's FFN channels (a smaller BERT directory). Calibrated on a text.
     #[command(after_help = PRUNE_HELP)]
     Prune(PruneArgs),
     /// Download a model by name into $SMELT_HOME (checks its sha256; does nothing if cached).
@@ -129,11 +130,14 @@ Examples:\n  smelt fit smollm2-135m --max-size 78MB --calib calib.txt -o smollm2
 smelt fit model.gguf --max-bpw 4.5 --calib calib.txt -o out.gguf --report fit.md\n  \
 smelt fit model.gguf --min-quality 0.05 --calib calib.txt -o out.gguf --json";
 
-const PRUNE_HELP: &str = "Methods: magnitude (the entries of least |w| go; no calibration), wanda (least |w| x the RMS of the entry's input column over --calib, compared within each output row; Sun et al. 2023), sparsegpt (masks chosen per block of 128 columns by w^2 / [H^-1]_jj^2, the pruned entries' error pushed onto the row's later columns through the inverse Hessian of the inputs; Frantar and Alistarh 2023). Every Q, K, V, output, gate, up and down matrix is pruned; the embedding and the head are not. --sparsity P removes floor(P n) of each compared set (a row, or the whole matrix: --scope); --pattern N:M keeps N of every M consecutive weights of a row (2:4, 4:8).\n\nStructured: layers (--layers N whole layers removed, scored on --calib by angular distance or block influence; the rest renumbered) and vocab (only the tokens the --corpus files use are kept, with the specials, the byte-level alphabet and the merges BPE needs; the corpus tokenizes as before and every kept token's logit is unchanged): these files are smaller and faster as they are.\n\nA pruned file is a plain GGUF that llama.cpp runs; unstructured zeros make it no smaller or faster by themselves (F32 matrices by default, to measure the pruning alone; --then-quantize TYPE writes them quantized, importance-weighted, in one run).\n\nExamples:\n  smelt prune smollm2-135m -o wanda50.gguf --method wanda --sparsity 0.5 --calib calib.txt\n  \
+const PRUNE_HELP: &str = "Methods: magnitude (the entries of least |w| go; no calibration), wanda (least |w| x the RMS of the entry's input column over --calib, compared within each output row; Sun et al. 2023), sparsegpt (masks chosen per block of 128 columns by w^2 / [H^-1]_jj^2, the pruned entries' error pushed onto the row's later columns through the inverse Hessian of the inputs; Frantar and Alistarh 2023). Every Q, K, V, output, gate, up and down matrix is pruned; the embedding and the head are not. --sparsity P removes floor(P n) of each compared set (a row, or the whole matrix: --scope); --pattern N:M keeps N of every M consecutive weights of a row (2:4, 4:8).\n\nStructured: layers (--layers N whole layers removed, scored on --calib by angular distance or block influence; the rest renumbered) and vocab (only the tokens the --corpus files use are kept, with the specials, the byte-level alphabet and the merges BPE needs; the corpus tokenizes as before and every kept token's logit is unchanged): these files are smaller and faster as they are. ffn, heads and width remove FFN channels (rows of gate/up, columns of down) and head groups (a key/value head with its query heads), chosen greedily by the OBS cost on the matrix that reads them (ffn_down, attn_output; Hessian of its input over --calib) and compensated by refitting that matrix and a bias; --allocation uniform takes the same share from every layer (a plain llama GGUF), global the cheapest anywhere (layers then differ: written as llama.cpp's deci with per-layer arrays, which llama.cpp and smelt run). On a sentence encoder, --method ffn writes a smaller standard BERT directory.\n\nA pruned file is a plain GGUF that llama.cpp runs; unstructured zeros make it no smaller or faster by themselves (F32 matrices by default, to measure the pruning alone; --then-quantize TYPE writes them quantized, importance-weighted, in one run).\n\nExamples:\n  smelt prune smollm2-135m -o wanda50.gguf --method wanda --sparsity 0.5 --calib calib.txt\n  \
 smelt prune smollm2-135m -o sgpt24.gguf --method sparsegpt --pattern 2:4 --calib calib.txt --then-quantize q8_0\n  \
 smelt prune model.gguf -o mag.gguf --method magnitude --sparsity 0.3 --json\n  \
 smelt prune smollm2-135m -o short.gguf --method layers --layers 6 --calib calib.txt\n  \
-smelt prune smollm2-135m -o en.gguf --method vocab --corpus a.txt --corpus b.txt";
+smelt prune smollm2-135m -o en.gguf --method vocab --corpus a.txt --corpus b.txt\n  \
+smelt prune smollm2-135m -o ffn30.gguf --method ffn --sparsity 0.3 --calib calib.txt\n  \
+smelt prune smollm2-135m -o narrow.gguf --method width --ffn 0.3 --heads 0.34 --calib calib.txt\n  \
+smelt prune all-minilm-l6-v2 -o minilm-ffn60 --method ffn --sparsity 0.6 --calib calib.txt";
 
 const COMPARE_HELP: &str = "Quality is computed in one pass over the text (the reference once per chunk); each model's speed and memory in its own process. The report holds every model; -o writes JSON, CSV, Markdown or HTML by extension (repeatable).\n\n\
 Examples:\n  smelt compare q8.gguf q4_k.gguf q2_k.gguf --against smollm2-135m:f32 -o cmp.html\n  \

@@ -254,10 +254,11 @@ pub enum PruneScope {
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("amount").required(true).multiple(true).args(["sparsity", "pattern", "layers", "corpus", "ffn", "heads"]))]
 pub struct PruneArgs {
-    /// The model (a GGUF decoder or a name).
+    /// The model (a GGUF decoder, a sentence-transformers directory for --method ffn, or a name).
     #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
     pub model: String,
-    /// The GGUF file to write (temporary file renamed into place when complete).
+    /// The GGUF file to write (temporary file renamed into place when complete); for an encoder
+    /// a new directory.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// What is removed, and how it is chosen.
