@@ -10,30 +10,20 @@
 
 use std::process::Command;
 
+mod common;
+use common::save;
+
 use smelt_compress::awq::{llama_groups, search, AwqOptions, Fold};
-use smelt_compress::calib::{run_decoder, CalibOptions, Collector};
 use smelt_compress::{plan, quantize_file, Calib, CompressError, QuantizeConfig};
-use smelt_formats::npy::{write_npy, NpyArray, NpyData};
+use smelt_formats::npy::NpyData;
 use smelt_formats::{GgmlType, GgufFile};
-use smelt_kernels::pool::ThreadPool;
 use smelt_models::LoadOptions;
 
-fn save(path: &std::path::Path, shape: Vec<usize>, data: NpyData) {
-    write_npy(&mut std::fs::File::create(path).unwrap(), &NpyArray { shape, data }).unwrap();
-}
 
 #[test]
 fn awq_search_matches_numpy_and_folding_is_exact() {
-    let path = smelt_assets::ensure("smollm2-135m").unwrap();
-    let m = smelt_models::load(&path, LoadOptions::default()).unwrap();
-    let file = GgufFile::open(&path).unwrap();
-    let pool = ThreadPool::new(2);
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/austen/sensesensibility.txt")).expect("../shared beside the repository");
-    let text = String::from_utf8_lossy(&text[..60_000]).into_owned();
     let layers = [0usize, 4];
-    let mut c = Collector::new(&pool).hessians_for(layers);
-    run_decoder(&m.model, &m.tok, &pool, &text, CalibOptions { ctx: 256, max_chunks: Some(4), process_output: false }, &mut c, &mut |_, _| {}).unwrap();
-    let stats = c.finish().unwrap();
+    let common::Calibrated { m, file, pool, stats, text } = common::calibrated(layers);
     let cfg = &m.model.cfg;
     let all = llama_groups(&cfg.shapes, cfg.head_dim);
     let weights = |name: &str| -> Result<Vec<f32>, CompressError> {

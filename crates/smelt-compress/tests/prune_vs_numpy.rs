@@ -10,17 +10,17 @@
 
 use std::process::Command;
 
-use smelt_compress::calib::{run_decoder, CalibOptions, Collector};
+mod common;
+use common::save;
+
+use smelt_compress::calib::CalibOptions;
 use smelt_compress::prune::{prune_matrix, InputView, Method, Pattern, PruneOptions, Scope};
-use smelt_formats::npy::{read_npy, write_npy, NpyArray, NpyData};
+use smelt_formats::npy::{read_npy, NpyData};
 use smelt_formats::GgufFile;
 use smelt_kernels::pool::ThreadPool;
 use smelt_models::observe::MatrixInput;
 use smelt_models::LoadOptions;
 
-fn save(path: &std::path::Path, shape: Vec<usize>, data: NpyData) {
-    write_npy(&mut std::fs::File::create(path).unwrap(), &NpyArray { shape, data }).unwrap();
-}
 
 /// `tr(E H E^T)` for `E = a - b` (`rows x cols`).
 fn output_error(a: &[f32], b: &[f64], cols: usize, h: &[f64]) -> f64 {
@@ -38,16 +38,8 @@ fn output_error(a: &[f32], b: &[f64], cols: usize, h: &[f64]) -> f64 {
 
 #[test]
 fn pruning_matches_numpy() {
-    let path = smelt_assets::ensure("smollm2-135m").unwrap();
-    let m = smelt_models::load(&path, LoadOptions::default()).unwrap();
-    let file = GgufFile::open(&path).unwrap();
-    let pool = ThreadPool::new(2);
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/austen/sensesensibility.txt")).expect("../shared beside the repository");
-    let text = String::from_utf8_lossy(&text[..60_000]).into_owned();
     let layer = 4;
-    let mut c = Collector::new(&pool).hessians_for([layer]);
-    run_decoder(&m.model, &m.tok, &pool, &text, CalibOptions { ctx: 256, max_chunks: Some(4), process_output: false }, &mut c, &mut |_, _| {}).unwrap();
-    let stats = c.finish().unwrap();
+    let common::Calibrated { file, pool, stats, .. } = common::calibrated([layer]);
     let dir = std::env::temp_dir().join(format!("smelt-prune-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let python = std::env::var("SMELT_PYTHON").unwrap_or_else(|_| "python3".into());
