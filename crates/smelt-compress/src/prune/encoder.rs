@@ -94,15 +94,12 @@ pub fn prune_encoder(dir: &Path, enc: &Encoder, sentences: &[&str], p: &EncoderP
         if down.len() != d * ffn || down_b.len() != d {
             return Err(bad(format!("{} is not {d} x {ffn}", name("output.dense.weight"))));
         }
-        let w1 = with_bias_column(&down, d, ffn, Some(&down_b));
-        let mut order_w = w1.clone();
+        // The greedy removal leaves `[W | b]` refitted, bias included.
+        let mut w = with_bias_column(&down, d, ffn, Some(&down_b));
         let spec = ColumnGroups { group: 1, n_groups: ffn, n_remove: ffn - keep_n, damp: p.damp };
-        let order = remove_column_groups(pool, &mut order_w, d, ffn + 1, &h, spec).map_err(|source| CompressError::Prune { tensor: name("output.dense.weight"), source })?;
+        let order = remove_column_groups(pool, &mut w, d, ffn + 1, &h, spec).map_err(|source| CompressError::Prune { tensor: name("output.dense.weight"), source })?;
         let gone: Vec<usize> = order.iter().map(|r| r.group).collect();
-        let mut w = w1;
-        if p.bias {
-            remove_columns_at_once(pool, &mut w, d, ffn + 1, &h, &gone, p.damp).map_err(|source| CompressError::Prune { tensor: name("output.dense.weight"), source })?;
-        } else {
+        if !p.bias {
             // Without the bias: refit with the constant input's row and column taken out.
             let hn: Vec<f64> = (0..ffn * ffn).map(|k| h[(k / ffn) * (ffn + 1) + k % ffn]).collect();
             let mut wn = down.clone();
@@ -145,7 +142,7 @@ pub fn prune_encoder(dir: &Path, enc: &Encoder, sentences: &[&str], p: &EncoderP
     let write = || -> std::io::Result<()> {
         copy_dir(dir, &tmp)?;
         std::fs::write(tmp.join("model.safetensors"), &bytes)?;
-        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config).unwrap_or_default())?;
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config).map_err(std::io::Error::other)?)?;
         if out.exists() {
             std::fs::remove_dir(out)?;
         }
