@@ -225,18 +225,40 @@ fn chat_works_from_a_pipe_and_skips_invalid_lines() {
 
 #[test]
 fn ctrl_c_stops_generation_cleanly() {
-    let child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
         .args(["run", "--raw", "-p", "Once upon a time", "-n", "100000", "-c", "4096", "-q"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id().to_string();
-    // Wait until text is flowing, then interrupt.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Interrupt only once text is flowing (a debug build on a loaded machine may take far
+    // longer than usual to load the model; a signal before that is not the case under test).
+    let mut out = child.stdout.take().unwrap();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 256];
+        let mut told = false;
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if !told {
+                let _ = first_tx.send(());
+                told = true;
+            }
+        }
+        all
+    });
+    first_rx.recv_timeout(std::time::Duration::from_secs(300)).expect("no text within 300 s");
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
     assert!(status.success());
     let o = child.wait_with_output().unwrap();
+    let stdout = reader.join().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    assert!(!o.stdout.is_empty());
+    assert!(!stdout.is_empty());
 }
