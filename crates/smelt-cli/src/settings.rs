@@ -83,6 +83,8 @@ pub const SETTINGS: &[Setting] = &[
     int("layers", &["prune"], 1, 1 << 16),
     of("ffn", Ty::F64, Bound::float("ffn", 0.0, 0.999)),
     of("heads", Ty::F64, Bound::float("heads", 0.0, 0.999)),
+    of("owl_threshold", Ty::F64, Bound::positive("owl_threshold", 1e6)),
+    of("owl_lambda", Ty::F64, Bound::float("owl_lambda", 0.0, 0.5)),
     int("front_checks", &["fit"], 0, 1 << 10),
     // Calibration (imatrix).
     int("ctx", &["imatrix"], 16, MAX_TOKENS),

@@ -277,6 +277,51 @@ fn pruning_an_encoder_writes_a_smaller_bert() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// Heads and layers of a sentence encoder: `--method width --heads --layers` writes a BERT
+/// directory with `pruned_heads` and fewer layers that smelt embeds with; impossible requests
+/// (every head of a layer, every layer, flags for other methods) are refused before anything is
+/// written.
+#[test]
+fn pruning_encoder_heads_and_layers() {
+    let src = smelt_assets::ensure("all-minilm-l6-v2").unwrap();
+    let d = std::env::temp_dir().join(format!("smelt-prune-test-{}-encoder-heads", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let text = d.join("calib.txt");
+    let austen = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/austen/emma.txt")).expect("../shared beside the repository");
+    std::fs::write(&text, &austen[..40_000]).unwrap();
+    let out = d.join("pruned");
+    for (extra, says) in [
+        (&["--method", "heads", "--sparsity", "0.99"][..], "leaves it none"),
+        (&["--method", "layers", "--layers", "6"][..], "keep at least one"),
+        (&["--method", "layers", "--sparsity", "0.5", "--layers", "2"][..], "--layers N or --sparsity X"),
+        (&["--method", "ffn", "--sparsity", "0.3", "--owl"][..], "not --pattern, --scope, --sequential, --owl"),
+        (&["--method", "ffn", "--sparsity", "0.3", "--allocation", "global"][..], "--allocation"),
+    ] {
+        let mut args = vec!["prune", s(&src), "-o", s(&out), "--calib", s(&text), "-q"];
+        args.extend_from_slice(extra);
+        let o = smelt(&args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(says), "{extra:?}: {e}");
+        assert!(!out.exists(), "{extra:?} left {}", out.display());
+    }
+    let o = smelt(&["prune", s(&src), "-o", s(&out), "--method", "width", "--heads", "0.25", "--layers", "1", "--calib", s(&text), "--calib-chunks", "4", "--json", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["heads_after"], serde_json::json!([9, 9, 9, 9, 9]));
+    assert_eq!(v["removed_layers"].as_array().map(Vec::len), Some(1));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 5);
+    assert_eq!(cfg["pruned_heads"].as_object().map(|m| m.len()), Some(5));
+    let lines = d.join("lines.txt");
+    std::fs::write(&lines, "A man is playing a guitar.\nStock markets fell sharply on Monday.\n").unwrap();
+    let o = smelt(&["embed", "-m", s(&out), s(&lines), "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["embedding"].as_array().map(Vec::len) == Some(384)), "{rows:?}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
 /// `smelt eval` on a pruned file reports its zeros, and `--save-logits` writes
 /// llama-perplexity's KL-divergence base (magic, context, vocabulary, chunks, the tokens, one
 /// record per scored position); with a reference it is refused.

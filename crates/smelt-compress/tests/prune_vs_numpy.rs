@@ -161,3 +161,54 @@ fn removed_layers_match_numpy() {
     eprintln!("removed layers {:?}: max |logit error| against numpy {max_err}", r.removed);
     assert!(max_err <= 2e-4, "max |logit error| {max_err}");
 }
+
+/// OWL: the outlier ratios of real layers (every block matrix of SmolLM2's layers 0, 4 and 29,
+/// their inputs' statistics over Austen) and the layer sparsities made from them, against the
+/// float64 numpy reference (tests/reference/owl_reference.py).
+#[test]
+fn owl_matches_numpy() {
+    use smelt_compress::prune::owl::{layer_sparsities, outlier_ratio, Owl, ScoredMatrix};
+    let layers = [0usize, 4, 29];
+    let common::Calibrated { file, stats, .. } = common::calibrated([]);
+    let dir = std::env::temp_dir().join(format!("smelt-owl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let owl = Owl { threshold: 5.0, lambda: 0.08 };
+    let mut ratios = Vec::new();
+    for (i, &l) in layers.iter().enumerate() {
+        let mut mats = Vec::new();
+        for input in MatrixInput::BLOCK {
+            let st = &stats[&(l, input)];
+            for name in input.llama_tensors(l) {
+                let t = file.tensor(&name).unwrap();
+                let (rows, cols) = (t.n_rows() as usize, t.row_len() as usize);
+                let w = file.tensor_f32(t).unwrap();
+                let k = mats.len();
+                save(&dir.join(format!("{i}_{k}_w.npy")), vec![rows, cols], NpyData::F32(w.clone()));
+                save(&dir.join(format!("{i}_{k}_s.npy")), vec![cols], NpyData::F64(st.sum2.clone()));
+                mats.push((w, cols, &st.sum2));
+            }
+        }
+        assert_eq!(mats.len(), 7);
+        let scored: Vec<ScoredMatrix> = mats.iter().map(|(w, cols, s)| ScoredMatrix { w, cols: *cols, sum2: s }).collect();
+        ratios.push(outlier_ratio(&scored, owl.threshold).unwrap());
+    }
+    let got = layer_sparsities(&ratios, 0.5, owl).unwrap();
+    let python = std::env::var("SMELT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/owl_reference.py");
+    let out = dir.join("owl.npy");
+    let st = Command::new(&python).arg(script).arg(&dir).args([&layers.len().to_string(), "5", "0.5", "0.08"]).arg(&out).status().unwrap();
+    assert!(st.success(), "{python} {script} failed (it needs numpy: scripts/test installs it)");
+    let want = read_npy(&std::fs::read(&out).unwrap()).unwrap().data.to_f64();
+    std::fs::remove_dir_all(&dir).ok();
+    eprintln!("OWL layers {layers:?}: outlier ratios {ratios:?}, sparsities {got:?} (numpy {want:?})");
+    let n = layers.len();
+    for i in 0..n {
+        // Scores compared in f64 on both sides: the counts agree but for ties at the threshold.
+        assert!((ratios[i] - want[i]).abs() <= 1e-6, "layer {}: ratio {} vs numpy {}", layers[i], ratios[i], want[i]);
+        assert!((got[i] - want[n + i]).abs() <= 1e-6, "layer {}: sparsity {} vs numpy {}", layers[i], got[i], want[n + i]);
+    }
+    // The layers differ, so the sparsities span the whole band.
+    assert!(ratios.iter().any(|r| *r != ratios[0]) && ratios.iter().all(|r| *r > 0.0 && *r < 0.1), "{ratios:?}");
+    let (lo, hi) = got.iter().fold((1.0f64, 0.0f64), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+    assert!((hi - lo - 0.16).abs() < 1e-9, "{got:?}");
+}

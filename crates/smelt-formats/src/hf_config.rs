@@ -48,6 +48,11 @@ pub struct BertConfig {
     pub pad_token_id: usize,
     #[serde(default = "absolute")]
     pub position_embedding_type: String,
+    /// Attention heads removed from each layer (HF's head pruning): layer index (as a string,
+    /// as JSON keys are) to the removed heads, numbered as in the unpruned layer. Their rows of
+    /// Q, K and V and columns of the output projection are absent from the weights.
+    #[serde(default)]
+    pub pruned_heads: std::collections::BTreeMap<String, Vec<usize>>,
 }
 
 /// Llama family (`model_type` "llama", also "mistral"-like configs).

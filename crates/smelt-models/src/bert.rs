@@ -13,6 +13,10 @@
 //! ```
 //! Sequences of a batch are packed one after another without padding: the linear layers see all
 //! their tokens as one matrix, attention runs per (sequence, head).
+//!
+//! Layers may have fewer heads than `num_attention_heads` (HF's `pruned_heads`): a layer with
+//! `h` heads of width `d_head = hidden / num_attention_heads` has `3 h d_head` rows of Q, K and
+//! V and an output projection of `hidden x h d_head`.
 
 use std::sync::Arc;
 
@@ -47,7 +51,9 @@ pub struct Norm {
 
 #[derive(Debug)]
 pub struct BertLayer {
-    /// Query, key and value stacked: rows `[0, d)` are Q, `[d, 2d)` K, `[2d, 3d)` V.
+    /// Attention heads of this layer (`q = heads x d_head` wide).
+    pub heads: usize,
+    /// Query, key and value stacked: rows `[0, q)` are Q, `[q, 2q)` K, `[2q, 3q)` V.
     pub qkv: Dense,
     pub o: Dense,
     pub ln_attn: Norm,
@@ -151,15 +157,20 @@ impl Bert {
         let position = src.vector(&name("embeddings.position_embeddings.weight"), &[cfg.max_position_embeddings, d])?;
         let token_type = src.vector(&name("embeddings.token_type_embeddings.weight"), &[cfg.type_vocab_size, d])?;
         let ln_emb = norm("embeddings.LayerNorm")?;
+        let heads = layer_heads(&cfg)?;
+        let hd = d / cfg.num_attention_heads;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        for (i, &h) in heads.iter().enumerate() {
+            let q = h * hd;
             let p = |s: &str| format!("encoder.layer.{i}.{s}");
-            let m = |s: &str| src.matrix(&name(&p(&format!("attention.self.{s}.weight"))), d, d, as_type);
-            let v = |s: &str| src.vector(&name(&p(&format!("attention.self.{s}.bias"))), &[d]);
+            let m = |s: &str| src.matrix(&name(&p(&format!("attention.self.{s}.weight"))), q, d, as_type);
+            let v = |s: &str| src.vector(&name(&p(&format!("attention.self.{s}.bias"))), &[q]);
             let qkv = Dense { w: DenseWeight::Typed(Linear::stack(&p("attention.self.qkv"), &[&m("query")?, &m("key")?, &m("value")?])?), b: [v("query")?, v("key")?, v("value")?].concat() };
+            let o = Dense { w: DenseWeight::Typed(src.matrix(&name(&p("attention.output.dense.weight")), d, q, as_type)?), b: src.vector(&name(&p("attention.output.dense.bias")), &[d])? };
             layers.push(BertLayer {
+                heads: h,
                 qkv,
-                o: dense(&p("attention.output.dense"), d, d)?,
+                o,
                 ln_attn: norm(&p("attention.output.LayerNorm"))?,
                 up: dense(&p("intermediate.dense"), ffn, d)?,
                 down: dense(&p("output.dense"), d, ffn)?,
@@ -167,6 +178,11 @@ impl Bert {
             });
         }
         Ok(Bert { cfg, word, position, token_type, ln_emb, layers })
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.cfg.hidden_size / self.cfg.num_attention_heads
     }
 
     /// The type of the layers' weight matrices (e.g. `F32`).
@@ -244,7 +260,9 @@ impl Bert {
             return Ok(Vec::new());
         }
         let b = bufs;
-        b.resize(t, d, ffn);
+        let hd = d / c.num_attention_heads;
+        let q_max = self.layers.iter().map(|l| l.heads * hd).max().unwrap_or(0);
+        b.resize(t, d, q_max, ffn);
         // Embeddings: x = LayerNorm(word + position + token_type[0]).
         for (s, seq) in seqs.iter().enumerate() {
             for (i, &tok) in seq.iter().enumerate() {
@@ -256,19 +274,18 @@ impl Bert {
                 math::add_layernorm(row, &self.position[i * d..(i + 1) * d], &self.token_type[..d], &self.ln_emb.w, &self.ln_emb.b, eps);
             }
         }
-        let heads = c.num_attention_heads;
-        let hd = d / heads;
         // Biases are folded into the pass that follows each product: Q, K and V's into one
         // pass over the stacked output, the up projection's into GELU, the output
         // projections' into the residual LayerNorms.
         for (li, layer) in self.layers.iter().enumerate() {
             let (qkv, up) = (&layer.qkv, &layer.up);
+            let q = layer.heads * hd;
             note(&mut obs, li, MatrixInput::AttnQkv, &b.x, t, d);
-            qkv.w.apply(pool, &b.x[..t * d], t, &mut b.qkv[..t * 3 * d], &mut b.scratch)?;
-            ops::par_rows(pool, &mut b.qkv[..t * 3 * d], t, &|_, row| ops::add_assign(row, &qkv.b));
-            attention(pool, &b.qkv, &starts, (heads, hd), &mut b.att);
-            note(&mut obs, li, MatrixInput::AttnOutput, &b.att, t, d);
-            layer.o.w.apply(pool, &b.att[..t * d], t, &mut b.tmp[..t * d], &mut b.scratch)?;
+            qkv.w.apply(pool, &b.x[..t * d], t, &mut b.qkv[..t * 3 * q], &mut b.scratch)?;
+            ops::par_rows(pool, &mut b.qkv[..t * 3 * q], t, &|_, row| ops::add_assign(row, &qkv.b));
+            attention(pool, &b.qkv[..t * 3 * q], &starts, (layer.heads, hd), &mut b.att[..t * q]);
+            note(&mut obs, li, MatrixInput::AttnOutput, &b.att, t, q);
+            layer.o.w.apply(pool, &b.att[..t * q], t, &mut b.tmp[..t * d], &mut b.scratch)?;
             residual_norm(pool, &mut b.x, &b.tmp, &layer.o.b, &layer.ln_attn, eps, t, d);
             note(&mut obs, li, MatrixInput::FfnUp, &b.x, t, d);
             up.w.apply(pool, &b.x[..t * d], t, &mut b.h[..t * ffn], &mut b.scratch)?;
@@ -281,6 +298,25 @@ impl Bert {
         }
         Ok(b.x[..t * d].to_vec())
     }
+}
+
+/// Each layer's head count: `num_attention_heads` less the heads `pruned_heads` lists for it.
+/// Refuses layer indices and heads out of range, and a layer left without heads.
+pub fn layer_heads(cfg: &BertConfig) -> Result<Vec<usize>, ModelError> {
+    let n = cfg.num_attention_heads;
+    let mut heads = vec![n; cfg.num_hidden_layers];
+    for (layer, gone) in &cfg.pruned_heads {
+        let l: usize = layer.parse().ok().filter(|l| *l < cfg.num_hidden_layers).ok_or_else(|| ModelError::hyper("pruned_heads", format!("{layer:?}"), format!("not a layer index below num_hidden_layers = {}", cfg.num_hidden_layers)))?;
+        let set: std::collections::BTreeSet<usize> = gone.iter().copied().collect();
+        if let Some(h) = set.iter().find(|h| **h >= n) {
+            return Err(ModelError::hyper("pruned_heads", format!("layer {l} head {h}"), format!("heads are numbered below num_attention_heads = {n}")));
+        }
+        if set.len() >= n {
+            return Err(ModelError::hyper("pruned_heads", format!("layer {l}: {} heads", set.len()), "a layer needs at least one head (remove the layer instead)"));
+        }
+        heads[l] = n - set.len();
+    }
+    Ok(heads)
 }
 
 /// `x = LayerNorm(x + y + bias)` row by row.
@@ -346,11 +382,46 @@ pub struct BertBuffers {
 }
 
 impl BertBuffers {
-    fn resize(&mut self, t: usize, d: usize, ffn: usize) {
-        for buf in [&mut self.x, &mut self.att, &mut self.tmp] {
+    /// For `t` tokens, hidden width `d`, attention width at most `q`, FFN width `ffn`.
+    fn resize(&mut self, t: usize, d: usize, q: usize, ffn: usize) {
+        for buf in [&mut self.x, &mut self.tmp] {
             buf.resize(t * d, 0.0);
         }
-        self.qkv.resize(t * 3 * d, 0.0);
+        self.att.resize(t * q, 0.0);
+        self.qkv.resize(t * 3 * q, 0.0);
         self.h.resize(t * ffn, 0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pruned: &str) -> BertConfig {
+        let json = format!(r#"{{"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 3, "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512, "vocab_size": 100, "pruned_heads": {pruned}}}"#);
+        let dir = std::env::temp_dir().join(format!("smelt-bert-heads-{}-{}", std::process::id(), pruned.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), json).unwrap();
+        let cfg = match load_config(&dir.join("config.json")).unwrap() {
+            HfConfig::Bert(c) => c,
+            _ => panic!("not a BERT config"),
+        };
+        std::fs::remove_dir_all(&dir).ok();
+        cfg
+    }
+
+    #[test]
+    fn pruned_heads_give_each_layer_its_head_count() {
+        // Duplicates count once; layers not listed keep every head.
+        assert_eq!(layer_heads(&config(r#"{"0": [1, 7, 7], "2": [11]}"#)).unwrap(), vec![10, 12, 11]);
+        assert_eq!(layer_heads(&config("{}")).unwrap(), vec![12; 3]);
+    }
+
+    #[test]
+    fn impossible_pruned_heads_are_refused() {
+        for (bad, says) in [(r#"{"3": [0]}"#, "layer index"), (r#"{"x": [0]}"#, "layer index"), (r#"{"0": [12]}"#, "numbered below"), (r#"{"1": [0,1,2,3,4,5,6,7,8,9,10,11]}"#, "at least one head")] {
+            let e = layer_heads(&config(bad)).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

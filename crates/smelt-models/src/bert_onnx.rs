@@ -145,6 +145,7 @@ pub fn load(path: &Path, as_type: Option<GgmlType>) -> Result<Bert, ModelError> 
         hidden_act: "gelu".into(),
         pad_token_id: 0,
         position_embedding_type: "absolute".into(),
+        pruned_heads: Default::default(),
     };
     let src = OnnxWeights { file, prefix: prefix.clone(), dense };
     let name = move |s: &str| format!("{prefix}{s}");

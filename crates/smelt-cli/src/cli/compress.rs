@@ -254,7 +254,8 @@ pub enum PruneScope {
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("amount").required(true).multiple(true).args(["sparsity", "pattern", "layers", "corpus", "ffn", "heads"]))]
 pub struct PruneArgs {
-    /// The model (a GGUF decoder, a sentence-transformers directory for --method ffn, or a name).
+    /// The model (a GGUF decoder, a sentence-transformers directory for --method
+    /// ffn|heads|width|layers, or a name).
     #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
     pub model: String,
     /// The GGUF file to write (temporary file renamed into place when complete); for an encoder
@@ -314,6 +315,17 @@ pub struct PruneArgs {
     /// code does): one calibration pass per layer.
     #[arg(long)]
     pub sequential: bool,
+    /// Outlier-weighted layer sparsities (OWL, Yin et al. 2023): layers whose Wanda scores
+    /// |w| x ||x|| have more outliers (above --owl-threshold x their mean) are pruned less,
+    /// within --sparsity +- --owl-lambda, averaging --sparsity. Needs --calib; unstructured only.
+    #[arg(long)]
+    pub owl: bool,
+    /// OWL: an outlier scores more than this many times its layer's mean (the paper's M).
+    #[arg(long, value_name = "M", default_value_t = 5.0, requires = "owl")]
+    pub owl_threshold: f64,
+    /// OWL: layer sparsities lie within --sparsity +- this.
+    #[arg(long, value_name = "X", default_value_t = 0.08, requires = "owl")]
+    pub owl_lambda: f64,
     /// SparseGPT: dampening, a fraction of the Hessian's mean diagonal added to it.
     #[arg(long, value_name = "X", default_value_t = 0.01)]
     pub damp: f64,

@@ -12,6 +12,7 @@ pub mod imatrix;
 pub mod inspect;
 pub mod lm;
 pub mod prune;
+pub mod prune_encoder;
 pub mod pull;
 pub mod quantize;
 pub mod run;

@@ -10,8 +10,8 @@ use smelt_compress::calib::CalibOptions;
 use smelt_compress::prune::layers::{remove_layers, LayerRemoval, LayerReport, LayerScore};
 use smelt_compress::prune::model::{prune_decoder, DecoderPrune, PruneReport, PruneStage, Source};
 use smelt_compress::prune::vocab::{choose_vocab, write_trimmed};
-use smelt_compress::prune::encoder::{prune_encoder, EncoderPrune};
 use smelt_compress::prune::width::{prune_width, Allocation, WidthPrune, WidthReport};
+use smelt_compress::prune::owl::Owl;
 use smelt_compress::prune::{Method, Pattern, PruneOptions, Scope};
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::LoadOptions;
@@ -41,6 +41,15 @@ fn check_output(args: &PruneArgs) -> Result<()> {
 }
 
 pub fn run(args: &PruneArgs, global: &Global) -> Result<()> {
+    if matches!(args.method, PruneMethod::Ffn | PruneMethod::Heads | PruneMethod::Width | PruneMethod::Layers) {
+        let input = crate::resolve_model(&args.model, global.quiet)?;
+        if input.is_dir() && input.join("config.json").exists() && !input.join("model.safetensors").exists() {
+            anyhow::bail!("{} has no model.safetensors: structured pruning reads the safetensors weights", input.display());
+        }
+        if input.is_dir() && matches!(smelt_formats::hf_config::load_config(&input.join("config.json")), Ok(smelt_formats::hf_config::HfConfig::Bert(_))) {
+            return super::prune_encoder::run(args, global, &input);
+        }
+    }
     // An encoder's output is a directory (checked where the kind of model is known).
     if !matches!(args.method, PruneMethod::Ffn | PruneMethod::Heads | PruneMethod::Width) {
         check_output(args)?;
@@ -64,10 +73,10 @@ pub fn run(args: &PruneArgs, global: &Global) -> Result<()> {
     }
     let opts = options(args, method);
     smelt_compress::prune::check_pattern(opts.pattern)?;
-    let needs = opts.method.needs_norms() || opts.method.needs_hessian();
+    let needs = opts.method.needs_norms() || opts.method.needs_hessian() || args.owl;
     let text = match (&args.calib, needs) {
         (Some(p), true) => Some(super::read_utf8(p)?),
-        (None, true) => anyhow::bail!("--method {} needs a calibration text: give --calib FILE", opts.method.name()),
+        (None, true) => anyhow::bail!("--method {}{} needs a calibration text: give --calib FILE", opts.method.name(), if args.owl { " --owl" } else { "" }),
         (_, false) => None,
     };
     let input = crate::resolve_model(&args.model, global.quiet)?;
@@ -77,6 +86,7 @@ pub fn run(args: &PruneArgs, global: &Global) -> Result<()> {
         opts,
         calib: CalibOptions { ctx: args.calib_ctx, max_chunks: Some(args.calib_chunks), process_output: false },
         sequential: args.sequential,
+        owl: args.owl.then_some(Owl { threshold: args.owl_threshold, lambda: args.owl_lambda }),
         write_type: args.then_quantize.unwrap_or(GgmlType::F32),
     };
     let pool = global.pool();
@@ -136,6 +146,9 @@ fn print_summary(out: &mut impl Write, r: &PruneReport, args: &PruneArgs, s: &De
         let how = if s.sequential { "sequential: one pass per layer" } else { "one pass" };
         writeln!(out, "calibrate  {} chunks of {} tokens ({how}, {} passes)", r.chunks, s.calib.ctx, r.passes)?;
     }
+    if let (Some(owl), Some(lo), Some(hi)) = (s.owl, r.layer_sparsity.iter().copied().reduce(f64::min), r.layer_sparsity.iter().copied().reduce(f64::max)) {
+        writeln!(out, "OWL        layer sparsity {lo:.3} to {hi:.3} (outliers above {} x the layer's mean score, lambda {})", owl.threshold, owl.lambda)?;
+    }
     let written = if s.write_type == GgmlType::F32 { "F32 (exact)".to_string() } else { s.write_type.to_string() };
     writeln!(out, "written as {written}; other tensors as they were")?;
     let err: f64 = r.summary.types.get(&s.write_type).map_or(0.0, |e| e.relative_rms());
@@ -157,6 +170,7 @@ fn document(r: &PruneReport, args: &PruneArgs, s: &DecoderPrune, input: &str, se
         "calibration_chunks": r.chunks,
         "passes": r.passes,
         "sequential": s.sequential,
+        "owl": s.owl.map(|o| json!({"threshold": o.threshold, "lambda": o.lambda, "layer_sparsity": r.layer_sparsity})),
         "written_as": s.write_type.name(),
         "file_bytes": r.summary.file_bytes,
         "pruned_weights": n,
@@ -171,8 +185,8 @@ fn document(r: &PruneReport, args: &PruneArgs, s: &DecoderPrune, input: &str, se
 
 /// `--method layers`: score, remove, write; print the scores and what went.
 fn run_layers(args: &PruneArgs, global: &Global) -> Result<()> {
-    if args.pattern.is_some() || args.then_quantize.is_some() || args.sequential || args.scope.is_some() {
-        anyhow::bail!("--method layers takes --layers N or --sparsity X (and --layer-score), not --pattern, --scope, --sequential or --then-quantize");
+    if args.pattern.is_some() || args.then_quantize.is_some() || args.sequential || args.owl || args.scope.is_some() {
+        anyhow::bail!("--method layers takes --layers N or --sparsity X (and --layer-score), not --pattern, --scope, --sequential, --owl or --then-quantize");
     }
     let Some(calib) = &args.calib else { anyhow::bail!("--method layers needs a calibration text to score the layers: give --calib FILE") };
     let text = super::read_utf8(calib)?;
@@ -256,8 +270,8 @@ fn run_vocab(args: &PruneArgs, global: &Global) -> Result<()> {
     if args.corpus.is_empty() {
         anyhow::bail!("--method vocab needs the texts whose tokens to keep: give --corpus FILE (repeatable)");
     }
-    if args.sparsity.is_some() || args.pattern.is_some() || args.layers.is_some() || args.then_quantize.is_some() || args.calib.is_some() {
-        anyhow::bail!("--method vocab takes --corpus FILE..., not --sparsity, --pattern, --layers, --calib or --then-quantize");
+    if args.sparsity.is_some() || args.pattern.is_some() || args.layers.is_some() || args.then_quantize.is_some() || args.calib.is_some() || args.owl {
+        anyhow::bail!("--method vocab takes --corpus FILE..., not --sparsity, --pattern, --layers, --calib, --owl or --then-quantize");
     }
     let texts: Vec<String> = args.corpus.iter().map(|p| super::read_utf8(p)).collect::<Result<_>>()?;
     let input = crate::resolve_model(&args.model, global.quiet)?;
@@ -302,8 +316,8 @@ fn run_vocab(args: &PruneArgs, global: &Global) -> Result<()> {
 
 /// `--method ffn|heads|width`: structured width pruning; print each layer's widths.
 fn run_width(args: &PruneArgs, global: &Global) -> Result<()> {
-    if args.pattern.is_some() || args.then_quantize.is_some() || args.sequential || args.scope.is_some() || args.layers.is_some() || !args.corpus.is_empty() {
-        anyhow::bail!("--method {} takes --sparsity (ffn, heads) or --ffn/--heads (width), --allocation and --calib; not --pattern, --scope, --sequential, --layers, --corpus or --then-quantize (the file keeps the source's types; quantize it afterwards)", method_name(args.method));
+    if args.pattern.is_some() || args.then_quantize.is_some() || args.sequential || args.owl || args.scope.is_some() || args.layers.is_some() || !args.corpus.is_empty() {
+        anyhow::bail!("--method {} takes --sparsity (ffn, heads) or --ffn/--heads (width), --allocation and --calib; not --pattern, --scope, --sequential, --owl, --layers, --corpus or --then-quantize (the file keeps the source's types; quantize it afterwards)", method_name(args.method));
     }
     let (ffn, heads) = match (args.method, args.sparsity, args.ffn, args.heads) {
         (PruneMethod::Ffn, Some(p), None, None) => (p, 0.0),
@@ -323,15 +337,6 @@ fn run_width(args: &PruneArgs, global: &Global) -> Result<()> {
     let Some(calib) = &args.calib else { anyhow::bail!("--method {} needs a calibration text to choose and refit: give --calib FILE", method_name(args.method)) };
     let text = super::read_utf8(calib)?;
     let input = crate::resolve_model(&args.model, global.quiet)?;
-    if input.is_dir() && input.join("config.json").exists() && !input.join("model.safetensors").exists() {
-        anyhow::bail!("{} has no model.safetensors: structured pruning reads the safetensors weights", input.display());
-    }
-    if input.is_dir() && matches!(smelt_formats::hf_config::load_config(&input.join("config.json")), Ok(smelt_formats::hf_config::HfConfig::Bert(_))) {
-        if heads > 0.0 || args.allocation != AllocationArg::Uniform {
-            anyhow::bail!("encoders take --method ffn (the same fraction from every layer, so that the result stays a standard BERT); head pruning is for decoders so far");
-        }
-        return run_encoder(args, global, &input, &text, ffn);
-    }
     check_output(args)?;
     let file = GgufFile::open(&input).with_context(|| format!("reading {}", input.display()))?;
     let m = smelt_models::load(&input, LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
@@ -364,7 +369,7 @@ fn run_width(args: &PruneArgs, global: &Global) -> Result<()> {
     Ok(())
 }
 
-fn method_name(m: PruneMethod) -> &'static str {
+pub(super) fn method_name(m: PruneMethod) -> &'static str {
     match m {
         PruneMethod::Magnitude => "magnitude",
         PruneMethod::Wanda => "wanda",
@@ -416,78 +421,6 @@ fn width_document(r: &WidthReport, args: &PruneArgs, s: &WidthPrune, input: &str
     })
 }
 
-/// Sentences of a text for calibrating an encoder: split after `.`, `!` or `?`, whitespace
-/// collapsed, those of at least 4 words, at most `max`.
-fn sentences(text: &str, max: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for word in text.split_whitespace() {
-        if !cur.is_empty() {
-            cur.push(' ');
-        }
-        cur.push_str(word);
-        if word.ends_with(['.', '!', '?']) || word.ends_with(".\"") || word.ends_with("?\"") || word.ends_with("!\"") {
-            if cur.split(' ').count() >= 4 {
-                out.push(std::mem::take(&mut cur));
-                if out.len() == max {
-                    break;
-                }
-            }
-            cur.clear();
-        }
-    }
-    out
-}
-
-/// `--method ffn` on a sentence encoder: FFN channels removed in every layer, a new
-/// sentence-transformers directory written.
-fn run_encoder(args: &PruneArgs, global: &Global, input: &std::path::Path, text: &str, ffn: f64) -> Result<()> {
-    let enc = smelt_models::Encoder::load(input, None).with_context(|| format!("loading {}", input.display()))?;
-    let sents = sentences(text, args.calib_chunks.saturating_mul(32));
-    if sents.is_empty() {
-        anyhow::bail!("{} holds no sentences of 4 words or more to calibrate on", args.calib.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
-    }
-    let refs: Vec<&str> = sents.iter().map(String::as_str).collect();
-    let settings = EncoderPrune { ffn, damp: args.damp, bias: !args.no_bias, batch: 32 };
-    let pool = global.pool();
-    let start = Instant::now();
-    let mut bars = StageBars::new(global.quiet);
-    let r = prune_encoder(input, &enc, &refs, &settings, &args.output, &pool, &mut |done, total, what| bars.step(done, total, what)).with_context(|| format!("pruning {}", input.display()))?;
-    bars.finish();
-    let secs = start.elapsed().as_secs_f64();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if args.json {
-        let doc = json!({
-            "input": input.display().to_string(),
-            "output": args.output.display().to_string(),
-            "method": "ffn",
-            "kind": "encoder",
-            "ffn_fraction": ffn,
-            "bias": settings.bias,
-            "ffn_before": r.ffn_before,
-            "ffn_after": r.ffn_after,
-            "parameters": r.params.0,
-            "kept_parameters": r.params.1,
-            "calibration": args.calib.as_ref().map(|p| p.display().to_string()),
-            "calibration_sentences": r.sentences,
-            "calibration_tokens": r.tokens,
-            "weights_bytes": r.bytes,
-            "seconds": secs,
-            "threads": pool.n_threads(),
-        });
-        serde_json::to_writer_pretty(&mut out, &doc)?;
-        writeln!(out)?;
-    } else {
-        writeln!(out, "wrote      {}/ (model.safetensors {})", args.output.display(), bytes(r.bytes))?;
-        writeln!(out, "ffn        {} of {} channels kept in every layer", r.ffn_after, r.ffn_before)?;
-        writeln!(out, "parameters {} of {} kept ({:.1}% removed)", r.params.1, r.params.0, 100.0 * (1.0 - r.params.1 as f64 / r.params.0.max(1) as f64))?;
-        writeln!(out, "calibrate  {} sentences ({} tokens)", r.sentences, r.tokens)?;
-        writeln!(out, "time       {secs:.1} s on {} threads", pool.n_threads())?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
 /// One progress bar per named stage of a long job (`step(done, total, stage)`; a new stage name
 /// finishes the previous bar).
 pub struct StageBars {
@@ -515,20 +448,5 @@ impl StageBars {
         if let Some((_, b)) = self.bar.take() {
             b.finish();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sentences;
-
-    #[test]
-    fn calibration_sentences_split_after_stops_and_skip_short_ones() {
-        let t = "It was a bright cold day in April. Yes! \"Who is there?\" she asked at the door.\n\nThe clocks were striking thirteen and nobody minded";
-        // A closing quote after the stop ends the sentence too; "Yes!" and the 3-word question
-        // are too short; the unfinished last one is not a sentence.
-        assert_eq!(sentences(t, 10), vec!["It was a bright cold day in April.", "she asked at the door."]);
-        assert_eq!(sentences(t, 1).len(), 1);
-        assert!(sentences("", 5).is_empty());
     }
 }

@@ -23,7 +23,8 @@
 //! consecutive entries of a row (2:4 keeps 2 of 4): the `M - N` lowest scores of each group go;
 //! SparseGPT chooses each group's mask when the group's first column is reached.
 //!
-//! [`model`] prunes every block matrix of a decoder and writes the file. Structured: [`layers`]
+//! [`model`] prunes every block matrix of a decoder and writes the file, at the same sparsity
+//! in every layer or at [`owl`]'s outlier-weighted layer sparsities. Structured: [`layers`]
 //! removes whole layers, chosen by angular distance or block influence; [`width`] removes FFN
 //! channels and attention head groups ([`columns`]: the OBS step that refits what stays);
 //! [`vocab`] keeps only the tokens a corpus uses.
@@ -32,6 +33,7 @@ pub mod columns;
 pub mod encoder;
 pub mod layers;
 pub mod model;
+pub mod owl;
 pub mod vocab;
 pub mod width;
 
@@ -140,6 +142,10 @@ pub enum PruneError {
     Shape { found: usize, rows: usize, cols: usize },
     #[error(transparent)]
     Hessian(#[from] GptqError),
+    #[error("OWL's layer sparsities {sparsity} +- {lambda} must lie within [0, 1) and its outlier threshold ({threshold}) be positive: lower --owl-lambda")]
+    Owl { sparsity: f64, lambda: f64, threshold: f64 },
+    #[error("OWL sets each layer's unstructured sparsity; it does not apply to N:M patterns")]
+    OwlPattern,
     #[error("cannot remove {n_remove} of {n_groups} groups of {group} columns from a matrix of {cols} columns")]
     Groups { group: usize, n_groups: usize, n_remove: usize, cols: usize },
 }

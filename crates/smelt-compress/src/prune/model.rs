@@ -6,6 +6,9 @@
 //! Sequential (`sequential: true`, as Wanda's and SparseGPT's own code do): layer `l`'s
 //! statistics come from a pass in which layers `0..l` are already pruned, so each layer is pruned
 //! for the inputs it will see; it costs one calibration pass per layer.
+//!
+//! With OWL ([`super::owl`]) each layer gets its own sparsity, from the outlier ratios of the
+//! unpruned model's Wanda scores (the first calibration pass, before anything is pruned).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +19,8 @@ use smelt_models::linear::Linear;
 use smelt_models::observe::MatrixInput;
 use smelt_models::{Llama, Tokenizer};
 
-use super::{prune_matrix, InputView, PruneError, PruneOptions};
+use super::owl::{layer_sparsities, outlier_ratio, Owl, ScoredMatrix};
+use super::{prune_matrix, InputView, Pattern, PruneError, PruneOptions};
 use crate::calib::{decoder_imatrix, run_decoder_tokens, CalibOptions, Collector, InputStats};
 use crate::{quantize_file, Calib, CompressError, Summary, TensorPlan};
 
@@ -26,6 +30,9 @@ pub struct DecoderPrune {
     pub opts: PruneOptions,
     pub calib: CalibOptions,
     pub sequential: bool,
+    /// Outlier-weighted layer sparsities (unstructured patterns only); `None`: every layer at
+    /// the pattern's sparsity.
+    pub owl: Option<Owl>,
     /// The type the pruned matrices are written in: F32 keeps them exactly; another type is
     /// quantized from them (importance-weighted when there was calibration).
     pub write_type: GgmlType,
@@ -57,6 +64,8 @@ pub struct PruneReport {
     /// Calibration chunks per pass (0 without calibration), and passes run.
     pub chunks: usize,
     pub passes: usize,
+    /// Each layer's sparsity when OWL chose them (empty otherwise).
+    pub layer_sparsity: Vec<f64>,
 }
 
 impl PruneReport {
@@ -94,10 +103,20 @@ fn calibrate(model: &Llama, tok: &Tokenizer, tokens: &[u32], opts: CalibOptions,
 pub fn prune_decoder(src: &Source, model: &mut Llama, settings: &DecoderPrune, out: &Path, pool: &ThreadPool, progress: &mut dyn FnMut(PruneStage, usize, usize, &str)) -> Result<PruneReport, CompressError> {
     let Source { file, tok, text } = *src;
     let method = settings.opts.method;
-    let wants_calibration = method.needs_norms() || method.needs_hessian();
+    let wants_calibration = method.needs_norms() || method.needs_hessian() || settings.owl.is_some();
+    let all_err = |source| CompressError::Prune { tensor: "(every matrix)".into(), source };
+    let owl_target = match (settings.owl, settings.opts.pattern) {
+        (None, _) => None,
+        (Some(owl), Pattern::Unstructured(p)) => {
+            // Refuse settings out of range before the calibration run.
+            layer_sparsities(&[0.0, 1.0], p, owl).map_err(all_err)?;
+            Some((owl, p))
+        }
+        (Some(_), Pattern::NM { .. }) => return Err(all_err(PruneError::OwlPattern)),
+    };
     let tokens = match (wants_calibration, text) {
         (true, Some(t)) => tok.encode(t, false),
-        (true, None) => return Err(CompressError::Prune { tensor: "(every matrix)".into(), source: PruneError::NoCalibration(if method.needs_hessian() { "SparseGPT" } else { "Wanda" }) }),
+        (true, None) => return Err(all_err(PruneError::NoCalibration(if method.needs_hessian() { "SparseGPT" } else if method.needs_norms() { "Wanda" } else { "OWL" }))),
         (false, _) => Vec::new(),
     };
     let n_layers = model.layers.len();
@@ -113,12 +132,21 @@ pub fn prune_decoder(src: &Source, model: &mut Llama, settings: &DecoderPrune, o
     let mut matrices = Vec::with_capacity(total);
     // The importance of every matrix's input as first gathered (weights a later quantization).
     let mut importance: Stats = BTreeMap::new();
+    let mut layer_sparsity = Vec::new();
     for l in 0..n_layers {
         if wants_calibration && settings.sequential {
             let (s, n) = calibrate(model, tok, &tokens, settings.calib, method.needs_hessian().then_some(&[l][..]), pool, &mut |d, t| progress(PruneStage::Calibrate, d, t, &format!("layer {l}")))?;
             stats = s;
             (chunks, passes) = (n, passes + 1);
         }
+        if let (0, Some((owl, target))) = (l, owl_target) {
+            // Nothing is pruned yet: these are the unpruned model's statistics in either mode.
+            layer_sparsity = owl_sparsities(file, &stats, n_layers, target, owl)?;
+        }
+        let opts = match layer_sparsity.get(l) {
+            Some(&p) => PruneOptions { pattern: Pattern::Unstructured(p), ..settings.opts },
+            None => settings.opts,
+        };
         for input in MatrixInput::BLOCK {
             let st = stats.get(&(l, input));
             if let Some(st) = st {
@@ -129,7 +157,7 @@ pub fn prune_decoder(src: &Source, model: &mut Llama, settings: &DecoderPrune, o
                 let (rows, cols) = (t.n_rows() as usize, t.row_len() as usize);
                 let mut w = file.tensor_f32(t).map_err(|source| CompressError::Quant { tensor: name.clone(), source })?;
                 let view = InputView { sum2: st.map(|s| s.sum2.as_slice()), hessian: st.and_then(|s| s.hessian.as_deref()) };
-                let zeros = prune_matrix(pool, &mut w, rows, cols, view, &settings.opts).map_err(|source| CompressError::Prune { tensor: name.clone(), source })?;
+                let zeros = prune_matrix(pool, &mut w, rows, cols, view, &opts).map_err(|source| CompressError::Prune { tensor: name.clone(), source })?;
                 if settings.sequential {
                     // The next passes see this matrix pruned.
                     let lin = Linear::from_f32(&name, rows, cols, w.clone(), None)?;
@@ -152,5 +180,26 @@ pub fn prune_decoder(src: &Source, model: &mut Llama, settings: &DecoderPrune, o
         done += p.t.n_bytes;
         progress(PruneStage::Write, done as usize, total_bytes as usize, &p.t.name);
     })?;
-    Ok(PruneReport { matrices, summary, chunks, passes })
+    Ok(PruneReport { matrices, summary, chunks, passes, layer_sparsity })
+}
+
+/// OWL's sparsity of each layer: the outlier ratio of the Wanda scores of its block matrices
+/// (the source file's weights, `stats` of the unpruned model) turned into sparsities around
+/// `target`.
+fn owl_sparsities(file: &GgufFile, stats: &Stats, n_layers: usize, target: f64, owl: Owl) -> Result<Vec<f64>, CompressError> {
+    let mut ratios = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let mut weights = Vec::new();
+        for input in MatrixInput::BLOCK {
+            let st = stats.get(&(l, input)).ok_or_else(|| CompressError::Fit(format!("no calibration statistics for layer {l}'s {input:?} input")))?;
+            for name in input.llama_tensors(l) {
+                let t = file.tensor(&name).ok_or_else(|| CompressError::Fit(format!("the file has no tensor {name:?}")))?;
+                let w = file.tensor_f32(t).map_err(|source| CompressError::Quant { tensor: name.clone(), source })?;
+                weights.push((w, t.row_len() as usize, &st.sum2));
+            }
+        }
+        let scored: Vec<ScoredMatrix> = weights.iter().map(|(w, cols, sum2)| ScoredMatrix { w, cols: *cols, sum2 }).collect();
+        ratios.push(outlier_ratio(&scored, owl.threshold).map_err(|source| CompressError::Prune { tensor: format!("blk.{l}"), source })?);
+    }
+    layer_sparsities(&ratios, target, owl).map_err(|source| CompressError::Prune { tensor: "(every matrix)".into(), source })
 }
