@@ -304,6 +304,9 @@ impl Bert {
 /// Refuses layer indices and heads out of range, and a layer left without heads.
 pub fn layer_heads(cfg: &BertConfig) -> Result<Vec<usize>, ModelError> {
     let n = cfg.num_attention_heads;
+    if cfg.num_hidden_layers > MAX_DIM {
+        return Err(ModelError::hyper("num_hidden_layers", cfg.num_hidden_layers, format!("a dimension must be 1 to {MAX_DIM}")));
+    }
     let mut heads = vec![n; cfg.num_hidden_layers];
     for (layer, gone) in &cfg.pruned_heads {
         let l: usize = layer.parse().ok().filter(|l| *l < cfg.num_hidden_layers).ok_or_else(|| ModelError::hyper("pruned_heads", format!("{layer:?}"), format!("not a layer index below num_hidden_layers = {}", cfg.num_hidden_layers)))?;
