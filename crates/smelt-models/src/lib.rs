@@ -10,6 +10,7 @@
 //! - [`observe`]: the activation observer (the input of every weight matrix, for calibration).
 
 pub mod attention;
+pub mod backward;
 pub mod bert;
 pub mod bert_onnx;
 pub mod chat;

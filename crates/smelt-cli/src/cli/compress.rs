@@ -269,7 +269,7 @@ pub struct PruneArgs {
     /// parameters, rounded to whole layers).
     #[arg(long, value_name = "X")]
     pub sparsity: Option<f64>,
-    /// --method layers: how many layers to remove.
+    /// --method layers (on an encoder also width): how many layers to remove.
     #[arg(long, value_name = "N")]
     pub layers: Option<usize>,
     /// --method layers: how they are chosen.
