@@ -320,11 +320,12 @@ pub struct PruneArgs {
     /// within --sparsity +- --owl-lambda, averaging --sparsity. Needs --calib; unstructured only.
     #[arg(long)]
     pub owl: bool,
-    /// OWL: an outlier scores more than this many times its layer's mean (the paper's M).
-    #[arg(long, value_name = "M", default_value_t = 5.0, requires = "owl")]
+    /// OWL: an outlier scores more than this many times its layer's mean (the paper's M;
+    /// used with --owl).
+    #[arg(long, value_name = "M", default_value_t = 5.0)]
     pub owl_threshold: f64,
     /// OWL: layer sparsities lie within --sparsity +- this.
-    #[arg(long, value_name = "X", default_value_t = 0.08, requires = "owl")]
+    #[arg(long, value_name = "X", default_value_t = 0.08)]
     pub owl_lambda: f64,
     /// SparseGPT: dampening, a fraction of the Hessian's mean diagonal added to it.
     #[arg(long, value_name = "X", default_value_t = 0.01)]
