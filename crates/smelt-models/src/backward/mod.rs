@@ -21,6 +21,12 @@
 
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
+pub mod bert;
+pub mod params;
+
+pub use bert::{BertActs, BertTrain};
+pub use params::{Params, Slot};
+
 /// The floating-point types the backward passes run in.
 pub trait Real: Copy + PartialOrd + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self> + AddAssign + 'static {
     const ZERO: Self;
@@ -69,7 +75,7 @@ real!(f64, libm::erf);
 /// `C (m x n) = beta * C + A B` for row-major `A` (`m x k`, or `k x m` read transposed when
 /// `ta`) and `B` (`k x n`, or `n x k` read transposed when `tb`), through the `gemm` crate.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Real>(c: &mut [T], a: &[T], b: &[T], (m, n, k): (usize, usize, usize), ta: bool, tb: bool, accumulate: bool) {
+pub(crate) fn matmul<T: Real>(c: &mut [T], a: &[T], b: &[T], (m, n, k): (usize, usize, usize), ta: bool, tb: bool, accumulate: bool) {
     assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul: shapes");
     if m == 0 || n == 0 {
         return;

@@ -1,0 +1,410 @@
+//! BERT's training pass: the forward of [`crate::bert`] in f32 keeping every activation its
+//! backward needs, and that backward, layer by layer in reverse (llm.c's `gpt2_forward` /
+//! `gpt2_backward`, for a post-LayerNorm encoder).
+//!
+//! For the `t` packed tokens of a batch (`starts` delimits the sequences; `d` hidden, `q = h
+//! d_head` a layer's attention width, `f` its FFN width):
+//! ```text
+//! e      = word[id] + position[i] + token_type[0]             (t x d)   kept
+//! x_0    = LayerNorm(e)                                        (t x d)
+//! per layer l, input x (kept):
+//!   Q, K, V = x Wq^T + bq, x Wk^T + bk, x Wv^T + bv           (t x q)   kept, and P per head
+//!   A      = attention(Q, K, V) per sequence, bidirectional   (t x q)   kept
+//!   r1     = x + A Wo^T + bo;  x1 = LayerNorm(r1)             (t x d)   both kept
+//!   u      = x1 Win^T + bin;   g = gelu(u)                    (t x f)   both kept
+//!   r2     = x1 + g Wout^T + bout; x_{l+1} = LayerNorm(r2)    (t x d)   r2 kept
+//! ```
+//! The backward runs the same steps in reverse with [`super`]'s layer gradients; the residual
+//! branches add their gradients. Products go through `gemm` on chunks of rows on the pool.
+
+use std::ops::Range;
+use std::path::Path;
+
+use smelt_formats::hf_config::{load_config, BertConfig, HfConfig};
+use smelt_formats::safetensors::SafetensorsFile;
+use smelt_kernels::pool::{Disjoint, ThreadPool};
+
+use super::params::Params;
+use super::{attention, attention_backward, embedding_backward, gelu, gelu_backward, layernorm, layernorm_backward, linear, matmul, Heads};
+use crate::bert::layer_heads;
+use crate::error::check_activations;
+use crate::ModelError;
+
+/// Where one layer's tensors lie in [`Params::data`].
+#[derive(Clone, Debug)]
+struct LayerSlots {
+    q: Range<usize>,  // (q, d)
+    k: Range<usize>,  // (q, d)
+    v: Range<usize>,  // (q, d)
+    qb: Range<usize>, // (q)
+    kb: Range<usize>, // (q)
+    vb: Range<usize>, // (q)
+    o: Range<usize>,  // (d, q)
+    ob: Range<usize>, // (d)
+    ln1: (Range<usize>, Range<usize>),
+    up: Range<usize>,   // (f, d)
+    upb: Range<usize>,  // (f)
+    down: Range<usize>, // (d, f)
+    downb: Range<usize>,
+    ln2: (Range<usize>, Range<usize>),
+}
+
+/// A BERT encoder with f32 parameters in one buffer, ready for training.
+#[derive(Clone, Debug)]
+pub struct BertTrain {
+    pub cfg: BertConfig,
+    /// Heads of each layer (HF `pruned_heads` honoured).
+    pub heads: Vec<usize>,
+    pub params: Params,
+    word: Range<usize>,     // (vocab, d)
+    position: Range<usize>, // (max_position, d)
+    token_type: Range<usize>,
+    ln_emb: (Range<usize>, Range<usize>),
+    layers: Vec<LayerSlots>,
+}
+
+/// What the forward keeps of one layer.
+#[derive(Debug, Default)]
+struct LayerActs {
+    x: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention probabilities, sequence after sequence (`h n^2` each).
+    probs: Vec<f32>,
+    att: Vec<f32>,
+    r1: Vec<f32>,
+    s1: Vec<(f32, f32)>,
+    x1: Vec<f32>,
+    u: Vec<f32>,
+    g: Vec<f32>,
+    r2: Vec<f32>,
+    s2: Vec<(f32, f32)>,
+}
+
+/// Activations of one batch, from [`BertTrain::forward`].
+#[derive(Debug, Default)]
+pub struct BertActs {
+    pub starts: Vec<usize>,
+    ids: Vec<u32>,
+    emb: Vec<f32>,
+    emb_stats: Vec<(f32, f32)>,
+    layers: Vec<LayerActs>,
+    /// The last layer's hidden states, `t x d`.
+    pub out: Vec<f32>,
+}
+
+impl BertActs {
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Hidden states after layer `l` (`t x d`).
+    pub fn hidden(&self, l: usize) -> &[f32] {
+        self.layers.get(l + 1).map_or(&self.out, |a| &a.x)
+    }
+}
+
+/// Bounds on dimensions read from config.json (as the inference model checks them).
+const MAX_DIM: usize = 1 << 20;
+
+impl BertTrain {
+    /// Loads `config.json` and an F32/F16 `model.safetensors` from an HF BERT directory.
+    pub fn from_dir(dir: &Path) -> Result<BertTrain, ModelError> {
+        let cfg = match load_config(&dir.join("config.json"))? {
+            HfConfig::Bert(c) => c,
+            HfConfig::Llama(_) => return Err(ModelError::UnsupportedArchitecture { found: "llama".into(), supported: "bert" }),
+            HfConfig::Other { model_type } => return Err(ModelError::UnsupportedArchitecture { found: model_type, supported: "bert" }),
+        };
+        let st = SafetensorsFile::open(dir.join("model.safetensors"))?;
+        Self::from_safetensors(cfg, &st)
+    }
+
+    /// Takes every tensor the encoder uses from `st` (names as HF writes them, with or without a
+    /// `bert.` prefix, which the parameter names keep).
+    pub fn from_safetensors(cfg: BertConfig, st: &SafetensorsFile) -> Result<BertTrain, ModelError> {
+        for (k, v) in [("hidden_size", cfg.hidden_size), ("num_attention_heads", cfg.num_attention_heads), ("intermediate_size", cfg.intermediate_size), ("max_position_embeddings", cfg.max_position_embeddings), ("type_vocab_size", cfg.type_vocab_size), ("vocab_size", cfg.vocab_size)] {
+            if v == 0 || v > MAX_DIM {
+                return Err(ModelError::hyper(k, v, format!("a dimension must be 1 to {MAX_DIM}")));
+            }
+        }
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+            return Err(ModelError::hyper("hidden_size", cfg.hidden_size, format!("not a multiple of num_attention_heads = {}", cfg.num_attention_heads)));
+        }
+        if !cfg.hidden_act.starts_with("gelu") || cfg.position_embedding_type != "absolute" {
+            return Err(ModelError::hyper("hidden_act", format!("{:?}", cfg.hidden_act), "training supports gelu with absolute positions"));
+        }
+        crate::bert::LAYER_NORM_EPS.check(cfg.layer_norm_eps).map_err(|e| ModelError::hyper("layer_norm_eps", cfg.layer_norm_eps, format!("must be {}", e.expected)))?;
+        let heads = layer_heads(&cfg)?;
+        let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
+        let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.hidden_size / cfg.num_attention_heads);
+        let mut p = Params::default();
+        let mut take = |name: &str, shape: &[usize]| -> Result<Range<usize>, ModelError> {
+            let full = format!("{prefix}{name}");
+            let v = st.tensor_f32(&full, Some(shape))?;
+            crate::error::check_finite(&full, &v)?;
+            p.push(&full, shape, &v)
+        };
+        let word = take("embeddings.word_embeddings.weight", &[cfg.vocab_size, d])?;
+        let position = take("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, d])?;
+        let token_type = take("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, d])?;
+        let ln_emb = (take("embeddings.LayerNorm.weight", &[d])?, take("embeddings.LayerNorm.bias", &[d])?);
+        let mut layers = Vec::with_capacity(heads.len());
+        for (i, &h) in heads.iter().enumerate() {
+            let q = h * hd;
+            let n = |s: &str| format!("encoder.layer.{i}.{s}");
+            layers.push(LayerSlots {
+                q: take(&n("attention.self.query.weight"), &[q, d])?,
+                k: take(&n("attention.self.key.weight"), &[q, d])?,
+                v: take(&n("attention.self.value.weight"), &[q, d])?,
+                qb: take(&n("attention.self.query.bias"), &[q])?,
+                kb: take(&n("attention.self.key.bias"), &[q])?,
+                vb: take(&n("attention.self.value.bias"), &[q])?,
+                o: take(&n("attention.output.dense.weight"), &[d, q])?,
+                ob: take(&n("attention.output.dense.bias"), &[d])?,
+                ln1: (take(&n("attention.output.LayerNorm.weight"), &[d])?, take(&n("attention.output.LayerNorm.bias"), &[d])?),
+                up: take(&n("intermediate.dense.weight"), &[f, d])?,
+                upb: take(&n("intermediate.dense.bias"), &[f])?,
+                down: take(&n("output.dense.weight"), &[d, f])?,
+                downb: take(&n("output.dense.bias"), &[d])?,
+                ln2: (take(&n("output.LayerNorm.weight"), &[d])?, take(&n("output.LayerNorm.bias"), &[d])?),
+            });
+        }
+        Ok(BertTrain { cfg, heads, params: p, word, position, token_type, ln_emb, layers })
+    }
+
+    fn w(&self, r: &Range<usize>) -> &[f32] {
+        &self.params.data[r.clone()]
+    }
+
+    fn hd(&self) -> usize {
+        self.cfg.hidden_size / self.cfg.num_attention_heads
+    }
+
+    /// Runs `seqs` (framed token sequences, each at most `max_position_embeddings` long),
+    /// keeping the activations for [`BertTrain::backward`].
+    pub fn forward(&self, pool: &ThreadPool, seqs: &[&[u32]]) -> Result<BertActs, ModelError> {
+        let c = &self.cfg;
+        let (d, f, hd) = (c.hidden_size, c.intermediate_size, self.hd());
+        let eps = c.layer_norm_eps as f32;
+        let mut starts = vec![0usize];
+        let mut ids = Vec::new();
+        let mut emb = Vec::new();
+        for s in seqs {
+            if s.len() > c.max_position_embeddings {
+                return Err(ModelError::PromptTooLong { tokens: s.len(), context: c.max_position_embeddings });
+            }
+            for (i, &tok) in s.iter().enumerate() {
+                if tok as usize >= c.vocab_size {
+                    return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
+                }
+                let (w, p, ty) = (&self.w(&self.word)[tok as usize * d..][..d], &self.w(&self.position)[i * d..][..d], &self.w(&self.token_type)[..d]);
+                emb.extend((0..d).map(|j| w[j] + p[j] + ty[j]));
+            }
+            ids.extend_from_slice(s);
+            starts.push(ids.len());
+        }
+        let t = ids.len();
+        let mut x = vec![0f32; t * d];
+        let emb_stats = layernorm(&emb, self.w(&self.ln_emb.0), self.w(&self.ln_emb.1), eps, d, &mut x);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (li, (l, &h)) in self.layers.iter().zip(&self.heads).enumerate() {
+            let qw = h * hd;
+            let mut a = LayerActs { x, ..Default::default() };
+            for (w, b, out) in [(&l.q, &l.qb, &mut a.q), (&l.k, &l.kb, &mut a.k), (&l.v, &l.vb, &mut a.v)] {
+                *out = vec![0f32; t * qw];
+                par_linear(pool, &a.x, self.w(w), Some(self.w(b)), (t, d, qw), out);
+            }
+            let (probs, att) = par_attention(pool, &a.q, &a.k, &a.v, &starts, Heads { q: h, kv: h, dim: hd });
+            a.probs = probs;
+            a.att = att;
+            a.r1 = vec![0f32; t * d];
+            par_linear(pool, &a.att, self.w(&l.o), Some(self.w(&l.ob)), (t, qw, d), &mut a.r1);
+            a.r1.iter_mut().zip(&a.x).for_each(|(r, x)| *r += *x);
+            a.x1 = vec![0f32; t * d];
+            a.s1 = layernorm(&a.r1, self.w(&l.ln1.0), self.w(&l.ln1.1), eps, d, &mut a.x1);
+            a.u = vec![0f32; t * f];
+            par_linear(pool, &a.x1, self.w(&l.up), Some(self.w(&l.upb)), (t, d, f), &mut a.u);
+            a.g = vec![0f32; t * f];
+            par_map(pool, &a.u, &mut a.g, &|u, g| gelu(u, g));
+            a.r2 = vec![0f32; t * d];
+            par_linear(pool, &a.g, self.w(&l.down), Some(self.w(&l.downb)), (t, f, d), &mut a.r2);
+            a.r2.iter_mut().zip(&a.x1).for_each(|(r, x)| *r += *x);
+            x = vec![0f32; t * d];
+            a.s2 = layernorm(&a.r2, self.w(&l.ln2.0), self.w(&l.ln2.1), eps, d, &mut x);
+            check_activations(&x, d, || format!("encoder layer {li} (training forward)"))?;
+            layers.push(a);
+        }
+        Ok(BertActs { starts, ids, emb, emb_stats, layers, out: x })
+    }
+
+    /// Accumulates into `grads` (as long as the parameters) the gradient of a loss whose
+    /// gradient with respect to the last hidden states is `d_out` (`t x d`), plus, for each
+    /// `(l, g)` of `d_hidden`, `g` with respect to the hidden states after layer `l`.
+    pub fn backward(&self, pool: &ThreadPool, a: &BertActs, d_out: &[f32], d_hidden: &[(usize, &[f32])], grads: &mut [f32]) -> Result<(), ModelError> {
+        let c = &self.cfg;
+        let (d, f, hd, t) = (c.hidden_size, c.intermediate_size, self.hd(), a.tokens());
+        if grads.len() != self.params.len() || d_out.len() != t * d || d_hidden.iter().any(|(l, g)| *l >= self.layers.len() || g.len() != t * d) {
+            return Err(ModelError::hyper("gradient", format!("{} values", grads.len()), format!("expected {} parameters and {t} x {d} output gradients", self.params.len())));
+        }
+        let mut dx = d_out.to_vec();
+        for (li, (l, la)) in self.layers.iter().zip(&a.layers).enumerate().rev() {
+            for (_, g) in d_hidden.iter().filter(|(k, _)| *k == li) {
+                dx.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += *b);
+            }
+            let qw = self.heads[li] * hd;
+            // x_{l+1} = LayerNorm(r2)
+            let mut dr2 = vec![0f32; t * d];
+            let (dg, db) = pair_mut(grads, &l.ln2.0, &l.ln2.1);
+            layernorm_backward(&la.r2, self.w(&l.ln2.0), &la.s2, &dx, d, &mut dr2, dg, db);
+            // r2 = x1 + g Wout^T + bout
+            let mut dgact = vec![0f32; t * f];
+            par_linear_backward(pool, &la.g, self.w(&l.down), &dr2, (t, f, d), Some(&mut dgact), grads, &l.down, &l.downb);
+            let mut du = vec![0f32; t * f];
+            par_gelu_backward(pool, &la.u, &dgact, &mut du);
+            // u = x1 Win^T + bin; x1 also feeds r2 directly.
+            let mut dx1 = vec![0f32; t * d];
+            par_linear_backward(pool, &la.x1, self.w(&l.up), &du, (t, d, f), Some(&mut dx1), grads, &l.up, &l.upb);
+            dx1.iter_mut().zip(&dr2).for_each(|(a, b)| *a += *b);
+            // x1 = LayerNorm(r1), r1 = x + A Wo^T + bo
+            let mut dr1 = vec![0f32; t * d];
+            let (dg, db) = pair_mut(grads, &l.ln1.0, &l.ln1.1);
+            layernorm_backward(&la.r1, self.w(&l.ln1.0), &la.s1, &dx1, d, &mut dr1, dg, db);
+            let mut datt = vec![0f32; t * qw];
+            par_linear_backward(pool, &la.att, self.w(&l.o), &dr1, (t, qw, d), Some(&mut datt), grads, &l.o, &l.ob);
+            let (dq, dk, dv) = par_attention_backward(pool, la, &datt, &a.starts, Heads { q: self.heads[li], kv: self.heads[li], dim: hd });
+            // Q, K, V = x W^T + b; x also feeds r1 directly.
+            dx = dr1;
+            let mut tmp = vec![0f32; t * d];
+            for (dy, w, b) in [(&dq, &l.q, &l.qb), (&dk, &l.k, &l.kb), (&dv, &l.v, &l.vb)] {
+                par_linear_backward(pool, &la.x, self.w(w), dy, (t, d, qw), Some(&mut tmp), grads, w, b);
+                dx.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
+            }
+        }
+        // x_0 = LayerNorm(word[id] + position[i] + token_type[0])
+        let mut de = vec![0f32; t * d];
+        let (dg, db) = pair_mut(grads, &self.ln_emb.0, &self.ln_emb.1);
+        layernorm_backward(&a.emb, self.w(&self.ln_emb.0), &a.emb_stats, &dx, d, &mut de, dg, db);
+        embedding_backward(&a.ids, &de, d, &mut grads[self.word.clone()]);
+        let positions: Vec<u32> = a.starts.windows(2).flat_map(|s| 0..(s[1] - s[0]) as u32).collect();
+        embedding_backward(&positions, &de, d, &mut grads[self.position.clone()]);
+        embedding_backward(&vec![0u32; t], &de, d, &mut grads[self.token_type.clone()]);
+        Ok(())
+    }
+}
+
+/// Two disjoint sub-slices of `g` at once.
+fn pair_mut<'a>(g: &'a mut [f32], a: &Range<usize>, b: &Range<usize>) -> (&'a mut [f32], &'a mut [f32]) {
+    assert!(a.end <= b.start || b.end <= a.start, "overlapping parameter ranges");
+    if a.start < b.start {
+        let (lo, hi) = g.split_at_mut(b.start);
+        (&mut lo[a.clone()], &mut hi[..b.len()])
+    } else {
+        let (lo, hi) = g.split_at_mut(a.start);
+        (&mut hi[..a.len()], &mut lo[b.clone()])
+    }
+}
+
+/// Rows per pool task for `n` rows: one chunk per thread, at least 16 rows.
+fn row_chunk(pool: &ThreadPool, n: usize) -> usize {
+    n.div_ceil(pool.threads_here().max(1)).max(16)
+}
+
+/// [`linear`] with the rows of `x` split over the pool.
+fn par_linear(pool: &ThreadPool, x: &[f32], w: &[f32], b: Option<&[f32]>, (t, i, o): (usize, usize, usize), y: &mut [f32]) {
+    let out = Disjoint::new(y);
+    pool.for_chunks(t, row_chunk(pool, t), &|r| {
+        // SAFETY: each task writes its own rows of `y`.
+        let y = unsafe { out.slice(r.start * o..r.end * o) };
+        linear(&x[r.start * i..r.end * i], w, b, (r.len(), i, o), y);
+    });
+}
+
+/// Linear backward on the pool: `dx = dy W` by rows of `dy`, `dW += dy^T x` by rows of `W`
+/// (columns of `dy`), `db += sum_t dy`; `dw` and `db` are the ranges of `grads`.
+#[allow(clippy::too_many_arguments)]
+fn par_linear_backward(pool: &ThreadPool, x: &[f32], w: &[f32], dy: &[f32], (t, i, o): (usize, usize, usize), dx: Option<&mut [f32]>, grads: &mut [f32], dw: &Range<usize>, db: &Range<usize>) {
+    if let Some(dx) = dx {
+        let out = Disjoint::new(dx);
+        pool.for_chunks(t, row_chunk(pool, t), &|r| {
+            // SAFETY: each task writes its own rows of `dx`.
+            let dx = unsafe { out.slice(r.start * i..r.end * i) };
+            matmul(dx, &dy[r.start * o..r.end * o], w, (r.len(), i, o), false, false, false);
+        });
+    }
+    {
+        let dw_out = Disjoint::new(&mut grads[dw.clone()]);
+        pool.for_chunks(o, row_chunk(pool, o), &|r| {
+            // dW[r, :] += dy[:, r]^T x: an (|r| x t) by (t x i) product, `dy` read with strides.
+            // SAFETY: rows `r` of dW belong to this task; the strides stay inside `dy` and `x`.
+            unsafe {
+                gemm::gemm(r.len(), i, t, dw_out.as_mut_ptr().add(r.start * i), 1, i as isize, true, dy.as_ptr().add(r.start), o as isize, 1, x.as_ptr(), 1, i as isize, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None);
+            }
+        });
+    }
+    let db = &mut grads[db.clone()];
+    for row in dy[..t * o].chunks_exact(o) {
+        db.iter_mut().zip(row).for_each(|(d, g)| *d += *g);
+    }
+}
+
+/// `f(a_chunk, out_chunk)` over chunks of elementwise inputs on the pool.
+fn par_map(pool: &ThreadPool, a: &[f32], out: &mut [f32], f: &(dyn Fn(&[f32], &mut [f32]) + Sync)) {
+    let n = a.len();
+    let sink = Disjoint::new(out);
+    pool.for_chunks(n, n.div_ceil(pool.threads_here().max(1)).max(1024), &|r| f(&a[r.clone()], unsafe { sink.slice(r) }));
+}
+
+/// [`gelu_backward`] over chunks on the pool: `du = dg gelu'(u)`.
+fn par_gelu_backward(pool: &ThreadPool, u: &[f32], dg: &[f32], du: &mut [f32]) {
+    let n = u.len();
+    let sink = Disjoint::new(du);
+    // SAFETY (both maps): each task writes its own elements.
+    pool.for_chunks(n, n.div_ceil(pool.threads_here().max(1)).max(1024), &|r| gelu_backward(&u[r.clone()], &dg[r.clone()], unsafe { sink.slice(r) }));
+}
+
+/// Offsets of each sequence's probabilities (`h n^2`) in the flat buffer, and its length.
+fn prob_offsets(starts: &[usize], h: usize) -> (Vec<usize>, usize) {
+    let mut off = Vec::with_capacity(starts.len());
+    let mut total = 0;
+    for s in starts.windows(2) {
+        off.push(total);
+        total += h * (s[1] - s[0]).pow(2);
+    }
+    (off, total)
+}
+
+/// Bidirectional attention of every sequence, a pool task each: `(probs, output)`.
+fn par_attention(pool: &ThreadPool, q: &[f32], k: &[f32], v: &[f32], starts: &[usize], heads: Heads) -> (Vec<f32>, Vec<f32>) {
+    let w = heads.q * heads.dim;
+    let (off, total) = prob_offsets(starts, heads.q);
+    let (mut probs, mut att) = (vec![0f32; total], vec![0f32; starts[starts.len() - 1] * w]);
+    let (ps, os) = (Disjoint::new(&mut probs), Disjoint::new(&mut att));
+    pool.run(starts.len() - 1, &|s| {
+        let (a, z) = (starts[s], starts[s + 1]);
+        let n = z - a;
+        // SAFETY: sequence `s` alone writes its rows of the output and its probabilities.
+        let o = unsafe { os.slice(a * w..z * w) };
+        let p = attention(&q[a * w..z * w], &k[a * w..z * w], &v[a * w..z * w], n, heads, false, o);
+        unsafe { ps.slice(off[s]..off[s] + heads.q * n * n) }.copy_from_slice(&p);
+    });
+    (probs, att)
+}
+
+/// Attention backward of every sequence: `(dQ, dK, dV)`.
+fn par_attention_backward(pool: &ThreadPool, la: &LayerActs, datt: &[f32], starts: &[usize], heads: Heads) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let w = heads.q * heads.dim;
+    let t = starts[starts.len() - 1];
+    let (off, _) = prob_offsets(starts, heads.q);
+    let (mut dq, mut dk, mut dv) = (vec![0f32; t * w], vec![0f32; t * w], vec![0f32; t * w]);
+    let (qs, ks, vs) = (Disjoint::new(&mut dq), Disjoint::new(&mut dk), Disjoint::new(&mut dv));
+    pool.run(starts.len() - 1, &|s| {
+        let (a, z) = (starts[s], starts[s + 1]);
+        let n = z - a;
+        let rows = a * w..z * w;
+        // SAFETY: sequence `s` alone writes its rows of the three gradients.
+        let (gq, gk, gv) = unsafe { (qs.slice(rows.clone()), ks.slice(rows.clone()), vs.slice(rows.clone())) };
+        attention_backward(&la.q[rows.clone()], &la.k[rows.clone()], &la.v[rows.clone()], &la.probs[off[s]..off[s] + heads.q * n * n], &datt[rows], n, heads, gq, gk, gv);
+    });
+    (dq, dk, dv)
+}
