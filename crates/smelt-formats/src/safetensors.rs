@@ -183,6 +183,42 @@ pub fn serialize_f32(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u
     safetensors::serialize(views, None).map_err(|e| invalid(e.to_string()))
 }
 
+/// Writes a safetensors file of F32 tensors `(name, shape, values)` and a `__metadata__` map to
+/// `w` without building it in memory first (checkpoints of a few GB): the header (JSON, padded
+/// with spaces to a multiple of 8 bytes, after its little-endian u64 length), then each tensor's
+/// bytes in the order given.
+pub fn write_f32(w: &mut impl std::io::Write, tensors: &[(&str, &[usize], &[f32])], metadata: &[(String, String)]) -> Result<(), SafetensorsError> {
+    let invalid = |reason: String| SafetensorsError::Invalid { path: PathBuf::from("(being written)"), reason };
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>().into());
+    }
+    let mut offset = 0usize;
+    for (name, shape, values) in tensors {
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(invalid(format!("{name}: {} values for shape {shape:?}", values.len())));
+        }
+        if header.contains_key(*name) {
+            return Err(invalid(format!("{name} appears twice")));
+        }
+        let end = offset + 4 * values.len();
+        header.insert(name.to_string(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| invalid(e.to_string()))?;
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let io = |e: std::io::Error| SafetensorsError::Io { path: PathBuf::from("(being written)"), source: e };
+    w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&json).map_err(io)?;
+    for (_, _, values) in tensors {
+        for chunk in values.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.write_all(&bytes).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +234,15 @@ mod tests {
             assert_eq!(&f.tensor_f32(name, Some(shape)).unwrap(), values);
         }
         assert!(serialize_f32(&[("x".into(), vec![3], vec![1.0])]).is_err());
+        // The streaming writer: the same tensors and a metadata map, read by the crate's parser.
+        let mut buf = Vec::new();
+        let views: Vec<(&str, &[usize], &[f32])> = ts.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+        write_f32(&mut buf, &views, &[("step".into(), "12".into())]).unwrap();
+        let f = SafetensorsFile::from_bytes(buf, "streamed").unwrap();
+        assert_eq!(f.metadata, vec![("step".to_string(), "12".to_string())]);
+        for (name, shape, values) in &ts {
+            assert_eq!(&f.tensor_f32(name, Some(shape)).unwrap(), values);
+        }
+        assert!(write_f32(&mut Vec::new(), &[("x", &[3], &[1.0])], &[]).is_err());
     }
 }
