@@ -100,7 +100,8 @@ mod tests {
         let mut p = vec![1.0f32, -2.0, 3.0, 0.5];
         let g = [1e-3f32, -50.0, 2.0, -1e-2];
         let mut opt = AdamW::new(4, 0.1);
-        opt.step(&mut p, &g, 0.01, &[0..2]);
+        let decayed = std::iter::once(0..2).collect::<Vec<_>>();
+        opt.step(&mut p, &g, 0.01, &decayed);
         let want = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) + 0.01, 3.0 - 0.01, 0.5 + 0.01];
         for (a, b) in p.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{p:?} vs {want:?}");

@@ -83,7 +83,8 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(TrainError::setting("lr", self.lr, "must be a positive number"));
         }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) || !(self.weight_decay >= 0.0 && self.weight_decay < 1.0 / self.lr) || !(self.clip >= 0.0 && self.clip.is_finite()) {
+        let ok = (0.0..=1.0).contains(&self.min_lr_ratio) && self.weight_decay >= 0.0 && self.weight_decay < 1.0 / self.lr && self.clip >= 0.0 && self.clip.is_finite();
+        if !ok {
             return Err(TrainError::setting("schedule", format!("min ratio {}, decay {}, clip {}", self.min_lr_ratio, self.weight_decay, self.clip), "min ratio in [0, 1], decay in [0, 1/lr), clip >= 0"));
         }
         if self.resume && self.checkpoint.is_none() {
