@@ -59,7 +59,7 @@ impl Objective for LeastSquares {
         &mut self.w
     }
     fn decay(&self) -> Vec<Range<usize>> {
-        vec![0..8]
+        std::iter::once(0..8).collect()
     }
     fn grad(&mut self, batch: &[usize], grads: &mut [f32]) -> Result<StepStats, TrainError> {
         self.calls += 1;
@@ -71,9 +71,7 @@ impl Objective for LeastSquares {
         let k = 1.0 / batch.len() as f32;
         for &i in batch {
             let e = self.x[i].iter().zip(&self.w).map(|(a, b)| a * b).sum::<f32>() + self.w[8] - self.y[i];
-            for j in 0..8 {
-                grads[j] += k * e * self.x[i][j];
-            }
+            grads.iter_mut().zip(&self.x[i]).for_each(|(g, x)| *g += k * e * x);
             grads[8] += k * e;
         }
         Ok(StepStats { loss: self.loss(batch.iter().copied()), tokens: batch.len() as u64 })
