@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use smelt_formats::GgmlType;
 
 mod compress;
+mod train;
 pub use compress::*;
+pub use train::*;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,6 +78,10 @@ pub enum Command {
     /// sentence encoder's FFN channels (a smaller BERT directory). Calibrated on a text.
     #[command(after_help = PRUNE_HELP)]
     Prune(PruneArgs),
+    /// Distill a teacher into a smaller student: a sentence encoder with fewer layers learns
+    /// the teacher's sentence vectors on unlabelled text (AdamW, checkpoints, --resume).
+    #[command(after_help = DISTILL_HELP)]
+    Distill(DistillArgs),
     /// Download a model by name into $SMELT_HOME (checks its sha256; does nothing if cached).
     Pull(PullArgs),
     /// List the models smelt can fetch by name, and whether they are cached.

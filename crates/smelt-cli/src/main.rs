@@ -101,6 +101,7 @@ fn run(cli: &mut Cli) -> Result<i32> {
         Command::Quantize(a) => cmd::quantize::run(a, &cli.global).map(|()| 0),
         Command::Fit(a) => cmd::fit::run(a, &cli.global).map(|()| 0),
         Command::Prune(a) => cmd::prune::run(a, &cli.global).map(|()| 0),
+        Command::Distill(a) => cmd::distill::run(a, &cli.global),
         Command::Imatrix(a) => cmd::imatrix::run(a, &cli.global).map(|()| 0),
         Command::Pull(a) => cmd::pull::pull(a, cli.global.quiet).map(|()| 0),
         Command::Models(a) => cmd::pull::models(a).map(|()| 0),

@@ -32,4 +32,12 @@ pub enum CompressError {
     BudgetTooSmall { smallest: u64, smallest_bpw: f64 },
     #[error("the output {0} is the input file; write to another path")]
     OutputIsInput(PathBuf),
+    /// Writing an output directory failed (nothing was left half-written).
+    #[error("{0}")]
+    Output(String),
+    /// Teacher, student and data that cannot be distilled together.
+    #[error("{0}")]
+    Distill(String),
+    #[error(transparent)]
+    Train(#[from] smelt_train::TrainError),
 }

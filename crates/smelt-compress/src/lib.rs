@@ -21,6 +21,8 @@
 pub mod awq;
 pub mod calib;
 pub mod convert;
+pub mod distill;
+pub mod encoder_dir;
 pub mod error;
 pub mod fit;
 pub mod gptq;

@@ -91,6 +91,29 @@ pub fn parse_labelled(bytes: &[u8]) -> Result<Vec<Labelled>, TextError> {
     Ok(out)
 }
 
+/// Sentences of a prose text (calibration and distillation data for encoders): split after `.`, `!` or `?`, whitespace
+/// collapsed, those of at least 4 words, at most `max`.
+pub fn sentences(text: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for word in text.split_whitespace() {
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+        if word.ends_with(['.', '!', '?']) || word.ends_with(".\"") || word.ends_with("?\"") || word.ends_with("!\"") {
+            if cur.split(' ').count() >= 4 {
+                out.push(std::mem::take(&mut cur));
+                if out.len() == max {
+                    break;
+                }
+            }
+            cur.clear();
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +138,15 @@ mod tests {
         assert_eq!(parse_labelled(b"\n \n"), Err(TextError::Empty));
         assert!(matches!(parse_labelled(b"{\"text\":\"x\"}"), Err(TextError::Shape { line: 1, .. })));
         assert!(matches!(parse_labelled(b"{\"text\":\"x\",\"label\":null}"), Err(TextError::Shape { .. })));
+    }
+
+    #[test]
+    fn calibration_sentences_split_after_stops_and_skip_short_ones() {
+        let t = "It was a bright cold day in April. Yes! \"Who is there?\" she asked at the door.\n\nThe clocks were striking thirteen and nobody minded";
+        // A closing quote after the stop ends the sentence too; "Yes!" and the 3-word question
+        // are too short; the unfinished last one is not a sentence.
+        assert_eq!(sentences(t, 10), vec!["It was a bright cold day in April.", "she asked at the door."]);
+        assert_eq!(sentences(t, 1).len(), 1);
+        assert!(sentences("", 5).is_empty());
     }
 }

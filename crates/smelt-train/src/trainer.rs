@@ -69,7 +69,8 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    fn check(&self, examples: usize) -> Result<(), TrainError> {
+    /// Refuses settings the loop cannot run with `examples` training examples.
+    pub fn check(&self, examples: usize) -> Result<(), TrainError> {
 
         if self.steps == 0 {
             return Err(TrainError::setting("steps", self.steps, "train for at least one step"));

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_encoder;
 pub mod chat;
 pub mod classify;
+pub mod distill;
 pub mod embed;
 pub mod eval;
 pub mod eval_quality;

@@ -11,32 +11,11 @@ use serde_json::json;
 use smelt_compress::prune::encoder::{prune_encoder, EncoderPrune, EncoderReport};
 use smelt_compress::prune::layers::LayerScore;
 
+use smelt_formats::texts::sentences;
+
 use super::prune::{method_name, StageBars};
 use crate::cli::{AllocationArg, Global, LayerScoreArg, PruneArgs, PruneMethod};
 use crate::fmt::bytes;
-
-/// Sentences of a text for calibrating an encoder: split after `.`, `!` or `?`, whitespace
-/// collapsed, those of at least 4 words, at most `max`.
-fn sentences(text: &str, max: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for word in text.split_whitespace() {
-        if !cur.is_empty() {
-            cur.push(' ');
-        }
-        cur.push_str(word);
-        if word.ends_with(['.', '!', '?']) || word.ends_with(".\"") || word.ends_with("?\"") || word.ends_with("!\"") {
-            if cur.split(' ').count() >= 4 {
-                out.push(std::mem::take(&mut cur));
-                if out.len() == max {
-                    break;
-                }
-            }
-            cur.clear();
-        }
-    }
-    out
-}
 
 /// The settings from the arguments: what each method takes, and refusals of the rest.
 fn settings(args: &PruneArgs, n_layers: usize) -> Result<EncoderPrune> {
@@ -138,19 +117,4 @@ fn document(r: &EncoderReport, args: &PruneArgs, s: &EncoderPrune, input: &Path,
         "seconds": secs,
         "threads": threads,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sentences;
-
-    #[test]
-    fn calibration_sentences_split_after_stops_and_skip_short_ones() {
-        let t = "It was a bright cold day in April. Yes! \"Who is there?\" she asked at the door.\n\nThe clocks were striking thirteen and nobody minded";
-        // A closing quote after the stop ends the sentence too; "Yes!" and the 3-word question
-        // are too short; the unfinished last one is not a sentence.
-        assert_eq!(sentences(t, 10), vec!["It was a bright cold day in April.", "she asked at the door."]);
-        assert_eq!(sentences(t, 1).len(), 1);
-        assert!(sentences("", 5).is_empty());
-    }
 }

@@ -33,6 +33,7 @@ use super::columns::{remove_column_groups, remove_columns_at_once, with_bias_col
 use super::layers::{LayerScore, LayerScores};
 use super::width::FFN_MULTIPLE;
 use crate::calib::{Collector, InputStats};
+use crate::encoder_dir::{check_new_dir, write_encoder_dir};
 use crate::CompressError;
 
 /// What to remove.
@@ -168,9 +169,7 @@ pub fn prune_encoder(dir: &Path, enc: &Encoder, sentences: &[&str], p: &EncoderP
     if sentences.is_empty() {
         return Err(bad("encoder pruning needs calibration sentences (give --calib)"));
     }
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(bad(format!("{} exists and is not an empty directory: give a new directory", out.display())));
-    }
+    check_new_dir(out)?;
     let st = SafetensorsFile::open(dir.join("model.safetensors")).map_err(|e| bad(format!("reading {}: {e}", dir.join("model.safetensors").display())))?;
     let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
     let heads_before = layer_heads(cfg)?;
@@ -284,42 +283,6 @@ pub fn prune_encoder(dir: &Path, enc: &Encoder, sentences: &[&str], p: &EncoderP
         config["pruned_heads"] = serde_json::json!(kept_heads);
     }
     let heads_after = (0..n_layers).filter(|l| !removed.contains(l)).map(|l| n_heads - pruned_heads.get(&l).map_or(0, BTreeSet::len)).collect();
-    // Written into a temporary directory beside `out`, renamed into place when complete.
-    let tmp = out.with_file_name(format!(".{}.smelt-tmp", out.file_name().and_then(|n| n.to_str()).unwrap_or("pruned")));
-    std::fs::remove_dir_all(&tmp).ok();
-    let write = || -> std::io::Result<()> {
-        copy_dir(dir, &tmp)?;
-        std::fs::write(tmp.join("model.safetensors"), &bytes)?;
-        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config).map_err(std::io::Error::other)?)?;
-        if out.exists() {
-            std::fs::remove_dir(out)?;
-        }
-        std::fs::rename(&tmp, out)
-    };
-    if let Err(e) = write() {
-        std::fs::remove_dir_all(&tmp).ok();
-        return Err(bad(format!("writing {}: {e}", out.display())));
-    }
+    write_encoder_dir(dir, &config, &bytes, out)?;
     Ok(EncoderReport { ffn_before: ffn, ffn_after: keep_ffn, heads_before, heads_after, removed_layers: removed.into_iter().collect(), scores, params: (before, after), sentences: sentences.len(), tokens, bytes: bytes.len() as u64 })
-}
-
-/// Copies the regular files of `from` (and of its subdirectories) into `to`, skipping checksum
-/// side files and ONNX exports (they describe the original weights).
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let (path, name) = (e.path(), e.file_name());
-        let n = name.to_string_lossy();
-        if n.ends_with(".sha256") || n.ends_with(".onnx") || n == "model.safetensors" || n == "onnx" {
-            continue;
-        }
-        let ty = e.file_type()?;
-        if ty.is_dir() {
-            copy_dir(&path, &to.join(&name))?;
-        } else if ty.is_file() {
-            std::fs::copy(&path, to.join(&name))?;
-        }
-    }
-    Ok(())
 }

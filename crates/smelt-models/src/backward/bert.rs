@@ -56,6 +56,7 @@ pub struct BertTrain {
     /// Heads of each layer (HF `pruned_heads` honoured).
     pub heads: Vec<usize>,
     pub params: Params,
+    prefix: String,
     word: Range<usize>,     // (vocab, d)
     position: Range<usize>, // (max_position, d)
     token_type: Range<usize>,
@@ -105,6 +106,9 @@ impl BertActs {
     }
 }
 
+/// Where [`BertTrain::from_fn`] gets a tensor: `(name, shape) -> values`.
+pub type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<f32>, ModelError> + 'a;
+
 /// Bounds on dimensions read from config.json (as the inference model checks them).
 const MAX_DIM: usize = 1 << 20;
 
@@ -123,7 +127,14 @@ impl BertTrain {
     /// Takes every tensor the encoder uses from `st` (names as HF writes them, with or without a
     /// `bert.` prefix, which the parameter names keep).
     pub fn from_safetensors(cfg: BertConfig, st: &SafetensorsFile) -> Result<BertTrain, ModelError> {
-        for (k, v) in [("hidden_size", cfg.hidden_size), ("num_attention_heads", cfg.num_attention_heads), ("intermediate_size", cfg.intermediate_size), ("max_position_embeddings", cfg.max_position_embeddings), ("type_vocab_size", cfg.type_vocab_size), ("vocab_size", cfg.vocab_size)] {
+        let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
+        Self::from_fn(cfg, prefix, &mut |name, shape| Ok(st.tensor_f32(name, Some(shape))?))
+    }
+
+    /// Builds the encoder of `cfg` from `get(name, shape)`, which returns the values of the
+    /// tensor called `prefix` + its HF name.
+    pub fn from_fn(cfg: BertConfig, prefix: &str, get: &mut TensorSource) -> Result<BertTrain, ModelError> {
+        for (k, v) in [("hidden_size", cfg.hidden_size), ("num_hidden_layers", cfg.num_hidden_layers), ("num_attention_heads", cfg.num_attention_heads), ("intermediate_size", cfg.intermediate_size), ("max_position_embeddings", cfg.max_position_embeddings), ("type_vocab_size", cfg.type_vocab_size), ("vocab_size", cfg.vocab_size)] {
             if v == 0 || v > MAX_DIM {
                 return Err(ModelError::hyper(k, v, format!("a dimension must be 1 to {MAX_DIM}")));
             }
@@ -136,12 +147,11 @@ impl BertTrain {
         }
         crate::bert::LAYER_NORM_EPS.check(cfg.layer_norm_eps).map_err(|e| ModelError::hyper("layer_norm_eps", cfg.layer_norm_eps, format!("must be {}", e.expected)))?;
         let heads = layer_heads(&cfg)?;
-        let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
         let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.hidden_size / cfg.num_attention_heads);
         let mut p = Params::default();
         let mut take = |name: &str, shape: &[usize]| -> Result<Range<usize>, ModelError> {
             let full = format!("{prefix}{name}");
-            let v = st.tensor_f32(&full, Some(shape))?;
+            let v = get(&full, shape)?;
             crate::error::check_finite(&full, &v)?;
             p.push(&full, shape, &v)
         };
@@ -170,7 +180,38 @@ impl BertTrain {
                 ln2: (take(&n("output.LayerNorm.weight"), &[d])?, take(&n("output.LayerNorm.bias"), &[d])?),
             });
         }
-        Ok(BertTrain { cfg, heads, params: p, word, position, token_type, ln_emb, layers })
+        Ok(BertTrain { cfg, heads, params: p, prefix: prefix.to_string(), word, position, token_type, ln_emb, layers })
+    }
+
+    /// A student of the layers `keep` (ascending, each below the layer count), renumbered from
+    /// 0, with everything else (embeddings, heads pruned per layer) as in this encoder.
+    pub fn keep_layers(&self, keep: &[usize]) -> Result<BertTrain, ModelError> {
+        let n = self.layers.len();
+        if keep.is_empty() || keep.windows(2).any(|w| w[0] >= w[1]) || keep.iter().any(|&l| l >= n) {
+            return Err(ModelError::hyper("layers to keep", format!("{keep:?}"), format!("give distinct layers in ascending order, each below {n}")));
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.num_hidden_layers = keep.len();
+        cfg.pruned_heads = keep.iter().enumerate().filter_map(|(i, l)| self.cfg.pruned_heads.get(&l.to_string()).map(|h| (i.to_string(), h.clone()))).collect();
+        let layer_prefix = format!("{}encoder.layer.", self.prefix);
+        BertTrain::from_fn(cfg, &self.prefix, &mut |name, _| {
+            let source = match name.strip_prefix(&layer_prefix).and_then(|r| r.split_once('.')) {
+                Some((i, rest)) => format!("{layer_prefix}{}.{rest}", keep[i.parse::<usize>().map_err(|_| ModelError::hyper("tensor", name, "bad layer index"))?]),
+                None => name.to_string(),
+            };
+            self.params.get(&source).map(<[f32]>::to_vec).ok_or_else(|| ModelError::MissingTensor { name: source, arch: "bert".into() })
+        })
+    }
+
+    /// `bert.` when the checkpoint's names carry it, else empty.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The ranges of the weight matrices (what weight decay applies to): not the biases, norms
+    /// or embeddings.
+    pub fn matrices(&self) -> Vec<Range<usize>> {
+        self.layers.iter().flat_map(|l| [l.q.clone(), l.k.clone(), l.v.clone(), l.o.clone(), l.up.clone(), l.down.clone()]).collect()
     }
 
     fn w(&self, r: &Range<usize>) -> &[f32] {

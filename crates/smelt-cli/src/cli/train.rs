@@ -1,0 +1,114 @@
+//! Arguments of the training commands (distill).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+pub const DISTILL_HELP: &str = "How (sentence encoders): the student starts as the teacher with layers dropped (--keep-layers, or --layers N chosen by the pruning's layer scores on the data) or as any encoder directory of the teacher's width and vocabulary (--student, e.g. from `smelt prune --method width`); the teacher's sentence vectors of every training sentence are computed once and kept in memory (1.5 kB a sentence at width 384); the student learns them with AdamW (--lr, linear warm-up over --warmup of the steps, cosine decay to 10%), gradient clipping (--clip) and accumulation (--accumulate), minimizing --cos-weight x (1 - cos) + --mse-weight x MSE of the normalized vectors + --hidden-weight x the MSE of hidden states paired by --layer-map. Every --eval-every steps the validation gap (1 - cos to the teacher on held-out sentences: --val, or every 50th data sentence) is measured; the best student is written. The data order is seeded (--seed): a run is repeatable, and --resume continues from the checkpoint exactly where it stopped.\n\n\
+Data: prose (.txt and others: split into sentences of 4 words or more), one text per line (--lines), or JSON lines (.jsonl: a string or {\"text\": ...} per line). Use text other than the one you evaluate on.\n\n\
+Files: the student directory (-o; tokenizer, pooling and modules copied from the source, config.json with the student's shape, F32 model.safetensors) with smelt_distill.json (settings and results); the JSON-lines training log (--log, default OUT.train.jsonl); the checkpoint (--checkpoint, default OUT.ckpt; written every --checkpoint-every steps and on Ctrl-C, removed when the run finishes unless --keep-checkpoint).\n\n\
+Examples:\n  smelt distill --teacher all-minilm-l6-v2 --keep-layers 0,2,4 --data austen/*.txt -o minilm-l3\n  \
+smelt distill --layers 3 --data news.txt --lines --epochs 2 -o minilm-l3 --hidden-weight 1\n  \
+smelt distill --keep-layers 0,2,4 --data austen/*.txt -o minilm-l3 --resume";
+
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// The teacher: a sentence-transformers directory or a model name.
+    #[arg(long, value_name = "MODEL", default_value = "all-minilm-l6-v2")]
+    pub teacher: String,
+    /// Start from this encoder directory (the teacher's width and vocabulary), e.g. one written
+    /// by `smelt prune`.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["keep_layers", "layers"])]
+    pub student: Option<PathBuf>,
+    /// Make the student from these teacher layers (0-based, ascending): 0,2,4.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', conflicts_with = "layers")]
+    pub keep_layers: Vec<usize>,
+    /// Make the student from N teacher layers, the others removed by their layer scores
+    /// (angular distance over the data's first 512 sentences).
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    /// The student directory to write (new or empty).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Training text files (repeatable; see below for the formats).
+    #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Take each non-empty line of the data files as one text (else prose is split into
+    /// sentences).
+    #[arg(long)]
+    pub lines: bool,
+    /// Held-out validation texts (same formats); default every 50th data sentence (at most
+    /// 1,000), not trained on.
+    #[arg(long, value_name = "FILE")]
+    pub val: Option<PathBuf>,
+    /// Use at most N training sentences (evenly spaced over the data).
+    #[arg(long, value_name = "N")]
+    pub max_sentences: Option<usize>,
+    /// Tokens per sentence, [CLS] and [SEP] included (longer ones are cut).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_length: usize,
+    /// Weight of the loss 1 - cos(student vector, teacher vector).
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    pub cos_weight: f32,
+    /// Weight of the MSE between the normalized vectors (sentence-transformers' MSELoss).
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub mse_weight: f32,
+    /// Weight of the MSE between hidden states paired by --layer-map.
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub hidden_weight: f32,
+    /// STUDENT:TEACHER layer pairs for --hidden-weight (0-based), e.g. 0:1,1:3,2:5; default
+    /// each student layer to the teacher layer it was made from.
+    #[arg(long, value_name = "PAIRS", value_delimiter = ',')]
+    pub layer_map: Vec<String>,
+    /// Passes over the training sentences (unless --steps).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub epochs: usize,
+    /// Optimizer steps in all (overrides --epochs).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u64>,
+    /// Sentences per micro-batch.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub batch: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub accumulate: usize,
+    /// Peak learning rate.
+    #[arg(long, value_name = "X", default_value_t = 1e-4)]
+    pub lr: f32,
+    /// Fraction of the steps spent warming the learning rate up.
+    #[arg(long, value_name = "X", default_value_t = 0.05)]
+    pub warmup: f64,
+    /// AdamW's decoupled weight decay (on the weight matrices).
+    #[arg(long, value_name = "X", default_value_t = 0.01)]
+    pub weight_decay: f32,
+    /// Clip the gradient to this global norm (0: no clipping).
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub clip: f32,
+    /// Seed of the data order.
+    #[arg(long, value_name = "N", default_value_t = 42)]
+    pub seed: u64,
+    /// Measure the validation gap every N steps (0: only at the end).
+    #[arg(long, value_name = "N", default_value_t = 250)]
+    pub eval_every: u64,
+    /// Stop after N evaluations without improvement (0: never).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub patience: usize,
+    /// Write a checkpoint every N steps (0: only on Ctrl-C).
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// The checkpoint file (default OUT.ckpt).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint (same settings and data).
+    #[arg(long)]
+    pub resume: bool,
+    /// Keep the checkpoint when the run finishes.
+    #[arg(long)]
+    pub keep_checkpoint: bool,
+    /// The JSON-lines training log (default OUT.train.jsonl).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Print a JSON summary instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,232 @@
+//! `smelt distill`: a smaller sentence encoder learns a teacher's sentence vectors
+//! (`smelt_compress::distill`, trained by `smelt_train`); progress, Ctrl-C and the summary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use smelt_compress::distill::encoder::{EncoderDistill, EncoderLoss};
+use smelt_compress::distill::write_encoder_student;
+use smelt_compress::encoder_dir::check_new_dir;
+use smelt_compress::prune::encoder::{prune_encoder, EncoderPrune};
+use smelt_compress::prune::layers::LayerScore;
+use smelt_formats::texts::{parse_lines, sentences};
+use smelt_models::backward::BertTrain;
+use smelt_models::Encoder;
+use smelt_train::{Stop, TrainConfig, Trainer};
+
+use super::lm::{cancel_flag, Generating};
+use super::prune::StageBars;
+use crate::cli::{DistillArgs, Global};
+use crate::progress::Progress;
+
+/// The texts of one data file: JSON lines (.jsonl), one per line (`lines`), or prose split into
+/// sentences.
+fn texts_of(path: &Path, lines: bool) -> Result<Vec<String>> {
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    let out: Vec<String> = if jsonl {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        parse_lines(&bytes, true).with_context(|| format!("{}", path.display()))?.into_iter().map(|t| t.text).filter(|t| !t.trim().is_empty()).collect()
+    } else {
+        let text = super::read_utf8(path)?;
+        if lines {
+            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+        } else {
+            sentences(&text, usize::MAX)
+        }
+    };
+    if out.is_empty() {
+        anyhow::bail!("{} holds no texts{}", path.display(), if lines || jsonl { "" } else { " (no sentences of 4 words or more; give --lines for one text per line)" });
+    }
+    Ok(out)
+}
+
+/// `STUDENT:TEACHER` pairs.
+fn layer_map(pairs: &[String]) -> Result<Vec<(usize, usize)>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (s, t) = p.split_once(':').with_context(|| format!("--layer-map {p:?}: give STUDENT:TEACHER pairs such as 0:1,1:3"))?;
+            Ok((s.trim().parse().with_context(|| format!("--layer-map {p:?}"))?, t.trim().parse().with_context(|| format!("--layer-map {p:?}"))?))
+        })
+        .collect()
+}
+
+/// A sibling path of `out` with `suffix` appended to its name.
+fn beside(out: &Path, suffix: &str) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "student".into());
+    out.with_file_name(format!("{name}{suffix}"))
+}
+
+pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
+    let started = Instant::now();
+    check_new_dir(&args.output)?;
+    let teacher_dir = crate::resolve_model(&args.teacher, g.quiet)?;
+    let pool = g.pool();
+    let teacher = Encoder::load(&teacher_dir, None).with_context(|| format!("loading the teacher {}", teacher_dir.display()))?;
+    let max_len = args.max_length.min(teacher.max_len);
+
+    // Data: training sentences, and validation ones held out.
+    let mut texts = Vec::new();
+    for f in &args.data {
+        texts.extend(texts_of(f, args.lines)?);
+    }
+    let (train_texts, val_texts): (Vec<String>, Vec<String>) = match &args.val {
+        Some(v) => (texts, texts_of(v, args.lines)?),
+        None => {
+            let (mut tr, mut va) = (Vec::new(), Vec::new());
+            for (i, t) in texts.into_iter().enumerate() {
+                if i % 50 == 49 && va.len() < 1000 {
+                    va.push(t);
+                } else {
+                    tr.push(t);
+                }
+            }
+            (tr, va)
+        }
+    };
+    let mut train: Vec<Vec<u32>> = train_texts.iter().map(|t| teacher.tok.encode(t, max_len)).collect();
+    if let Some(m) = args.max_sentences.filter(|&m| m < train.len()) {
+        // An evenly spaced subset, so that every data file is represented.
+        let n = train.len();
+        train = (0..m).map(|i| std::mem::take(&mut train[i * n / m])).collect();
+    }
+    let val: Vec<Vec<u32>> = val_texts.iter().map(|t| teacher.tok.encode(t, max_len)).collect();
+
+    // The student, and the directory its side files come from.
+    let n_teacher = teacher.model.cfg.num_hidden_layers;
+    let scratch = beside(&args.output, ".smelt-student");
+    let (student, source, kept): (BertTrain, PathBuf, Vec<usize>) = if let Some(dir) = &args.student {
+        let s = BertTrain::from_dir(dir).with_context(|| format!("loading the student {}", dir.display()))?;
+        let kept = (0..s.cfg.num_hidden_layers).map(|i| (i * n_teacher / s.cfg.num_hidden_layers.max(1) + n_teacher / s.cfg.num_hidden_layers.max(1)).saturating_sub(1).min(n_teacher - 1)).collect();
+        let same_tok = std::fs::read(dir.join("tokenizer.json")).ok() == std::fs::read(teacher_dir.join("tokenizer.json")).ok() || std::fs::read(dir.join("vocab.txt")).ok() == std::fs::read(teacher_dir.join("vocab.txt")).ok();
+        if !same_tok {
+            anyhow::bail!("the student {} and the teacher tokenize differently (their tokenizer.json and vocab.txt differ): distillation needs the same tokenizer", dir.display());
+        }
+        (s, dir.clone(), kept)
+    } else if !args.keep_layers.is_empty() {
+        let full = BertTrain::from_dir(&teacher_dir)?;
+        (full.keep_layers(&args.keep_layers)?, teacher_dir.clone(), args.keep_layers.clone())
+    } else if let Some(n) = args.layers {
+        if n == 0 || n >= n_teacher {
+            anyhow::bail!("--layers {n}: the student needs 1 to {} of the teacher's {n_teacher} layers", n_teacher - 1);
+        }
+        std::fs::remove_dir_all(&scratch).ok();
+        let calib: Vec<&str> = train_texts.iter().take(512).map(String::as_str).collect();
+        let p = EncoderPrune { ffn: 0.0, heads: 0.0, layers: n_teacher - n, layer_score: LayerScore::Angular, damp: 0.01, bias: true, batch: 32 };
+        let mut bars = StageBars::new(g.quiet);
+        let r = prune_encoder(&teacher_dir, &teacher, &calib, &p, &scratch, &pool, &mut |d, t, w| bars.step(d, t, w))?;
+        bars.finish();
+        let kept: Vec<usize> = (0..n_teacher).filter(|l| !r.removed_layers.contains(l)).collect();
+        if !g.quiet {
+            eprintln!("student: teacher layers {kept:?} (removed {:?} by angular distance)", r.removed_layers);
+        }
+        (BertTrain::from_dir(&scratch)?, scratch.clone(), kept)
+    } else {
+        anyhow::bail!("say where the student comes from: --keep-layers 0,2,4, --layers N, or --student DIR");
+    };
+    let mut map = layer_map(&args.layer_map)?;
+    if map.is_empty() && args.hidden_weight > 0.0 {
+        map = kept.iter().enumerate().map(|(s, &t)| (s, t)).collect();
+    }
+    let loss = EncoderLoss { cos: args.cos_weight, mse: args.mse_weight, hidden: args.hidden_weight, layer_map: map.clone() };
+
+    let mut bar = Progress::new("teacher vectors", (train.len() + val.len()) as u64, false, g.quiet);
+    let mut obj = EncoderDistill::new(&teacher, student, train, val, loss, &pool, &mut |d, _| {
+        let n = (d as u64).saturating_sub(bar.done());
+        bar.inc(n, "");
+    })?;
+    bar.finish();
+    let (n_train, n_val) = obj.sizes();
+    let per_epoch = (n_train / args.batch.max(1) / args.accumulate.max(1)).max(1) as u64;
+    let steps = args.steps.unwrap_or(per_epoch * args.epochs as u64);
+    let checkpoint = args.checkpoint.clone().unwrap_or_else(|| beside(&args.output, ".ckpt"));
+    let log_path = args.log.clone().unwrap_or_else(|| beside(&args.output, ".train.jsonl"));
+    let cfg = TrainConfig {
+        steps,
+        batch: args.batch,
+        accumulate: args.accumulate,
+        lr: args.lr,
+        warmup: (args.warmup * steps as f64).round() as u64,
+        min_lr_ratio: 0.1,
+        weight_decay: args.weight_decay,
+        clip: args.clip,
+        seed: args.seed,
+        eval_every: if args.eval_every == 0 { steps } else { args.eval_every },
+        patience: args.patience as u32,
+        checkpoint_every: args.checkpoint_every,
+        checkpoint: Some(checkpoint.clone()),
+        resume: args.resume,
+    };
+    cfg.check(n_train)?;
+    let gap_before = if args.resume { None } else { Some(obj.val_gap()?) };
+    if !g.quiet {
+        eprintln!(
+            "distill: {n_train} training and {n_val} validation sentences; {steps} steps of {} x {}; teacher vectors cached in memory ({:.1} MB){}",
+            args.batch,
+            args.accumulate,
+            obj.cache_bytes() as f64 / 1e6,
+            gap_before.map(|v| format!("; validation gap before training {v:.5}")).unwrap_or_default()
+        );
+    }
+    let mut log = std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&log_path).with_context(|| format!("opening the log {}", log_path.display()))?;
+    let stop = cancel_flag();
+    let _generating = Generating::start();
+    let mut bar = Progress::new("distill", steps, false, g.quiet);
+    let mut trainer = Trainer { cfg, log: Some(&mut log), stop: Some(stop) };
+    let outcome = trainer.run(&mut obj, &mut |p| {
+        let n = p.step.saturating_sub(bar.done());
+        bar.inc(n, &format!("loss {:.5}{} {:.0} tok/s", p.loss, p.val.map(|v| format!(" val {v:.5}")).unwrap_or_default(), p.tokens_per_s));
+    });
+    bar.finish();
+    drop(_generating);
+    let outcome = outcome?;
+    if outcome.stop == Stop::Interrupted {
+        eprintln!("interrupted after step {} of {steps}: the checkpoint is {}; run the same command with --resume to continue", outcome.steps, checkpoint.display());
+        std::fs::remove_dir_all(&scratch).ok();
+        return Ok(130);
+    }
+    let gap_after = obj.val_gap()?;
+    write_encoder_student(&obj.student, &source, &args.output)?;
+    std::fs::remove_dir_all(&scratch).ok();
+    if !args.keep_checkpoint {
+        std::fs::remove_file(&checkpoint).ok();
+    }
+    let summary = json!({
+        "teacher": args.teacher,
+        "student_layers": obj.student.cfg.num_hidden_layers,
+        "student_from_teacher_layers": kept,
+        "student_params": obj.student.params.len(),
+        "teacher_params": teacher.model.n_params(),
+        "train_sentences": n_train,
+        "val_sentences": n_val,
+        "steps": outcome.steps,
+        "stopped": format!("{:?}", outcome.stop).to_lowercase(),
+        "batch": args.batch, "accumulate": args.accumulate, "lr": args.lr, "seed": args.seed,
+        "loss": {"cos": args.cos_weight, "mse": args.mse_weight, "hidden": args.hidden_weight, "layer_map": map},
+        "val_gap_before": gap_before,
+        "val_gap_after": gap_after,
+        "best_val_gap": outcome.best_val,
+        "tokens": outcome.tokens,
+        "train_seconds": outcome.seconds,
+        "tokens_per_s": outcome.tokens as f64 / outcome.seconds.max(1e-9),
+        "wall_seconds": started.elapsed().as_secs_f64(),
+        "peak_rss_bytes": crate::sys::peak_rss(),
+        "teacher_cache_bytes": obj.cache_bytes(),
+        "log": log_path.display().to_string(),
+        "output": args.output.display().to_string(),
+    });
+    std::fs::write(args.output.join("smelt_distill.json"), serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", args.output.join("smelt_distill.json").display()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        writeln!(out, "student    {} layers (teacher layers {:?}), {} parameters (teacher {})", obj.student.cfg.num_hidden_layers, kept, obj.student.params.len(), teacher.model.n_params())?;
+        writeln!(out, "trained    {} steps on {n_train} sentences, {:.0} s, {:.0} tokens/s", outcome.steps, outcome.seconds, outcome.tokens as f64 / outcome.seconds.max(1e-9))?;
+        writeln!(out, "val gap    1 - cos to the teacher on {n_val} held-out sentences: {} -> {gap_after:.5}", gap_before.map(|v| format!("{v:.5}")).unwrap_or("(resumed)".into()))?;
+        writeln!(out, "wrote      {} (log {})", args.output.display(), log_path.display())?;
+    }
+    Ok(0)
+}

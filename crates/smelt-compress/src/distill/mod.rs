@@ -1,0 +1,41 @@
+//! Knowledge distillation (Hinton et al. 2015): a smaller student learns to reproduce a teacher.
+//! Encoders ([`encoder`]) learn the teacher's sentence vectors; the student is the teacher with
+//! layers dropped or narrowed (the pruning module's output), trained by [`smelt_train`].
+
+pub mod encoder;
+
+use std::path::Path;
+
+use smelt_formats::safetensors::{serialize_f32, SafetensorsFile};
+use smelt_models::backward::BertTrain;
+
+use crate::encoder_dir::write_encoder_dir;
+use crate::CompressError;
+
+/// Writes `student` as a sentence-transformers directory `out`: the side files of `source` (the
+/// directory the student was made from), its config.json with the student's layer count, FFN
+/// width and pruned heads, and F32 weights: the student's, plus the tensors of `source` that are
+/// not trained and belong to no removed layer (BERT's pooler).
+pub fn write_encoder_student(student: &BertTrain, source: &Path, out: &Path) -> Result<(), CompressError> {
+    let bad = |m: String| CompressError::Output(m);
+    let st = SafetensorsFile::open(source.join("model.safetensors")).map_err(|e| bad(format!("reading {}: {e}", source.join("model.safetensors").display())))?;
+    let mut tensors = student.params.tensors();
+    let layer_prefix = format!("{}encoder.layer.", student.prefix());
+    for t in st.tensors() {
+        if student.params.get(&t.name).is_none() && !t.name.starts_with(&layer_prefix) {
+            tensors.push((t.name.clone(), t.shape.clone(), st.tensor_f32(&t.name, None).map_err(|e| bad(e.to_string()))?));
+        }
+    }
+    let bytes = serialize_f32(&tensors).map_err(|e| bad(e.to_string()))?;
+    let path = source.join("config.json");
+    let mut config: serde_json::Value = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    config["num_hidden_layers"] = serde_json::json!(student.cfg.num_hidden_layers);
+    config["intermediate_size"] = serde_json::json!(student.cfg.intermediate_size);
+    match config.as_object_mut() {
+        Some(o) if student.cfg.pruned_heads.is_empty() => {
+            o.remove("pruned_heads");
+        }
+        _ => config["pruned_heads"] = serde_json::json!(student.cfg.pruned_heads),
+    }
+    write_encoder_dir(source, &config, &bytes, out)
+}
