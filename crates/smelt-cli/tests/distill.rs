@@ -52,6 +52,8 @@ fn distill_writes_a_student_and_resumes_after_ctrl_c() {
     let (before, after) = (v["val_gap_before"].as_f64().unwrap(), v["val_gap_after"].as_f64().unwrap());
     assert!(after < before, "validation gap {before} -> {after}");
     assert!(whole.join("smelt_distill.json").exists() && whole.join("tokenizer.json").exists());
+    let page = std::fs::read_to_string(whole.join("training.html")).unwrap();
+    assert!(page.contains("class=\"series\"") && page.contains("val_gap_after"), "the report has the loss curve and the summary");
     assert!(!d.join("whole.ckpt").exists(), "the checkpoint of a finished run is removed");
     let log = std::fs::read_to_string(d.join("whole.train.jsonl")).unwrap();
     assert!(log.lines().count() >= 300, "a log line per step");

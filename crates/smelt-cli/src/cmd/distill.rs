@@ -54,6 +54,23 @@ fn layer_map(pairs: &[String]) -> Result<Vec<(usize, usize)>> {
         .collect()
 }
 
+/// The HTML page of the run: the summary and the loss curves read back from the log.
+fn write_report(path: &Path, summary: &serde_json::Value, log: &Path) -> Result<()> {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for line in std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let step = v["step"].as_f64().unwrap_or(f64::NAN);
+        if let Some(l) = v["loss"].as_f64() {
+            train.push((step, l));
+        } else if let Some(l) = v["val_loss"].as_f64() {
+            val.push((step, l));
+        }
+    }
+    let rows: Vec<(String, String)> = summary.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()).unwrap_or_default();
+    let page = smelt_eval::report::training_html("smelt distill", &rows, &train, &val);
+    std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
+}
+
 /// A sibling path of `out` with `suffix` appended to its name.
 fn beside(out: &Path, suffix: &str) -> PathBuf {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "student".into());
@@ -219,6 +236,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
         "output": args.output.display().to_string(),
     });
     std::fs::write(args.output.join("smelt_distill.json"), serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", args.output.join("smelt_distill.json").display()))?;
+    write_report(&args.output.join("training.html"), &summary, &log_path)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::svg::{bars, esc, scatter, Point};
+use super::svg::{bars, esc, lines, scatter, Point};
 use super::{cell, columns, context_lines};
 use crate::record::{pareto, Record};
 
@@ -95,5 +95,23 @@ fn plots(record: &Record, best: Option<usize>) -> Vec<String> {
         let unit = if decoder { "mJ per generated token" } else { "mJ per text" };
         out.push(bars(&format!("Energy ({method})"), unit, &energy));
     }
+    out
+}
+
+/// A training run's page: the settings and results as a table of `(name, value)` rows, and the
+/// loss curves (training loss per step, validation loss per evaluation) on a log scale.
+pub fn training_html(title: &str, rows: &[(String, String)], train: &[(f64, f64)], val: &[(f64, f64)]) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head><body><h1>{t}</h1><table><tbody>", t = esc(title));
+    for (k, v) in rows {
+        let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    }
+    out.push_str("</tbody></table><div class=\"plots\">");
+    let mut series = vec![("training loss".to_string(), train.to_vec())];
+    if !val.is_empty() {
+        series.push(("validation loss".to_string(), val.to_vec()));
+    }
+    out.push_str(&lines("Loss", "step", "loss", &series, true));
+    out.push_str("</div></body></html>\n");
     out
 }

@@ -121,6 +121,41 @@ pub fn scatter(title: &str, x_label: &str, y_label: &str, points: &[Point], fron
     out
 }
 
+/// Line series of `(x, y)` points, one colour each with a legend (training curves); with
+/// `log_y`, y on a log10 scale (points with y <= 0 left out).
+pub fn lines(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)], log_y: bool) -> String {
+    const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let mut out = String::new();
+    frame(&mut out, title, x_label, y_label);
+    let ty = |y: f64| if log_y { y.log10() } else { y };
+    let kept: Vec<Vec<(f64, f64)>> = series.iter().map(|(_, pts)| pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0)).collect()).collect();
+    let all = || kept.iter().flatten();
+    let (x0, x1) = range(all().map(|p| p.0));
+    let (y0, y1) = range(all().map(|p| ty(p.1)));
+    let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
+    let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
+    let _ = write!(out, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##);
+    for t in ticks(x0, x1, 6).into_iter().filter(|t| *t >= x0 && *t <= x1) {
+        let x = sx(t);
+        let _ = write!(out, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{b}" stroke="#eee"/><text x="{x:.1}" y="{ty}" text-anchor="middle" font-size="11">{l}</text>"##, b = TOP + ph, ty = TOP + ph + 16.0, l = fmt_tick(t));
+    }
+    let yt = if log_y { log_ticks(y0, y1) } else { ticks(y0, y1, 5).into_iter().filter(|t| *t >= y0 && *t <= y1).collect() };
+    for t in yt {
+        let y = sy(t);
+        let _ = write!(out, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{r}" y2="{y:.1}" stroke="#eee"/><text x="{tx}" y="{ty:.1}" text-anchor="end" font-size="11">{l}</text>"##, r = LEFT + pw, tx = LEFT - 6.0, ty = y + 4.0, l = fmt_tick(if log_y { 10f64.powf(t) } else { t }));
+    }
+    for (k, ((label, _), pts)) in series.iter().zip(&kept).enumerate() {
+        let c = COLOURS[k % COLOURS.len()];
+        let path: Vec<String> = pts.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(ty(*y)))).collect();
+        let _ = write!(out, r##"<polyline class="series" points="{}" fill="none" stroke="{c}" stroke-width="1.5"/>"##, path.join(" "));
+        let ly = TOP + 14.0 + 16.0 * k as f64;
+        let _ = write!(out, r##"<line x1="{a:.1}" y1="{y:.1}" x2="{b:.1}" y2="{y:.1}" stroke="{c}" stroke-width="2"/><text x="{tx:.1}" y="{t:.1}" font-size="11">{l}</text>"##, a = W - RIGHT - 150.0, b = W - RIGHT - 130.0, y = ly, tx = W - RIGHT - 125.0, t = ly + 4.0, l = esc(label));
+    }
+    out.push_str("</svg>");
+    out
+}
+
 /// A horizontal bar chart of `(label, value)`.
 pub fn bars(title: &str, x_label: &str, items: &[(String, f64)]) -> String {
     let mut out = String::new();
@@ -140,6 +175,16 @@ pub fn bars(title: &str, x_label: &str, items: &[(String, f64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_charts_draw_every_series_with_a_legend() {
+        let train: Vec<(f64, f64)> = (1..=50).map(|s| (s as f64, 1.0 / s as f64)).collect();
+        let svg = lines("loss", "step", "loss", &[("train".into(), train), ("validation <gap>".into(), vec![(10.0, 0.2), (50.0, f64::NAN), (50.0, 0.05)])], true);
+        assert_eq!(svg.matches("class=\"series\"").count(), 2);
+        assert!(svg.contains("validation &lt;gap&gt;") && svg.ends_with("</svg>") && !svg.contains("NaN"));
+        let first = svg.split("class=\"series\" points=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert_eq!(first.split(' ').count(), 50);
+    }
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
