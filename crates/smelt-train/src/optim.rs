@@ -24,13 +24,15 @@ pub struct AdamW {
     pub v: Vec<f32>,
     /// Steps taken so far.
     pub t: u64,
+    /// Threads the update is split over (elementwise, so the result does not depend on it).
+    pub threads: usize,
 }
 
 impl AdamW {
     /// PyTorch's defaults (`betas = (0.9, 0.999)`, `eps = 1e-8`) with `weight_decay`, for `n`
     /// parameters.
     pub fn new(n: usize, weight_decay: f32) -> AdamW {
-        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, m: vec![0.0; n], v: vec![0.0; n], t: 0 }
+        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, m: vec![0.0; n], v: vec![0.0; n], t: 0, threads: 1 }
     }
 
     /// One update of `params` by `grads` at learning rate `lr`; weight decay applies to the
@@ -46,11 +48,30 @@ impl AdamW {
         for r in decay {
             params[r.clone()].iter_mut().for_each(|p| *p *= shrink);
         }
-        for (((p, g), m), v) in params.iter_mut().zip(grads).zip(&mut self.m).zip(&mut self.v) {
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *p -= step * *m / ((*v / c2).sqrt() + self.eps);
-        }
+        let (eps, n) = (self.eps, params.len());
+        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+            for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *p -= step * *m / ((*v / c2).sqrt() + eps);
+            }
+        };
+        // Chunks of at least 64k parameters per thread; scoped threads, joined before returning.
+        let chunk = n.div_ceil(self.threads.max(1)).max(1 << 16);
+        std::thread::scope(|s| {
+            let parts = params.chunks_mut(chunk).zip(grads.chunks(chunk)).zip(self.m.chunks_mut(chunk)).zip(self.v.chunks_mut(chunk));
+            let mut first = None;
+            for (((p, g), m), v) in parts {
+                if first.is_none() {
+                    first = Some((p, g, m, v));
+                } else {
+                    s.spawn(move || update(p, g, m, v));
+                }
+            }
+            if let Some((p, g, m, v)) = first {
+                update(p, g, m, v);
+            }
+        });
     }
 }
 
@@ -121,6 +142,23 @@ mod tests {
         let (m2, v2) = (0.9 * m1 + 0.1 * g2, 0.999 * v1 + 0.001 * g2 * g2);
         let p2 = p1 - lr * (m2 / (1.0 - 0.81)) / ((v2 / (1.0 - 0.999f64.powi(2))).sqrt() + 1e-8);
         assert!((p[0] as f64 - p2).abs() < 1e-6, "{} vs {p2}", p[0]);
+    }
+
+    /// Split over threads, the update is the same to the bit.
+    #[test]
+    fn threads_do_not_change_the_update() {
+        let n = 300_000;
+        let g: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let run = |threads| {
+            let mut p: Vec<f32> = (0..n).map(|i| (i % 13) as f32 / 13.0).collect();
+            let mut opt = AdamW { threads, ..AdamW::new(n, 0.01) };
+            let decayed: Vec<_> = std::iter::once(0..n / 2).collect();
+            for _ in 0..3 {
+                opt.step(&mut p, &g, 1e-3, &decayed);
+            }
+            p.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(3));
     }
 
     #[test]

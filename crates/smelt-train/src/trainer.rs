@@ -66,6 +66,8 @@ pub struct TrainConfig {
     pub checkpoint: Option<PathBuf>,
     /// Continue from `checkpoint`.
     pub resume: bool,
+    /// Threads for the optimizer's update (the result does not depend on them).
+    pub threads: usize,
 }
 
 impl TrainConfig {
@@ -154,7 +156,7 @@ impl Trainer<'_> {
         cfg.check(n)?;
         let np = obj.params().len();
         let fingerprint = cfg.fingerprint(np, n);
-        let mut opt = AdamW::new(np, cfg.weight_decay);
+        let mut opt = AdamW { threads: cfg.threads, ..AdamW::new(np, cfg.weight_decay) };
         let mut state = LoopState { fingerprint: fingerprint.clone(), ..Default::default() };
         let mut best: Option<Vec<f32>> = None;
         if cfg.resume {

@@ -176,6 +176,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
         checkpoint_every: args.checkpoint_every,
         checkpoint: Some(checkpoint.clone()),
         resume: args.resume,
+        threads: g.n_threads(),
     };
     cfg.check(n_train)?;
     let gap_before = if args.resume { None } else { Some(obj.val_gap()?) };
