@@ -22,10 +22,11 @@ use std::path::Path;
 
 use smelt_formats::hf_config::{load_config, BertConfig, HfConfig};
 use smelt_formats::safetensors::SafetensorsFile;
-use smelt_kernels::pool::{Disjoint, ThreadPool};
+use smelt_kernels::pool::ThreadPool;
 
 use super::params::Params;
-use super::{attention, attention_backward, embedding_backward, gelu, gelu_backward, layernorm, layernorm_backward, linear, matmul, Heads};
+use super::par::{pair_mut, par_attention, par_attention_backward, par_gelu_backward, par_linear, par_linear_backward, par_map};
+use super::{embedding_backward, gelu, layernorm, layernorm_backward, Heads};
 use crate::bert::layer_heads;
 use crate::error::check_activations;
 use crate::ModelError;
@@ -256,7 +257,7 @@ impl BertTrain {
                 *out = vec![0f32; t * qw];
                 par_linear(pool, &a.x, self.w(w), Some(self.w(b)), (t, d, qw), out);
             }
-            let (probs, att) = par_attention(pool, &a.q, &a.k, &a.v, &starts, Heads { q: h, kv: h, dim: hd });
+            let (probs, att) = par_attention(pool, &a.q, &a.k, &a.v, &starts, Heads { q: h, kv: h, dim: hd }, false);
             a.probs = probs;
             a.att = att;
             a.r1 = vec![0f32; t * d];
@@ -300,25 +301,25 @@ impl BertTrain {
             layernorm_backward(&la.r2, self.w(&l.ln2.0), &la.s2, &dx, d, &mut dr2, dg, db);
             // r2 = x1 + g Wout^T + bout
             let mut dgact = vec![0f32; t * f];
-            par_linear_backward(pool, &la.g, self.w(&l.down), &dr2, (t, f, d), Some(&mut dgact), grads, &l.down, &l.downb);
+            par_linear_backward(pool, &la.g, self.w(&l.down), &dr2, (t, f, d), Some(&mut dgact), grads, &l.down, Some(&l.downb));
             let mut du = vec![0f32; t * f];
             par_gelu_backward(pool, &la.u, &dgact, &mut du);
             // u = x1 Win^T + bin; x1 also feeds r2 directly.
             let mut dx1 = vec![0f32; t * d];
-            par_linear_backward(pool, &la.x1, self.w(&l.up), &du, (t, d, f), Some(&mut dx1), grads, &l.up, &l.upb);
+            par_linear_backward(pool, &la.x1, self.w(&l.up), &du, (t, d, f), Some(&mut dx1), grads, &l.up, Some(&l.upb));
             dx1.iter_mut().zip(&dr2).for_each(|(a, b)| *a += *b);
             // x1 = LayerNorm(r1), r1 = x + A Wo^T + bo
             let mut dr1 = vec![0f32; t * d];
             let (dg, db) = pair_mut(grads, &l.ln1.0, &l.ln1.1);
             layernorm_backward(&la.r1, self.w(&l.ln1.0), &la.s1, &dx1, d, &mut dr1, dg, db);
             let mut datt = vec![0f32; t * qw];
-            par_linear_backward(pool, &la.att, self.w(&l.o), &dr1, (t, qw, d), Some(&mut datt), grads, &l.o, &l.ob);
-            let (dq, dk, dv) = par_attention_backward(pool, la, &datt, &a.starts, Heads { q: self.heads[li], kv: self.heads[li], dim: hd });
+            par_linear_backward(pool, &la.att, self.w(&l.o), &dr1, (t, qw, d), Some(&mut datt), grads, &l.o, Some(&l.ob));
+            let (dq, dk, dv) = par_attention_backward(pool, (&la.q, &la.k, &la.v), &la.probs, &datt, &a.starts, Heads { q: self.heads[li], kv: self.heads[li], dim: hd }, false);
             // Q, K, V = x W^T + b; x also feeds r1 directly.
             dx = dr1;
             let mut tmp = vec![0f32; t * d];
             for (dy, w, b) in [(&dq, &l.q, &l.qb), (&dk, &l.k, &l.kb), (&dv, &l.v, &l.vb)] {
-                par_linear_backward(pool, &la.x, self.w(w), dy, (t, d, qw), Some(&mut tmp), grads, w, b);
+                par_linear_backward(pool, &la.x, self.w(w), dy, (t, d, qw), Some(&mut tmp), grads, w, Some(b));
                 dx.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
             }
         }
@@ -332,120 +333,4 @@ impl BertTrain {
         embedding_backward(&vec![0u32; t], &de, d, &mut grads[self.token_type.clone()]);
         Ok(())
     }
-}
-
-/// Two disjoint sub-slices of `g` at once.
-fn pair_mut<'a>(g: &'a mut [f32], a: &Range<usize>, b: &Range<usize>) -> (&'a mut [f32], &'a mut [f32]) {
-    assert!(a.end <= b.start || b.end <= a.start, "overlapping parameter ranges");
-    if a.start < b.start {
-        let (lo, hi) = g.split_at_mut(b.start);
-        (&mut lo[a.clone()], &mut hi[..b.len()])
-    } else {
-        let (lo, hi) = g.split_at_mut(a.start);
-        (&mut hi[..a.len()], &mut lo[b.clone()])
-    }
-}
-
-/// Rows per pool task for `n` rows: one chunk per thread, at least 16 rows.
-fn row_chunk(pool: &ThreadPool, n: usize) -> usize {
-    n.div_ceil(pool.threads_here().max(1)).max(16)
-}
-
-/// [`linear`] with the rows of `x` split over the pool.
-fn par_linear(pool: &ThreadPool, x: &[f32], w: &[f32], b: Option<&[f32]>, (t, i, o): (usize, usize, usize), y: &mut [f32]) {
-    let out = Disjoint::new(y);
-    pool.for_chunks(t, row_chunk(pool, t), &|r| {
-        // SAFETY: each task writes its own rows of `y`.
-        let y = unsafe { out.slice(r.start * o..r.end * o) };
-        linear(&x[r.start * i..r.end * i], w, b, (r.len(), i, o), y);
-    });
-}
-
-/// Linear backward on the pool: `dx = dy W` by rows of `dy`, `dW += dy^T x` by rows of `W`
-/// (columns of `dy`), `db += sum_t dy`; `dw` and `db` are the ranges of `grads`.
-#[allow(clippy::too_many_arguments)]
-fn par_linear_backward(pool: &ThreadPool, x: &[f32], w: &[f32], dy: &[f32], (t, i, o): (usize, usize, usize), dx: Option<&mut [f32]>, grads: &mut [f32], dw: &Range<usize>, db: &Range<usize>) {
-    if let Some(dx) = dx {
-        let out = Disjoint::new(dx);
-        pool.for_chunks(t, row_chunk(pool, t), &|r| {
-            // SAFETY: each task writes its own rows of `dx`.
-            let dx = unsafe { out.slice(r.start * i..r.end * i) };
-            matmul(dx, &dy[r.start * o..r.end * o], w, (r.len(), i, o), false, false, false);
-        });
-    }
-    {
-        let dw_out = Disjoint::new(&mut grads[dw.clone()]);
-        pool.for_chunks(o, row_chunk(pool, o), &|r| {
-            // dW[r, :] += dy[:, r]^T x: an (|r| x t) by (t x i) product, `dy` read with strides.
-            // SAFETY: rows `r` of dW belong to this task; the strides stay inside `dy` and `x`.
-            unsafe {
-                gemm::gemm(r.len(), i, t, dw_out.as_mut_ptr().add(r.start * i), 1, i as isize, true, dy.as_ptr().add(r.start), o as isize, 1, x.as_ptr(), 1, i as isize, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None);
-            }
-        });
-    }
-    let db = &mut grads[db.clone()];
-    for row in dy[..t * o].chunks_exact(o) {
-        db.iter_mut().zip(row).for_each(|(d, g)| *d += *g);
-    }
-}
-
-/// `f(a_chunk, out_chunk)` over chunks of elementwise inputs on the pool.
-fn par_map(pool: &ThreadPool, a: &[f32], out: &mut [f32], f: &(dyn Fn(&[f32], &mut [f32]) + Sync)) {
-    let n = a.len();
-    let sink = Disjoint::new(out);
-    pool.for_chunks(n, n.div_ceil(pool.threads_here().max(1)).max(1024), &|r| f(&a[r.clone()], unsafe { sink.slice(r) }));
-}
-
-/// [`gelu_backward`] over chunks on the pool: `du = dg gelu'(u)`.
-fn par_gelu_backward(pool: &ThreadPool, u: &[f32], dg: &[f32], du: &mut [f32]) {
-    let n = u.len();
-    let sink = Disjoint::new(du);
-    // SAFETY (both maps): each task writes its own elements.
-    pool.for_chunks(n, n.div_ceil(pool.threads_here().max(1)).max(1024), &|r| gelu_backward(&u[r.clone()], &dg[r.clone()], unsafe { sink.slice(r) }));
-}
-
-/// Offsets of each sequence's probabilities (`h n^2`) in the flat buffer, and its length.
-fn prob_offsets(starts: &[usize], h: usize) -> (Vec<usize>, usize) {
-    let mut off = Vec::with_capacity(starts.len());
-    let mut total = 0;
-    for s in starts.windows(2) {
-        off.push(total);
-        total += h * (s[1] - s[0]).pow(2);
-    }
-    (off, total)
-}
-
-/// Bidirectional attention of every sequence, a pool task each: `(probs, output)`.
-fn par_attention(pool: &ThreadPool, q: &[f32], k: &[f32], v: &[f32], starts: &[usize], heads: Heads) -> (Vec<f32>, Vec<f32>) {
-    let w = heads.q * heads.dim;
-    let (off, total) = prob_offsets(starts, heads.q);
-    let (mut probs, mut att) = (vec![0f32; total], vec![0f32; starts[starts.len() - 1] * w]);
-    let (ps, os) = (Disjoint::new(&mut probs), Disjoint::new(&mut att));
-    pool.run(starts.len() - 1, &|s| {
-        let (a, z) = (starts[s], starts[s + 1]);
-        let n = z - a;
-        // SAFETY: sequence `s` alone writes its rows of the output and its probabilities.
-        let o = unsafe { os.slice(a * w..z * w) };
-        let p = attention(&q[a * w..z * w], &k[a * w..z * w], &v[a * w..z * w], n, heads, false, o);
-        unsafe { ps.slice(off[s]..off[s] + heads.q * n * n) }.copy_from_slice(&p);
-    });
-    (probs, att)
-}
-
-/// Attention backward of every sequence: `(dQ, dK, dV)`.
-fn par_attention_backward(pool: &ThreadPool, la: &LayerActs, datt: &[f32], starts: &[usize], heads: Heads) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let w = heads.q * heads.dim;
-    let t = starts[starts.len() - 1];
-    let (off, _) = prob_offsets(starts, heads.q);
-    let (mut dq, mut dk, mut dv) = (vec![0f32; t * w], vec![0f32; t * w], vec![0f32; t * w]);
-    let (qs, ks, vs) = (Disjoint::new(&mut dq), Disjoint::new(&mut dk), Disjoint::new(&mut dv));
-    pool.run(starts.len() - 1, &|s| {
-        let (a, z) = (starts[s], starts[s + 1]);
-        let n = z - a;
-        let rows = a * w..z * w;
-        // SAFETY: sequence `s` alone writes its rows of the three gradients.
-        let (gq, gk, gv) = unsafe { (qs.slice(rows.clone()), ks.slice(rows.clone()), vs.slice(rows.clone())) };
-        attention_backward(&la.q[rows.clone()], &la.k[rows.clone()], &la.v[rows.clone()], &la.probs[off[s]..off[s] + heads.q * n * n], &datt[rows], n, heads, gq, gk, gv);
-    });
-    (dq, dk, dv)
 }

@@ -22,9 +22,12 @@
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 pub mod bert;
+pub mod llama;
+pub mod par;
 pub mod params;
 
 pub use bert::{BertActs, BertTrain};
+pub use llama::{LlamaActs, LlamaTrain};
 pub use params::{Params, Slot};
 
 /// The floating-point types the backward passes run in.

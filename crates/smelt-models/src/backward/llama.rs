@@ -1,0 +1,325 @@
+//! The Llama decoder's training pass: the forward of [`crate::llama`] in f32 keeping every
+//! activation its backward needs, and that backward (llm.c's way, for a pre-RMSNorm decoder with
+//! RoPE, causal grouped-query attention and a SwiGLU FFN).
+//!
+//! For the `t` packed tokens of a batch (`starts` delimits the sequences; positions restart at 0
+//! in each; `d` hidden, a layer's `q = h d_head` and `kv = h_kv d_head`, FFN width `f`):
+//! ```text
+//! x_0 = E[id]                                                   (t x d)
+//! per layer, input x (kept):
+//!   h1 = rmsnorm(x) g_attn                                      (t x d)   kept, with 1/rms
+//!   Q = rope(h1 Wq^T), K = rope(h1 Wk^T), V = h1 Wv^T           (t x q, t x kv) kept, P per head
+//!   A = causal attention(Q, K, V) per sequence                  (t x q)   kept
+//!   r = x + A Wo^T                                              (t x d)   kept
+//!   h2 = rmsnorm(r) g_ffn                                       (t x d)   kept, with 1/rms
+//!   a = h2 Wgate^T, u = h2 Wup^T, s = silu(a) u                 (t x f)   kept
+//!   x' = r + s Wdown^T
+//! logits = rmsnorm(x_L) g_out E'^T   (E' = output.weight, or E when tied)   (t x vocab)
+//! ```
+//! Parameters carry llama.cpp's GGUF names (`token_embd.weight`, `blk.N.attn_q.weight`, ...).
+//! RoPE is llama.cpp's `llama` layout (interleaved pairs; the GGUF converter permuted Q and K).
+
+use std::ops::Range;
+
+use smelt_kernels::pool::ThreadPool;
+
+use super::params::Params;
+use super::par::{par_attention, par_attention_backward, par_linear, par_linear_backward};
+use super::{embedding_backward, rmsnorm, rmsnorm_backward, swiglu, swiglu_backward, Heads};
+use crate::error::check_activations;
+use crate::llama::{Llama, LlamaConfig};
+use crate::ops::{Rope, RopeStyle};
+use crate::ModelError;
+
+/// Where one block's tensors lie in [`Params::data`].
+#[derive(Clone, Debug)]
+struct BlockSlots {
+    attn_norm: Range<usize>, // (d)
+    q: Range<usize>,         // (q, d)
+    k: Range<usize>,         // (kv, d)
+    v: Range<usize>,         // (kv, d)
+    o: Range<usize>,         // (d, q)
+    ffn_norm: Range<usize>,  // (d)
+    gate: Range<usize>,      // (f, d)
+    up: Range<usize>,        // (f, d)
+    down: Range<usize>,      // (d, f)
+}
+
+/// A Llama decoder with f32 parameters in one buffer, ready for training.
+#[derive(Clone, Debug)]
+pub struct LlamaTrain {
+    pub cfg: LlamaConfig,
+    pub params: Params,
+    rope: Rope,
+    embed: Range<usize>,          // (vocab, d)
+    output: Option<Range<usize>>, // (vocab, d); None: tied to `embed`
+    output_norm: Range<usize>,    // (d)
+    blocks: Vec<BlockSlots>,
+}
+
+/// What the forward keeps of one block.
+#[derive(Debug, Default)]
+struct BlockActs {
+    x: Vec<f32>,
+    h1: Vec<f32>,
+    inv1: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    probs: Vec<f32>,
+    att: Vec<f32>,
+    r: Vec<f32>,
+    h2: Vec<f32>,
+    inv2: Vec<f32>,
+    a: Vec<f32>,
+    u: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Activations of one batch, from [`LlamaTrain::forward`].
+#[derive(Debug, Default)]
+pub struct LlamaActs {
+    pub starts: Vec<usize>,
+    ids: Vec<u32>,
+    positions: Vec<usize>,
+    blocks: Vec<BlockActs>,
+    /// The last block's output, its RMS-normalized form and `1 / rms`.
+    last: Vec<f32>,
+    hf: Vec<f32>,
+    inv_f: Vec<f32>,
+    /// `t x vocab`.
+    pub logits: Vec<f32>,
+}
+
+impl LlamaActs {
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Hidden states after block `l` (`t x d`).
+    pub fn hidden(&self, l: usize) -> &[f32] {
+        self.blocks.get(l + 1).map_or(&self.last, |b| &b.x)
+    }
+}
+
+/// Where [`LlamaTrain::from_fn`] gets a tensor: `(GGUF name, rows, cols) -> values`.
+pub type TensorSource<'a> = dyn FnMut(&str, usize, usize) -> Result<Vec<f32>, ModelError> + 'a;
+
+impl LlamaTrain {
+    /// The trainable copy of a loaded model: every matrix widened to f32 (a quantized file's
+    /// weights as its dequantization gives them). Refuses block biases (not trained yet).
+    pub fn from_llama(m: &Llama) -> Result<LlamaTrain, ModelError> {
+        let mut mats: std::collections::HashMap<String, &crate::linear::Linear> = std::collections::HashMap::new();
+        mats.insert("token_embd.weight".into(), &m.embed);
+        if let Some(o) = &m.output {
+            mats.insert("output.weight".into(), o);
+        }
+        for (i, l) in m.layers.iter().enumerate() {
+            for (n, lin) in [("attn_q", &l.wq), ("attn_k", &l.wk), ("attn_v", &l.wv), ("attn_output", &l.wo), ("ffn_gate", &l.gate), ("ffn_up", &l.up), ("ffn_down", &l.down)] {
+                if lin.bias().is_some() {
+                    return Err(ModelError::hyper(format!("blk.{i}.{n}.bias"), "present", "training a model with block biases is not supported yet"));
+                }
+                mats.insert(format!("blk.{i}.{n}.weight"), lin);
+            }
+        }
+        let norms = |name: &str| -> Option<&Vec<f32>> {
+            if name == "output_norm.weight" {
+                return Some(&m.output_norm);
+            }
+            let (i, rest) = name.strip_prefix("blk.")?.split_once('.')?;
+            let l = m.layers.get(i.parse::<usize>().ok()?)?;
+            match rest {
+                "attn_norm.weight" => Some(&l.attn_norm),
+                "ffn_norm.weight" => Some(&l.ffn_norm),
+                _ => None,
+            }
+        };
+        Self::from_fn(m.cfg.clone(), m.output.is_some(), &mut |name, rows, cols| {
+            if let Some(v) = norms(name) {
+                return Ok(v.clone());
+            }
+            let lin = mats.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.into(), arch: "llama".into() })?;
+            let mut out = vec![0f32; rows * cols];
+            for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+                lin.row_f32(r, row)?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Builds the decoder of `cfg` from `get`; `untied` when it has its own `output.weight`.
+    pub fn from_fn(cfg: LlamaConfig, untied: bool, get: &mut TensorSource) -> Result<LlamaTrain, ModelError> {
+        if cfg.shapes.len() != cfg.n_layers || cfg.dim == 0 || cfg.vocab == 0 || cfg.head_dim == 0 || cfg.rope_dim > cfg.head_dim {
+            return Err(ModelError::hyper("config", format!("{} layers, {} shapes, dim {}, head dim {}", cfg.n_layers, cfg.shapes.len(), cfg.dim, cfg.head_dim), "inconsistent shapes"));
+        }
+        if let Some((i, s)) = cfg.shapes.iter().enumerate().find(|(_, s)| s.n_kv_heads == 0 || s.n_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads)) {
+            return Err(ModelError::hyper(format!("layer {i} heads"), format!("{} / {}", s.n_heads, s.n_kv_heads), "query heads must be a positive multiple of key/value heads"));
+        }
+        let d = cfg.dim;
+        let mut p = Params::default();
+        let mut take = |name: &str, rows: usize, cols: usize| -> Result<Range<usize>, ModelError> {
+            let v = get(name, rows, cols)?;
+            crate::error::check_finite(name, &v)?;
+            let shape: Vec<usize> = if rows == 1 { vec![cols] } else { vec![rows, cols] };
+            p.push(name, &shape, &v)
+        };
+        let embed = take("token_embd.weight", cfg.vocab, d)?;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let (q, kv, f) = (cfg.q_dim(i), cfg.kv_dim(i), cfg.shapes[i].ffn_dim);
+            blocks.push(BlockSlots {
+                attn_norm: take(&n("attn_norm"), 1, d)?,
+                q: take(&n("attn_q"), q, d)?,
+                k: take(&n("attn_k"), kv, d)?,
+                v: take(&n("attn_v"), kv, d)?,
+                o: take(&n("attn_output"), d, q)?,
+                ffn_norm: take(&n("ffn_norm"), 1, d)?,
+                gate: take(&n("ffn_gate"), f, d)?,
+                up: take(&n("ffn_up"), f, d)?,
+                down: take(&n("ffn_down"), d, f)?,
+            });
+        }
+        let output_norm = take("output_norm.weight", 1, d)?;
+        let output = if untied { Some(take("output.weight", cfg.vocab, d)?) } else { None };
+        let rope = Rope::new(RopeStyle::Interleaved, cfg.rope_dim, cfg.rope_theta, cfg.rope_scale);
+        Ok(LlamaTrain { cfg, params: p, rope, embed, output, output_norm, blocks })
+    }
+
+    fn w(&self, r: &Range<usize>) -> &[f32] {
+        &self.params.data[r.clone()]
+    }
+
+    /// The ranges of the weight matrices of the blocks (what weight decay applies to).
+    pub fn matrices(&self) -> Vec<Range<usize>> {
+        self.blocks.iter().flat_map(|b| [b.q.clone(), b.k.clone(), b.v.clone(), b.o.clone(), b.gate.clone(), b.up.clone(), b.down.clone()]).collect()
+    }
+
+    /// Rotates (or, with `inverse`, rotates back: the backward) every row of `x` (`width` wide,
+    /// heads of `head_dim`) by its token's position.
+    fn rope_rows(&self, x: &mut [f32], width: usize, positions: &[usize], inverse: bool) {
+        let half = self.rope.dim / 2;
+        let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+        for (row, &pos) in x.chunks_exact_mut(width).zip(positions) {
+            self.rope.angles(pos, &mut cos, &mut sin);
+            if inverse {
+                sin.iter_mut().for_each(|s| *s = -*s);
+            }
+            self.rope.apply(row, self.cfg.head_dim, &cos, &sin);
+        }
+    }
+
+    /// Runs `seqs` (token sequences, each at most the training context), keeping the
+    /// activations for [`LlamaTrain::backward`]; the logits of every token are in the result.
+    pub fn forward(&self, pool: &ThreadPool, seqs: &[&[u32]]) -> Result<LlamaActs, ModelError> {
+        let c = &self.cfg;
+        let (d, eps) = (c.dim, c.norm_eps);
+        let (mut starts, mut ids, mut positions) = (vec![0usize], Vec::new(), Vec::new());
+        for s in seqs {
+            if s.len() > c.ctx_train {
+                return Err(ModelError::PromptTooLong { tokens: s.len(), context: c.ctx_train });
+            }
+            if let Some(&bad) = s.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(ModelError::BadToken { id: bad, vocab: c.vocab });
+            }
+            ids.extend_from_slice(s);
+            positions.extend(0..s.len());
+            starts.push(ids.len());
+        }
+        let t = ids.len();
+        let e = self.w(&self.embed);
+        let mut x: Vec<f32> = ids.iter().flat_map(|&id| e[id as usize * d..(id as usize + 1) * d].iter().copied()).collect();
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (li, b) in self.blocks.iter().enumerate() {
+            let (qd, kvd, f) = (c.q_dim(li), c.kv_dim(li), c.shapes[li].ffn_dim);
+            let heads = Heads { q: c.shapes[li].n_heads, kv: c.shapes[li].n_kv_heads, dim: c.head_dim };
+            let mut a = BlockActs { h1: vec![0f32; t * d], ..Default::default() };
+            a.inv1 = rmsnorm(&x, self.w(&b.attn_norm), eps, d, &mut a.h1);
+            a.x = x;
+            for (w, out, width) in [(&b.q, &mut a.q, qd), (&b.k, &mut a.k, kvd), (&b.v, &mut a.v, kvd)] {
+                *out = vec![0f32; t * width];
+                par_linear(pool, &a.h1, self.w(w), None, (t, d, width), out);
+            }
+            self.rope_rows(&mut a.q, qd, &positions, false);
+            self.rope_rows(&mut a.k, kvd, &positions, false);
+            (a.probs, a.att) = par_attention(pool, &a.q, &a.k, &a.v, &starts, heads, true);
+            a.r = vec![0f32; t * d];
+            par_linear(pool, &a.att, self.w(&b.o), None, (t, qd, d), &mut a.r);
+            a.r.iter_mut().zip(&a.x).for_each(|(r, x)| *r += *x);
+            a.h2 = vec![0f32; t * d];
+            a.inv2 = rmsnorm(&a.r, self.w(&b.ffn_norm), eps, d, &mut a.h2);
+            a.a = vec![0f32; t * f];
+            a.u = vec![0f32; t * f];
+            par_linear(pool, &a.h2, self.w(&b.gate), None, (t, d, f), &mut a.a);
+            par_linear(pool, &a.h2, self.w(&b.up), None, (t, d, f), &mut a.u);
+            a.s = vec![0f32; t * f];
+            swiglu(&a.a, &a.u, &mut a.s);
+            x = vec![0f32; t * d];
+            par_linear(pool, &a.s, self.w(&b.down), None, (t, f, d), &mut x);
+            x.iter_mut().zip(&a.r).for_each(|(x, r)| *x += *r);
+            check_activations(&x, d, || format!("block {li} (training forward)"))?;
+            blocks.push(a);
+        }
+        let mut hf = vec![0f32; t * d];
+        let inv_f = rmsnorm(&x, self.w(&self.output_norm), eps, d, &mut hf);
+        let mut logits = vec![0f32; t * c.vocab];
+        par_linear(pool, &hf, self.w(self.output.as_ref().unwrap_or(&self.embed)), None, (t, d, c.vocab), &mut logits);
+        Ok(LlamaActs { starts, ids, positions, blocks, last: x, hf, inv_f, logits })
+    }
+
+    /// Accumulates into `grads` the gradient of a loss whose gradient with respect to the logits
+    /// is `d_logits` (`t x vocab`), plus, for each `(l, g)` of `d_hidden`, `g` with respect to
+    /// the hidden states after block `l`.
+    pub fn backward(&self, pool: &ThreadPool, a: &LlamaActs, d_logits: &[f32], d_hidden: &[(usize, &[f32])], grads: &mut [f32]) -> Result<(), ModelError> {
+        let c = &self.cfg;
+        let (d, t, v) = (c.dim, a.tokens(), c.vocab);
+        if grads.len() != self.params.len() || d_logits.len() != t * v || d_hidden.iter().any(|(l, g)| *l >= self.blocks.len() || g.len() != t * d) {
+            return Err(ModelError::hyper("gradient", format!("{} values", grads.len()), format!("expected {} parameters and {t} x {v} logit gradients", self.params.len())));
+        }
+        // logits = hf E'^T: dhf = dlogits E', dE' += dlogits^T hf.
+        let out_w = self.output.clone().unwrap_or(self.embed.clone());
+        let mut dhf = vec![0f32; t * d];
+        par_linear_backward(pool, &a.hf, self.w(&out_w), d_logits, (t, d, v), Some(&mut dhf), grads, &out_w, None);
+        let mut dx = vec![0f32; t * d];
+        rmsnorm_backward(&a.last, self.w(&self.output_norm), &a.inv_f, &dhf, d, &mut dx, &mut grads[self.output_norm.clone()]);
+        for (li, (b, ba)) in self.blocks.iter().zip(&a.blocks).enumerate().rev() {
+            for (_, g) in d_hidden.iter().filter(|(k, _)| *k == li) {
+                dx.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += *b);
+            }
+            let (qd, kvd, f) = (c.q_dim(li), c.kv_dim(li), c.shapes[li].ffn_dim);
+            let heads = Heads { q: c.shapes[li].n_heads, kv: c.shapes[li].n_kv_heads, dim: c.head_dim };
+            // x' = r + s Wdown^T
+            let mut ds = vec![0f32; t * f];
+            par_linear_backward(pool, &ba.s, self.w(&b.down), &dx, (t, f, d), Some(&mut ds), grads, &b.down, None);
+            let (mut da, mut du) = (vec![0f32; t * f], vec![0f32; t * f]);
+            swiglu_backward(&ba.a, &ba.u, &ds, &mut da, &mut du);
+            // a = h2 Wgate^T, u = h2 Wup^T
+            let (mut dh2, mut tmp) = (vec![0f32; t * d], vec![0f32; t * d]);
+            par_linear_backward(pool, &ba.h2, self.w(&b.gate), &da, (t, d, f), Some(&mut dh2), grads, &b.gate, None);
+            par_linear_backward(pool, &ba.h2, self.w(&b.up), &du, (t, d, f), Some(&mut tmp), grads, &b.up, None);
+            dh2.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
+            // h2 = rmsnorm(r) g_ffn; r also feeds x' directly.
+            let mut dr = vec![0f32; t * d];
+            rmsnorm_backward(&ba.r, self.w(&b.ffn_norm), &ba.inv2, &dh2, d, &mut dr, &mut grads[b.ffn_norm.clone()]);
+            dr.iter_mut().zip(&dx).for_each(|(a, b)| *a += *b);
+            // r = x + A Wo^T
+            let mut datt = vec![0f32; t * qd];
+            par_linear_backward(pool, &ba.att, self.w(&b.o), &dr, (t, qd, d), Some(&mut datt), grads, &b.o, None);
+            let (mut dq, mut dk, dv) = par_attention_backward(pool, (&ba.q, &ba.k, &ba.v), &ba.probs, &datt, &a.starts, heads, true);
+            self.rope_rows(&mut dq, qd, &a.positions, true);
+            self.rope_rows(&mut dk, kvd, &a.positions, true);
+            // Q, K, V from h1; h1 = rmsnorm(x) g_attn; x also feeds r directly.
+            let mut dh1 = vec![0f32; t * d];
+            let mut tmp = vec![0f32; t * d];
+            for (dy, w, width) in [(&dq, &b.q, qd), (&dk, &b.k, kvd), (&dv, &b.v, kvd)] {
+                par_linear_backward(pool, &ba.h1, self.w(w), dy, (t, d, width), Some(&mut tmp), grads, w, None);
+                dh1.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
+            }
+            dx = vec![0f32; t * d];
+            rmsnorm_backward(&ba.x, self.w(&b.attn_norm), &ba.inv1, &dh1, d, &mut dx, &mut grads[b.attn_norm.clone()]);
+            dx.iter_mut().zip(&dr).for_each(|(a, b)| *a += *b);
+        }
+        embedding_backward(&a.ids, &dx, d, &mut grads[self.embed.clone()]);
+        Ok(())
+    }
+}
