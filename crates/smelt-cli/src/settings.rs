@@ -108,6 +108,9 @@ pub const SETTINGS: &[Setting] = &[
     int("stride", &[], 1, MAX_TOKENS),
     // Training (distill).
     int("max_sentences", &["distill"], 1, 1 << 32),
+    int("ctx", &["distill"], 2, MAX_TOKENS),
+    of("kl_weight", Ty::F32, Bound::float("kl_weight", 0.0, 1e6)),
+    of("ce_weight", Ty::F32, Bound::float("ce_weight", 0.0, 1e6)),
     of("cos_weight", Ty::F32, Bound::float("cos_weight", 0.0, 1e6)),
     of("mse_weight", Ty::F32, Bound::float("mse_weight", 0.0, 1e6)),
     of("hidden_weight", Ty::F32, Bound::float("hidden_weight", 0.0, 1e6)),

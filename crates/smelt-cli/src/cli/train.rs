@@ -5,19 +5,21 @@ use std::path::PathBuf;
 use clap::Args;
 
 pub const DISTILL_HELP: &str = "How (sentence encoders): the student starts as the teacher with layers dropped (--keep-layers, or --layers N chosen by the pruning's layer scores on the data) or as any encoder directory of the teacher's width and vocabulary (--student, e.g. from `smelt prune --method width`); the teacher's sentence vectors of every training sentence are computed once and kept in memory (1.5 kB a sentence at width 384); the student learns them with AdamW (--lr, linear warm-up over --warmup of the steps, cosine decay to 10%), gradient clipping (--clip) and accumulation (--accumulate), minimizing --cos-weight x (1 - cos) + --mse-weight x MSE of the normalized vectors + --hidden-weight x the MSE of hidden states paired by --layer-map. Every --eval-every steps the validation gap (1 - cos to the teacher on held-out sentences: --val, or every 50th data sentence) is measured; the best student is written. The data order is seeded (--seed): a run is repeatable, and --resume continues from the checkpoint exactly where it stopped.\n\n\
+Decoders (a GGUF teacher such as smollm2-135m, run with its weights widened to F32): the student is the teacher with blocks removed (--keep-layers, or --layers N kept by angular distance over the data) or a GGUF file (--student); the text is cut into chunks of --ctx tokens and the student learns the teacher's next-token distributions (--kl-weight x T^2 x KL at --temperature, plus --ce-weight x the cross-entropy on the text); the validation loss is the KL divergence on held-out chunks; the student is written as an F32 GGUF (OUT, with OUT.distill.json and OUT.training.html) that llama.cpp and smelt run; `smelt quantize` makes it small.\n\n\
 Data: prose (.txt and others: split into sentences of 4 words or more), one text per line (--lines), or JSON lines (.jsonl: a string or {\"text\": ...} per line). Use text other than the one you evaluate on.\n\n\
 Files: the student directory (-o; tokenizer, pooling and modules copied from the source, config.json with the student's shape, F32 model.safetensors) with smelt_distill.json (settings and results); the JSON-lines training log (--log, default OUT.train.jsonl); the checkpoint (--checkpoint, default OUT.ckpt; written every --checkpoint-every steps and on Ctrl-C, removed when the run finishes unless --keep-checkpoint).\n\n\
 Examples:\n  smelt distill --teacher all-minilm-l6-v2 --keep-layers 0,2,4 --data austen/*.txt -o minilm-l3\n  \
 smelt distill --layers 3 --data news.txt --lines --epochs 2 -o minilm-l3 --hidden-weight 1\n  \
-smelt distill --keep-layers 0,2,4 --data austen/*.txt -o minilm-l3 --resume";
+smelt distill --keep-layers 0,2,4 --data austen/*.txt -o minilm-l3 --resume\n  \
+smelt distill --teacher smollm2-135m --layers 22 --data austen/*.txt --ctx 256 --batch 4 -o smollm2-22.gguf";
 
 #[derive(Args, Debug)]
 pub struct DistillArgs {
-    /// The teacher: a sentence-transformers directory or a model name.
+    /// The teacher: a sentence-transformers directory, a GGUF decoder, or a model name.
     #[arg(long, value_name = "MODEL", default_value = "all-minilm-l6-v2")]
     pub teacher: String,
     /// Start from this encoder directory (the teacher's width and vocabulary), e.g. one written
-    /// by `smelt prune`.
+    /// by `smelt prune`; for a decoder, a GGUF file.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["keep_layers", "layers"])]
     pub student: Option<PathBuf>,
     /// Make the student from these teacher layers (0-based, ascending): 0,2,4.
@@ -27,7 +29,7 @@ pub struct DistillArgs {
     /// (angular distance over the data's first 512 sentences).
     #[arg(long, value_name = "N")]
     pub layers: Option<usize>,
-    /// The student directory to write (new or empty).
+    /// The student directory to write (new or empty); for a decoder, the GGUF file.
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
     /// Training text files (repeatable; see below for the formats).
@@ -60,6 +62,19 @@ pub struct DistillArgs {
     /// each student layer to the teacher layer it was made from.
     #[arg(long, value_name = "PAIRS", value_delimiter = ',')]
     pub layer_map: Vec<String>,
+    /// Decoders: tokens per training chunk (the text is cut into chunks; every 50th, at most
+    /// 8, held out for validation).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub ctx: usize,
+    /// Decoders: weight of the KL divergence from the teacher's next-token distribution.
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    pub kl_weight: f32,
+    /// Decoders: the softmax temperature of the KL term (its gradient scaled by T^2).
+    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Decoders: weight of the cross-entropy on the text's next tokens.
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub ce_weight: f32,
     /// Passes over the training sentences (unless --steps).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub epochs: usize,

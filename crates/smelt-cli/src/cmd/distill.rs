@@ -55,7 +55,7 @@ fn layer_map(pairs: &[String]) -> Result<Vec<(usize, usize)>> {
 }
 
 /// The HTML page of the run: the summary and the loss curves read back from the log.
-fn write_report(path: &Path, summary: &serde_json::Value, log: &Path) -> Result<()> {
+pub(super) fn write_report(path: &Path, summary: &serde_json::Value, log: &Path) -> Result<()> {
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for line in std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
@@ -72,15 +72,21 @@ fn write_report(path: &Path, summary: &serde_json::Value, log: &Path) -> Result<
 }
 
 /// A sibling path of `out` with `suffix` appended to its name.
-fn beside(out: &Path, suffix: &str) -> PathBuf {
+pub(super) fn beside(out: &Path, suffix: &str) -> PathBuf {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "student".into());
     out.with_file_name(format!("{name}{suffix}"))
 }
 
 pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
     let started = Instant::now();
-    check_new_dir(&args.output)?;
     let teacher_dir = crate::resolve_model(&args.teacher, g.quiet)?;
+    if !teacher_dir.is_dir() {
+        return super::distill_decoder::run(args, g, &teacher_dir);
+    }
+    if args.kl_weight != 1.0 || args.ce_weight != 0.0 || args.temperature != 1.0 || args.ctx != 256 {
+        anyhow::bail!("a sentence encoder is distilled on its sentence vectors: --cos-weight, --mse-weight and --hidden-weight set the loss; --kl-weight, --ce-weight, --temperature and --ctx are for decoders (GGUF teachers)");
+    }
+    check_new_dir(&args.output)?;
     let pool = g.pool();
     let teacher = Encoder::load(&teacher_dir, None).with_context(|| format!("loading the teacher {}", teacher_dir.display()))?;
     let max_len = args.max_length.min(teacher.max_len);

@@ -5,6 +5,7 @@ pub mod bench_encoder;
 pub mod chat;
 pub mod classify;
 pub mod distill;
+pub mod distill_decoder;
 pub mod embed;
 pub mod eval;
 pub mod eval_quality;

@@ -2,12 +2,15 @@
 //! Encoders ([`encoder`]) learn the teacher's sentence vectors; the student is the teacher with
 //! layers dropped or narrowed (the pruning module's output), trained by [`smelt_train`].
 
+pub mod decoder;
 pub mod encoder;
 
 use std::path::Path;
 
 use smelt_formats::safetensors::{serialize_f32, SafetensorsFile};
-use smelt_models::backward::BertTrain;
+use smelt_formats::gguf::{GgufValue, TensorSpec};
+use smelt_formats::{GgmlType, GgufFile};
+use smelt_models::backward::{BertTrain, LlamaTrain};
 
 use crate::encoder_dir::write_encoder_dir;
 use crate::CompressError;
@@ -38,4 +41,28 @@ pub fn write_encoder_student(student: &BertTrain, source: &Path, out: &Path) -> 
         _ => config["pruned_heads"] = serde_json::json!(student.cfg.pruned_heads),
     }
     write_encoder_dir(source, &config, &bytes, out)
+}
+
+/// Writes `student` as a GGUF `out` with the metadata of `source` (the file the student was made
+/// from: its layer count and per-layer widths) and every weight in F32 (`smelt quantize` makes it
+/// small again); atomically. Returns the bytes written.
+pub fn write_decoder_student(student: &LlamaTrain, source: &GgufFile, out: &Path) -> Result<u64, CompressError> {
+    let mut meta = source.header.metadata.clone();
+    if meta.get("general.file_type").is_some() {
+        meta.set("general.file_type", GgufValue::U32(0)); // LLAMA_FTYPE_ALL_F32
+    }
+    let mut tensors = Vec::new();
+    for t in source.tensors() {
+        let spec = match student.params.get(&t.name) {
+            Some(values) => {
+                if values.len() as u64 != t.dims.iter().product::<u64>() {
+                    return Err(CompressError::Output(format!("{}: the student has {} values, the source file {:?}", t.name, values.len(), t.dims)));
+                }
+                (TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty: GgmlType::F32 }, std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()))
+            }
+            None => (TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty }, std::borrow::Cow::Borrowed(source.tensor_data(t))),
+        };
+        tensors.push(spec);
+    }
+    crate::prune::write_gguf(source, &meta, tensors, out)
 }
