@@ -124,3 +124,46 @@ fn impossible_inputs_are_refused_and_nothing_is_written() {
     }
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Decoders, on the tiny test Llama: a one-block student is trained and written as a GGUF that
+/// `smelt run` loads; encoder-only flags and impossible students are refused.
+#[test]
+fn distill_a_tiny_decoder() {
+    let d = std::env::temp_dir().join(format!("smelt-distill-test-{}-decoder", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    let files = tiny::files(&d, 5);
+    let text = d.join("text.txt");
+    std::fs::write(&text, "hello world, the man is playing the guitar. ".repeat(60)).unwrap();
+    let out = d.join("student.gguf");
+    let (t, x, o_) = (s(&files.gguf), s(&text), s(&out));
+    let base = ["distill", "--teacher", t, "--data", x, "-o", o_, "--batch", "2", "-q"];
+    let with = |extra: &[&'static str]| -> Vec<String> { base.iter().chain(extra).map(|a| a.to_string()).collect() };
+    for (args, says) in [
+        (with(&["--keep-layers", "0", "--hidden-weight", "1"]), "for sentence encoders"),
+        (with(&["--keep-layers", "0", "--lines"]), "for sentence encoders"),
+        (with(&["--keep-layers", "2"]), "below 2"),
+        (with(&["--layers", "2"]), "1 to 1"),
+        (with(&["--keep-layers", "0", "--temperature", "0"]), "temperature"),
+        (with(&["--keep-layers", "0", "--ctx", "4000"]), "fewer than a batch"),
+    ] {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = smelt(&refs);
+        let e = stderr(&o);
+        assert!(!o.status.success() && e.contains(says), "{args:?}: expected {says:?} in:\n{e}");
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+    let args = with(&["--keep-layers", "1", "--steps", "4", "--ctx", "16", "--json"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = smelt(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["student_layers"].as_u64(), v["steps"].as_u64()), (Some(1), Some(4)));
+    assert!(v["val_kl_after"].as_f64().unwrap().is_finite());
+    let o = smelt(&["inspect", o_, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = smelt(&["run", "-m", o_, "--raw", "-p", "hello", "-n", "4", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.join("student.gguf.training.html").exists() && d.join("student.gguf.distill.json").exists());
+    std::fs::remove_dir_all(&d).ok();
+}
