@@ -78,8 +78,8 @@ pub fn checked_config(args: &LmArgs) -> Result<(GenerateConfig, u64)> {
 static GENERATING: AtomicBool = AtomicBool::new(false);
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
-/// Installs the Ctrl-C handler (once): during generation it stops the answer cleanly;
-/// otherwise it exits with status 130.
+/// Installs the Ctrl-C (and SIGTERM, SIGHUP) handler (once): during generation or training it
+/// stops the work cleanly (training writes a checkpoint); otherwise it exits with status 130.
 pub fn cancel_flag() -> &'static AtomicBool {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
