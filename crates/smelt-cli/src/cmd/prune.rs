@@ -326,11 +326,7 @@ fn run_width(args: &PruneArgs, global: &Global) -> Result<()> {
         (PruneMethod::Width, ..) => anyhow::bail!("--method width takes --ffn X and/or --heads Y (fractions removed)"),
         (m, ..) => anyhow::bail!("--method {} takes --sparsity X (the fraction removed), not --ffn/--heads", method_name(m)),
     };
-    for (what, v) in [("--sparsity/--ffn", ffn), ("--sparsity/--heads", heads)] {
-        if !(0.0..1.0).contains(&v) {
-            anyhow::bail!("{what} {v} is outside [0, 1): give the fraction to remove, e.g. 0.25");
-        }
-    }
+    check_fractions(ffn, heads)?;
     if ffn == 0.0 && heads == 0.0 {
         anyhow::bail!("nothing to remove: give a fraction above 0");
     }
@@ -449,4 +445,14 @@ impl StageBars {
             b.finish();
         }
     }
+}
+
+/// The FFN and head fractions of the width methods (decoders and encoders) lie in [0, 1).
+pub(super) fn check_fractions(ffn: f64, heads: f64) -> Result<()> {
+    for (what, v) in [("--sparsity/--ffn", ffn), ("--sparsity/--heads", heads)] {
+        if !(0.0..1.0).contains(&v) {
+            anyhow::bail!("{what} {v} is outside [0, 1): give the fraction to remove, e.g. 0.25");
+        }
+    }
+    Ok(())
 }

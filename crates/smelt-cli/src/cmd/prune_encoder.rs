@@ -13,7 +13,7 @@ use smelt_compress::prune::layers::LayerScore;
 
 use smelt_formats::texts::sentences;
 
-use super::prune::{method_name, StageBars};
+use super::prune::{check_fractions, method_name, StageBars};
 use crate::cli::{AllocationArg, Global, LayerScoreArg, PruneArgs, PruneMethod};
 use crate::fmt::bytes;
 
@@ -33,11 +33,7 @@ fn settings(args: &PruneArgs, n_layers: usize) -> Result<EncoderPrune> {
         (PruneMethod::Layers, ..) => anyhow::bail!("--method layers takes --layers N or --sparsity X"),
         (m, ..) => anyhow::bail!("--method {} takes --sparsity X (the fraction removed), not --ffn/--heads/--layers", method_name(m)),
     }
-    for (what, v) in [("--sparsity/--ffn", ffn), ("--sparsity/--heads", heads)] {
-        if !(0.0..1.0).contains(&v) {
-            anyhow::bail!("{what} {v} is outside [0, 1): give the fraction to remove, e.g. 0.25");
-        }
-    }
+    check_fractions(ffn, heads)?;
     if (args.method == PruneMethod::Layers && layers == 0) || layers >= n_layers {
         anyhow::bail!("cannot remove {layers} of the encoder's {n_layers} layers: remove at least one and keep at least one");
     }
