@@ -78,8 +78,9 @@ pub enum Command {
     /// sentence encoder's FFN channels (a smaller BERT directory). Calibrated on a text.
     #[command(after_help = PRUNE_HELP)]
     Prune(PruneArgs),
-    /// Distill a teacher into a smaller student: a sentence encoder with fewer layers learns
-    /// the teacher's sentence vectors on unlabelled text (AdamW, checkpoints, --resume).
+    /// Distill a teacher into a smaller student on unlabelled text: a sentence encoder with
+    /// fewer layers learns the teacher's sentence vectors, a decoder with fewer blocks its
+    /// next-token distributions (AdamW, checkpoints, --resume).
     #[command(after_help = DISTILL_HELP)]
     Distill(DistillArgs),
     /// Download a model by name into $SMELT_HOME (checks its sha256; does nothing if cached).

@@ -138,10 +138,11 @@ fn distill_a_tiny_decoder() {
     let out = d.join("student.gguf");
     let (t, x, o_) = (s(&files.gguf), s(&text), s(&out));
     let base = ["distill", "--teacher", t, "--data", x, "-o", o_, "--batch", "2", "-q"];
-    let with = |extra: &[&'static str]| -> Vec<String> { base.iter().chain(extra).map(|a| a.to_string()).collect() };
+    let with = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|a| a.to_string()).collect() };
     for (args, says) in [
         (with(&["--keep-layers", "0", "--hidden-weight", "1"]), "for sentence encoders"),
         (with(&["--keep-layers", "0", "--lines"]), "for sentence encoders"),
+        (with(&["--keep-layers", "0", "--val", x]), "for sentence encoders"),
         (with(&["--keep-layers", "2"]), "below 2"),
         (with(&["--layers", "2"]), "1 to 1"),
         (with(&["--keep-layers", "0", "--temperature", "0"]), "temperature"),

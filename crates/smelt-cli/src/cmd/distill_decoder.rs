@@ -27,8 +27,8 @@ use crate::progress::Progress;
 
 pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     let started = Instant::now();
-    if args.hidden_weight != 0.0 || args.mse_weight != 0.0 || args.cos_weight != 1.0 || !args.layer_map.is_empty() || args.lines || args.max_sentences.is_some() {
-        anyhow::bail!("a decoder is distilled on its next-token distributions: --kl-weight, --ce-weight and --temperature set the loss; --cos-weight, --mse-weight, --hidden-weight, --layer-map, --lines and --max-sentences are for sentence encoders");
+    if args.hidden_weight != 0.0 || args.mse_weight != 0.0 || args.cos_weight != 1.0 || !args.layer_map.is_empty() || args.lines || args.max_sentences.is_some() || args.val.is_some() {
+        anyhow::bail!("a decoder is distilled on its next-token distributions: --kl-weight, --ce-weight and --temperature set the loss; --cos-weight, --mse-weight, --hidden-weight, --layer-map, --lines, --max-sentences and --val are for sentence encoders (a decoder holds out every 50th chunk)");
     }
     smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
     let pool = g.pool();
