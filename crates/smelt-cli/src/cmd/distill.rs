@@ -71,6 +71,39 @@ pub(super) fn write_report(path: &Path, summary: &serde_json::Value, log: &Path)
     std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The loop's settings from the arguments, with the checkpoint and log paths (beside the
+/// output unless given), checked against `n_train` examples.
+pub(super) fn train_config(args: &DistillArgs, g: &Global, n_train: usize) -> Result<(TrainConfig, PathBuf, PathBuf)> {
+    let per_epoch = (n_train / args.batch.max(1) / args.accumulate.max(1)).max(1) as u64;
+    let steps = args.steps.unwrap_or(per_epoch * args.epochs as u64);
+    let checkpoint = args.checkpoint.clone().unwrap_or_else(|| beside(&args.output, ".ckpt"));
+    let log_path = args.log.clone().unwrap_or_else(|| beside(&args.output, ".train.jsonl"));
+    let cfg = TrainConfig {
+        steps,
+        batch: args.batch,
+        accumulate: args.accumulate,
+        lr: args.lr,
+        warmup: (args.warmup * steps as f64).round() as u64,
+        min_lr_ratio: 0.1,
+        weight_decay: args.weight_decay,
+        clip: args.clip,
+        seed: args.seed,
+        eval_every: if args.eval_every == 0 { steps } else { args.eval_every },
+        patience: args.patience as u32,
+        checkpoint_every: args.checkpoint_every,
+        checkpoint: Some(checkpoint.clone()),
+        resume: args.resume,
+        threads: g.n_threads(),
+    };
+    cfg.check(n_train)?;
+    Ok((cfg, checkpoint, log_path))
+}
+
+/// The JSON-lines log: appended to on `--resume`, else started afresh.
+pub(super) fn open_log(args: &DistillArgs, path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(path).with_context(|| format!("opening the log {}", path.display()))
+}
+
 /// A sibling path of `out` with `suffix` appended to its name.
 pub(super) fn beside(out: &Path, suffix: &str) -> PathBuf {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "student".into());
@@ -163,28 +196,8 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
     })?;
     bar.finish();
     let (n_train, n_val) = obj.sizes();
-    let per_epoch = (n_train / args.batch.max(1) / args.accumulate.max(1)).max(1) as u64;
-    let steps = args.steps.unwrap_or(per_epoch * args.epochs as u64);
-    let checkpoint = args.checkpoint.clone().unwrap_or_else(|| beside(&args.output, ".ckpt"));
-    let log_path = args.log.clone().unwrap_or_else(|| beside(&args.output, ".train.jsonl"));
-    let cfg = TrainConfig {
-        steps,
-        batch: args.batch,
-        accumulate: args.accumulate,
-        lr: args.lr,
-        warmup: (args.warmup * steps as f64).round() as u64,
-        min_lr_ratio: 0.1,
-        weight_decay: args.weight_decay,
-        clip: args.clip,
-        seed: args.seed,
-        eval_every: if args.eval_every == 0 { steps } else { args.eval_every },
-        patience: args.patience as u32,
-        checkpoint_every: args.checkpoint_every,
-        checkpoint: Some(checkpoint.clone()),
-        resume: args.resume,
-        threads: g.n_threads(),
-    };
-    cfg.check(n_train)?;
+    let (cfg, checkpoint, log_path) = train_config(args, g, n_train)?;
+    let steps = cfg.steps;
     let gap_before = if args.resume { None } else { Some(obj.val_gap()?) };
     if !g.quiet {
         eprintln!(
@@ -195,7 +208,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
             gap_before.map(|v| format!("; validation gap before training {v:.5}")).unwrap_or_default()
         );
     }
-    let mut log = std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&log_path).with_context(|| format!("opening the log {}", log_path.display()))?;
+    let mut log = open_log(args, &log_path)?;
     let stop = cancel_flag();
     let _generating = Generating::start();
     let mut bar = Progress::new("distill", steps, false, g.quiet);

@@ -18,9 +18,9 @@ use smelt_compress::prune::model::Source;
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::backward::LlamaTrain;
 use smelt_models::{Llama, LoadOptions};
-use smelt_train::{Stop, TrainConfig, Trainer};
+use smelt_train::{Stop, Trainer};
 
-use super::distill::{beside, write_report};
+use super::distill::{beside, open_log, train_config, write_report};
 use super::lm::{cancel_flag, Generating};
 use crate::cli::{DistillArgs, Global};
 use crate::progress::Progress;
@@ -87,33 +87,13 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     let loss = DecoderLoss { kl: args.kl_weight, temperature: args.temperature, ce: args.ce_weight };
     let mut obj = DecoderDistill::new(teacher, student, train, val, loss, &pool)?;
     let (n_train, n_val) = obj.sizes();
-    let per_epoch = (n_train / args.batch.max(1) / args.accumulate.max(1)).max(1) as u64;
-    let steps = args.steps.unwrap_or(per_epoch * args.epochs as u64);
-    let checkpoint = args.checkpoint.clone().unwrap_or_else(|| beside(&args.output, ".ckpt"));
-    let log_path = args.log.clone().unwrap_or_else(|| beside(&args.output, ".train.jsonl"));
-    let cfg = TrainConfig {
-        steps,
-        batch: args.batch,
-        accumulate: args.accumulate,
-        lr: args.lr,
-        warmup: (args.warmup * steps as f64).round() as u64,
-        min_lr_ratio: 0.1,
-        weight_decay: args.weight_decay,
-        clip: args.clip,
-        seed: args.seed,
-        eval_every: if args.eval_every == 0 { steps } else { args.eval_every },
-        patience: args.patience as u32,
-        checkpoint_every: args.checkpoint_every,
-        checkpoint: Some(checkpoint.clone()),
-        resume: args.resume,
-        threads: g.n_threads(),
-    };
-    cfg.check(n_train)?;
+    let (cfg, checkpoint, log_path) = train_config(args, g, n_train)?;
+    let steps = cfg.steps;
     let kl_before = if args.resume { None } else { Some(obj.val_kl()?) };
     if !g.quiet {
         eprintln!("distill: {kept_layers} of {n_teacher} blocks; {n_train} training and {n_val} validation chunks of {} tokens; {steps} steps of {} x {}{}", args.ctx, args.batch, args.accumulate, kl_before.map(|v| format!("; validation KL before training {v:.4}")).unwrap_or_default());
     }
-    let mut log = std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(&log_path).with_context(|| format!("opening the log {}", log_path.display()))?;
+    let mut log = open_log(args, &log_path)?;
     let stop = cancel_flag();
     let generating = Generating::start();
     let mut bar = Progress::new("distill", steps, false, g.quiet);

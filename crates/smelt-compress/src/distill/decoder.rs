@@ -151,10 +151,7 @@ impl Objective for DecoderDistill<'_> {
         self.decay.clone()
     }
     fn grad(&mut self, batch: &[usize], grads: &mut [f32]) -> Result<StepStats, TrainError> {
-        match self.batch_grad(batch, grads) {
-            Err(CompressError::Model(smelt_models::ModelError::NonFiniteActivation { .. })) => Ok(StepStats { loss: f64::NAN, tokens: 0 }),
-            r => r.map_err(|e| TrainError::Objective(e.to_string())),
-        }
+        super::step_result(self.batch_grad(batch, grads))
     }
     fn validate(&mut self) -> Result<f64, TrainError> {
         if self.val.is_empty() {

@@ -237,12 +237,7 @@ impl Objective for EncoderDistill<'_> {
         self.decay.clone()
     }
     fn grad(&mut self, batch: &[usize], grads: &mut [f32]) -> Result<StepStats, TrainError> {
-        match self.batch_grad(batch, grads) {
-            // Activations that overflowed are a diverging run: the loop stops it as a NaN loss
-            // (with its advice and the checkpoint it keeps), not as a broken model.
-            Err(CompressError::Model(smelt_models::ModelError::NonFiniteActivation { .. })) => Ok(StepStats { loss: f64::NAN, tokens: 0 }),
-            r => r.map_err(|e| TrainError::Objective(e.to_string())),
-        }
+        super::step_result(self.batch_grad(batch, grads))
     }
     fn validate(&mut self) -> Result<f64, TrainError> {
         if self.val.is_empty() {

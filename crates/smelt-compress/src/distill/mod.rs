@@ -12,8 +12,20 @@ use smelt_formats::gguf::{GgufValue, TensorSpec};
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::backward::{BertTrain, LlamaTrain};
 
+use smelt_train::{StepStats, TrainError};
+
 use crate::encoder_dir::write_encoder_dir;
 use crate::CompressError;
+
+/// An objective's step as the loop takes it: activations that overflowed are a diverging run,
+/// reported as a NaN loss (so the loop stops with its advice and names the checkpoint it keeps),
+/// not as a broken model; other failures become the objective's error.
+fn step_result(r: Result<StepStats, CompressError>) -> Result<StepStats, TrainError> {
+    match r {
+        Err(CompressError::Model(smelt_models::ModelError::NonFiniteActivation { .. })) => Ok(StepStats { loss: f64::NAN, tokens: 0 }),
+        r => r.map_err(|e| TrainError::Objective(e.to_string())),
+    }
+}
 
 /// Writes `student` as a sentence-transformers directory `out`: the side files of `source` (the
 /// directory the student was made from), its config.json with the student's layer count, FFN

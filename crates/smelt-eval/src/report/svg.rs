@@ -86,15 +86,9 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     (a..=b).flat_map(|k| mults.iter().map(move |m| (m * 10f64.powi(k)).log10())).filter(|t| *t >= lo && *t <= hi).collect()
 }
 
-/// A scatter plot; `front` (indices into `points`, in drawing order) is joined by a line.
-/// With `log_y`, y is drawn on a log10 scale (points with y <= 0 are left out).
-pub fn scatter(title: &str, x_label: &str, y_label: &str, points: &[Point], front: &[usize], log_y: bool) -> String {
-    let mut out = String::new();
-    frame(&mut out, title, x_label, y_label);
-    let ty = |y: f64| if log_y { y.log10() } else { y };
-    let points: Vec<Point> = points.iter().filter(|p| !log_y || p.y > 0.0).map(|p| Point { label: p.label.clone(), x: p.x, y: p.y, highlight: p.highlight }).collect();
-    let (x0, x1) = range(points.iter().map(|p| p.x));
-    let (y0, y1) = range(points.iter().map(|p| ty(p.y)));
+/// The plot frame, and the x and y ticks with grid lines, for data ranges `x` and `y` (`y` in
+/// log10 units when `log_y`).
+fn axes(out: &mut String, (x0, x1): (f64, f64), (y0, y1): (f64, f64), log_y: bool) {
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
     let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
@@ -108,6 +102,21 @@ pub fn scatter(title: &str, x_label: &str, y_label: &str, points: &[Point], fron
         let y = sy(t);
         let _ = write!(out, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{r}" y2="{y:.1}" stroke="#eee"/><text x="{tx}" y="{ty:.1}" text-anchor="end" font-size="11">{l}</text>"##, r = LEFT + pw, tx = LEFT - 6.0, ty = y + 4.0, l = fmt_tick(if log_y { 10f64.powf(t) } else { t }));
     }
+}
+
+/// A scatter plot; `front` (indices into `points`, in drawing order) is joined by a line.
+/// With `log_y`, y is drawn on a log10 scale (points with y <= 0 are left out).
+pub fn scatter(title: &str, x_label: &str, y_label: &str, points: &[Point], front: &[usize], log_y: bool) -> String {
+    let mut out = String::new();
+    frame(&mut out, title, x_label, y_label);
+    let ty = |y: f64| if log_y { y.log10() } else { y };
+    let points: Vec<Point> = points.iter().filter(|p| !log_y || p.y > 0.0).map(|p| Point { label: p.label.clone(), x: p.x, y: p.y, highlight: p.highlight }).collect();
+    let (x0, x1) = range(points.iter().map(|p| p.x));
+    let (y0, y1) = range(points.iter().map(|p| ty(p.y)));
+    let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
+    let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
+    axes(&mut out, (x0, x1), (y0, y1), log_y);
     if front.len() > 1 {
         let pts: Vec<String> = front.iter().filter_map(|&i| points.get(i)).map(|p| format!("{:.1},{:.1}", sx(p.x), sy(ty(p.y)))).collect();
         let _ = write!(out, r##"<polyline class="front" points="{}" fill="none" stroke="#d62728" stroke-width="1.5" stroke-dasharray="5 3"/>"##, pts.join(" "));
@@ -135,16 +144,7 @@ pub fn lines(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
     let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
-    let _ = write!(out, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##);
-    for t in ticks(x0, x1, 6).into_iter().filter(|t| *t >= x0 && *t <= x1) {
-        let x = sx(t);
-        let _ = write!(out, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{b}" stroke="#eee"/><text x="{x:.1}" y="{ty}" text-anchor="middle" font-size="11">{l}</text>"##, b = TOP + ph, ty = TOP + ph + 16.0, l = fmt_tick(t));
-    }
-    let yt = if log_y { log_ticks(y0, y1) } else { ticks(y0, y1, 5).into_iter().filter(|t| *t >= y0 && *t <= y1).collect() };
-    for t in yt {
-        let y = sy(t);
-        let _ = write!(out, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{r}" y2="{y:.1}" stroke="#eee"/><text x="{tx}" y="{ty:.1}" text-anchor="end" font-size="11">{l}</text>"##, r = LEFT + pw, tx = LEFT - 6.0, ty = y + 4.0, l = fmt_tick(if log_y { 10f64.powf(t) } else { t }));
-    }
+    axes(&mut out, (x0, x1), (y0, y1), log_y);
     for (k, ((label, _), pts)) in series.iter().zip(&kept).enumerate() {
         let c = COLOURS[k % COLOURS.len()];
         let path: Vec<String> = pts.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(ty(*y)))).collect();
