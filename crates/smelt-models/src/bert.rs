@@ -125,29 +125,7 @@ impl Bert {
 
     /// Builds the model from any source of HF-named weights.
     pub fn build(cfg: BertConfig, src: &dyn WeightSource, name: &dyn Fn(&str) -> String, as_type: Option<GgmlType>) -> Result<Bert, ModelError> {
-        for (k, v) in [
-            ("hidden_size", cfg.hidden_size),
-            ("num_hidden_layers", cfg.num_hidden_layers),
-            ("num_attention_heads", cfg.num_attention_heads),
-            ("intermediate_size", cfg.intermediate_size),
-            ("max_position_embeddings", cfg.max_position_embeddings),
-            ("type_vocab_size", cfg.type_vocab_size),
-            ("vocab_size", cfg.vocab_size),
-        ] {
-            if v == 0 || v > MAX_DIM {
-                return Err(ModelError::hyper(k, v, format!("a dimension must be 1 to {MAX_DIM}")));
-            }
-        }
-        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-            return Err(ModelError::hyper("hidden_size", cfg.hidden_size, format!("not a multiple of num_attention_heads = {}", cfg.num_attention_heads)));
-        }
-        if !cfg.hidden_act.starts_with("gelu") {
-            return Err(ModelError::hyper("hidden_act", format!("{:?}", cfg.hidden_act), "not supported yet (gelu is)"));
-        }
-        if cfg.position_embedding_type != "absolute" {
-            return Err(ModelError::hyper("position_embedding_type", format!("{:?}", cfg.position_embedding_type), "not supported yet (absolute is)"));
-        }
-        LAYER_NORM_EPS.check(cfg.layer_norm_eps).map_err(|e| ModelError::hyper("layer_norm_eps", cfg.layer_norm_eps, format!("must be {}", e.expected)))?;
+        check_config(&cfg)?;
         let (d, ffn) = (cfg.hidden_size, cfg.intermediate_size);
         let dense = |p: &str, rows: usize, cols: usize| -> Result<Dense, ModelError> {
             Ok(Dense { w: DenseWeight::Typed(src.matrix(&name(&format!("{p}.weight")), rows, cols, as_type)?), b: src.vector(&name(&format!("{p}.bias")), &[rows])? })
@@ -298,6 +276,36 @@ impl Bert {
         }
         Ok(b.x[..t * d].to_vec())
     }
+}
+
+/// Refuses a config.json the encoder cannot run: dimensions out of range, a hidden size that is
+/// not a multiple of the heads, an activation other than GELU, relative positions, a bad
+/// LayerNorm epsilon (the inference model and the training pass share it).
+pub fn check_config(cfg: &BertConfig) -> Result<(), ModelError> {
+    for (k, v) in [
+        ("hidden_size", cfg.hidden_size),
+        ("num_hidden_layers", cfg.num_hidden_layers),
+        ("num_attention_heads", cfg.num_attention_heads),
+        ("intermediate_size", cfg.intermediate_size),
+        ("max_position_embeddings", cfg.max_position_embeddings),
+        ("type_vocab_size", cfg.type_vocab_size),
+        ("vocab_size", cfg.vocab_size),
+    ] {
+        if v == 0 || v > MAX_DIM {
+            return Err(ModelError::hyper(k, v, format!("a dimension must be 1 to {MAX_DIM}")));
+        }
+    }
+    if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+        return Err(ModelError::hyper("hidden_size", cfg.hidden_size, format!("not a multiple of num_attention_heads = {}", cfg.num_attention_heads)));
+    }
+    if !cfg.hidden_act.starts_with("gelu") {
+        return Err(ModelError::hyper("hidden_act", format!("{:?}", cfg.hidden_act), "not supported yet (gelu is)"));
+    }
+    if cfg.position_embedding_type != "absolute" {
+        return Err(ModelError::hyper("position_embedding_type", format!("{:?}", cfg.position_embedding_type), "not supported yet (absolute is)"));
+    }
+    LAYER_NORM_EPS.check(cfg.layer_norm_eps).map_err(|e| ModelError::hyper("layer_norm_eps", cfg.layer_norm_eps, format!("must be {}", e.expected)))?;
+    Ok(())
 }
 
 /// Each layer's head count: `num_attention_heads` less the heads `pruned_heads` lists for it.

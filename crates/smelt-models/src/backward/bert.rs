@@ -110,9 +110,6 @@ impl BertActs {
 /// Where [`BertTrain::from_fn`] gets a tensor: `(name, shape) -> values`.
 pub type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<f32>, ModelError> + 'a;
 
-/// Bounds on dimensions read from config.json (as the inference model checks them).
-const MAX_DIM: usize = 1 << 20;
-
 impl BertTrain {
     /// Loads `config.json` and an F32/F16 `model.safetensors` from an HF BERT directory.
     pub fn from_dir(dir: &Path) -> Result<BertTrain, ModelError> {
@@ -135,18 +132,7 @@ impl BertTrain {
     /// Builds the encoder of `cfg` from `get(name, shape)`, which returns the values of the
     /// tensor called `prefix` + its HF name.
     pub fn from_fn(cfg: BertConfig, prefix: &str, get: &mut TensorSource) -> Result<BertTrain, ModelError> {
-        for (k, v) in [("hidden_size", cfg.hidden_size), ("num_hidden_layers", cfg.num_hidden_layers), ("num_attention_heads", cfg.num_attention_heads), ("intermediate_size", cfg.intermediate_size), ("max_position_embeddings", cfg.max_position_embeddings), ("type_vocab_size", cfg.type_vocab_size), ("vocab_size", cfg.vocab_size)] {
-            if v == 0 || v > MAX_DIM {
-                return Err(ModelError::hyper(k, v, format!("a dimension must be 1 to {MAX_DIM}")));
-            }
-        }
-        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-            return Err(ModelError::hyper("hidden_size", cfg.hidden_size, format!("not a multiple of num_attention_heads = {}", cfg.num_attention_heads)));
-        }
-        if !cfg.hidden_act.starts_with("gelu") || cfg.position_embedding_type != "absolute" {
-            return Err(ModelError::hyper("hidden_act", format!("{:?}", cfg.hidden_act), "training supports gelu with absolute positions"));
-        }
-        crate::bert::LAYER_NORM_EPS.check(cfg.layer_norm_eps).map_err(|e| ModelError::hyper("layer_norm_eps", cfg.layer_norm_eps, format!("must be {}", e.expected)))?;
+        crate::bert::check_config(&cfg)?;
         let heads = layer_heads(&cfg)?;
         let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.hidden_size / cfg.num_attention_heads);
         let mut p = Params::default();
@@ -314,7 +300,7 @@ impl BertTrain {
             layernorm_backward(&la.r1, self.w(&l.ln1.0), &la.s1, &dx1, d, &mut dr1, dg, db);
             let mut datt = vec![0f32; t * qw];
             par_linear_backward(pool, &la.att, self.w(&l.o), &dr1, (t, qw, d), Some(&mut datt), grads, &l.o, Some(&l.ob));
-            let (dq, dk, dv) = par_attention_backward(pool, (&la.q, &la.k, &la.v), &la.probs, &datt, &a.starts, Heads { q: self.heads[li], kv: self.heads[li], dim: hd }, false);
+            let (dq, dk, dv) = par_attention_backward(pool, (&la.q, &la.k, &la.v), &la.probs, &datt, &a.starts, Heads { q: self.heads[li], kv: self.heads[li], dim: hd });
             // Q, K, V = x W^T + b; x also feeds r1 directly.
             dx = dr1;
             let mut tmp = vec![0f32; t * d];

@@ -305,7 +305,7 @@ impl LlamaTrain {
             // r = x + A Wo^T
             let mut datt = vec![0f32; t * qd];
             par_linear_backward(pool, &ba.att, self.w(&b.o), &dr, (t, qd, d), Some(&mut datt), grads, &b.o, None);
-            let (mut dq, mut dk, dv) = par_attention_backward(pool, (&ba.q, &ba.k, &ba.v), &ba.probs, &datt, &a.starts, heads, true);
+            let (mut dq, mut dk, dv) = par_attention_backward(pool, (&ba.q, &ba.k, &ba.v), &ba.probs, &datt, &a.starts, heads);
             self.rope_rows(&mut dq, qd, &a.positions, true);
             self.rope_rows(&mut dk, kvd, &a.positions, true);
             // Q, K, V from h1; h1 = rmsnorm(x) g_attn; x also feeds r directly.

@@ -109,9 +109,8 @@ pub fn par_attention(pool: &ThreadPool, q: &[f32], k: &[f32], v: &[f32], starts:
 }
 
 /// Attention backward of every sequence: `(dQ, dK, dV)` from the forward's `(q, k, v)` and
-/// probabilities.
-pub fn par_attention_backward(pool: &ThreadPool, (q, k, v): (&[f32], &[f32], &[f32]), probs: &[f32], datt: &[f32], starts: &[usize], heads: Heads, causal: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let _ = causal; // masked entries have probability 0: the backward needs no mask
+/// probabilities (masked entries have probability 0: causal or not, no mask is needed).
+pub fn par_attention_backward(pool: &ThreadPool, (q, k, v): (&[f32], &[f32], &[f32]), probs: &[f32], datt: &[f32], starts: &[usize], heads: Heads) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (wq, wkv) = (heads.q * heads.dim, heads.kv * heads.dim);
     let t = starts[starts.len() - 1];
     let (off, _) = prob_offsets(starts, heads.q);
