@@ -1,6 +1,6 @@
 //! `smelt distill` as a user runs it, on the real all-MiniLM-L6-v2: a one-layer student is
-//! trained and written, Ctrl-C writes a checkpoint that `--resume` finishes to the same weights as
-//! an uninterrupted run, and impossible inputs are refused with nothing written (a diverging run
+//! trained and written, Ctrl-C writes a checkpoint that `--resume` (with `--recompute`) finishes
+//! to the same weights as an uninterrupted run, and impossible inputs are refused with nothing written (a diverging run
 //! is smelt-train's `tests/loop.rs`).
 
 use std::path::{Path, PathBuf};
@@ -79,11 +79,38 @@ fn distill_writes_a_student_and_resumes_after_ctrl_c() {
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
     assert!(d.join("part.ckpt").exists() && !part.exists());
+    // Resumed with the activations recomputed in the backward: the same gradients, bit for bit.
     let mut args = small(&teacher, &data, &part, "300");
-    args.push("--resume");
+    args.extend(["--resume", "--recompute"]);
     let o = smelt(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::read(part.join("model.safetensors")).unwrap() == std::fs::read(whole.join("model.safetensors")).unwrap(), "the resumed student differs from the uninterrupted one");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// A student from a config alone (one layer of 4 heads, a narrower FFN): it learns, and the
+/// written directory has that shape and embeds.
+#[test]
+fn distill_a_student_from_a_config() {
+    let (d, data, teacher) = setup("config");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(teacher.join("config.json")).unwrap()).unwrap();
+    config["num_hidden_layers"] = 1.into();
+    config["num_attention_heads"] = 4.into();
+    config["intermediate_size"] = 384.into();
+    let cfg = d.join("student.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let out = d.join("out");
+    let o = smelt(&["distill", "--teacher", s(&teacher), "--student", s(&cfg), "--data", s(&data), "-o", s(&out), "--max-length", "24", "--batch", "8", "--steps", "60", "--lr", "1e-3", "--eval-every", "0", "-q", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (before, after) = (v["val_gap_before"].as_f64().unwrap(), v["val_gap_after"].as_f64().unwrap());
+    assert!(after < 0.8 * before, "validation gap {before} -> {after}");
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((written["num_hidden_layers"].as_u64(), written["num_attention_heads"].as_u64(), written["intermediate_size"].as_u64()), (Some(1), Some(4), Some(384)));
+    let texts = d.join("texts.txt");
+    std::fs::write(&texts, "A man plays the guitar.\n").unwrap();
+    let o = smelt(&["embed", "-m", s(&out), s(&texts), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -98,9 +125,17 @@ fn impossible_inputs_are_refused_and_nothing_is_written() {
     let occupied = d.join("occupied");
     std::fs::create_dir_all(&occupied).unwrap();
     std::fs::write(occupied.join("x"), "x").unwrap();
-    // A student with another vocabulary and width (the tiny test BERT).
+    // A student with another vocabulary and width (the tiny test BERT), and configs that
+    // cannot make a student of this teacher.
     let other = d.join("other");
     tiny::bert(3).write(&other);
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(teacher.join("config.json")).unwrap()).unwrap();
+    let (narrow, llama) = (d.join("narrow.json"), d.join("llama.json"));
+    let mut c = config.clone();
+    c["hidden_size"] = 256.into();
+    std::fs::write(&narrow, c.to_string()).unwrap();
+    c["model_type"] = "llama".into();
+    std::fs::write(&llama, c.to_string()).unwrap();
     let (t, dt, o_) = (s(&teacher), s(&data), s(&out));
     for (args, says) in [
         (vec!["distill", "--teacher", t, "--keep-layers", "0", "--data", s(&empty), "-o", o_], "holds no texts"),
@@ -110,6 +145,8 @@ fn impossible_inputs_are_refused_and_nothing_is_written() {
         (vec!["distill", "--teacher", t, "--layers", "6", "--data", dt, "-o", o_], "1 to 5"),
         (vec!["distill", "--teacher", t, "--data", dt, "-o", o_], "where the student comes from"),
         (vec!["distill", "--teacher", t, "--student", s(&other), "--data", dt, "-o", o_], "tokenize differently"),
+        (vec!["distill", "--teacher", t, "--student", s(&narrow), "--data", dt, "-o", o_], "no projection"),
+        (vec!["distill", "--teacher", t, "--student", s(&llama), "--data", dt, "-o", o_], "must be a BERT config"),
         (vec!["distill", "--teacher", t, "--keep-layers", "0", "--data", dt, "-o", s(&occupied)], "not an empty directory"),
         (vec!["distill", "--teacher", t, "--keep-layers", "0", "--data", dt, "-o", o_, "--hidden-weight", "1", "--layer-map", "0-1"], "STUDENT:TEACHER"),
         (vec!["distill", "--teacher", t, "--keep-layers", "0", "--data", dt, "-o", o_, "--hidden-weight", "1", "--layer-map", "0:7"], "layer map 0:7"),
@@ -160,6 +197,7 @@ fn distill_a_tiny_decoder() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((v["student_layers"].as_u64(), v["steps"].as_u64()), (Some(1), Some(4)));
+    assert_eq!(v["removed_blocks"], serde_json::json!([0]));
     assert!(v["val_kl_after"].as_f64().unwrap().is_finite());
     let o = smelt(&["inspect", o_, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));

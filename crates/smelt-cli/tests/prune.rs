@@ -241,18 +241,25 @@ fn width_pruning_writes_per_layer_shapes_and_runs() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// all-MiniLM-L6-v2, a scratch folder and a calibration text there (the first `chars` bytes of
+/// Emma).
+fn encoder_setup(test: &str, chars: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let src = smelt_assets::ensure("all-minilm-l6-v2").unwrap();
+    let d = std::env::temp_dir().join(format!("smelt-prune-test-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let text = d.join("calib.txt");
+    let austen = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/austen/emma.txt")).expect("../shared beside the repository");
+    std::fs::write(&text, &austen[..chars]).unwrap();
+    (src, d, text)
+}
+
 /// `--method ffn` on a sentence encoder (all-MiniLM-L6-v2): a new sentence-transformers
 /// directory whose config has the smaller `intermediate_size`, whose side files are the
 /// original's, and whose embeddings stay close to the original's (the OBS refit with a bias);
 /// an existing non-empty output directory is refused.
 #[test]
 fn pruning_an_encoder_writes_a_smaller_bert() {
-    let src = smelt_assets::ensure("all-minilm-l6-v2").unwrap();
-    let d = std::env::temp_dir().join(format!("smelt-prune-test-{}-encoder", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let text = d.join("calib.txt");
-    let austen = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/austen/emma.txt")).expect("../shared beside the repository");
-    std::fs::write(&text, &austen[..60_000]).unwrap();
+    let (src, d, text) = encoder_setup("encoder", 60_000);
     let out = d.join("pruned");
     let o = smelt(&["prune", s(&src), "-o", s(&out), "--method", "ffn", "--sparsity", "0.25", "--calib", s(&text), "--calib-chunks", "8", "--json", "-q"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -283,12 +290,7 @@ fn pruning_an_encoder_writes_a_smaller_bert() {
 /// written.
 #[test]
 fn pruning_encoder_heads_and_layers() {
-    let src = smelt_assets::ensure("all-minilm-l6-v2").unwrap();
-    let d = std::env::temp_dir().join(format!("smelt-prune-test-{}-encoder-heads", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let text = d.join("calib.txt");
-    let austen = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/austen/emma.txt")).expect("../shared beside the repository");
-    std::fs::write(&text, &austen[..40_000]).unwrap();
+    let (src, d, text) = encoder_setup("encoder-heads", 40_000);
     let out = d.join("pruned");
     for (extra, says) in [
         (&["--method", "heads", "--sparsity", "0.99"][..], "leaves it none"),

@@ -31,8 +31,11 @@ fn encoder_gradients_match_numpy() {
     let (hl, hw) = (case["hidden_layer"].as_u64().unwrap() as usize, case["hidden_weight"].as_f64().unwrap() as f32);
     let d = model.cfg.hidden_size;
 
-    for threads in [1, 2] {
+    // Saved activations on 1 and 2 threads, and recomputed in the backward.
+    for (threads, recompute) in [(1, false), (2, false), (2, true)] {
         let pool = ThreadPool::new(threads);
+        let mut model = model.clone();
+        model.recompute = recompute;
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let acts = model.forward(&pool, &refs).unwrap();
         let mut e = vec![0f32; seqs.len() * d];
@@ -55,7 +58,7 @@ fn encoder_gradients_match_numpy() {
             let got = &grads[slot.range.clone()];
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
             let err = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
-            assert!(err <= GRAD_TOL * scale + GRAD_FLOOR, "{} ({threads} threads): max error {err:.3e}, largest gradient {scale:.3e}", slot.name);
+            assert!(err <= GRAD_TOL * scale + GRAD_FLOOR, "{} ({threads} threads, recompute {recompute}): max error {err:.3e}, largest gradient {scale:.3e}", slot.name);
             assert!(scale > 0.0 || slot.name.contains("token_type"), "{}: the reference gradient is zero, the check is empty", slot.name);
         }
     }

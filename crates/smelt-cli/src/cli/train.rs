@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-pub const DISTILL_HELP: &str = "How (sentence encoders): the student starts as the teacher with layers dropped (--keep-layers, or --layers N chosen by the pruning's layer scores on the data) or as any encoder directory of the teacher's width and vocabulary (--student, e.g. from `smelt prune --method width`); the teacher's sentence vectors of every training sentence are computed once and kept in memory (1.5 kB a sentence at width 384); the student learns them with AdamW (--lr, linear warm-up over --warmup of the steps, cosine decay to 10%), gradient clipping (--clip) and accumulation (--accumulate), minimizing --cos-weight x (1 - cos) + --mse-weight x MSE of the normalized vectors + --hidden-weight x the MSE of hidden states paired by --layer-map. Every --eval-every steps the validation gap (1 - cos to the teacher on held-out sentences: --val, or every 50th data sentence) is measured; the best student is written. The data order is seeded (--seed): a run is repeatable, and --resume continues from the checkpoint exactly where it stopped.\n\n\
+pub const DISTILL_HELP: &str = "How (sentence encoders): the student starts as the teacher with layers dropped (--keep-layers, or --layers N chosen by the pruning's layer scores on the data) or as any encoder directory of the teacher's width and vocabulary (--student, e.g. from `smelt prune --method width`), or from a BERT config alone (--student config.json: the teacher's embeddings, its layers initialized at random); the teacher's sentence vectors of every training sentence are computed once and kept in memory (1.5 kB a sentence at width 384); the student learns them with AdamW (--lr, linear warm-up over --warmup of the steps, cosine decay to 10%), gradient clipping (--clip) and accumulation (--accumulate), minimizing --cos-weight x (1 - cos) + --mse-weight x MSE of the normalized vectors + --hidden-weight x the MSE of hidden states paired by --layer-map. Every --eval-every steps the validation gap (1 - cos to the teacher on held-out sentences: --val, or every 50th data sentence) is measured; the best student is written. The data order is seeded (--seed): a run is repeatable, and --resume continues from the checkpoint exactly where it stopped.\n\n\
 Decoders (a GGUF teacher such as smollm2-135m, run with its weights widened to F32): the student is the teacher with blocks removed (--keep-layers, or --layers N kept by angular distance over the data) or a GGUF file (--student); the text is cut into chunks of --ctx tokens and the student learns the teacher's next-token distributions (--kl-weight x T^2 x KL at --temperature, plus --ce-weight x the cross-entropy on the text); the validation loss is the KL divergence on held-out chunks; the student is written as an F32 GGUF (OUT, with OUT.distill.json and OUT.training.html) that llama.cpp and smelt run; `smelt quantize` makes it small.\n\n\
 Data: prose (.txt and others: split into sentences of 4 words or more), one text per line (--lines), or JSON lines (.jsonl: a string or {\"text\": ...} per line). Use text other than the one you evaluate on.\n\n\
 Files: the student directory (-o; tokenizer, pooling and modules copied from the source, config.json with the student's shape, F32 model.safetensors) with smelt_distill.json (settings and results); the JSON-lines training log (--log, default OUT.train.jsonl); the checkpoint (--checkpoint, default OUT.ckpt; written every --checkpoint-every steps and on Ctrl-C or SIGTERM, removed when the run finishes unless --keep-checkpoint).\n\n\
@@ -19,7 +19,9 @@ pub struct DistillArgs {
     #[arg(long, value_name = "MODEL", default_value = "all-minilm-l6-v2")]
     pub teacher: String,
     /// Start from this encoder directory (the teacher's width and vocabulary), e.g. one written
-    /// by `smelt prune`; for a decoder, a GGUF file.
+    /// by `smelt prune`, or from a BERT config alone (a config.json, or a directory without
+    /// weights: fewer layers, heads or FFN channels; embeddings from the teacher, layers
+    /// initialized at random, seeded by --seed); for a decoder, a GGUF file.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["keep_layers", "layers"])]
     pub student: Option<PathBuf>,
     /// Make the student from these teacher layers (0-based, ascending): 0,2,4.
@@ -120,6 +122,11 @@ pub struct DistillArgs {
     /// Keep the checkpoint when the run finishes.
     #[arg(long)]
     pub keep_checkpoint: bool,
+    /// Keep only each layer's input during the forward and recompute the rest in the backward:
+    /// far less activation memory (a decoder's batch of 1,024 tokens: about 1 GB less on
+    /// SmolLM2) for about a third more compute. Same gradients.
+    #[arg(long)]
+    pub recompute: bool,
     /// The JSON-lines training log (default OUT.train.jsonl).
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,

@@ -8,10 +8,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 use smelt_compress::distill::encoder::{EncoderDistill, EncoderLoss};
+use smelt_compress::distill::student::student_from_config;
 use smelt_compress::distill::write_encoder_student;
 use smelt_compress::encoder_dir::check_new_dir;
 use smelt_compress::prune::encoder::{prune_encoder, EncoderPrune};
 use smelt_compress::prune::layers::LayerScore;
+use smelt_formats::hf_config::HfConfig;
 use smelt_formats::texts::{parse_lines, sentences};
 use smelt_models::backward::BertTrain;
 use smelt_models::Encoder;
@@ -21,6 +23,23 @@ use super::lm::{cancel_flag, Generating};
 use super::prune::StageBars;
 use crate::cli::{DistillArgs, Global};
 use crate::progress::Progress;
+
+/// The config a `--student` path gives when it holds no weights: a `.json` file, or a
+/// directory with `config.json` and no `model.safetensors`.
+fn config_only(student: &Path) -> Option<PathBuf> {
+    if student.is_file() && student.extension().is_some_and(|e| e == "json") {
+        Some(student.to_path_buf())
+    } else if student.is_dir() && student.join("config.json").is_file() && !student.join("model.safetensors").exists() {
+        Some(student.join("config.json"))
+    } else {
+        None
+    }
+}
+
+/// "3 layers of 12 heads, FFN 1536, 17.2 M parameters".
+fn describe(s: &BertTrain) -> String {
+    format!("{} layers of {} heads, FFN {}, {:.1} M parameters", s.cfg.num_hidden_layers, s.cfg.num_attention_heads, s.cfg.intermediate_size, s.params.len() as f64 / 1e6)
+}
 
 /// The texts of one data file: JSON lines (.jsonl), one per line (`lines`), or prose split into
 /// sentences.
@@ -154,7 +173,21 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
     // The student, and the directory its side files come from.
     let n_teacher = teacher.model.cfg.num_hidden_layers;
     let scratch = beside(&args.output, ".smelt-student");
-    let (student, source, kept): (BertTrain, PathBuf, Vec<usize>) = if let Some(dir) = &args.student {
+    let (mut student, source, kept): (BertTrain, PathBuf, Vec<usize>) = if let Some(config) = args.student.as_ref().and_then(|s| config_only(s)) {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?).with_context(|| format!("{} is not JSON", config.display()))?;
+        let cfg = match smelt_formats::hf_config::parse_config(&v).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))? {
+            HfConfig::Bert(c) => c,
+            _ => anyhow::bail!("{}: the student config of a sentence encoder must be a BERT config (\"model_type\": \"bert\")", config.display()),
+        };
+        let n = cfg.num_hidden_layers.max(1);
+        let kept = (0..n).map(|i| ((i + 1) * n_teacher / n).saturating_sub(1).min(n_teacher - 1)).collect();
+        let range = v.get("initializer_range").and_then(serde_json::Value::as_f64).unwrap_or(0.02);
+        let s = student_from_config(cfg, range, &BertTrain::from_dir(&teacher_dir)?, args.seed)?;
+        if !g.quiet {
+            eprintln!("student: {} from {} (embeddings from the teacher, layers initialized at random, std {range})", describe(&s), config.display());
+        }
+        (s, teacher_dir.clone(), kept)
+    } else if let Some(dir) = &args.student {
         let s = BertTrain::from_dir(dir).with_context(|| format!("loading the student {}", dir.display()))?;
         let kept = (0..s.cfg.num_hidden_layers).map(|i| (i * n_teacher / s.cfg.num_hidden_layers.max(1) + n_teacher / s.cfg.num_hidden_layers.max(1)).saturating_sub(1).min(n_teacher - 1)).collect();
         let same_tok = std::fs::read(dir.join("tokenizer.json")).ok() == std::fs::read(teacher_dir.join("tokenizer.json")).ok() || std::fs::read(dir.join("vocab.txt")).ok() == std::fs::read(teacher_dir.join("vocab.txt")).ok();
@@ -183,6 +216,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
     } else {
         anyhow::bail!("say where the student comes from: --keep-layers 0,2,4, --layers N, or --student DIR");
     };
+    student.recompute = args.recompute;
     let mut map = layer_map(&args.layer_map)?;
     if map.is_empty() && args.hidden_weight > 0.0 {
         map = kept.iter().enumerate().map(|(s, &t)| (s, t)).collect();

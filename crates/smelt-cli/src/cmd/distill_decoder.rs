@@ -49,6 +49,7 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     let src = GgufFile::open(teacher_path).with_context(|| format!("reading {}", teacher_path.display()))?;
     let n_teacher = teacher.cfg.n_layers;
     let scratch = beside(&args.output, ".smelt-student.gguf");
+    let mut removed_blocks: Vec<usize> = Vec::new();
     let student_path = if let Some(s) = &args.student {
         s.clone()
     } else {
@@ -72,17 +73,20 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
             if !g.quiet {
                 eprintln!("student: removed blocks {:?} by angular distance", r.removed);
             }
+            removed_blocks = r.removed.clone();
             BTreeSet::new()
         } else {
             anyhow::bail!("say where the student comes from: --keep-layers 0,1,..., --layers N, or --student FILE");
         };
         if !removed.is_empty() {
             write_without_layers(&src, &removed, &scratch)?;
+            removed_blocks = removed.into_iter().collect();
         }
         scratch.clone()
     };
     let student_file = Arc::new(GgufFile::open(&student_path).with_context(|| format!("reading the student {}", student_path.display()))?);
-    let student = LlamaTrain::from_llama(&Llama::from_gguf(student_file.clone(), LoadOptions::default())?)?;
+    let mut student = LlamaTrain::from_llama(&Llama::from_gguf(student_file.clone(), LoadOptions::default())?)?;
+    student.recompute = args.recompute;
     let kept_layers = student.cfg.n_layers;
     let loss = DecoderLoss { kl: args.kl_weight, temperature: args.temperature, ce: args.ce_weight };
     let mut obj = DecoderDistill::new(teacher, student, train, val, loss, &pool)?;
@@ -119,6 +123,7 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     let summary = json!({
         "teacher": args.teacher,
         "student_layers": kept_layers,
+        "removed_blocks": removed_blocks,
         "teacher_layers": n_teacher,
         "student_params": obj.student.params.len(),
         "train_chunks": n_train, "val_chunks": n_val, "ctx": args.ctx,

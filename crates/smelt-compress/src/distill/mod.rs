@@ -4,6 +4,7 @@
 
 pub mod decoder;
 pub mod encoder;
+pub mod student;
 
 use std::path::Path;
 
@@ -46,6 +47,7 @@ pub fn write_encoder_student(student: &BertTrain, source: &Path, out: &Path) -> 
     let mut config: serde_json::Value = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     config["num_hidden_layers"] = serde_json::json!(student.cfg.num_hidden_layers);
     config["intermediate_size"] = serde_json::json!(student.cfg.intermediate_size);
+    config["num_attention_heads"] = serde_json::json!(student.cfg.num_attention_heads);
     match config.as_object_mut() {
         Some(o) if student.cfg.pruned_heads.is_empty() => {
             o.remove("pruned_heads");

@@ -63,6 +63,10 @@ pub struct BertTrain {
     token_type: Range<usize>,
     ln_emb: (Range<usize>, Range<usize>),
     layers: Vec<LayerSlots>,
+    /// Keep only each layer's input in the forward and recompute the rest in the backward: a
+    /// layer's activations shrink from about `6d + 4q + 2f + h n` values a token to `d`, for one
+    /// more forward of the layers (about a third more work).
+    pub recompute: bool,
 }
 
 /// What the forward keeps of one layer.
@@ -167,7 +171,7 @@ impl BertTrain {
                 ln2: (take(&n("output.LayerNorm.weight"), &[d])?, take(&n("output.LayerNorm.bias"), &[d])?),
             });
         }
-        Ok(BertTrain { cfg, heads, params: p, prefix: prefix.to_string(), word, position, token_type, ln_emb, layers })
+        Ok(BertTrain { cfg, heads, params: p, prefix: prefix.to_string(), word, position, token_type, ln_emb, layers, recompute: false })
     }
 
     /// A student of the layers `keep` (ascending, each below the layer count), renumbered from
@@ -188,6 +192,7 @@ impl BertTrain {
             };
             self.params.get(&source).map(<[f32]>::to_vec).ok_or_else(|| ModelError::MissingTensor { name: source, arch: "bert".into() })
         })
+        .map(|b| BertTrain { recompute: self.recompute, ..b })
     }
 
     /// `bert.` when the checkpoint's names carry it, else empty.
@@ -209,11 +214,42 @@ impl BertTrain {
         self.cfg.hidden_size / self.cfg.num_attention_heads
     }
 
+    /// Layer `li` on its input `x` (`t x d`): what its backward needs, and its output.
+    fn layer_forward(&self, pool: &ThreadPool, li: usize, x: Vec<f32>, starts: &[usize]) -> Result<(LayerActs, Vec<f32>), ModelError> {
+        let c = &self.cfg;
+        let (d, f, hd, t) = (c.hidden_size, c.intermediate_size, self.hd(), x.len() / c.hidden_size);
+        let eps = c.layer_norm_eps as f32;
+        let (l, h) = (&self.layers[li], self.heads[li]);
+        let qw = h * hd;
+        let mut a = LayerActs { x, ..Default::default() };
+        for (w, b, out) in [(&l.q, &l.qb, &mut a.q), (&l.k, &l.kb, &mut a.k), (&l.v, &l.vb, &mut a.v)] {
+            *out = vec![0f32; t * qw];
+            par_linear(pool, &a.x, self.w(w), Some(self.w(b)), (t, d, qw), out);
+        }
+        (a.probs, a.att) = par_attention(pool, &a.q, &a.k, &a.v, starts, Heads { q: h, kv: h, dim: hd }, false);
+        a.r1 = vec![0f32; t * d];
+        par_linear(pool, &a.att, self.w(&l.o), Some(self.w(&l.ob)), (t, qw, d), &mut a.r1);
+        a.r1.iter_mut().zip(&a.x).for_each(|(r, x)| *r += *x);
+        a.x1 = vec![0f32; t * d];
+        a.s1 = layernorm(&a.r1, self.w(&l.ln1.0), self.w(&l.ln1.1), eps, d, &mut a.x1);
+        a.u = vec![0f32; t * f];
+        par_linear(pool, &a.x1, self.w(&l.up), Some(self.w(&l.upb)), (t, d, f), &mut a.u);
+        a.g = vec![0f32; t * f];
+        par_map(pool, &a.u, &mut a.g, &|u, g| gelu(u, g));
+        a.r2 = vec![0f32; t * d];
+        par_linear(pool, &a.g, self.w(&l.down), Some(self.w(&l.downb)), (t, f, d), &mut a.r2);
+        a.r2.iter_mut().zip(&a.x1).for_each(|(r, x)| *r += *x);
+        let mut out = vec![0f32; t * d];
+        a.s2 = layernorm(&a.r2, self.w(&l.ln2.0), self.w(&l.ln2.1), eps, d, &mut out);
+        check_activations(&out, d, || format!("encoder layer {li} (training forward)"))?;
+        Ok((a, out))
+    }
+
     /// Runs `seqs` (framed token sequences, each at most `max_position_embeddings` long),
     /// keeping the activations for [`BertTrain::backward`].
     pub fn forward(&self, pool: &ThreadPool, seqs: &[&[u32]]) -> Result<BertActs, ModelError> {
         let c = &self.cfg;
-        let (d, f, hd) = (c.hidden_size, c.intermediate_size, self.hd());
+        let d = c.hidden_size;
         let eps = c.layer_norm_eps as f32;
         let mut starts = vec![0usize];
         let mut ids = Vec::new();
@@ -236,32 +272,13 @@ impl BertTrain {
         let mut x = vec![0f32; t * d];
         let emb_stats = layernorm(&emb, self.w(&self.ln_emb.0), self.w(&self.ln_emb.1), eps, d, &mut x);
         let mut layers = Vec::with_capacity(self.layers.len());
-        for (li, (l, &h)) in self.layers.iter().zip(&self.heads).enumerate() {
-            let qw = h * hd;
-            let mut a = LayerActs { x, ..Default::default() };
-            for (w, b, out) in [(&l.q, &l.qb, &mut a.q), (&l.k, &l.kb, &mut a.k), (&l.v, &l.vb, &mut a.v)] {
-                *out = vec![0f32; t * qw];
-                par_linear(pool, &a.x, self.w(w), Some(self.w(b)), (t, d, qw), out);
+        for li in 0..self.layers.len() {
+            let (mut a, next) = self.layer_forward(pool, li, x, &starts)?;
+            if self.recompute {
+                a = LayerActs { x: a.x, ..Default::default() };
             }
-            let (probs, att) = par_attention(pool, &a.q, &a.k, &a.v, &starts, Heads { q: h, kv: h, dim: hd }, false);
-            a.probs = probs;
-            a.att = att;
-            a.r1 = vec![0f32; t * d];
-            par_linear(pool, &a.att, self.w(&l.o), Some(self.w(&l.ob)), (t, qw, d), &mut a.r1);
-            a.r1.iter_mut().zip(&a.x).for_each(|(r, x)| *r += *x);
-            a.x1 = vec![0f32; t * d];
-            a.s1 = layernorm(&a.r1, self.w(&l.ln1.0), self.w(&l.ln1.1), eps, d, &mut a.x1);
-            a.u = vec![0f32; t * f];
-            par_linear(pool, &a.x1, self.w(&l.up), Some(self.w(&l.upb)), (t, d, f), &mut a.u);
-            a.g = vec![0f32; t * f];
-            par_map(pool, &a.u, &mut a.g, &|u, g| gelu(u, g));
-            a.r2 = vec![0f32; t * d];
-            par_linear(pool, &a.g, self.w(&l.down), Some(self.w(&l.downb)), (t, f, d), &mut a.r2);
-            a.r2.iter_mut().zip(&a.x1).for_each(|(r, x)| *r += *x);
-            x = vec![0f32; t * d];
-            a.s2 = layernorm(&a.r2, self.w(&l.ln2.0), self.w(&l.ln2.1), eps, d, &mut x);
-            check_activations(&x, d, || format!("encoder layer {li} (training forward)"))?;
             layers.push(a);
+            x = next;
         }
         Ok(BertActs { starts, ids, emb, emb_stats, layers, out: x })
     }
@@ -276,7 +293,14 @@ impl BertTrain {
             return Err(ModelError::hyper("gradient", format!("{} values", grads.len()), format!("expected {} parameters and {t} x {d} output gradients", self.params.len())));
         }
         let mut dx = d_out.to_vec();
-        for (li, (l, la)) in self.layers.iter().zip(&a.layers).enumerate().rev() {
+        for (li, (l, kept)) in self.layers.iter().zip(&a.layers).enumerate().rev() {
+            let fresh;
+            let la = if self.recompute {
+                fresh = self.layer_forward(pool, li, kept.x.clone(), &a.starts)?.0;
+                &fresh
+            } else {
+                kept
+            };
             for (_, g) in d_hidden.iter().filter(|(k, _)| *k == li) {
                 dx.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += *b);
             }

@@ -55,6 +55,10 @@ pub struct LlamaTrain {
     output: Option<Range<usize>>, // (vocab, d); None: tied to `embed`
     output_norm: Range<usize>,    // (d)
     blocks: Vec<BlockSlots>,
+    /// Keep only each block's input in the forward and recompute the rest in the backward: the
+    /// activations of a block shrink from about `4d + 2q + 2kv + 3f + h n` values a token to
+    /// `d`, for one more forward of the blocks (about a third more work).
+    pub recompute: bool,
 }
 
 /// What the forward keeps of one block.
@@ -183,7 +187,7 @@ impl LlamaTrain {
         let output_norm = take("output_norm.weight", 1, d)?;
         let output = if untied { Some(take("output.weight", cfg.vocab, d)?) } else { None };
         let rope = Rope::new(RopeStyle::Interleaved, cfg.rope_dim, cfg.rope_theta, cfg.rope_scale);
-        Ok(LlamaTrain { cfg, params: p, rope, embed, output, output_norm, blocks })
+        Ok(LlamaTrain { cfg, params: p, rope, embed, output, output_norm, blocks, recompute: false })
     }
 
     fn w(&self, r: &Range<usize>) -> &[f32] {
@@ -209,6 +213,40 @@ impl LlamaTrain {
         }
     }
 
+    /// Block `li` on its input `x` (`t x d`): what its backward needs, and its output.
+    fn block_forward(&self, pool: &ThreadPool, li: usize, x: Vec<f32>, positions: &[usize], starts: &[usize]) -> Result<(BlockActs, Vec<f32>), ModelError> {
+        let c = &self.cfg;
+        let (d, eps, t, b) = (c.dim, c.norm_eps, positions.len(), &self.blocks[li]);
+        let (qd, kvd, f) = (c.q_dim(li), c.kv_dim(li), c.shapes[li].ffn_dim);
+        let heads = Heads { q: c.shapes[li].n_heads, kv: c.shapes[li].n_kv_heads, dim: c.head_dim };
+        let mut a = BlockActs { h1: vec![0f32; t * d], ..Default::default() };
+        a.inv1 = rmsnorm(&x, self.w(&b.attn_norm), eps, d, &mut a.h1);
+        a.x = x;
+        for (w, out, width) in [(&b.q, &mut a.q, qd), (&b.k, &mut a.k, kvd), (&b.v, &mut a.v, kvd)] {
+            *out = vec![0f32; t * width];
+            par_linear(pool, &a.h1, self.w(w), None, (t, d, width), out);
+        }
+        self.rope_rows(&mut a.q, qd, positions, false);
+        self.rope_rows(&mut a.k, kvd, positions, false);
+        (a.probs, a.att) = par_attention(pool, &a.q, &a.k, &a.v, starts, heads, true);
+        a.r = vec![0f32; t * d];
+        par_linear(pool, &a.att, self.w(&b.o), None, (t, qd, d), &mut a.r);
+        a.r.iter_mut().zip(&a.x).for_each(|(r, x)| *r += *x);
+        a.h2 = vec![0f32; t * d];
+        a.inv2 = rmsnorm(&a.r, self.w(&b.ffn_norm), eps, d, &mut a.h2);
+        a.a = vec![0f32; t * f];
+        a.u = vec![0f32; t * f];
+        par_linear(pool, &a.h2, self.w(&b.gate), None, (t, d, f), &mut a.a);
+        par_linear(pool, &a.h2, self.w(&b.up), None, (t, d, f), &mut a.u);
+        a.s = vec![0f32; t * f];
+        swiglu(&a.a, &a.u, &mut a.s);
+        let mut out = vec![0f32; t * d];
+        par_linear(pool, &a.s, self.w(&b.down), None, (t, f, d), &mut out);
+        out.iter_mut().zip(&a.r).for_each(|(x, r)| *x += *r);
+        check_activations(&out, d, || format!("block {li} (training forward)"))?;
+        Ok((a, out))
+    }
+
     /// Runs `seqs` (token sequences, each at most the training context), keeping the
     /// activations for [`LlamaTrain::backward`]; the logits of every token are in the result.
     pub fn forward(&self, pool: &ThreadPool, seqs: &[&[u32]]) -> Result<LlamaActs, ModelError> {
@@ -230,35 +268,13 @@ impl LlamaTrain {
         let e = self.w(&self.embed);
         let mut x: Vec<f32> = ids.iter().flat_map(|&id| e[id as usize * d..(id as usize + 1) * d].iter().copied()).collect();
         let mut blocks = Vec::with_capacity(self.blocks.len());
-        for (li, b) in self.blocks.iter().enumerate() {
-            let (qd, kvd, f) = (c.q_dim(li), c.kv_dim(li), c.shapes[li].ffn_dim);
-            let heads = Heads { q: c.shapes[li].n_heads, kv: c.shapes[li].n_kv_heads, dim: c.head_dim };
-            let mut a = BlockActs { h1: vec![0f32; t * d], ..Default::default() };
-            a.inv1 = rmsnorm(&x, self.w(&b.attn_norm), eps, d, &mut a.h1);
-            a.x = x;
-            for (w, out, width) in [(&b.q, &mut a.q, qd), (&b.k, &mut a.k, kvd), (&b.v, &mut a.v, kvd)] {
-                *out = vec![0f32; t * width];
-                par_linear(pool, &a.h1, self.w(w), None, (t, d, width), out);
+        for li in 0..self.blocks.len() {
+            let (mut a, next) = self.block_forward(pool, li, x, &positions, &starts)?;
+            if self.recompute {
+                a = BlockActs { x: a.x, ..Default::default() };
             }
-            self.rope_rows(&mut a.q, qd, &positions, false);
-            self.rope_rows(&mut a.k, kvd, &positions, false);
-            (a.probs, a.att) = par_attention(pool, &a.q, &a.k, &a.v, &starts, heads, true);
-            a.r = vec![0f32; t * d];
-            par_linear(pool, &a.att, self.w(&b.o), None, (t, qd, d), &mut a.r);
-            a.r.iter_mut().zip(&a.x).for_each(|(r, x)| *r += *x);
-            a.h2 = vec![0f32; t * d];
-            a.inv2 = rmsnorm(&a.r, self.w(&b.ffn_norm), eps, d, &mut a.h2);
-            a.a = vec![0f32; t * f];
-            a.u = vec![0f32; t * f];
-            par_linear(pool, &a.h2, self.w(&b.gate), None, (t, d, f), &mut a.a);
-            par_linear(pool, &a.h2, self.w(&b.up), None, (t, d, f), &mut a.u);
-            a.s = vec![0f32; t * f];
-            swiglu(&a.a, &a.u, &mut a.s);
-            x = vec![0f32; t * d];
-            par_linear(pool, &a.s, self.w(&b.down), None, (t, f, d), &mut x);
-            x.iter_mut().zip(&a.r).for_each(|(x, r)| *x += *r);
-            check_activations(&x, d, || format!("block {li} (training forward)"))?;
             blocks.push(a);
+            x = next;
         }
         let mut hf = vec![0f32; t * d];
         let inv_f = rmsnorm(&x, self.w(&self.output_norm), eps, d, &mut hf);
@@ -282,7 +298,14 @@ impl LlamaTrain {
         par_linear_backward(pool, &a.hf, self.w(&out_w), d_logits, (t, d, v), Some(&mut dhf), grads, &out_w, None);
         let mut dx = vec![0f32; t * d];
         rmsnorm_backward(&a.last, self.w(&self.output_norm), &a.inv_f, &dhf, d, &mut dx, &mut grads[self.output_norm.clone()]);
-        for (li, (b, ba)) in self.blocks.iter().zip(&a.blocks).enumerate().rev() {
+        for (li, (b, kept)) in self.blocks.iter().zip(&a.blocks).enumerate().rev() {
+            let fresh;
+            let ba = if self.recompute {
+                fresh = self.block_forward(pool, li, kept.x.clone(), &a.positions, &a.starts)?.0;
+                &fresh
+            } else {
+                kept
+            };
             for (_, g) in d_hidden.iter().filter(|(k, _)| *k == li) {
                 dx.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += *b);
             }

@@ -10,6 +10,7 @@
 //! | layer | forward | backward |
 //! |---|---|---|
 //! | linear | `y = x W^T + b` (`x: t x i`, `W: o x i`) | `dx = dy W`, `dW += dy^T x`, `db += sum_t dy` |
+//! | frozen linear (any ggml type; [`frozen`]) | `y = x W^T` | `dx = dy W`, W dequantized a tile of rows at a time |
 //! | RMSNorm | `y = g * x / r`, `r = sqrt(mean(x^2) + eps)` | `dx = (g dy - x mean(g dy x) / r^2) / r`, `dg += dy x / r` |
 //! | LayerNorm | `y = g * xh + b`, `xh = (x - mu) / s` | `dx = (gdy - mean(gdy) - xh mean(gdy xh)) / s` |
 //! | GELU (erf) | `y = x Phi(x)` | `dx = dy (Phi(x) + x phi(x))` |
@@ -22,11 +23,13 @@
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 pub mod bert;
+pub mod frozen;
 pub mod llama;
 pub mod par;
 pub mod params;
 
 pub use bert::{BertActs, BertTrain};
+pub use frozen::frozen_linear_backward;
 pub use llama::{LlamaActs, LlamaTrain};
 pub use params::{Params, Slot};
 

@@ -20,7 +20,7 @@ pub fn pair_mut<'a>(g: &'a mut [f32], a: &Range<usize>, b: &Range<usize>) -> (&'
 }
 
 /// Rows per pool task for `n` rows: one chunk per thread, at least 16 rows.
-fn row_chunk(pool: &ThreadPool, n: usize) -> usize {
+pub(crate) fn row_chunk(pool: &ThreadPool, n: usize) -> usize {
     n.div_ceil(pool.threads_here().max(1)).max(16)
 }
 
