@@ -39,12 +39,24 @@ pub struct Checkpoint {
 
 const KEY: &str = "smelt.train";
 
-impl Checkpoint {
-    /// Writes the checkpoint to `path` atomically.
+/// A checkpoint's parts borrowed from a running loop: saved without copying them (a copy of the
+/// parameters and AdamW's two moments is three times the model).
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointView<'a> {
+    pub state: &'a LoopState,
+    pub params: &'a [f32],
+    pub m: &'a [f32],
+    pub v: &'a [f32],
+    pub adam_t: u64,
+    pub best: Option<&'a [f32]>,
+}
+
+impl CheckpointView<'_> {
+    /// Writes the checkpoint to `path` atomically, streaming the tensors.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
         let n = [self.params.len()];
-        let mut tensors: Vec<(&str, &[usize], &[f32])> = vec![("params", &n, &self.params), ("adam.m", &n, &self.m), ("adam.v", &n, &self.v)];
-        if let Some(b) = &self.best {
+        let mut tensors: Vec<(&str, &[usize], &[f32])> = vec![("params", &n, self.params), ("adam.m", &n, self.m), ("adam.v", &n, self.v)];
+        if let Some(b) = self.best {
             tensors.push(("best", &n, b));
         }
         let state = serde_json::json!({"loop": self.state, "adam_t": self.adam_t, "version": 1}).to_string();
@@ -53,6 +65,13 @@ impl Checkpoint {
             |w| write_f32(w, &tensors, &[(KEY.into(), state)]).map_err(|e| TrainError::Checkpoint { path: path.into(), reason: e.to_string() }),
             |p, source| TrainError::Io { path: p, source },
         )
+    }
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        CheckpointView { state: &self.state, params: &self.params, m: &self.m, v: &self.v, adam_t: self.adam_t, best: self.best.as_deref() }.save(path)
     }
 
     /// Reads a checkpoint written by [`Checkpoint::save`].

@@ -11,7 +11,7 @@ pub mod optim;
 pub mod order;
 pub mod trainer;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, CheckpointView};
 pub use optim::{AdamW, Schedule};
 pub use trainer::{Objective, Outcome, Progress, StepStats, Stop, TrainConfig, Trainer};
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::checkpoint::{Checkpoint, LoopState};
+use crate::checkpoint::{Checkpoint, CheckpointView, LoopState};
 use crate::optim::{clip_global_norm, AdamW, Schedule};
 use crate::order::permutation;
 use crate::TrainError;
@@ -248,8 +248,7 @@ impl Trainer<'_> {
             let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
             if let Some(path) = &cfg.checkpoint {
                 if due || interrupted || stop != Stop::Finished || state.step == cfg.steps {
-                    let ck = Checkpoint { state: state.clone(), params: obj.params().to_vec(), m: opt.m.clone(), v: opt.v.clone(), adam_t: opt.t, best: best.clone() };
-                    ck.save(path)?;
+                    CheckpointView { state: &state, params: obj.params(), m: &opt.m, v: &opt.v, adam_t: opt.t, best: best.as_deref() }.save(path)?;
                     last_saved = Some(state.step);
                 }
             }
