@@ -85,7 +85,7 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
         scratch.clone()
     };
     let student_file = Arc::new(GgufFile::open(&student_path).with_context(|| format!("reading the student {}", student_path.display()))?);
-    let mut student = LlamaTrain::from_llama(&Llama::from_gguf(student_file.clone(), LoadOptions::default())?)?;
+    let mut student = LlamaTrain::from_llama(&Llama::from_gguf(student_file.clone(), LoadOptions::default())?).with_context(|| format!("the student {} cannot be trained (a student from `smelt prune --method ffn|heads|width` must be pruned with --no-bias: block biases are not trained yet)", student_path.display()))?;
     student.recompute = args.recompute;
     let kept_layers = student.cfg.n_layers;
     let loss = DecoderLoss { kl: args.kl_weight, temperature: args.temperature, ce: args.ce_weight };
