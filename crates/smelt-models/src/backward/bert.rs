@@ -64,8 +64,8 @@ pub struct BertTrain {
     ln_emb: (Range<usize>, Range<usize>),
     layers: Vec<LayerSlots>,
     /// Keep only each layer's input in the forward and recompute the rest in the backward: a
-    /// layer's activations shrink from about `6d + 4q + 2f + h n` values a token to `d`, for one
-    /// more forward of the layers (about a third more work).
+    /// layer's activations shrink from about `4d + 4q + 2f + h n` values a token to `d`, for one
+    /// more forward of the layers.
     pub recompute: bool,
 }
 

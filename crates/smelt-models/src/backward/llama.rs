@@ -57,7 +57,7 @@ pub struct LlamaTrain {
     blocks: Vec<BlockSlots>,
     /// Keep only each block's input in the forward and recompute the rest in the backward: the
     /// activations of a block shrink from about `4d + 2q + 2kv + 3f + h n` values a token to
-    /// `d`, for one more forward of the blocks (about a third more work).
+    /// `d`, for one more forward of the blocks (SmolLM2 distillation: 1.27x the step time).
     pub recompute: bool,
 }
 
