@@ -24,6 +24,13 @@ use super::prune::StageBars;
 use crate::cli::{DistillArgs, Global};
 use crate::progress::Progress;
 
+/// The teacher layer each of `n` student layers stands for (the default hidden-state map of a
+/// student not cut from the teacher): the last of each of `n` equal spans of the teacher's.
+fn spread(n: usize, n_teacher: usize) -> Vec<usize> {
+    let n = n.max(1);
+    (0..n).map(|i| (i * n_teacher / n + n_teacher / n).saturating_sub(1).min(n_teacher - 1)).collect()
+}
+
 /// The config a `--student` path gives when it holds no weights: a `.json` file, or a
 /// directory with `config.json` and no `model.safetensors`.
 fn config_only(student: &Path) -> Option<PathBuf> {
@@ -179,8 +186,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
             HfConfig::Bert(c) => c,
             _ => anyhow::bail!("{}: the student config of a sentence encoder must be a BERT config (\"model_type\": \"bert\")", config.display()),
         };
-        let n = cfg.num_hidden_layers.max(1);
-        let kept = (0..n).map(|i| ((i + 1) * n_teacher / n).saturating_sub(1).min(n_teacher - 1)).collect();
+        let kept = spread(cfg.num_hidden_layers, n_teacher);
         let range = v.get("initializer_range").and_then(serde_json::Value::as_f64).unwrap_or(0.02);
         let s = student_from_config(cfg, range, &BertTrain::from_dir(&teacher_dir)?, args.seed)?;
         if !g.quiet {
@@ -189,7 +195,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
         (s, teacher_dir.clone(), kept)
     } else if let Some(dir) = &args.student {
         let s = BertTrain::from_dir(dir).with_context(|| format!("loading the student {}", dir.display()))?;
-        let kept = (0..s.cfg.num_hidden_layers).map(|i| (i * n_teacher / s.cfg.num_hidden_layers.max(1) + n_teacher / s.cfg.num_hidden_layers.max(1)).saturating_sub(1).min(n_teacher - 1)).collect();
+        let kept = spread(s.cfg.num_hidden_layers, n_teacher);
         let same_tok = std::fs::read(dir.join("tokenizer.json")).ok() == std::fs::read(teacher_dir.join("tokenizer.json")).ok() || std::fs::read(dir.join("vocab.txt")).ok() == std::fs::read(teacher_dir.join("vocab.txt")).ok();
         if !same_tok {
             anyhow::bail!("the student {} and the teacher tokenize differently (their tokenizer.json and vocab.txt differ): distillation needs the same tokenizer", dir.display());
