@@ -22,6 +22,7 @@ pub mod generate;
 pub mod int8;
 pub mod linear;
 pub mod llama;
+pub mod lora;
 pub mod observe;
 pub mod ops;
 pub mod sampling;

@@ -10,6 +10,7 @@ use smelt_formats::{GgmlType, GgufFile, TensorInfo};
 use smelt_kernels::matmul::{gemm, gemv, QMatrix};
 use smelt_kernels::pool::ThreadPool;
 
+use crate::lora::LoraPair;
 use crate::ModelError;
 
 /// Where a weight's bytes live.
@@ -33,6 +34,8 @@ pub struct Linear {
     pub cols: usize,
     bytes: Bytes,
     bias: Option<Arc<Vec<f32>>>,
+    /// A low-rank adapter and its scale, added to every product ([`crate::lora`]).
+    lora: Option<(Arc<LoraPair>, f32)>,
 }
 
 impl std::fmt::Debug for Linear {
@@ -51,7 +54,7 @@ impl Linear {
         }
         let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
         let start = (file.header.data_offset + t.offset) as usize;
-        let mut lin = Linear { name: name.into(), ty: t.ty, rows, cols, bytes: Bytes::File { file: file.clone(), start, len: t.n_bytes as usize }, bias: None };
+        let mut lin = Linear { name: name.into(), ty: t.ty, rows, cols, bytes: Bytes::File { file: file.clone(), start, len: t.n_bytes as usize }, bias: None, lora: None };
         if let Some(target) = as_type {
             lin = lin.to_type(target)?;
         }
@@ -71,7 +74,7 @@ impl Linear {
         if t.shape.len() != 2 {
             return Err(ModelError::WrongShape { name: name.into(), found: t.shape.iter().map(|&d| d as u64).collect(), expected: vec![0, 0] });
         }
-        let lin = Linear { name: name.into(), ty, rows: t.shape[0], cols: t.shape[1], bytes: Bytes::Safetensors { file: file.clone(), index }, bias: None };
+        let lin = Linear { name: name.into(), ty, rows: t.shape[0], cols: t.shape[1], bytes: Bytes::Safetensors { file: file.clone(), index }, bias: None, lora: None };
         match as_type {
             Some(target) => lin.to_type(target),
             None => Ok(lin),
@@ -96,7 +99,7 @@ impl Linear {
             return Err(ModelError::WrongShape { name: name.into(), found: vec![data.len() as u64], expected: vec![rows as u64, cols as u64] });
         }
         let bytes = bytemuck::cast_slice::<f32, u8>(&data).to_vec();
-        let lin = Linear { name: name.into(), ty: GgmlType::F32, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)), bias: None };
+        let lin = Linear { name: name.into(), ty: GgmlType::F32, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)), bias: None, lora: None };
         match as_type {
             Some(target) => lin.to_type(target),
             None => Ok(lin),
@@ -109,7 +112,7 @@ impl Linear {
         if expected != Some(bytes.len()) {
             return Err(ModelError::WrongShape { name: name.into(), found: vec![bytes.len() as u64], expected: vec![expected.unwrap_or(0) as u64] });
         }
-        Ok(Linear { name: name.into(), ty, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)), bias: None })
+        Ok(Linear { name: name.into(), ty, rows, cols, bytes: Bytes::Owned(Arc::new(bytes)), bias: None, lora: None })
     }
 
     /// The rows of several matrices of one type and width stacked into one (`[sum rows, cols]`),
@@ -122,7 +125,7 @@ impl Linear {
         let bytes: Vec<u8> = parts.iter().flat_map(|p| p.bytes().iter().copied()).collect();
         // A part without a bias adds zeros, so the stack has one when any part has.
         let bias = parts.iter().any(|p| p.bias.is_some()).then(|| Arc::new(parts.iter().flat_map(|p| p.bias.as_ref().map_or_else(|| vec![0.0; p.rows], |b| b.to_vec())).collect()));
-        Ok(Linear { name: name.into(), ty: first.ty, rows: parts.iter().map(|p| p.rows).sum(), cols: first.cols, bytes: Bytes::Owned(Arc::new(bytes)), bias })
+        Ok(Linear { name: name.into(), ty: first.ty, rows: parts.iter().map(|p| p.rows).sum(), cols: first.cols, bytes: Bytes::Owned(Arc::new(bytes)), bias, lora: None })
     }
 
     /// A copy in another type.
@@ -135,7 +138,7 @@ impl Linear {
             Ok(out)
         };
         let out = convert().map_err(|e| e.in_tensor(&self.name))?;
-        Ok(Linear { name: self.name.clone(), ty, rows: self.rows, cols: self.cols, bytes: Bytes::Owned(Arc::new(out)), bias: self.bias.clone() })
+        Ok(Linear { name: self.name.clone(), ty, rows: self.rows, cols: self.cols, bytes: Bytes::Owned(Arc::new(out)), bias: self.bias.clone(), lora: self.lora.clone() })
     }
 
     /// This matrix with the bias `b` (`rows` finite values) added to its products.
@@ -152,6 +155,26 @@ impl Linear {
     pub fn without_bias(mut self) -> Linear {
         self.bias = None;
         self
+    }
+
+    /// This matrix with a low-rank adapter added to its products: `y += s (x A^T) B^T`.
+    pub fn with_lora(mut self, pair: Arc<LoraPair>, s: f32) -> Result<Linear, ModelError> {
+        if pair.rows != self.rows || pair.cols != self.cols {
+            return Err(ModelError::WrongShape { name: format!("{} (LoRA)", self.name), found: vec![pair.cols as u64, pair.rows as u64], expected: vec![self.cols as u64, self.rows as u64] });
+        }
+        self.lora = Some((pair, s));
+        Ok(self)
+    }
+
+    /// This matrix without its adapter.
+    pub fn without_lora(mut self) -> Linear {
+        self.lora = None;
+        self
+    }
+
+    /// The adapter and its scale, when the layer has one.
+    pub fn lora(&self) -> Option<(&LoraPair, f32)> {
+        self.lora.as_ref().map(|(p, s)| (p.as_ref(), *s))
     }
 
     /// The bias, when the layer has one.
@@ -189,12 +212,17 @@ impl Linear {
     /// `y = W x (+ b)`.
     pub fn forward(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
         gemv(pool, &self.matrix()?, x, y, scratch)?;
-        self.add_bias(y);
+        self.finish_rows(x, 1, y);
         Ok(())
     }
 
-    /// Adds the bias (if any) to every row of `y` (`rows` values each).
-    fn add_bias(&self, y: &mut [f32]) {
+    /// What follows the weight product for `m` rows of input `x`: the adapter's term (if any)
+    /// and the bias (if any) added to every row of `y` (`rows` values each). Callers that run
+    /// the product themselves (several matrices at once) call it after.
+    pub fn finish_rows(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        if let Some((p, s)) = &self.lora {
+            p.add_to(&x[..m * self.cols], m, *s, &mut y[..m * self.rows]);
+        }
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.rows) {
                 for (v, b) in row.iter_mut().zip(b.iter()) {
@@ -216,7 +244,7 @@ impl Linear {
     /// `Y = X W^T (+ b)` for `m` rows of `X`.
     pub fn forward_batch(&self, pool: &ThreadPool, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), ModelError> {
         gemm(pool, &self.matrix()?, x, m, y, scratch)?;
-        self.add_bias(&mut y[..m * self.rows]);
+        self.finish_rows(x, m, y);
         Ok(())
     }
 }

@@ -455,6 +455,33 @@ impl Llama {
         std::iter::once(&mut self.embed).chain(self.output.as_mut()).chain(layers).find(|w| w.name == name)
     }
 
+    /// Adds every pair of `adapter` to its matrix, scaled by `strength` times the adapter's own
+    /// scale (llama.cpp's `--lora-scaled`; 1 for `--lora`). Refuses an adapter of another
+    /// architecture, a pair for a tensor this model does not have or of another shape (an adapter
+    /// for another base), and pairs on the embedding or output head. Nothing changes on error.
+    pub fn apply_lora(&mut self, adapter: &crate::lora::LoraAdapter, strength: f32) -> Result<(), ModelError> {
+        if adapter.arch != "llama" {
+            return Err(ModelError::hyper("general.architecture", format!("{:?}", adapter.arch), "the adapter was made for another architecture than this llama model"));
+        }
+        let mut adapted = Vec::with_capacity(adapter.pairs.len());
+        for (name, pair) in &adapter.pairs {
+            if name == "token_embd.weight" || name == "output.weight" {
+                return Err(ModelError::hyper(name, "LoRA pair", "adapters of the embedding or output head are not supported"));
+            }
+            let lin = self.linear_mut(name).ok_or_else(|| ModelError::hyper(name, "LoRA pair", "this model has no such matrix: is the adapter for another base model?"))?;
+            if (pair.rows, pair.cols) != (lin.rows, lin.cols) {
+                return Err(ModelError::WrongShape { name: format!("{name} (LoRA for another base model?)"), found: vec![pair.cols as u64, pair.rows as u64], expected: vec![lin.cols as u64, lin.rows as u64] });
+            }
+            adapted.push((name, lin.clone().with_lora(pair.clone(), strength * adapter.scale(pair.rank))?));
+        }
+        for (name, lin) in adapted {
+            if let Some(w) = self.linear_mut(name) {
+                *w = lin;
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes of weights (for reports).
     pub fn weight_bytes(&self) -> usize {
         let per_layer: usize = self.layers.iter().map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|w| w.bytes().len()).sum::<usize>()).sum();
@@ -534,6 +561,9 @@ impl Llama {
             if m == 1 {
                 let ws = [&layer.wq.matrix()?, &layer.wk.matrix()?, &layer.wv.matrix()?];
                 gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.q[..qd], &mut b.k[..kvd], &mut b.v[..kvd]], &mut b.scratch)?;
+                layer.wq.finish_rows(&b.h, 1, &mut b.q[..qd]);
+                layer.wk.finish_rows(&b.h, 1, &mut b.k[..kvd]);
+                layer.wv.finish_rows(&b.h, 1, &mut b.v[..kvd]);
             } else {
                 layer.wq.apply(pool, &b.h[..m * d], m, &mut b.q[..m * qd], &mut b.scratch)?;
                 layer.wk.apply(pool, &b.h[..m * d], m, &mut b.k[..m * kvd], &mut b.scratch)?;
@@ -555,6 +585,8 @@ impl Llama {
             if m == 1 {
                 let ws = [&layer.gate.matrix()?, &layer.up.matrix()?];
                 gemv_multi(pool, &ws, &b.h[..d], &mut [&mut b.g[..ffn], &mut b.u[..ffn]], &mut b.scratch)?;
+                layer.gate.finish_rows(&b.h, 1, &mut b.g[..ffn]);
+                layer.up.finish_rows(&b.h, 1, &mut b.u[..ffn]);
             } else {
                 layer.gate.apply(pool, &b.h[..m * d], m, &mut b.g[..m * ffn], &mut b.scratch)?;
                 layer.up.apply(pool, &b.h[..m * d], m, &mut b.u[..m * ffn], &mut b.scratch)?;

@@ -24,37 +24,46 @@ use std::ops::Range;
 use smelt_kernels::pool::ThreadPool;
 
 use super::params::Params;
-use super::par::{par_attention, par_attention_backward, par_linear, par_linear_backward};
+use super::par::{par_attention, par_attention_backward};
+use super::weight::{Mat, Vector};
 use super::{embedding_backward, rmsnorm, rmsnorm_backward, swiglu, swiglu_backward, Heads};
 use crate::error::check_activations;
 use crate::llama::{Llama, LlamaConfig};
 use crate::ops::{Rope, RopeStyle};
 use crate::ModelError;
 
-/// Where one block's tensors lie in [`Params::data`].
+/// One block's weights: trained (ranges of [`Params::data`]) or frozen with adapters.
 #[derive(Clone, Debug)]
-struct BlockSlots {
-    attn_norm: Range<usize>, // (d)
-    q: Range<usize>,         // (q, d)
-    k: Range<usize>,         // (kv, d)
-    v: Range<usize>,         // (kv, d)
-    o: Range<usize>,         // (d, q)
-    ffn_norm: Range<usize>,  // (d)
-    gate: Range<usize>,      // (f, d)
-    up: Range<usize>,        // (f, d)
-    down: Range<usize>,      // (d, f)
+pub(crate) struct BlockSlots {
+    pub attn_norm: Vector, // (d)
+    pub q: Mat,            // (q, d)
+    pub k: Mat,            // (kv, d)
+    pub v: Mat,            // (kv, d)
+    pub o: Mat,            // (d, q)
+    pub ffn_norm: Vector,  // (d)
+    pub gate: Mat,         // (f, d)
+    pub up: Mat,           // (f, d)
+    pub down: Mat,         // (d, f)
 }
 
-/// A Llama decoder with f32 parameters in one buffer, ready for training.
+impl BlockSlots {
+    /// The seven matrices in GGUF order with their names (`attn_q`, ...).
+    pub fn mats(&self) -> [(&'static str, &Mat); 7] {
+        [("attn_q", &self.q), ("attn_k", &self.k), ("attn_v", &self.v), ("attn_output", &self.o), ("ffn_gate", &self.gate), ("ffn_up", &self.up), ("ffn_down", &self.down)]
+    }
+}
+
+/// A Llama decoder ready for training: with f32 parameters in one buffer (every weight trained),
+/// or a frozen base of any type with low-rank adapters as the parameters ([`LlamaTrain::lora`]).
 #[derive(Clone, Debug)]
 pub struct LlamaTrain {
     pub cfg: LlamaConfig,
     pub params: Params,
-    rope: Rope,
-    embed: Range<usize>,          // (vocab, d)
-    output: Option<Range<usize>>, // (vocab, d); None: tied to `embed`
-    output_norm: Range<usize>,    // (d)
-    blocks: Vec<BlockSlots>,
+    pub(crate) rope: Rope,
+    pub(crate) embed: Mat,          // (vocab, d)
+    pub(crate) output: Option<Mat>, // (vocab, d); None: tied to `embed`
+    pub(crate) output_norm: Vector, // (d)
+    pub(crate) blocks: Vec<BlockSlots>,
     /// Keep only each block's input in the forward and recompute the rest in the backward: the
     /// activations of a block shrink from about `4d + 2q + 2kv + 3f + h n` values a token to
     /// `d`, for one more forward of the blocks (SmolLM2 distillation: 1.27x the step time).
@@ -78,6 +87,8 @@ struct BlockActs {
     a: Vec<f32>,
     u: Vec<f32>,
     s: Vec<f32>,
+    /// `x A^T` of each adapted matrix, in [`BlockSlots::mats`] order.
+    lu: [Vec<f32>; 7],
 }
 
 /// Activations of one batch, from [`LlamaTrain::forward`].
@@ -167,36 +178,37 @@ impl LlamaTrain {
             let shape: Vec<usize> = if rows == 1 { vec![cols] } else { vec![rows, cols] };
             p.push(name, &shape, &v)
         };
-        let embed = take("token_embd.weight", cfg.vocab, d)?;
+        let embed = Mat::Train(take("token_embd.weight", cfg.vocab, d)?);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let (q, kv, f) = (cfg.q_dim(i), cfg.kv_dim(i), cfg.shapes[i].ffn_dim);
             blocks.push(BlockSlots {
-                attn_norm: take(&n("attn_norm"), 1, d)?,
-                q: take(&n("attn_q"), q, d)?,
-                k: take(&n("attn_k"), kv, d)?,
-                v: take(&n("attn_v"), kv, d)?,
-                o: take(&n("attn_output"), d, q)?,
-                ffn_norm: take(&n("ffn_norm"), 1, d)?,
-                gate: take(&n("ffn_gate"), f, d)?,
-                up: take(&n("ffn_up"), f, d)?,
-                down: take(&n("ffn_down"), d, f)?,
+                attn_norm: Vector::Train(take(&n("attn_norm"), 1, d)?),
+                q: Mat::Train(take(&n("attn_q"), q, d)?),
+                k: Mat::Train(take(&n("attn_k"), kv, d)?),
+                v: Mat::Train(take(&n("attn_v"), kv, d)?),
+                o: Mat::Train(take(&n("attn_output"), d, q)?),
+                ffn_norm: Vector::Train(take(&n("ffn_norm"), 1, d)?),
+                gate: Mat::Train(take(&n("ffn_gate"), f, d)?),
+                up: Mat::Train(take(&n("ffn_up"), f, d)?),
+                down: Mat::Train(take(&n("ffn_down"), d, f)?),
             });
         }
-        let output_norm = take("output_norm.weight", 1, d)?;
-        let output = if untied { Some(take("output.weight", cfg.vocab, d)?) } else { None };
+        let output_norm = Vector::Train(take("output_norm.weight", 1, d)?);
+        let output = if untied { Some(Mat::Train(take("output.weight", cfg.vocab, d)?)) } else { None };
         let rope = Rope::new(RopeStyle::Interleaved, cfg.rope_dim, cfg.rope_theta, cfg.rope_scale);
         Ok(LlamaTrain { cfg, params: p, rope, embed, output, output_norm, blocks, recompute: false })
     }
 
-    fn w(&self, r: &Range<usize>) -> &[f32] {
-        &self.params.data[r.clone()]
+    fn norm<'a>(&'a self, v: &'a Vector) -> &'a [f32] {
+        v.get(&self.params.data)
     }
 
-    /// The ranges of the weight matrices of the blocks (what weight decay applies to).
+    /// The trained ranges of the blocks' weight matrices, or of their adapters (what weight
+    /// decay applies to).
     pub fn matrices(&self) -> Vec<Range<usize>> {
-        self.blocks.iter().flat_map(|b| [b.q.clone(), b.k.clone(), b.v.clone(), b.o.clone(), b.gate.clone(), b.up.clone(), b.down.clone()]).collect()
+        self.blocks.iter().flat_map(|b| b.mats().into_iter().flat_map(|(_, m)| m.trained())).collect()
     }
 
     /// Rotates (or, with `inverse`, rotates back: the backward) every row of `x` (`width` wide,
@@ -219,29 +231,31 @@ impl LlamaTrain {
         let (d, eps, t, b) = (c.dim, c.norm_eps, positions.len(), &self.blocks[li]);
         let (qd, kvd, f) = (c.q_dim(li), c.kv_dim(li), c.shapes[li].ffn_dim);
         let heads = Heads { q: c.shapes[li].n_heads, kv: c.shapes[li].n_kv_heads, dim: c.head_dim };
+        let p = &self.params.data;
         let mut a = BlockActs { h1: vec![0f32; t * d], ..Default::default() };
-        a.inv1 = rmsnorm(&x, self.w(&b.attn_norm), eps, d, &mut a.h1);
+        a.inv1 = rmsnorm(&x, self.norm(&b.attn_norm), eps, d, &mut a.h1);
         a.x = x;
-        for (w, out, width) in [(&b.q, &mut a.q, qd), (&b.k, &mut a.k, kvd), (&b.v, &mut a.v, kvd)] {
+        let [lq, lk, lv, lo, lg, lu, ld] = &mut a.lu;
+        for (w, out, width, u) in [(&b.q, &mut a.q, qd, lq), (&b.k, &mut a.k, kvd, lk), (&b.v, &mut a.v, kvd, lv)] {
             *out = vec![0f32; t * width];
-            par_linear(pool, &a.h1, self.w(w), None, (t, d, width), out);
+            w.forward(pool, p, &a.h1, (t, d, width), out, u)?;
         }
         self.rope_rows(&mut a.q, qd, positions, false);
         self.rope_rows(&mut a.k, kvd, positions, false);
         (a.probs, a.att) = par_attention(pool, &a.q, &a.k, &a.v, starts, heads, true);
         a.r = vec![0f32; t * d];
-        par_linear(pool, &a.att, self.w(&b.o), None, (t, qd, d), &mut a.r);
+        b.o.forward(pool, p, &a.att, (t, qd, d), &mut a.r, lo)?;
         a.r.iter_mut().zip(&a.x).for_each(|(r, x)| *r += *x);
         a.h2 = vec![0f32; t * d];
-        a.inv2 = rmsnorm(&a.r, self.w(&b.ffn_norm), eps, d, &mut a.h2);
+        a.inv2 = rmsnorm(&a.r, self.norm(&b.ffn_norm), eps, d, &mut a.h2);
         a.a = vec![0f32; t * f];
         a.u = vec![0f32; t * f];
-        par_linear(pool, &a.h2, self.w(&b.gate), None, (t, d, f), &mut a.a);
-        par_linear(pool, &a.h2, self.w(&b.up), None, (t, d, f), &mut a.u);
+        b.gate.forward(pool, p, &a.h2, (t, d, f), &mut a.a, lg)?;
+        b.up.forward(pool, p, &a.h2, (t, d, f), &mut a.u, lu)?;
         a.s = vec![0f32; t * f];
         swiglu(&a.a, &a.u, &mut a.s);
         let mut out = vec![0f32; t * d];
-        par_linear(pool, &a.s, self.w(&b.down), None, (t, f, d), &mut out);
+        b.down.forward(pool, p, &a.s, (t, f, d), &mut out, ld)?;
         out.iter_mut().zip(&a.r).for_each(|(x, r)| *x += *r);
         check_activations(&out, d, || format!("block {li} (training forward)"))?;
         Ok((a, out))
@@ -265,8 +279,18 @@ impl LlamaTrain {
             starts.push(ids.len());
         }
         let t = ids.len();
-        let e = self.w(&self.embed);
-        let mut x: Vec<f32> = ids.iter().flat_map(|&id| e[id as usize * d..(id as usize + 1) * d].iter().copied()).collect();
+        let mut x = vec![0f32; t * d];
+        match &self.embed {
+            Mat::Train(r) => {
+                let e = &self.params.data[r.clone()];
+                x.chunks_exact_mut(d).zip(&ids).for_each(|(row, &id)| row.copy_from_slice(&e[id as usize * d..(id as usize + 1) * d]));
+            }
+            Mat::Frozen { w, .. } => {
+                for (row, &id) in x.chunks_exact_mut(d).zip(&ids) {
+                    w.row_f32(id as usize, row)?;
+                }
+            }
+        }
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for li in 0..self.blocks.len() {
             let (mut a, next) = self.block_forward(pool, li, x, &positions, &starts)?;
@@ -277,9 +301,9 @@ impl LlamaTrain {
             x = next;
         }
         let mut hf = vec![0f32; t * d];
-        let inv_f = rmsnorm(&x, self.w(&self.output_norm), eps, d, &mut hf);
+        let inv_f = rmsnorm(&x, self.norm(&self.output_norm), eps, d, &mut hf);
         let mut logits = vec![0f32; t * c.vocab];
-        par_linear(pool, &hf, self.w(self.output.as_ref().unwrap_or(&self.embed)), None, (t, d, c.vocab), &mut logits);
+        self.output.as_ref().unwrap_or(&self.embed).forward(pool, &self.params.data, &hf, (t, d, c.vocab), &mut logits, &mut Vec::new())?;
         Ok(LlamaActs { starts, ids, positions, blocks, last: x, hf, inv_f, logits })
     }
 
@@ -293,11 +317,12 @@ impl LlamaTrain {
             return Err(ModelError::hyper("gradient", format!("{} values", grads.len()), format!("expected {} parameters and {t} x {v} logit gradients", self.params.len())));
         }
         // logits = hf E'^T: dhf = dlogits E', dE' += dlogits^T hf.
-        let out_w = self.output.clone().unwrap_or(self.embed.clone());
+        let p = &self.params.data;
+        let mut scratch = Vec::new();
         let mut dhf = vec![0f32; t * d];
-        par_linear_backward(pool, &a.hf, self.w(&out_w), d_logits, (t, d, v), Some(&mut dhf), grads, &out_w, None);
+        self.output.as_ref().unwrap_or(&self.embed).backward(pool, p, &a.hf, &[], d_logits, (t, d, v), Some(&mut dhf), grads)?;
         let mut dx = vec![0f32; t * d];
-        rmsnorm_backward(&a.last, self.w(&self.output_norm), &a.inv_f, &dhf, d, &mut dx, &mut grads[self.output_norm.clone()]);
+        rmsnorm_backward(&a.last, self.norm(&self.output_norm), &a.inv_f, &dhf, d, &mut dx, self.output_norm.grad(grads, &mut scratch));
         for (li, (b, kept)) in self.blocks.iter().zip(&a.blocks).enumerate().rev() {
             let fresh;
             let ba = if self.recompute {
@@ -312,37 +337,40 @@ impl LlamaTrain {
             let (qd, kvd, f) = (c.q_dim(li), c.kv_dim(li), c.shapes[li].ffn_dim);
             let heads = Heads { q: c.shapes[li].n_heads, kv: c.shapes[li].n_kv_heads, dim: c.head_dim };
             // x' = r + s Wdown^T
+            let [lq, lk, lv, lo, lg, lu, ld] = &ba.lu;
             let mut ds = vec![0f32; t * f];
-            par_linear_backward(pool, &ba.s, self.w(&b.down), &dx, (t, f, d), Some(&mut ds), grads, &b.down, None);
+            b.down.backward(pool, p, &ba.s, ld, &dx, (t, f, d), Some(&mut ds), grads)?;
             let (mut da, mut du) = (vec![0f32; t * f], vec![0f32; t * f]);
             swiglu_backward(&ba.a, &ba.u, &ds, &mut da, &mut du);
             // a = h2 Wgate^T, u = h2 Wup^T
             let (mut dh2, mut tmp) = (vec![0f32; t * d], vec![0f32; t * d]);
-            par_linear_backward(pool, &ba.h2, self.w(&b.gate), &da, (t, d, f), Some(&mut dh2), grads, &b.gate, None);
-            par_linear_backward(pool, &ba.h2, self.w(&b.up), &du, (t, d, f), Some(&mut tmp), grads, &b.up, None);
+            b.gate.backward(pool, p, &ba.h2, lg, &da, (t, d, f), Some(&mut dh2), grads)?;
+            b.up.backward(pool, p, &ba.h2, lu, &du, (t, d, f), Some(&mut tmp), grads)?;
             dh2.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
             // h2 = rmsnorm(r) g_ffn; r also feeds x' directly.
             let mut dr = vec![0f32; t * d];
-            rmsnorm_backward(&ba.r, self.w(&b.ffn_norm), &ba.inv2, &dh2, d, &mut dr, &mut grads[b.ffn_norm.clone()]);
+            rmsnorm_backward(&ba.r, self.norm(&b.ffn_norm), &ba.inv2, &dh2, d, &mut dr, b.ffn_norm.grad(grads, &mut scratch));
             dr.iter_mut().zip(&dx).for_each(|(a, b)| *a += *b);
             // r = x + A Wo^T
             let mut datt = vec![0f32; t * qd];
-            par_linear_backward(pool, &ba.att, self.w(&b.o), &dr, (t, qd, d), Some(&mut datt), grads, &b.o, None);
+            b.o.backward(pool, p, &ba.att, lo, &dr, (t, qd, d), Some(&mut datt), grads)?;
             let (mut dq, mut dk, dv) = par_attention_backward(pool, (&ba.q, &ba.k, &ba.v), &ba.probs, &datt, &a.starts, heads);
             self.rope_rows(&mut dq, qd, &a.positions, true);
             self.rope_rows(&mut dk, kvd, &a.positions, true);
             // Q, K, V from h1; h1 = rmsnorm(x) g_attn; x also feeds r directly.
             let mut dh1 = vec![0f32; t * d];
             let mut tmp = vec![0f32; t * d];
-            for (dy, w, width) in [(&dq, &b.q, qd), (&dk, &b.k, kvd), (&dv, &b.v, kvd)] {
-                par_linear_backward(pool, &ba.h1, self.w(w), dy, (t, d, width), Some(&mut tmp), grads, w, None);
+            for (dy, w, width, u) in [(&dq, &b.q, qd, lq), (&dk, &b.k, kvd, lk), (&dv, &b.v, kvd, lv)] {
+                w.backward(pool, p, &ba.h1, u, dy, (t, d, width), Some(&mut tmp), grads)?;
                 dh1.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
             }
             dx = vec![0f32; t * d];
-            rmsnorm_backward(&ba.x, self.w(&b.attn_norm), &ba.inv1, &dh1, d, &mut dx, &mut grads[b.attn_norm.clone()]);
+            rmsnorm_backward(&ba.x, self.norm(&b.attn_norm), &ba.inv1, &dh1, d, &mut dx, b.attn_norm.grad(grads, &mut scratch));
             dx.iter_mut().zip(&dr).for_each(|(a, b)| *a += *b);
         }
-        embedding_backward(&a.ids, &dx, d, &mut grads[self.embed.clone()]);
+        if let Mat::Train(r) = &self.embed {
+            embedding_backward(&a.ids, &dx, d, &mut grads[r.clone()]);
+        }
         Ok(())
     }
 }

@@ -25,12 +25,15 @@ use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 pub mod bert;
 pub mod frozen;
 pub mod llama;
+pub mod lora;
 pub mod par;
 pub mod params;
+pub(crate) mod weight;
 
 pub use bert::{BertActs, BertTrain};
 pub use frozen::frozen_linear_backward;
 pub use llama::{LlamaActs, LlamaTrain};
+pub use lora::{LoraSpec, LORA_TARGETS};
 pub use params::{Params, Slot};
 
 /// The floating-point types the backward passes run in.

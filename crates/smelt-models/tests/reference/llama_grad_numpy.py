@@ -86,11 +86,27 @@ def main(out):
         P[p + "ffn_gate.weight"], P[p + "ffn_up.weight"], P[p + "ffn_down.weight"] = r(f, d), r(f, d), r(d, f)
     P["output_norm.weight"] = 1 + r(d)
     P = {k: v.astype(np.float32).astype(np.float64) for k, v in P.items()}
+    n_tokens = sum(len(s) for s in SEQS)
+    targets = rng.integers(0, V, n_tokens)
+    hidden_target = rng.normal(0, 1, (n_tokens, d))
+    loss, G = loss_and_grads(P, targets, hidden_target)
+
+    os.makedirs(out, exist_ok=True)
+    write_safetensors(os.path.join(out, "model.safetensors"), P)
+    write_safetensors(os.path.join(out, "grads.safetensors"), G)
+    case = {"config": CFG, "seqs": SEQS, "targets": targets.tolist(), "hidden_layer": HIDDEN_LAYER,
+            "hidden_weight": HIDDEN_WEIGHT, "hidden_target": hidden_target.tolist(), "loss": float(loss)}
+    with open(os.path.join(out, "case.json"), "w") as fh:
+        json.dump(case, fh)
+
+
+def loss_and_grads(P, targets, hidden_target):
+    """The loss of the module docstring for parameters P (float64, GGUF names) and its gradient
+    with respect to every tensor of P."""
+    d, hd, rd, eps, theta = CFG["dim"], CFG["head_dim"], CFG["rope_dim"], CFG["norm_eps"], CFG["rope_theta"]
     ids = np.array([t for s in SEQS for t in s])
     pos = np.array([i for s in SEQS for i in range(len(s))])
     bounds = np.cumsum([0] + [len(s) for s in SEQS])
-    targets = rng.integers(0, V, len(ids))
-    hidden_target = rng.normal(0, 1, (len(ids), d))
 
     x = P["token_embd.weight"][ids]
     caches, hiddens = [], []
@@ -182,14 +198,7 @@ def main(out):
         dxn, G[p + "attn_norm.weight"] = rms_back(dh1, c["x"], W("attn_norm"), c["inv1"])
         dx = dxn + dr
     np.add.at(G["token_embd.weight"], ids, dx)
-
-    os.makedirs(out, exist_ok=True)
-    write_safetensors(os.path.join(out, "model.safetensors"), P)
-    write_safetensors(os.path.join(out, "grads.safetensors"), G)
-    case = {"config": CFG, "seqs": SEQS, "targets": targets.tolist(), "hidden_layer": HIDDEN_LAYER,
-            "hidden_weight": HIDDEN_WEIGHT, "hidden_target": hidden_target.tolist(), "loss": float(loss)}
-    with open(os.path.join(out, "case.json"), "w") as fh:
-        json.dump(case, fh)
+    return loss, G
 
 
 if __name__ == "__main__":
