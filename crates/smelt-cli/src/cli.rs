@@ -83,6 +83,14 @@ pub enum Command {
     /// next-token distributions (AdamW, checkpoints, --resume).
     #[command(after_help = DISTILL_HELP)]
     Distill(DistillArgs),
+    /// Fine-tune a decoder on your text or chat data with LoRA adapters over its frozen
+    /// weights (kept in their own, quantized, type: QLoRA); writes an adapter llama.cpp loads.
+    #[command(after_help = FINETUNE_HELP)]
+    Finetune(FinetuneArgs),
+    /// Merge a LoRA adapter into its base model's weights and write the GGUF (re-quantized to
+    /// each tensor's type, or --to TYPE).
+    #[command(after_help = MERGE_HELP)]
+    Merge(MergeArgs),
     /// Download a model by name into $SMELT_HOME (checks its sha256; does nothing if cached).
     Pull(PullArgs),
     /// List the models smelt can fetch by name, and whether they are cached.
@@ -232,6 +240,9 @@ pub struct EvalArgs {
     /// Reference model to compare with (same tokenizer).
     #[arg(long, value_name = "MODEL")]
     pub against: Option<String>,
+    /// Apply this LoRA adapter to MODEL (not to the reference): measure a fine-tuned model.
+    #[arg(long, value_name = "FILE")]
+    pub lora: Option<PathBuf>,
     #[command(flatten)]
     pub opts: EvalOptions,
 }
@@ -640,6 +651,13 @@ pub struct LmArgs {
     /// Run the weights converted to this type in memory.
     #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
     pub as_type: Option<GgmlType>,
+    /// Apply a LoRA adapter (llama.cpp's GGUF form, e.g. from `smelt finetune`) at run time;
+    /// repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub lora: Vec<PathBuf>,
+    /// Scale the adapters' effect (llama.cpp's --lora-scaled; 0 turns them off).
+    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "lora")]
+    pub lora_scale: f32,
 }
 
 #[derive(Args, Debug)]

@@ -38,6 +38,9 @@ pub enum CompressError {
     /// Teacher, student and data that cannot be distilled together.
     #[error("{0}")]
     Distill(String),
+    /// Fine-tuning data or settings that cannot be used.
+    #[error("{0}")]
+    Finetune(String),
     #[error(transparent)]
     Train(#[from] smelt_train::TrainError),
 }

@@ -12,6 +12,9 @@
 //! - [`awq`]: AWQ-style per-channel scales searched on the calibration text and folded into
 //!   the norms and matrices before the scaled ones, so the file stays a plain Llama GGUF.
 //! - [`prune`]: unstructured and N:M pruning (magnitude, Wanda, SparseGPT) of weight matrices.
+//! - [`finetune`]: LoRA fine-tuning of a decoder over its frozen (quantized) weights, on text
+//!   or chat data (answers only).
+//! - [`merge`]: a LoRA adapter merged into its base GGUF.
 //! - [`gptq`]: GPTQ (column-by-column quantization with error feedback through the inverse
 //!   Hessian) into ggml block types.
 //!
@@ -24,9 +27,11 @@ pub mod convert;
 pub mod distill;
 pub mod encoder_dir;
 pub mod error;
+pub mod finetune;
 pub mod fit;
 pub mod gptq;
 pub mod imatrix;
+pub mod merge;
 pub mod pipeline;
 pub mod plan;
 pub mod prune;

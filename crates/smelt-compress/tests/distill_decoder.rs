@@ -39,7 +39,7 @@ fn a_layer_dropped_decoder_learns_from_the_full_one_and_is_written_as_gguf() {
     let train = train[..40].to_vec();
     let mut obj = DecoderDistill::new(teacher, student, train, val, DecoderLoss { kl: 1.0, temperature: 2.0, ce: 0.2 }, &pool).unwrap();
     let before = obj.val_kl().unwrap();
-    let cfg = TrainConfig { steps: 10, batch: 2, accumulate: 1, lr: 5e-4, warmup: 1, min_lr_ratio: 0.1, weight_decay: 0.0, clip: 1.0, seed: 1, eval_every: 0, patience: 0, checkpoint_every: 0, checkpoint: None, resume: false, threads: 2 };
+    let cfg = TrainConfig { steps: 10, batch: 2, accumulate: 1, lr: 5e-4, warmup: 1, min_lr_ratio: 0.1, weight_decay: 0.0, clip: 1.0, seed: 1, eval_every: 0, patience: 0, checkpoint_every: 0, checkpoint: None, resume: false, threads: 2, max_seconds: None };
     Trainer { cfg, log: None, stop: None }.run(&mut obj, &mut |_| {}).unwrap();
     let after = obj.val_kl().unwrap();
     eprintln!("validation KL to the teacher {before:.4} -> {after:.4}");

@@ -29,7 +29,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(steps: u64, checkpoint: Option<PathBuf>) -> TrainConfig {
-    TrainConfig { steps, batch: 8, accumulate: 2, lr: 3e-4, warmup: 2, min_lr_ratio: 0.1, weight_decay: 0.01, clip: 1.0, seed: 5, eval_every: 0, patience: 0, checkpoint_every: 4, checkpoint, resume: false, threads: 2 }
+    TrainConfig { steps, batch: 8, accumulate: 2, lr: 3e-4, warmup: 2, min_lr_ratio: 0.1, weight_decay: 0.01, clip: 1.0, seed: 5, eval_every: 0, patience: 0, checkpoint_every: 4, checkpoint, resume: false, threads: 2, max_seconds: None }
 }
 
 /// A two-layer student (teacher layers 0 and 3) with the cosine loss and a hidden-state term.

@@ -103,7 +103,9 @@ impl LoraAdapter {
         if !alpha.is_finite() || alpha < 0.0 {
             return Err(bad_file(path, format!("adapter.lora.alpha = {alpha}: must be a finite number >= 0")));
         }
-        let mut halves: BTreeMap<String, [Option<(Vec<u64>, Vec<f32>)>; 2]> = BTreeMap::new();
+        // Per base tensor: (dims, values) of lora_a and of lora_b.
+        type Half = Option<(Vec<u64>, Vec<f32>)>;
+        let mut halves: BTreeMap<String, [Half; 2]> = BTreeMap::new();
         for t in file.tensors() {
             let (base, which) = match (t.name.strip_suffix(".lora_a"), t.name.strip_suffix(".lora_b")) {
                 (Some(b), _) => (b, 0),

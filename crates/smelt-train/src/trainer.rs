@@ -68,6 +68,9 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Threads for the optimizer's update (the result does not depend on them).
     pub threads: usize,
+    /// Stop (with a checkpoint, like at the last step) once this run has trained this long; the
+    /// schedule still runs over `steps`.
+    pub max_seconds: Option<f64>,
 }
 
 impl TrainConfig {
@@ -89,6 +92,9 @@ impl TrainConfig {
         let ok = (0.0..=1.0).contains(&self.min_lr_ratio) && self.weight_decay >= 0.0 && self.weight_decay < 1.0 / self.lr && self.clip >= 0.0 && self.clip.is_finite();
         if !ok {
             return Err(TrainError::setting("schedule", format!("min ratio {}, decay {}, clip {}", self.min_lr_ratio, self.weight_decay, self.clip), "min ratio in [0, 1], decay in [0, 1/lr), clip >= 0"));
+        }
+        if self.max_seconds.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+            return Err(TrainError::setting("max time", format!("{:?} s", self.max_seconds), "must be a positive number of seconds"));
         }
         if self.resume && self.checkpoint.is_none() {
             return Err(TrainError::setting("resume", "true", "needs a checkpoint path"));
@@ -124,6 +130,9 @@ pub enum Stop {
     EarlyStopped,
     /// The stop flag was raised; a checkpoint was written (when a path was given).
     Interrupted,
+    /// `max_seconds` ran out (the parameters are kept as they are: no best restored unless
+    /// evaluations ran).
+    TimeLimit,
 }
 
 /// What a run did.
@@ -244,6 +253,8 @@ impl Trainer<'_> {
             let interrupted = self.stop.is_some_and(|f| f.load(Ordering::Relaxed));
             if interrupted {
                 stop = Stop::Interrupted;
+            } else if stop == Stop::Finished && cfg.max_seconds.is_some_and(|m| run_s >= m) && state.step < cfg.steps {
+                stop = Stop::TimeLimit;
             }
             let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
             if let Some(path) = &cfg.checkpoint {

@@ -85,7 +85,7 @@ impl Objective for LeastSquares {
 }
 
 fn config(steps: u64) -> TrainConfig {
-    TrainConfig { steps, batch: 16, accumulate: 2, lr: 0.05, warmup: 5, min_lr_ratio: 0.1, weight_decay: 0.0, clip: 10.0, seed: 11, eval_every: 0, patience: 0, checkpoint_every: 0, checkpoint: None, resume: false, threads: 2 }
+    TrainConfig { steps, batch: 16, accumulate: 2, lr: 0.05, warmup: 5, min_lr_ratio: 0.1, weight_decay: 0.0, clip: 10.0, seed: 11, eval_every: 0, patience: 0, checkpoint_every: 0, checkpoint: None, resume: false, threads: 2, max_seconds: None }
 }
 
 fn temp(name: &str) -> PathBuf {

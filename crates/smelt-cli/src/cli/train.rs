@@ -1,8 +1,11 @@
-//! Arguments of the training commands (distill).
+//! Arguments of the training commands (distill, finetune, merge).
 
 use std::path::PathBuf;
 
 use clap::Args;
+use smelt_formats::GgmlType;
+
+use super::parse_target;
 
 pub const DISTILL_HELP: &str = "How (sentence encoders): the student starts as the teacher with layers dropped (--keep-layers, or --layers N chosen by the pruning's layer scores on the data) or as any encoder directory of the teacher's width and vocabulary (--student, e.g. from `smelt prune --method width`), or from a BERT config alone (--student config.json: the teacher's embeddings, its layers initialized at random); the teacher's sentence vectors of every training sentence are computed once and kept in memory (1.5 kB a sentence at width 384); the student learns them with AdamW (--lr, linear warm-up over --warmup of the steps, cosine decay to 10%), gradient clipping (--clip) and accumulation (--accumulate), minimizing --cos-weight x (1 - cos) + --mse-weight x MSE of the normalized vectors + --hidden-weight x the MSE of hidden states paired by --layer-map. Every --eval-every steps the validation gap (1 - cos to the teacher on held-out sentences: --val, or every 50th data sentence) is measured; the best student is written. The data order is seeded (--seed): a run is repeatable, and --resume continues from the checkpoint exactly where it stopped.\n\n\
 Decoders (a GGUF teacher such as smollm2-135m, run with its weights widened to F32): the student is the teacher with blocks removed (--keep-layers, or --layers N kept by angular distance over the data) or a GGUF file (--student); the text is cut into chunks of --ctx tokens and the student learns the teacher's next-token distributions (--kl-weight x T^2 x KL at --temperature, plus --ce-weight x the cross-entropy on the text); the validation loss is the KL divergence on held-out chunks; the student is written as an F32 GGUF (OUT, with OUT.distill.json and OUT.training.html) that llama.cpp and smelt run; `smelt quantize` makes it small.\n\n\
@@ -77,21 +80,36 @@ pub struct DistillArgs {
     /// Decoders: weight of the cross-entropy on the text's next tokens.
     #[arg(long, value_name = "W", default_value_t = 0.0)]
     pub ce_weight: f32,
-    /// Passes over the training sentences (unless --steps).
+    #[command(flatten)]
+    pub train: TrainFlags,
+    /// Print a JSON summary instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The training loop's flags, shared by `smelt distill` and `smelt finetune`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainFlags {
+    /// Passes over the training examples (unless --steps).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub epochs: usize,
     /// Optimizer steps in all (overrides --epochs).
-    #[arg(long, value_name = "N")]
+    #[arg(long, visible_alias = "max-steps", value_name = "N")]
     pub steps: Option<u64>,
-    /// Sentences per micro-batch.
-    #[arg(long, value_name = "N", default_value_t = 32)]
-    pub batch: usize,
+    /// Stop after M minutes of training (checkpoint written, result written as at the end);
+    /// the learning-rate schedule still spans --steps (or --epochs), so give both to end the
+    /// decay on time.
+    #[arg(long, value_name = "M")]
+    pub max_minutes: Option<f64>,
+    /// Examples per micro-batch (default: 32 sentences for `distill`, 4 chunks for `finetune`).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
     /// Micro-batches per optimizer step.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub accumulate: usize,
-    /// Peak learning rate.
-    #[arg(long, value_name = "X", default_value_t = 1e-4)]
-    pub lr: f32,
+    /// Peak learning rate (default: 1e-4 for `distill`, 1e-3 for `finetune`).
+    #[arg(long, value_name = "X")]
+    pub lr: Option<f32>,
     /// Fraction of the steps spent warming the learning rate up.
     #[arg(long, value_name = "X", default_value_t = 0.05)]
     pub warmup: f64,
@@ -130,7 +148,85 @@ pub struct DistillArgs {
     /// The JSON-lines training log (default OUT.train.jsonl).
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
+}
+
+impl TrainFlags {
+    pub fn batch_or(&self, default: usize) -> usize {
+        self.batch.unwrap_or(default)
+    }
+    pub fn lr_or(&self, default: f32) -> f32 {
+        self.lr.unwrap_or(default)
+    }
+}
+
+pub const FINETUNE_HELP: &str = "How: the model's weights stay frozen in their own type (a Q4_1 file stays Q4_1 in memory: QLoRA); every block's chosen matrices (--lora-targets) get an adapter A (r x in), B (out x r), with W x + (alpha / r) B A x in the forward (A uniform in +-1/sqrt(in), B zero: training starts from the model exactly). Only A and B are trained, by the cross-entropy of the next token, with AdamW (--lr, warm-up over --warmup of the steps, cosine decay to 10%), clipping (--clip) and accumulation (--accumulate).\n\n\
+Data: text (.txt and others): the token stream is cut into chunks of --ctx tokens, every next token trained; every 50th chunk (at most 8) is held out for validation. Chat (.jsonl, one {\"messages\": [{\"role\": \"system|user|assistant\", \"content\": ...}]} per line): rendered with the model's chat template, only the assistant's answers (and their end-of-turn token) are trained; every 50th conversation is held out. --val FILE gives the held-out data instead.\n\n\
+Files: the adapter (-o, llama.cpp's LoRA GGUF: `llama-cli -m MODEL --lora OUT`, `smelt run --lora OUT`, `smelt eval MODEL --lora OUT`, `smelt merge MODEL OUT -o merged.gguf`); OUT.finetune.json (settings, validation loss and perplexity before and after), OUT.training.html (the curve), the JSON-lines log (--log, default OUT.train.jsonl), the checkpoint (--checkpoint, default OUT.ckpt; every --checkpoint-every steps, on Ctrl-C and at --max-minutes; --resume continues exactly).\n\n\
+Examples:\n  smelt finetune smollm2-135m --data austen/*.txt -o austen.lora.gguf --max-minutes 30\n  \
+smelt finetune model.gguf --data chats.jsonl --lora-rank 8 --lora-targets attn_q,attn_v -o chat.lora.gguf --max-steps 200\n  \
+smelt run -m smollm2-135m --lora austen.lora.gguf -p 'It is a truth universally acknowledged'";
+
+pub const MERGE_HELP: &str = "Every adapted matrix becomes W + (alpha / r) B A, computed in f32 from the dequantized W and written in W's own type (round-to-nearest, or importance-weighted with --imatrix), or in --to TYPE; the other tensors are copied. The result is a plain GGUF: no adapter needed at run time, at the cost of one more rounding of the adapted matrices.\n\n\
+Examples:\n  smelt merge smollm2-135m austen.lora.gguf -o smollm2-austen.gguf\n  \
+smelt merge smollm2-135m austen.lora.gguf -o smollm2-austen-f32.gguf --to f32";
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// The base model: a GGUF decoder or a model name.
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Training data: text files, or chat JSON lines (.jsonl); repeatable.
+    #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Held-out data (same formats); default every 50th chunk or conversation.
+    #[arg(long, value_name = "FILE")]
+    pub val: Option<PathBuf>,
+    /// The adapter file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Rank r of each adapter.
+    #[arg(long, value_name = "R", default_value_t = 16)]
+    pub lora_rank: usize,
+    /// alpha: the adapters' term is scaled by alpha / r (default: r, a scale of 1).
+    #[arg(long, value_name = "X")]
+    pub lora_alpha: Option<f32>,
+    /// The block matrices that get adapters.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down")]
+    pub lora_targets: Vec<String>,
+    /// Continue training this adapter (same rank and targets) instead of starting from zero.
+    #[arg(long, value_name = "FILE")]
+    pub init_adapter: Option<PathBuf>,
+    /// Tokens per training chunk (text) or most tokens per conversation (chat).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub ctx: usize,
+    #[command(flatten)]
+    pub train: TrainFlags,
     /// Print a JSON summary instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The base model the adapter was trained on (GGUF file or name).
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+    /// The LoRA adapter (GGUF).
+    #[arg(value_name = "ADAPTER")]
+    pub adapter: PathBuf,
+    /// The merged GGUF to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Write the adapted matrices in this type (default: each one's own type).
+    #[arg(long, value_name = "TYPE", value_parser = parse_target)]
+    pub to: Option<GgmlType>,
+    /// Weight the re-quantization by this importance matrix (llama.cpp's or smelt's).
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Scale the adapter's change (1: as trained).
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub scale: f32,
+    /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
 }

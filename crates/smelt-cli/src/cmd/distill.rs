@@ -21,7 +21,7 @@ use smelt_train::{Stop, TrainConfig, Trainer};
 
 use super::lm::{cancel_flag, Generating};
 use super::prune::StageBars;
-use crate::cli::{DistillArgs, Global};
+use crate::cli::{DistillArgs, Global, TrainFlags};
 use crate::progress::Progress;
 
 /// The teacher layer each of `n` student layers stands for (the default hidden-state map of a
@@ -81,7 +81,7 @@ fn layer_map(pairs: &[String]) -> Result<Vec<(usize, usize)>> {
 }
 
 /// The HTML page of the run: the summary and the loss curves read back from the log.
-pub(super) fn write_report(path: &Path, summary: &serde_json::Value, log: &Path) -> Result<()> {
+pub(super) fn write_report(title: &str, path: &Path, summary: &serde_json::Value, log: &Path) -> Result<()> {
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for line in std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
@@ -93,41 +93,42 @@ pub(super) fn write_report(path: &Path, summary: &serde_json::Value, log: &Path)
         }
     }
     let rows: Vec<(String, String)> = summary.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()).unwrap_or_default();
-    let page = smelt_eval::report::training_html("smelt distill", &rows, &train, &val);
+    let page = smelt_eval::report::training_html(title, &rows, &train, &val);
     std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The loop's settings from the arguments, with the checkpoint and log paths (beside the
 /// output unless given), checked against `n_train` examples.
-pub(super) fn train_config(args: &DistillArgs, g: &Global, n_train: usize) -> Result<(TrainConfig, PathBuf, PathBuf)> {
-    let per_epoch = (n_train / args.batch.max(1) / args.accumulate.max(1)).max(1) as u64;
-    let steps = args.steps.unwrap_or(per_epoch * args.epochs as u64);
-    let checkpoint = args.checkpoint.clone().unwrap_or_else(|| beside(&args.output, ".ckpt"));
-    let log_path = args.log.clone().unwrap_or_else(|| beside(&args.output, ".train.jsonl"));
+pub(super) fn train_config(t: &TrainFlags, output: &Path, (batch, lr): (usize, f32), g: &Global, n_train: usize) -> Result<(TrainConfig, PathBuf, PathBuf)> {
+    let per_epoch = (n_train / batch.max(1) / t.accumulate.max(1)).max(1) as u64;
+    let steps = t.steps.unwrap_or(per_epoch * t.epochs as u64);
+    let checkpoint = t.checkpoint.clone().unwrap_or_else(|| beside(output, ".ckpt"));
+    let log_path = t.log.clone().unwrap_or_else(|| beside(output, ".train.jsonl"));
     let cfg = TrainConfig {
         steps,
-        batch: args.batch,
-        accumulate: args.accumulate,
-        lr: args.lr,
-        warmup: (args.warmup * steps as f64).round() as u64,
+        batch,
+        accumulate: t.accumulate,
+        lr,
+        warmup: (t.warmup * steps as f64).round() as u64,
         min_lr_ratio: 0.1,
-        weight_decay: args.weight_decay,
-        clip: args.clip,
-        seed: args.seed,
-        eval_every: if args.eval_every == 0 { steps } else { args.eval_every },
-        patience: args.patience as u32,
-        checkpoint_every: args.checkpoint_every,
+        weight_decay: t.weight_decay,
+        clip: t.clip,
+        seed: t.seed,
+        eval_every: if t.eval_every == 0 { steps } else { t.eval_every },
+        patience: t.patience as u32,
+        checkpoint_every: t.checkpoint_every,
         checkpoint: Some(checkpoint.clone()),
-        resume: args.resume,
+        resume: t.resume,
         threads: g.n_threads(),
+        max_seconds: t.max_minutes.map(|m| m * 60.0),
     };
     cfg.check(n_train)?;
     Ok((cfg, checkpoint, log_path))
 }
 
 /// The JSON-lines log: appended to on `--resume`, else started afresh.
-pub(super) fn open_log(args: &DistillArgs, path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new().create(true).append(args.resume).write(true).truncate(!args.resume).open(path).with_context(|| format!("opening the log {}", path.display()))
+pub(super) fn open_log(t: &TrainFlags, path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(t.resume).write(true).truncate(!t.resume).open(path).with_context(|| format!("opening the log {}", path.display()))
 }
 
 /// A sibling path of `out` with `suffix` appended to its name.
@@ -188,7 +189,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
         };
         let kept = spread(cfg.num_hidden_layers, n_teacher);
         let range = v.get("initializer_range").and_then(serde_json::Value::as_f64).unwrap_or(0.02);
-        let s = student_from_config(cfg, range, &BertTrain::from_dir(&teacher_dir)?, args.seed)?;
+        let s = student_from_config(cfg, range, &BertTrain::from_dir(&teacher_dir)?, args.train.seed)?;
         if !g.quiet {
             eprintln!("student: {} from {} (embeddings from the teacher, layers initialized at random, std {range})", describe(&s), config.display());
         }
@@ -222,7 +223,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
     } else {
         anyhow::bail!("say where the student comes from: --keep-layers 0,2,4, --layers N, or --student DIR");
     };
-    student.recompute = args.recompute;
+    student.recompute = args.train.recompute;
     let mut map = layer_map(&args.layer_map)?;
     if map.is_empty() && args.hidden_weight > 0.0 {
         map = kept.iter().enumerate().map(|(s, &t)| (s, t)).collect();
@@ -236,19 +237,19 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
     })?;
     bar.finish();
     let (n_train, n_val) = obj.sizes();
-    let (cfg, checkpoint, log_path) = train_config(args, g, n_train)?;
+    let (cfg, checkpoint, log_path) = train_config(&args.train, &args.output, (args.train.batch_or(32), args.train.lr_or(1e-4)), g, n_train)?;
     let steps = cfg.steps;
-    let gap_before = if args.resume { None } else { Some(obj.val_gap()?) };
+    let gap_before = if args.train.resume { None } else { Some(obj.val_gap()?) };
     if !g.quiet {
         eprintln!(
             "distill: {n_train} training and {n_val} validation sentences; {steps} steps of {} x {}; teacher vectors cached in memory ({:.1} MB){}",
-            args.batch,
-            args.accumulate,
+            args.train.batch_or(32),
+            args.train.accumulate,
             obj.cache_bytes() as f64 / 1e6,
             gap_before.map(|v| format!("; validation gap before training {v:.5}")).unwrap_or_default()
         );
     }
-    let mut log = open_log(args, &log_path)?;
+    let mut log = open_log(&args.train, &log_path)?;
     let stop = cancel_flag();
     let _generating = Generating::start();
     let mut bar = Progress::new("distill", steps, false, g.quiet);
@@ -268,7 +269,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
     let gap_after = obj.val_gap()?;
     write_encoder_student(&obj.student, &source, &args.output)?;
     std::fs::remove_dir_all(&scratch).ok();
-    if !args.keep_checkpoint {
+    if !args.train.keep_checkpoint {
         std::fs::remove_file(&checkpoint).ok();
     }
     let summary = json!({
@@ -281,7 +282,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
         "val_sentences": n_val,
         "steps": outcome.steps,
         "stopped": format!("{:?}", outcome.stop).to_lowercase(),
-        "batch": args.batch, "accumulate": args.accumulate, "lr": args.lr, "seed": args.seed,
+        "batch": args.train.batch_or(32), "accumulate": args.train.accumulate, "lr": args.train.lr_or(1e-4), "seed": args.train.seed,
         "loss": {"cos": args.cos_weight, "mse": args.mse_weight, "hidden": args.hidden_weight, "layer_map": map},
         "val_gap_before": gap_before,
         "val_gap_after": gap_after,
@@ -296,7 +297,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
         "output": args.output.display().to_string(),
     });
     std::fs::write(args.output.join("smelt_distill.json"), serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", args.output.join("smelt_distill.json").display()))?;
-    write_report(&args.output.join("training.html"), &summary, &log_path)?;
+    write_report("smelt distill", &args.output.join("training.html"), &summary, &log_path)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;

@@ -41,8 +41,8 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     }
     let tokens = tok.encode(&text, false);
     let (train, val) = chunks(&tokens, args.ctx, 8);
-    if train.len() < args.batch {
-        anyhow::bail!("the data holds {} chunks of {} tokens, fewer than a batch of {}: give more text, a smaller --ctx or --batch", train.len(), args.ctx, args.batch);
+    if train.len() < args.train.batch_or(32) {
+        anyhow::bail!("the data holds {} chunks of {} tokens, fewer than a batch of {}: give more text, a smaller --ctx or --batch", train.len(), args.ctx, args.train.batch_or(32));
     }
 
     // The student: blocks removed from the teacher's file, or a given file.
@@ -86,18 +86,18 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     };
     let student_file = Arc::new(GgufFile::open(&student_path).with_context(|| format!("reading the student {}", student_path.display()))?);
     let mut student = LlamaTrain::from_llama(&Llama::from_gguf(student_file.clone(), LoadOptions::default())?).with_context(|| format!("the student {} cannot be trained (a student from `smelt prune --method ffn|heads|width` must be pruned with --no-bias: block biases are not trained yet)", student_path.display()))?;
-    student.recompute = args.recompute;
+    student.recompute = args.train.recompute;
     let kept_layers = student.cfg.n_layers;
     let loss = DecoderLoss { kl: args.kl_weight, temperature: args.temperature, ce: args.ce_weight };
     let mut obj = DecoderDistill::new(teacher, student, train, val, loss, &pool)?;
     let (n_train, n_val) = obj.sizes();
-    let (cfg, checkpoint, log_path) = train_config(args, g, n_train)?;
+    let (cfg, checkpoint, log_path) = train_config(&args.train, &args.output, (args.train.batch_or(32), args.train.lr_or(1e-4)), g, n_train)?;
     let steps = cfg.steps;
-    let kl_before = if args.resume { None } else { Some(obj.val_kl()?) };
+    let kl_before = if args.train.resume { None } else { Some(obj.val_kl()?) };
     if !g.quiet {
-        eprintln!("distill: {kept_layers} of {n_teacher} blocks; {n_train} training and {n_val} validation chunks of {} tokens; {steps} steps of {} x {}{}", args.ctx, args.batch, args.accumulate, kl_before.map(|v| format!("; validation KL before training {v:.4}")).unwrap_or_default());
+        eprintln!("distill: {kept_layers} of {n_teacher} blocks; {n_train} training and {n_val} validation chunks of {} tokens; {steps} steps of {} x {}{}", args.ctx, args.train.batch_or(32), args.train.accumulate, kl_before.map(|v| format!("; validation KL before training {v:.4}")).unwrap_or_default());
     }
-    let mut log = open_log(args, &log_path)?;
+    let mut log = open_log(&args.train, &log_path)?;
     let stop = cancel_flag();
     let generating = Generating::start();
     let mut bar = Progress::new("distill", steps, false, g.quiet);
@@ -117,7 +117,7 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     if student_path == scratch {
         std::fs::remove_file(&scratch).ok();
     }
-    if !args.keep_checkpoint {
+    if !args.train.keep_checkpoint {
         std::fs::remove_file(&checkpoint).ok();
     }
     let summary = json!({
@@ -129,7 +129,7 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
         "train_chunks": n_train, "val_chunks": n_val, "ctx": args.ctx,
         "steps": outcome.steps,
         "stopped": format!("{:?}", outcome.stop).to_lowercase(),
-        "batch": args.batch, "accumulate": args.accumulate, "lr": args.lr, "seed": args.seed,
+        "batch": args.train.batch_or(32), "accumulate": args.train.accumulate, "lr": args.train.lr_or(1e-4), "seed": args.train.seed,
         "loss": {"kl": args.kl_weight, "temperature": args.temperature, "ce": args.ce_weight},
         "val_kl_before": kl_before,
         "val_kl_after": kl_after,
@@ -145,7 +145,7 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     });
     let summary_path = beside(&args.output, ".distill.json");
     std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", summary_path.display()))?;
-    write_report(&beside(&args.output, ".training.html"), &summary, &log_path)?;
+    write_report("smelt distill", &beside(&args.output, ".training.html"), &summary, &log_path)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;

@@ -34,13 +34,15 @@ pub struct Spec {
     pub path: PathBuf,
     pub variant: Option<Variant>,
     pub name: String,
+    /// A LoRA adapter applied to the decoder.
+    pub lora: Option<PathBuf>,
 }
 
 /// `PATH`, `NAME`, `PATH:TYPE` or `NAME:int8` (an existing path wins over splitting at `:`).
 pub fn parse_spec(arg: &str, quiet: bool) -> Result<Spec> {
     let display = |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string());
     if Path::new(arg).exists() {
-        return Ok(Spec { arg: arg.into(), path: PathBuf::from(arg), variant: None, name: display(arg) });
+        return Ok(Spec { arg: arg.into(), path: PathBuf::from(arg), variant: None, name: display(arg), lora: None });
     }
     let (base, variant) = match arg.rsplit_once(':') {
         Some((b, v)) if !b.is_empty() => {
@@ -54,7 +56,7 @@ pub fn parse_spec(arg: &str, quiet: bool) -> Result<Spec> {
         _ => (arg, None),
     };
     let path = crate::resolve_model(base, quiet)?;
-    Ok(Spec { arg: arg.into(), path, variant, name: display(arg) })
+    Ok(Spec { arg: arg.into(), path, variant, name: display(arg), lora: None })
 }
 
 /// A loaded model.
@@ -82,7 +84,10 @@ pub fn load(spec: &Spec, pool: &ThreadPool) -> Result<Loaded> {
         Some(Variant::Int8(_)) => bail!("{}: the int8 variant is for encoders; for decoders name a type (q8_0, f16 ...)", spec.arg),
         None => None,
     };
-    let l = smelt_models::load(&spec.path, LoadOptions { weight_type }).with_context(ctx)?;
+    let mut l = smelt_models::load(&spec.path, LoadOptions { weight_type }).with_context(ctx)?;
+    if let Some(a) = &spec.lora {
+        l.model.apply_lora(&smelt_models::lora::LoraAdapter::open(a)?, 1.0).with_context(|| format!("applying the adapter {}", a.display()))?;
+    }
     Ok(Loaded::Decoder { model: Box::new(l.model), tok: Box::new(l.tok) })
 }
 
@@ -135,7 +140,7 @@ fn zero_fraction(model: &Llama) -> Option<f64> {
 
 /// The weight matrices' types by share of parameters, largest first: `Q5_0+Q4_K` (K-quants
 /// fall back to other types on rows whose length is not a multiple of 256).
-fn type_mix(model: &Llama) -> String {
+pub(super) fn type_mix(model: &Llama) -> String {
     let mut by: Vec<(GgmlType, usize)> = Vec::new();
     let mut add = |l: &smelt_models::linear::Linear| match by.iter_mut().find(|(t, _)| *t == l.ty) {
         Some(e) => e.1 += l.rows * l.cols,
@@ -196,6 +201,9 @@ pub fn measure_in_child(spec: &Spec, opts: &EvalOptions, global: &Global) -> Res
     let exe = std::env::current_exe().context("finding the smelt executable")?;
     let mut cmd = Command::new(exe);
     cmd.args(["eval", &spec.arg, "--no-quality", "--format", "json", "--quiet"]);
+    if let Some(a) = &spec.lora {
+        cmd.arg("--lora").arg(a);
+    }
     cmd.args(["--requests", &opts.requests.to_string(), "--prompt", &opts.prompt.to_string(), "--gen", &opts.gen.to_string()]);
     cmd.args(["--watts-per-core", &opts.watts_per_core.to_string(), "--grid", &opts.grid.to_string()]);
     if let Some(t) = &opts.text {
@@ -320,7 +328,11 @@ pub fn evaluate(title: &str, models: &[Spec], reference: Option<&Spec>, opts: &E
 }
 
 pub fn run_eval(a: &EvalArgs, global: &Global) -> Result<()> {
-    let spec = parse_spec(&a.model, global.quiet)?;
+    let mut spec = parse_spec(&a.model, global.quiet)?;
+    if let Some(l) = &a.lora {
+        spec.name = format!("{} + {}", spec.name, l.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        spec.lora = Some(l.clone());
+    }
     let reference = a.against.as_deref().map(|r| parse_spec(r, global.quiet)).transpose()?;
     let title = match &reference {
         Some(r) => format!("smelt eval: {} against {}", spec.name, r.name),

@@ -23,8 +23,12 @@ pub struct Lm {
 pub fn load(args: &LmArgs, global: &Global) -> Result<Lm> {
     let t = Instant::now();
     let path = crate::resolve_model(&args.model, global.quiet)?;
-    let smelt_models::Loaded { model, tok, template } =
+    let smelt_models::Loaded { mut model, tok, template } =
         smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?;
+    for a in &args.lora {
+        let adapter = smelt_models::lora::LoraAdapter::open(a).with_context(|| format!("reading the adapter {}", a.display()))?;
+        model.apply_lora(&adapter, args.lora_scale).with_context(|| format!("applying the adapter {}", a.display()))?;
+    }
     let pool = global.pool();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(Lm { model, tok, template, pool, load_seconds: t.elapsed().as_secs_f64(), name })

@@ -90,7 +90,7 @@ fn make_variants(src: &Spec, types: &[GgmlType], dir: &std::path::Path, global: 
             let q = QuantizeArgs { input: src.path.display().to_string(), output: path.clone(), to: ty, embed_type: None, output_type: None, keep: Vec::new(), imatrix: None, calib: None, calib_chunks: None, calib_ctx: 512, gptq: false, act_order: false, damp: 0.01, awq: false, awq_grid: 20, dry_run: false, json: false };
             super::quantize::write(&q, global, false)?;
         }
-        out.push(Spec { arg: path.display().to_string(), path, variant: None, name: ty.name().to_string() });
+        out.push(Spec { arg: path.display().to_string(), path, variant: None, name: ty.name().to_string(), lora: None });
     }
     Ok(out)
 }
@@ -119,7 +119,7 @@ fn make_fit_variants(src: &Spec, sizes: &[FitSize], calib: &str, dir: &std::path
         })
         .collect();
     let path = |limit: u64| dir.join(format!("{stem}.fit-{:.1}MB.gguf", limit as f64 / 1e6));
-    let spec = |limit: u64| Spec { arg: path(limit).display().to_string(), path: path(limit), variant: None, name: format!("fit {}", crate::fmt::bytes(limit)) };
+    let spec = |limit: u64| Spec { arg: path(limit).display().to_string(), path: path(limit), variant: None, name: format!("fit {}", crate::fmt::bytes(limit)), lora: None };
     if limits.iter().all(|&l| path(l).exists()) {
         return Ok(limits.iter().map(|&l| spec(l)).collect());
     }
@@ -178,7 +178,7 @@ fn make_pruned_variants(src: &Spec, fractions: &[f64], calib: &str, dir: &std::p
         }
     }
     for &f in fractions {
-        out.push(Spec { arg: path(f).display().to_string(), path: path(f), variant: None, name: name(f) });
+        out.push(Spec { arg: path(f).display().to_string(), path: path(f), variant: None, name: name(f), lora: None });
     }
     Ok(out)
 }

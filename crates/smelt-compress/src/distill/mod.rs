@@ -21,7 +21,7 @@ use crate::CompressError;
 /// An objective's step as the loop takes it: activations that overflowed are a diverging run,
 /// reported as a NaN loss (so the loop stops with its advice and names the checkpoint it keeps),
 /// not as a broken model; other failures become the objective's error.
-fn step_result(r: Result<StepStats, CompressError>) -> Result<StepStats, TrainError> {
+pub(crate) fn step_result(r: Result<StepStats, CompressError>) -> Result<StepStats, TrainError> {
     match r {
         Err(CompressError::Model(smelt_models::ModelError::NonFiniteActivation { .. })) => Ok(StepStats { loss: f64::NAN, tokens: 0 }),
         r => r.map_err(|e| TrainError::Objective(e.to_string())),

@@ -1,0 +1,154 @@
+//! `smelt finetune`, `run --lora`, `eval --lora` and `merge` as a user runs them, on the tiny
+//! decoder of `tiny/` (text and chat data), and the bad inputs of the fine-tuning issue: rank 0 or
+//! larger than a matrix, unknown targets, chat data without assistant turns, broken JSON lines,
+//! an adapter for another base. Nothing is written when a command fails.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod tiny;
+
+fn smelt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smelt")).args(args).output().expect("run smelt")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn greedy(model: &str, extra: &[&str]) -> String {
+    let mut args = vec!["run", "-m", model, "--raw", "-p", "hello the man", "-n", "12", "--temp", "0", "-q"];
+    args.extend_from_slice(extra);
+    let o = smelt(&args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn finetune_text_then_run_eval_and_merge_the_adapter() {
+    let d = std::env::temp_dir().join(format!("smelt-finetune-test-{}-text", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    let files = tiny::files(&d, 7);
+    let text = d.join("text.txt");
+    std::fs::write(&text, "hello world, the man is playing the guitar. ".repeat(80)).unwrap();
+    let adapter = d.join("a.lora.gguf");
+    let (m, x, a) = (s(&files.gguf), s(&text), s(&adapter));
+    let o = smelt(&["finetune", m, "--data", x, "-o", a, "--lora-rank", "4", "--ctx", "32", "--batch", "2", "--steps", "6", "--lr", "3e-2", "--eval-every", "3", "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["steps"].as_u64(), Some(6));
+    assert_eq!(v["lora"]["params"].as_u64(), Some(2 * 4 * (2 * (32 + 32) + 2 * (32 + 16) + 3 * (32 + 64))));
+    let (before, after) = (v["val_loss_before"].as_f64().unwrap(), v["val_loss_after"].as_f64().unwrap());
+    assert!(after < before, "a repetitive text must get easier: validation loss {before} -> {after}");
+    assert!(d.join("a.lora.gguf.training.html").exists() && d.join("a.lora.gguf.finetune.json").exists());
+    assert!(!d.join("a.lora.gguf.ckpt").exists(), "the checkpoint of a finished run is removed");
+
+    // The adapter changes what the model says; merged into F32 weights it says the same.
+    let plain = greedy(m, &[]);
+    let adapted = greedy(m, &["--lora", a]);
+    assert_ne!(plain, adapted, "the adapter changed nothing");
+    assert_eq!(greedy(m, &["--lora", a, "--lora-scale", "0"]), plain, "--lora-scale 0 turns it off");
+    let merged = d.join("merged.gguf");
+    let o = smelt(&["merge", m, a, "-o", s(&merged), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mv: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(mv["merged_matrices"].as_u64(), Some(14));
+    assert_eq!(greedy(s(&merged), &[]), adapted, "merged weights and the run-time adapter disagree");
+
+    // eval --lora measures the adapted model: lower perplexity on the training text.
+    let ppl = |extra: &[&str]| -> f64 {
+        let mut args = vec!["eval", m, "--text", x, "--ctx", "32", "--no-speed", "--format", "json", "-q"];
+        args.extend_from_slice(extra);
+        let o = smelt(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        r["models"][0]["lm"]["ppl"].as_f64().unwrap_or_else(|| panic!("no perplexity in {r}"))
+    };
+    let (p0, p1) = (ppl(&[]), ppl(&["--lora", a]));
+    assert!(p1 < p0, "eval --lora: perplexity {p0} -> {p1}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn finetune_chat_and_refuse_bad_inputs() {
+    let d = std::env::temp_dir().join(format!("smelt-finetune-test-{}-chat", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    let files = tiny::files(&d, 8);
+    let chat = d.join("chat.jsonl");
+    let line = r#"{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "the man plays the guitar"}]}"#;
+    std::fs::write(&chat, format!("{line}\n").repeat(12)).unwrap();
+    let out = d.join("c.lora.gguf");
+    let (m, c, o_) = (s(&files.gguf), s(&chat), s(&out));
+    let o = smelt(&["finetune", m, "--data", c, "-o", o_, "--lora-rank", "2", "--lora-targets", "attn_q,attn_v", "--batch", "2", "--steps", "2", "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Only the answer is trained: "the man plays the guitar" and <|im_end|>, not the prompt.
+    let answer_tokens = v["trained_tokens"].as_u64().unwrap() / v["train_examples"].as_u64().unwrap();
+    assert!((5..=26).contains(&answer_tokens), "{answer_tokens} trained tokens per conversation");
+    assert_eq!(v["lora"]["params"].as_u64(), Some(2 * 2 * (32 + 32 + 32 + 16)));
+    std::fs::remove_file(&out).unwrap();
+
+    let no_answer = d.join("q.jsonl");
+    std::fs::write(&no_answer, r#"{"messages": [{"role": "user", "content": "hello"}]}"#).unwrap();
+    let broken = d.join("b.jsonl");
+    std::fs::write(&broken, format!("{line}\n{{\"messages\": [\n")).unwrap();
+    let text = d.join("t.txt");
+    std::fs::write(&text, "the man plays the guitar. ".repeat(40)).unwrap();
+    let short = d.join("s.txt");
+    std::fs::write(&short, "too short").unwrap();
+    let base = |data: &Path, extra: &[&str]| -> Vec<String> {
+        let ctx: &[&str] = if extra.contains(&"--ctx") { &[] } else { &["--ctx", "16"] };
+        ["finetune", m, "--data", s(data), "-o", o_, "--steps", "1", "-q"].iter().chain(ctx).chain(extra).map(|a| a.to_string()).collect()
+    };
+    for (args, says) in [
+        (base(&text, &["--lora-rank", "0"]), "at least 1"),
+        (base(&text, &["--lora-rank", "17"]), "larger than"),
+        (base(&text, &["--lora-targets", "attn_x"]), "choose from"),
+        (base(&text, &["--lora-alpha", "-1"]), "alpha"),
+        (base(&no_answer, &[]), "no assistant message"),
+        (base(&broken, &[]), "line 2"),
+        (base(&text, &["--ctx", "4000"]), "trained context"),
+        (base(&short, &[]), "no training examples"),
+    ] {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = smelt(&refs);
+        let e = stderr(&o);
+        assert!(!o.status.success() && e.contains(says), "{args:?}: expected {says:?} in:\n{e}");
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+
+    // An adapter for another base model, or a file that is no adapter, is refused everywhere.
+    let adapter = d.join("a.gguf");
+    let o = smelt(&["finetune", m, "--data", s(&text), "-o", s(&adapter), "--ctx", "16", "--steps", "1", "--lora-rank", "2", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other_path = d.join("other.gguf");
+    let mut g = tiny::llama(3);
+    for t in g.tensors.iter_mut().filter(|t| t.name.contains("ffn_") && t.dims.len() == 2) {
+        // FFN 64 -> 32: the adapter's ffn pairs no longer fit.
+        let (cols, rows) = (t.dims[0], t.dims[1]);
+        let (cols, rows) = if t.name.contains("down") { (cols / 2, rows) } else { (cols, rows / 2) };
+        t.dims = vec![cols, rows];
+        t.data.truncate((cols * rows * 4) as usize);
+    }
+    g.set("llama.feed_forward_length", tiny::Kv::U32(32));
+    std::fs::write(&other_path, g.to_bytes()).unwrap();
+    let merged = d.join("m.gguf");
+    for args in [
+        vec!["run", "-m", s(&other_path), "--lora", s(&adapter), "-p", "hi", "-n", "2", "-q"],
+        vec!["merge", s(&other_path), s(&adapter), "-o", s(&merged)],
+        vec!["run", "-m", m, "--lora", m, "-p", "hi", "-n", "2", "-q"],
+        vec!["merge", m, m, "-o", s(&merged)],
+    ] {
+        let o = smelt(&args);
+        let e = stderr(&o);
+        assert!(!o.status.success() && (e.contains("another base") || e.contains("not a LoRA adapter")), "{args:?}:\n{e}");
+        assert!(!merged.exists());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
