@@ -60,6 +60,13 @@ fn finetune_text_then_run_eval_and_merge_the_adapter() {
     assert_eq!(mv["merged_matrices"].as_u64(), Some(14));
     assert_eq!(greedy(s(&merged), &[]), adapted, "merged weights and the run-time adapter disagree");
 
+    // Training continues from an adapter of the same rank; another rank is refused.
+    let (a2, a3) = (d.join("a2.gguf"), d.join("a3.gguf"));
+    let o = smelt(&["finetune", m, "--data", x, "-o", s(&a2), "--lora-rank", "4", "--ctx", "32", "--batch", "2", "--steps", "1", "--init-adapter", a, "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = smelt(&["finetune", m, "--data", x, "-o", s(&a3), "--lora-rank", "2", "--ctx", "32", "--batch", "2", "--steps", "1", "--init-adapter", a, "-q"]);
+    assert!(!o.status.success() && stderr(&o).contains("LoRA") && !a3.exists(), "{}", stderr(&o));
+
     // eval --lora measures the adapted model: lower perplexity on the training text.
     let ppl = |extra: &[&str]| -> f64 {
         let mut args = vec!["eval", m, "--text", x, "--ctx", "32", "--no-speed", "--format", "json", "-q"];

@@ -69,13 +69,13 @@ pub fn chat_example(messages: &[Message], template: &ChatTemplate, tok: &Tokeniz
     };
     let mut done = render(0, false)?;
     push(&done, false, &mut ids);
-    for k in 0..messages.len() {
+    for (k, message) in messages.iter().enumerate() {
         let next = render(k + 1, false)?;
         let not_append_only = || bad(format!("the chat template does not render conversations append-only (message {k} changes the text before it), so the answers cannot be located; give plain text instead"));
         if !next.starts_with(&done) {
             return Err(not_append_only());
         }
-        if messages[k].role == "assistant" {
+        if message.role == "assistant" {
             let header = render(k, true)?;
             if !header.starts_with(&done) || !next.starts_with(&header) {
                 return Err(not_append_only());

@@ -52,7 +52,9 @@ pub fn run(args: &FinetuneArgs, g: &Global) -> Result<i32> {
     let started = Instant::now();
     let meter = Meter::start(&PowerModel::default());
     smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
-    let alpha = args.lora_alpha.unwrap_or(args.lora_rank as f32);
+    let init = args.init_adapter.as_deref().map(|a| LoraAdapter::open(a).with_context(|| format!("reading {}", a.display()))).transpose()?;
+    // Continuing an adapter keeps its alpha unless told otherwise.
+    let alpha = args.lora_alpha.or(init.as_ref().map(|a| a.alpha)).unwrap_or(args.lora_rank as f32);
     let spec = LoraSpec { rank: args.lora_rank, alpha, targets: args.lora_targets.clone() };
     spec.check()?;
     let path = crate::resolve_model(&args.model, g.quiet)?;
@@ -72,8 +74,8 @@ pub fn run(args: &FinetuneArgs, g: &Global) -> Result<i32> {
     }
     let mut rng = SplitMix64(args.train.seed ^ 0x10_4A);
     let mut model = LlamaTrain::lora(base, &spec, &mut || (2.0 * rng.unit() - 1.0) as f32)?;
-    if let Some(a) = &args.init_adapter {
-        model.load_adapter(&LoraAdapter::open(a)?).with_context(|| format!("continuing from {}", a.display()))?;
+    if let (Some(a), Some(path)) = (&init, &args.init_adapter) {
+        model.load_adapter(a).with_context(|| format!("continuing from {}", path.display()))?;
     }
     model.recompute = args.train.recompute;
     let pool = g.pool();
