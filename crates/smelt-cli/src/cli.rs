@@ -378,6 +378,29 @@ pub struct ClassifyTrainArgs {
     /// Embed with the int8 path (see `smelt embed --help`); predict/eval then use it too.
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "all")]
     pub int8: Option<smelt_models::Int8Spec>,
+    /// Then fine-tune the encoder's last layers together with the head (AdamW; the head starts
+    /// from the frozen-embedding one): writes the fine-tuned encoder as HEAD.encoder/ (a
+    /// sentence-transformers directory) and the head pointing to it.
+    #[arg(long, conflicts_with = "int8")]
+    pub finetune: bool,
+    /// --finetune: how many of the last layers are trained (0: the head alone).
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "finetune")]
+    pub train_layers: usize,
+    /// --finetune: passes over the training examples.
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "finetune")]
+    pub epochs: usize,
+    /// --finetune: peak learning rate (warm-up over 10% of the steps, cosine decay to 10%).
+    #[arg(long, value_name = "X", default_value_t = 5e-5, requires = "finetune")]
+    pub lr: f32,
+    /// --finetune: texts per step.
+    #[arg(long, value_name = "N", default_value_t = 32, requires = "finetune")]
+    pub batch: usize,
+    /// --finetune: tokens per text, [CLS] and [SEP] included (longer texts are cut).
+    #[arg(long, value_name = "N", default_value_t = 128, requires = "finetune")]
+    pub max_length: usize,
+    /// --finetune: seed of the data order and of the held-out examples.
+    #[arg(long, value_name = "N", default_value_t = 42, requires = "finetune")]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]

@@ -159,3 +159,39 @@ fn finetune_chat_and_refuse_bad_inputs() {
     }
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `classify train --finetune` on the tiny BERT: the head and the fine-tuned encoder directory
+/// are written, predict and eval use them; impossible settings are refused with nothing written.
+#[test]
+fn classify_train_finetune_writes_encoder_and_head() {
+    let d = std::env::temp_dir().join(format!("smelt-finetune-test-{}-classify", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    let files = tiny::files(&d, 9);
+    let data = d.join("labelled.jsonl");
+    let rows: String = (0..40).map(|i| format!("{{\"text\": \"{}\", \"label\": \"{}\"}}\n", if i % 2 == 0 { "the man plays a guitar" } else { "a guitar is" }, if i % 2 == 0 { "a" } else { "b" })).collect();
+    std::fs::write(&data, rows).unwrap();
+    let head = d.join("h.json");
+    let (m, x, h) = (s(&files.bert), s(&data), s(&head));
+    for (extra, says) in [(vec!["--train-layers", "9"], "layers"), (vec!["--int8"], "cannot be used")] {
+        let mut args = vec!["classify", "train", x, "-o", h, "-m", m, "--finetune", "-q"];
+        args.extend(extra);
+        let o = smelt(&args);
+        assert!(!o.status.success() && stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+        assert!(!head.exists() && !d.join("h.json.encoder").exists());
+    }
+    let o = smelt(&["classify", "train", x, "-o", h, "-m", m, "--finetune", "--train-layers", "1", "--epochs", "2", "--batch", "8", "--lr", "1e-3", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let enc = d.join("h.json.encoder");
+    assert!(enc.join("model.safetensors").exists() && enc.join("config.json").exists());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&head).unwrap()).unwrap();
+    assert_eq!(v["encoder"].as_str(), Some(s(&enc)));
+    let o = smelt(&["classify", "eval", "--head", h, x, "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["accuracy"].as_f64().unwrap() > 0.9, "two texts repeated: {r}");
+    // Training again to the same head would overwrite the encoder directory: refused.
+    let o = smelt(&["classify", "train", x, "-o", h, "-m", m, "--finetune", "-q"]);
+    assert!(!o.status.success() && stderr(&o).contains("exists"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -15,6 +15,7 @@
 //! - [`finetune`]: LoRA fine-tuning of a decoder over its frozen (quantized) weights, on text
 //!   or chat data (answers only).
 //! - [`merge`]: a LoRA adapter merged into its base GGUF.
+//! - [`classify_tune`]: a sentence encoder's last layers fine-tuned with its classification head.
 //! - [`gptq`]: GPTQ (column-by-column quantization with error feedback through the inverse
 //!   Hessian) into ggml block types.
 //!
@@ -23,6 +24,7 @@
 
 pub mod awq;
 pub mod calib;
+pub mod classify_tune;
 pub mod convert;
 pub mod distill;
 pub mod encoder_dir;

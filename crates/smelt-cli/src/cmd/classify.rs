@@ -87,6 +87,9 @@ fn train(a: &ClassifyTrainArgs, global: &Global) -> Result<()> {
     bar.finish();
     head.encoder = a.model.clone();
     head.int8 = a.int8.is_some();
+    if a.finetune {
+        return finetune(a, global, &enc, head, &data, &y);
+    }
     let pred: Vec<usize> = x.iter().map(|v| head.predict(v)).collect();
     let m = classify::metrics(&y, &pred, &labels);
     let json = serde_json::to_string_pretty(&head)?;
@@ -173,4 +176,79 @@ pub fn run(a: &ClassifyArgs, global: &Global) -> Result<()> {
         ClassifyCommand::Predict(p) => predict(p, global),
         ClassifyCommand::Eval(e) => eval(e, global),
     }
+}
+
+/// `classify train --finetune`: the encoder's last layers and the head trained together on the
+/// data (every 20th example held out to pick the best step), written as `HEAD.encoder/` and
+/// `HEAD`.
+fn finetune(a: &ClassifyTrainArgs, global: &Global, enc: &Encoder, head: Head, data: &[Labelled], y: &[usize]) -> Result<()> {
+    use smelt_compress::classify_tune::EncoderClassifier;
+    use smelt_train::{TrainConfig, Trainer};
+    let dir = crate::resolve_model(&a.model, global.quiet)?;
+    if !dir.is_dir() {
+        bail!("--finetune trains a sentence-transformers directory (safetensors); {} is not one", dir.display());
+    }
+    let out_dir = a.output.with_file_name(format!("{}.encoder", a.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    if out_dir.exists() {
+        bail!("{} exists: remove it or write the head elsewhere", out_dir.display());
+    }
+    let model = smelt_models::backward::BertTrain::from_dir(&dir)?;
+    let max_len = a.max_length.min(enc.max_len);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, (e, &label)) in data.iter().zip(y).enumerate() {
+        let ex = (enc.tok.encode(&e.text, max_len), label as u32);
+        if i % 20 == 19 {
+            val.push(ex);
+        } else {
+            train.push(ex);
+        }
+    }
+    let pool = pool(global);
+    let mut obj = EncoderClassifier::new(model, &head, train, val, a.train_layers, &pool)?;
+    let n = obj.train.len();
+    let steps = ((n / a.batch.max(1)).max(1) * a.epochs) as u64;
+    let cfg = TrainConfig {
+        steps,
+        batch: a.batch,
+        accumulate: 1,
+        lr: a.lr,
+        warmup: steps / 10,
+        min_lr_ratio: 0.1,
+        weight_decay: 0.0,
+        clip: 1.0,
+        seed: a.seed,
+        eval_every: (steps / 8).max(1),
+        patience: 0,
+        checkpoint_every: 0,
+        checkpoint: None,
+        resume: false,
+        threads: global.n_threads(),
+        max_seconds: None,
+    };
+    let before = obj.accuracy(&obj.val)?;
+    let mut bar = Progress::new("fine-tuning", steps, false, global.quiet);
+    let outcome = Trainer { cfg, log: None, stop: None }.run(&mut obj, &mut |p| {
+        let k = p.step.saturating_sub(bar.done());
+        bar.inc(k, &format!("loss {:.4}{}", p.loss, p.val.map(|v| format!(" held-out accuracy {:.4}", 1.0 - v)).unwrap_or_default()));
+    })?;
+    bar.finish();
+    let after = obj.accuracy(&obj.val)?;
+    let mut tuned = obj.head(&head);
+    tuned.encoder = out_dir.display().to_string();
+    smelt_compress::distill::write_encoder_student(&obj.encoder(), &dir, &out_dir)?;
+    let json = serde_json::to_string_pretty(&tuned)?;
+    smelt_formats::fsutil::write_atomic_io(&a.output, |w| w.write_all(json.as_bytes())).with_context(|| format!("writing {}", a.output.display()))?;
+    if !global.quiet {
+        eprintln!(
+            "fine-tuned the last {} layers and the head: {} steps of {} on {} examples ({:.0} s); held-out accuracy {before:.4} -> {after:.4}; wrote {} and {}",
+            a.train_layers,
+            outcome.steps,
+            a.batch,
+            n,
+            outcome.seconds,
+            out_dir.display(),
+            a.output.display()
+        );
+    }
+    Ok(())
 }
