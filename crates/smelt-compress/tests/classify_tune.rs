@@ -42,7 +42,7 @@ fn classifier_gradient_matches_finite_differences() {
             let at = slot.range.start + j;
             let old = obj.params()[at];
             let h = 1e-2f32;
-            let mut loss_at = |v: f32, obj: &mut EncoderClassifier| {
+            let loss_at = |v: f32, obj: &mut EncoderClassifier| {
                 obj.params_mut()[at] = v;
                 let mut scratch = vec![0f32; n];
                 obj.grad(&batch, &mut scratch).unwrap().loss
