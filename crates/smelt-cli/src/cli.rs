@@ -384,22 +384,22 @@ pub struct ClassifyTrainArgs {
     #[arg(long, conflicts_with = "int8")]
     pub finetune: bool,
     /// --finetune: how many of the last layers are trained (0: the head alone).
-    #[arg(long, value_name = "N", default_value_t = 2, requires = "finetune")]
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub train_layers: usize,
     /// --finetune: passes over the training examples.
-    #[arg(long, value_name = "N", default_value_t = 2, requires = "finetune")]
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub epochs: usize,
     /// --finetune: peak learning rate (warm-up over 10% of the steps, cosine decay to 10%).
-    #[arg(long, value_name = "X", default_value_t = 5e-5, requires = "finetune")]
+    #[arg(long, value_name = "X", default_value_t = 5e-5)]
     pub lr: f32,
     /// --finetune: texts per step.
-    #[arg(long, value_name = "N", default_value_t = 32, requires = "finetune")]
+    #[arg(long, value_name = "N", default_value_t = 32)]
     pub batch: usize,
     /// --finetune: tokens per text, [CLS] and [SEP] included (longer texts are cut).
-    #[arg(long, value_name = "N", default_value_t = 128, requires = "finetune")]
+    #[arg(long, value_name = "N", default_value_t = 128)]
     pub max_length: usize,
     /// --finetune: seed of the data order and of the held-out examples.
-    #[arg(long, value_name = "N", default_value_t = 42, requires = "finetune")]
+    #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,
 }
 
@@ -678,8 +678,8 @@ pub struct LmArgs {
     /// repeatable.
     #[arg(long, value_name = "FILE")]
     pub lora: Vec<PathBuf>,
-    /// Scale the adapters' effect (llama.cpp's --lora-scaled; 0 turns them off).
-    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "lora")]
+    /// Scale the adapters' effect (llama.cpp's --lora-scaled; 0 turns them off; used with --lora).
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
     pub lora_scale: f32,
 }
 
