@@ -114,7 +114,7 @@ fn finetune_chat_and_refuse_bad_inputs() {
         ["finetune", m, "--data", s(data), "-o", o_, "--steps", "1", "-q"].iter().chain(ctx).chain(extra).map(|a| a.to_string()).collect()
     };
     for (args, says) in [
-        (base(&text, &["--lora-rank", "0"]), "at least 1"),
+        (base(&text, &["--lora-rank", "0"]), "from 1"),
         (base(&text, &["--lora-rank", "17"]), "larger than"),
         (base(&text, &["--lora-targets", "attn_x"]), "choose from"),
         (base(&text, &["--lora-alpha", "-1"]), "alpha"),

@@ -131,6 +131,28 @@ pub(super) fn open_log(t: &TrainFlags, path: &Path) -> Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(t.resume).write(true).truncate(!t.resume).open(path).with_context(|| format!("opening the log {}", path.display()))
 }
 
+/// Runs the loop for a decoder command: the JSON-lines log, Ctrl-C, a progress bar whose
+/// validation figure is called `val`. `None` when interrupted (after saying how to resume).
+pub(super) fn train_decoder((label, val): (&str, &str), cfg: TrainConfig, t: &TrainFlags, log_path: &Path, checkpoint: &Path, obj: &mut dyn smelt_train::Objective, g: &Global) -> Result<Option<smelt_train::Outcome>> {
+    let steps = cfg.steps;
+    let mut log = open_log(t, log_path)?;
+    let stop = super::lm::cancel_flag();
+    let generating = super::lm::Generating::start();
+    let mut bar = Progress::new(label, steps, false, g.quiet);
+    let outcome = smelt_train::Trainer { cfg, log: Some(&mut log), stop: Some(stop) }.run(obj, &mut |p| {
+        let n = p.step.saturating_sub(bar.done());
+        bar.inc(n, &format!("loss {:.4}{} {:.0} tok/s", p.loss, p.val.map(|v| format!(" {val} {v:.4}")).unwrap_or_default(), p.tokens_per_s));
+    });
+    bar.finish();
+    drop(generating);
+    let outcome = outcome?;
+    if outcome.stop == smelt_train::Stop::Interrupted {
+        eprintln!("interrupted after step {} of {steps}: the checkpoint is {}; run the same command with --resume to continue", outcome.steps, checkpoint.display());
+        return Ok(None);
+    }
+    Ok(Some(outcome))
+}
+
 /// A sibling path of `out` with `suffix` appended to its name.
 pub(super) fn beside(out: &Path, suffix: &str) -> PathBuf {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "student".into());

@@ -18,10 +18,8 @@ use smelt_compress::prune::model::Source;
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::backward::LlamaTrain;
 use smelt_models::{Llama, LoadOptions};
-use smelt_train::{Stop, Trainer};
 
-use super::distill::{beside, open_log, train_config, write_report};
-use super::lm::{cancel_flag, Generating};
+use super::distill::{beside, train_config, train_decoder, write_report};
 use crate::cli::{DistillArgs, Global};
 use crate::progress::Progress;
 
@@ -97,21 +95,9 @@ pub fn run(args: &DistillArgs, g: &Global, teacher_path: &Path) -> Result<i32> {
     if !g.quiet {
         eprintln!("distill: {kept_layers} of {n_teacher} blocks; {n_train} training and {n_val} validation chunks of {} tokens; {steps} steps of {} x {}{}", args.ctx, args.train.batch_or(32), args.train.accumulate, kl_before.map(|v| format!("; validation KL before training {v:.4}")).unwrap_or_default());
     }
-    let mut log = open_log(&args.train, &log_path)?;
-    let stop = cancel_flag();
-    let generating = Generating::start();
-    let mut bar = Progress::new("distill", steps, false, g.quiet);
-    let outcome = Trainer { cfg, log: Some(&mut log), stop: Some(stop) }.run(&mut obj, &mut |p| {
-        let n = p.step.saturating_sub(bar.done());
-        bar.inc(n, &format!("loss {:.4}{} {:.0} tok/s", p.loss, p.val.map(|v| format!(" val KL {v:.4}")).unwrap_or_default(), p.tokens_per_s));
-    });
-    bar.finish();
-    drop(generating);
-    let outcome = outcome?;
-    if outcome.stop == Stop::Interrupted {
-        eprintln!("interrupted after step {} of {steps}: the checkpoint is {}; run the same command with --resume to continue", outcome.steps, checkpoint.display());
+    let Some(outcome) = train_decoder(("distill", "val KL"), cfg, &args.train, &log_path, &checkpoint, &mut obj, g)? else {
         return Ok(130);
-    }
+    };
     let kl_after = obj.val_kl()?;
     let bytes = write_decoder_student(&obj.student, &student_file, &args.output)?;
     if student_path == scratch {

@@ -14,12 +14,10 @@ use smelt_models::backward::{LlamaTrain, LoraSpec};
 use smelt_models::lora::LoraAdapter;
 use smelt_models::{ChatTemplate, LoadOptions, Tokenizer};
 use smelt_train::order::SplitMix64;
-use smelt_train::{Stop, Trainer};
+use smelt_train::Stop;
 
-use super::distill::{beside, open_log, train_config, write_report};
-use super::lm::{cancel_flag, Generating};
+use super::distill::{beside, train_config, train_decoder, write_report};
 use crate::cli::{FinetuneArgs, Global};
-use crate::progress::Progress;
 
 /// Examples of one data file: chat JSON lines (`.jsonl`, one conversation per line, every 50th
 /// held out unless `hold_out` is false) or text (chunks of `ctx`).
@@ -98,21 +96,9 @@ pub fn run(args: &FinetuneArgs, g: &Global) -> Result<i32> {
             before.map(|v| format!("; validation loss before {v:.4} (perplexity {:.2})", v.exp())).unwrap_or_default()
         );
     }
-    let mut log = open_log(&args.train, &log_path)?;
-    let stop = cancel_flag();
-    let generating = Generating::start();
-    let mut bar = Progress::new("finetune", steps, false, g.quiet);
-    let outcome = Trainer { cfg, log: Some(&mut log), stop: Some(stop) }.run(&mut obj, &mut |p| {
-        let n = p.step.saturating_sub(bar.done());
-        bar.inc(n, &format!("loss {:.4}{} {:.0} tok/s", p.loss, p.val.map(|v| format!(" val {v:.4}")).unwrap_or_default(), p.tokens_per_s));
-    });
-    bar.finish();
-    drop(generating);
-    let outcome = outcome?;
-    if outcome.stop == Stop::Interrupted {
-        eprintln!("interrupted after step {} of {steps}: the checkpoint is {}; run the same command with --resume to continue", outcome.steps, checkpoint.display());
+    let Some(outcome) = train_decoder(("finetune", "val"), cfg, &args.train, &log_path, &checkpoint, &mut obj, g)? else {
         return Ok(130);
-    }
+    };
     let after = if n_val == 0 { None } else { Some(obj.val_loss()?) };
     let adapter = obj.model.adapter(alpha)?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
