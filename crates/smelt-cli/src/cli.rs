@@ -87,6 +87,11 @@ pub enum Command {
     /// weights (kept in their own, quantized, type: QLoRA); writes an adapter llama.cpp loads.
     #[command(after_help = FINETUNE_HELP)]
     Finetune(FinetuneArgs),
+    /// Quantization-aware training: the model trained with its weights rounded to --to in every
+    /// forward (straight-through gradients) to match the original's next-token distributions;
+    /// writes a plain GGUF of that type, closer to the original than post-training quantization.
+    #[command(after_help = QAT_HELP)]
+    Qat(QatArgs),
     /// Merge a LoRA adapter into its base model's weights and write the GGUF (re-quantized to
     /// each tensor's type, or --to TYPE).
     #[command(after_help = MERGE_HELP)]

@@ -103,6 +103,7 @@ fn run(cli: &mut Cli) -> Result<i32> {
         Command::Prune(a) => cmd::prune::run(a, &cli.global).map(|()| 0),
         Command::Distill(a) => cmd::distill::run(a, &cli.global),
         Command::Finetune(a) => cmd::finetune::run(a, &cli.global),
+        Command::Qat(a) => cmd::qat::run(a, &cli.global),
         Command::Merge(a) => cmd::merge::run(a, &cli.global).map(|()| 0),
         Command::Imatrix(a) => cmd::imatrix::run(a, &cli.global).map(|()| 0),
         Command::Pull(a) => cmd::pull::pull(a, cli.global.quiet).map(|()| 0),

@@ -195,3 +195,59 @@ fn classify_train_finetune_writes_encoder_and_head() {
     assert!(!o.status.success() && stderr(&o).contains("exists"), "{}", stderr(&o));
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `smelt qat` on the tiny decoder: the quantized model gets closer to the original on held-out
+/// text, the file is a Q4_0 GGUF as the `gguf` package reads it (block matrices and embedding in
+/// Q4_0, norms in F32, the same tensors as the source), other bytes than round-to-nearest; bad
+/// settings are refused and nothing is written.
+#[test]
+fn qat_writes_a_quantized_gguf_closer_to_the_original() {
+    let d = std::env::temp_dir().join(format!("smelt-finetune-test-{}-qat", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    let files = tiny::files(&d, 10);
+    let text = d.join("text.txt");
+    let words = ["hello", "world", "the", "man", "is", "playing", "guitar", "a", "plays"];
+    let mut rng = tiny::Rng(5);
+    let prose: Vec<&str> = (0..3000).map(|_| words[rng.below(words.len())]).collect();
+    std::fs::write(&text, prose.join(" ")).unwrap();
+    let (m, x) = (s(&files.gguf), s(&text));
+    let out = d.join("q.gguf");
+    let o = smelt(&["qat", m, "--to", "q4_0", "--data", x, "-o", s(&out), "--ctx", "32", "--batch", "4", "--steps", "12", "--lr", "3e-4", "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (before, after) = (v["val_kl_before"].as_f64().unwrap(), v["val_kl_after"].as_f64().unwrap());
+    eprintln!("tiny decoder, Q4_0: validation KL {before:.5} (round-to-nearest) -> {after:.5} (QAT)");
+    assert!(after < 0.8 * before, "QAT did not bring the quantized model closer: KL {before} -> {after}");
+    assert!(d.join("q.gguf.qat.json").exists() && d.join("q.gguf.training.html").exists() && !d.join("q.gguf.ckpt").exists());
+
+    // The gguf package's view of the written file.
+    let python = std::env::var("SMELT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = "import sys, gguf\nfor p in sys.argv[1:]:\n    r = gguf.GGUFReader(p)\n    print(' '.join(f'{t.name}:{t.tensor_type.name}' for t in r.tensors))";
+    let rtn = d.join("rtn.gguf");
+    let o = smelt(&["quantize", m, s(&rtn), "--to", "q4_0", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new(python).args(["-c", script, m, s(&out), s(&rtn)]).output().expect("run python");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let names = |l: &str| -> Vec<String> { l.split(' ').map(|t| t.split(':').next().unwrap().to_string()).collect() };
+    assert_eq!(names(lines[0]), names(lines[1]), "the QAT file has other tensors than its source");
+    assert_eq!(lines[1], lines[2], "QAT and round-to-nearest Q4_0 files differ in types");
+    for t in lines[1].split(' ') {
+        let want = if t.contains("norm") { "F32" } else { "Q4_0" };
+        assert!(t.ends_with(want), "{t}: expected {want}");
+    }
+    assert_ne!(std::fs::read(&out).unwrap(), std::fs::read(&rtn).unwrap(), "QAT wrote the round-to-nearest file");
+
+    let bad = d.join("bad.gguf");
+    for (extra, says) in [(vec!["--to", "q4_0", "--ctx", "1"], "--ctx"), (vec!["--to", "q4_0", "--batch", "100000"], "fewer than a batch"), (vec!["--to", "q4_0", "--imatrix", m], "importance")] {
+        let mut args = vec!["qat", m, "--data", x, "-o", s(&bad), "--steps", "1", "-q"];
+        args.extend(extra);
+        let o = smelt(&args);
+        assert!(!o.status.success() && stderr(&o).contains(says), "{args:?}: expected {says:?} in:\n{}", stderr(&o));
+        assert!(!bad.exists(), "{args:?} wrote {}", bad.display());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -15,6 +15,8 @@
 //! - [`finetune`]: LoRA fine-tuning of a decoder over its frozen (quantized) weights, on text
 //!   or chat data (answers only).
 //! - [`merge`]: a LoRA adapter merged into its base GGUF.
+//! - [`qat`]: quantization-aware training (fake-quantized weights, straight-through estimator,
+//!   self-distillation from the original) into any registry type.
 //! - [`classify_tune`]: a sentence encoder's last layers fine-tuned with its classification head.
 //! - [`gptq`]: GPTQ (column-by-column quantization with error feedback through the inverse
 //!   Hessian) into ggml block types.
@@ -37,6 +39,7 @@ pub mod merge;
 pub mod pipeline;
 pub mod plan;
 pub mod prune;
+pub mod qat;
 
 pub use convert::{convert, round_trip, Converted};
 pub use error::CompressError;

@@ -9,12 +9,16 @@ use smelt_formats::GgufFile;
 use smelt_kernels::pool::ThreadPool;
 use smelt_models::lora::LoraAdapter;
 
+use crate::imatrix::Imatrix;
 use crate::{quantize_file, Calib, CompressError, Summary, TensorPlan};
 
 /// Writes `file` with `adapter` merged (scaled by `strength`) into `out`; the adapted matrices
 /// in `to` (default: their own type; the fallback rule for rows that do not divide into blocks).
-/// Refuses an adapter for another base (a tensor it names is missing or of another shape).
-pub fn merge_adapter(file: &GgufFile, adapter: &LoraAdapter, strength: f32, to: Option<smelt_formats::GgmlType>, out: &Path, pool: &ThreadPool, on_tensor: &mut dyn FnMut(&TensorPlan)) -> Result<Summary, CompressError> {
+/// With `imatrix`, the adapted matrices it has entries for are quantized minimizing the
+/// importance-weighted error. Refuses an adapter for another base (a tensor it names is missing
+/// or of another shape).
+#[allow(clippy::too_many_arguments)]
+pub fn merge_adapter(file: &GgufFile, adapter: &LoraAdapter, strength: f32, to: Option<smelt_formats::GgmlType>, imatrix: Option<&Imatrix>, out: &Path, pool: &ThreadPool, on_tensor: &mut dyn FnMut(&TensorPlan)) -> Result<Summary, CompressError> {
     if !strength.is_finite() {
         return Err(CompressError::Finetune(format!("merge strength {strength}: must be a finite number")));
     }
@@ -49,5 +53,5 @@ pub fn merge_adapter(file: &GgufFile, adapter: &LoraAdapter, strength: f32, to: 
     let mut bytes: BTreeMap<smelt_formats::GgmlType, u64> = BTreeMap::new();
     file.tensors().iter().for_each(|t| *bytes.entry(t.ty).or_default() += t.n_bytes);
     let main = to.or_else(|| bytes.into_iter().max_by_key(|(_, b)| *b).map(|(t, _)| t)).unwrap_or(smelt_formats::GgmlType::F32);
-    quantize_file(file, &plans, main, &Calib { overrides, ..Default::default() }, out, pool, on_tensor)
+    quantize_file(file, &plans, main, &Calib { overrides, imatrix, ..Default::default() }, out, pool, on_tensor)
 }

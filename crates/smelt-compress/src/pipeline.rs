@@ -107,7 +107,8 @@ pub fn quantize_file(
     }
     // Every entry's width is checked before any work; an imatrix whose names match none of the
     // converted tensors was made for another model.
-    let converted: Vec<&TensorPlan> = plans.iter().filter(|p| p.target != p.t.ty).collect();
+    // A replaced tensor is quantized even into its own type.
+    let converted: Vec<&TensorPlan> = plans.iter().filter(|p| p.target != p.t.ty || (calib.overrides.contains_key(&p.t.name) && p.t.dims.len() >= 2)).collect();
     let imatrix = calib.imatrix;
     let mut importance: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
     if let Some(m) = imatrix {

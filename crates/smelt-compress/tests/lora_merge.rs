@@ -35,7 +35,7 @@ fn adapter_and_merge_match_the_gguf_package() {
     let (ap, mp) = (dir.join("adapter.gguf"), dir.join("merged.gguf"));
     adapter.save(&ap, Some("SmolLM2")).unwrap();
     let file = GgufFile::open(&path).unwrap();
-    merge_adapter(&file, &adapter, 1.0, Some(GgmlType::F32), &mp, &ThreadPool::new(2), &mut |_| {}).unwrap();
+    merge_adapter(&file, &adapter, 1.0, Some(GgmlType::F32), None, &mp, &ThreadPool::new(2), &mut |_| {}).unwrap();
     let python = std::env::var("SMELT_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/lora_merge_reference.py")).arg(&path).arg(&ap).arg(&mp).output().expect("run python3");
     std::fs::remove_dir_all(&dir).ok();

@@ -230,3 +230,49 @@ pub struct MergeArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+pub const QAT_HELP: &str = "How: the model is trained against itself. Its weights are kept in f32 (the master weights) and used in every forward and backward as the --to type's exact round trip (the ggml block quantizer the file is written with, then its dequantizer; scales recomputed from the current weights at every step; importance-weighted with --imatrix); the gradient passes straight through the rounding (straight-through estimator) to the master weights. The loss is the KL divergence from the original model's next-token distributions (self-distillation) on chunks of --ctx tokens of --data, with AdamW (--lr, warm-up over --warmup of the steps, cosine decay to 10%, no weight decay), clipping (--clip) and accumulation (--accumulate). Norms stay f32 and are trained too. Every 50th chunk (at most 8) is held out: the validation figure is the quantized model's KL to the original there, before (plain post-training quantization) and after.\n\n\
+The written file is a normal GGUF of the --to type (the token embedding in --embed-type, a separate output head in --output-type) holding exactly the quantized weights of the last step; llama.cpp runs it unchanged.\n\n\
+Cost: a full training step of the model plus the original's forward (SmolLM2-135M: about 60 tokens/s on 2 threads, 4 GB); --max-minutes bounds the run (give --steps too, so the learning rate decays on time).\n\n\
+Files: OUT, OUT.qat.json (settings, validation KL before and after), OUT.training.html (the curve), the JSON-lines log (--log, default OUT.train.jsonl), the checkpoint (--checkpoint, default OUT.ckpt; --resume continues exactly).\n\n\
+Examples:\n  smelt qat smollm2-135m --to q4_0 --data austen/*.txt -o smollm2-q4_0-qat.gguf --steps 200 --max-minutes 60\n  \
+smelt imatrix smollm2-135m --calib austen/emma.txt -o imatrix.gguf && smelt qat smollm2-135m --to q4_0 --imatrix imatrix.gguf --data austen/*.txt -o q4_0-qat.gguf --steps 100";
+
+#[derive(Args, Debug)]
+pub struct QatArgs {
+    /// The model to quantize: a GGUF decoder or a model name (its weights are the original the
+    /// quantized model learns to match).
+    #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Target type for the weight matrices (as `smelt quantize --to`).
+    #[arg(long = "to", value_name = "TYPE", value_parser = parse_target)]
+    pub to: GgmlType,
+    /// Type for the token embedding (also the output head of tied models); default --to.
+    #[arg(long, value_name = "TYPE", value_parser = parse_target)]
+    pub embed_type: Option<GgmlType>,
+    /// Type for a separate output head (output.weight); default --to.
+    #[arg(long, value_name = "TYPE", value_parser = parse_target)]
+    pub output_type: Option<GgmlType>,
+    /// Importance matrix (from `smelt imatrix` or llama-imatrix): the block search of every
+    /// matrix it has an entry for minimizes the importance-weighted error, in training and in
+    /// the written file.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// The quantized GGUF to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Training text files (repeatable). Use text other than the one you evaluate on.
+    #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Tokens per training chunk.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub ctx: usize,
+    /// Weight of the cross-entropy on the text's next tokens, added to the KL term.
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub ce_weight: f32,
+    #[command(flatten)]
+    pub train: TrainFlags,
+    /// Print a JSON summary instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

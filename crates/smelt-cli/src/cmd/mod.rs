@@ -18,6 +18,7 @@ pub mod merge;
 pub mod prune;
 pub mod prune_encoder;
 pub mod pull;
+pub mod qat;
 pub mod quantize;
 pub mod run;
 pub mod shrink;
