@@ -128,6 +128,7 @@ pub const SETTINGS: &[Setting] = &[
     of("max_minutes", Ty::F64, Bound::float("max_minutes", 1e-3, 1e7)),
     // LoRA (finetune, merge, run, chat, eval) and encoder fine-tuning (classify train).
     int("lora_rank", &["finetune"], 1, 1 << 16),
+    Setting { id: "scale", commands: &["finetune"], ty: Ty::F32, bound: Bound::float("scale", 1e-6, 1e6) },
     of("lora_alpha", Ty::F32, Bound::float("lora_alpha", 0.0, 1e6)),
     of("lora_scale", Ty::F32, Bound::float("lora_scale", 0.0, 1e6)),
     Setting { id: "scale", commands: &["merge"], ty: Ty::F32, bound: Bound::float("scale", 0.0, 1e6) },

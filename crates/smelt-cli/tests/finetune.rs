@@ -251,3 +251,60 @@ fn qat_writes_a_quantized_gguf_closer_to_the_original() {
     }
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `smelt finetune ENCODER --pairs` on the tiny BERT: a sentence-transformers directory is
+/// written that `smelt embed` loads, with the summary; training loss falls; bad pairs files and
+/// mismatched models are refused with nothing written.
+#[test]
+fn finetune_an_encoder_on_pairs() {
+    let d = std::env::temp_dir().join(format!("smelt-finetune-test-{}-pairs", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    let files = tiny::files(&d, 11);
+    let words = ["hello", "world", "the", "man", "is", "playing", "guitar", "a", "plays"];
+    let mut rng = tiny::Rng(3);
+    let mut lines = String::new();
+    for _ in 0..150 {
+        let a: Vec<&str> = (0..5).map(|_| words[rng.below(words.len())]).collect();
+        lines.push_str(&format!("{}\t{} hello\n", a.join(" "), a[..4].join(" ")));
+    }
+    let pairs = d.join("pairs.tsv");
+    std::fs::write(&pairs, lines).unwrap();
+    let out = d.join("tuned");
+    let (m, p) = (s(&files.bert), s(&pairs));
+    let o = smelt(&["finetune", m, "--pairs", p, "-o", s(&out), "--epochs", "2", "--batch", "8", "--lr", "1e-3", "--eval-every", "5", "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["train_pairs"].as_u64(), v["val_pairs"].as_u64()), (Some(147), Some(3)));
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(d.join("tuned.train.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).filter(|r: &serde_json::Value| r.get("loss").is_some()).collect();
+    let (first, last) = (log[0]["loss"].as_f64().unwrap(), log[log.len() - 1]["loss"].as_f64().unwrap());
+    assert!(last < first, "the in-batch loss did not fall: {first} -> {last}");
+    assert!(out.join("smelt_finetune.json").exists() && out.join("model.safetensors").exists());
+    let e = Command::new(env!("CARGO_BIN_EXE_smelt")).args(["embed", "-m", s(&out), "-q"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut c| {
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(b"the man plays\n")?;
+        c.wait_with_output()
+    });
+    let e = e.unwrap();
+    assert!(e.status.success(), "{}", stderr(&e));
+
+    let bad = d.join("bad.tsv");
+    std::fs::write(&bad, "one field only\n").unwrap();
+    let one = d.join("one.tsv");
+    std::fs::write(&one, "a\tb\n").unwrap();
+    let o2 = d.join("o2");
+    for (args, says) in [
+        (vec!["finetune", m, "--pairs", s(&bad), "-o", s(&o2)], "line 1"),
+        (vec!["finetune", m, "--pairs", s(&one), "-o", s(&o2)], "at least 2"),
+        (vec!["finetune", s(&files.gguf), "--pairs", p, "-o", s(&o2)], "not a sentence encoder"),
+        (vec!["finetune", m, "--data", p, "-o", s(&o2)], "--pairs"),
+        (vec!["finetune", m, "--pairs", p, "-o", s(&out)], "not an empty"),
+        (vec!["finetune", m, "--pairs", p, "-o", s(&o2), "--batch", "1"], "at least 2"),
+    ] {
+        let o = smelt(&args);
+        let e = stderr(&o);
+        assert!(!o.status.success() && e.contains(says), "{args:?}: expected {says:?} in:\n{e}");
+        assert!(!o2.exists(), "{args:?} wrote {}", o2.display());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -18,6 +18,8 @@
 //! - [`qat`]: quantization-aware training (fake-quantized weights, straight-through estimator,
 //!   self-distillation from the original) into any registry type.
 //! - [`classify_tune`]: a sentence encoder's last layers fine-tuned with its classification head.
+//! - [`contrastive`]: a sentence encoder fine-tuned on pairs with in-batch negatives
+//!   (MultipleNegativesRankingLoss).
 //! - [`gptq`]: GPTQ (column-by-column quantization with error feedback through the inverse
 //!   Hessian) into ggml block types.
 //!
@@ -27,6 +29,7 @@
 pub mod awq;
 pub mod calib;
 pub mod classify_tune;
+pub mod contrastive;
 pub mod convert;
 pub mod distill;
 pub mod encoder_dir;

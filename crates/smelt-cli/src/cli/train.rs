@@ -164,7 +164,9 @@ Data: text (.txt and others): the token stream is cut into chunks of --ctx token
 Files: the adapter (-o, llama.cpp's LoRA GGUF: `llama-cli -m MODEL --lora OUT`, `smelt run --lora OUT`, `smelt eval MODEL --lora OUT`, `smelt merge MODEL OUT -o merged.gguf`); OUT.finetune.json (settings, validation loss and perplexity before and after), OUT.training.html (the curve), the JSON-lines log (--log, default OUT.train.jsonl), the checkpoint (--checkpoint, default OUT.ckpt; every --checkpoint-every steps, on Ctrl-C and at --max-minutes; --resume continues exactly).\n\n\
 Examples:\n  smelt finetune smollm2-135m --data austen/*.txt -o austen.lora.gguf --max-minutes 30\n  \
 smelt finetune model.gguf --data chats.jsonl --lora-rank 8 --lora-targets attn_q,attn_v -o chat.lora.gguf --max-steps 200\n  \
-smelt run -m smollm2-135m --lora austen.lora.gguf -p 'It is a truth universally acknowledged'";
+smelt run -m smollm2-135m --lora austen.lora.gguf -p 'It is a truth universally acknowledged'\n  \
+smelt finetune all-minilm-l6-v2 --pairs pairs.tsv -o minilm-tuned --epochs 1 --batch 32\n\n\
+Sentence encoders (--pairs): every weight of the encoder is trained (AdamW, default lr 2e-5, batch 32) with in-batch negatives (sentence-transformers' MultipleNegativesRankingLoss): each anchor's cosine to its positive, times --scale, must win a softmax over all the batch's positives and hard negatives. Larger batches give more negatives. Every 50th pair (at most 1,000) is held out unless --val; the validation figure is retrieval there (the share of anchors whose nearest held-out positive is their own), before and after. The result is a sentence-transformers directory (OUT/smelt_finetune.json, OUT.training.html).";
 
 pub const MERGE_HELP: &str = "Every adapted matrix becomes W + (alpha / r) B A, computed in f32 from the dequantized W and written in W's own type (round-to-nearest, or importance-weighted with --imatrix), or in --to TYPE; the other tensors are copied. The result is a plain GGUF: no adapter needed at run time, at the cost of one more rounding of the adapted matrices. Into a 4-bit type that rounding undoes most of what the adapter learned (SmolLM2 Q4_1 with a rank-16 Austen adapter: held-out perplexity -16.4% with the adapter, -2.3% merged into Q4_1, -16.4% merged into Q8_0; docs/BENCHMARKS.md): keep the adapter at run time (--lora), or merge --to q8_0 (or f16/f32) and re-quantize that with calibration (`smelt quantize --imatrix`).\n\n\
 Examples:\n  smelt merge smollm2-135m austen.lora.gguf -o smollm2-austen-q8_0.gguf --to q8_0\n  \
@@ -176,14 +178,27 @@ pub struct FinetuneArgs {
     #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
     pub model: String,
     /// Training data: text files, or chat JSON lines (.jsonl); repeatable.
-    #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
+    #[arg(long, value_name = "FILE", required_unless_present = "pairs", num_args = 1..)]
     pub data: Vec<PathBuf>,
-    /// Held-out data (same formats); default every 50th chunk or conversation.
+    /// Sentence encoders: training pairs, one `anchor<TAB>positive[<TAB>hard negative]` per line
+    /// (or JSON lines with "anchor", "positive" and optionally "negative"); the encoder learns
+    /// to rank each anchor's positive first among the batch's (in-batch negatives). MODEL is
+    /// then a sentence-transformers directory or name, and -o the directory to write.
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub pairs: Option<PathBuf>,
+    /// Held-out data (same formats); default every 50th chunk, conversation or pair.
     #[arg(long, value_name = "FILE")]
     pub val: Option<PathBuf>,
-    /// The adapter file to write.
+    /// The adapter file to write (with --pairs: the encoder directory, new or empty).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// With --pairs: the similarity scale (cosines times this are the logits; 20 as
+    /// sentence-transformers' MultipleNegativesRankingLoss).
+    #[arg(long, value_name = "X", default_value_t = 20.0)]
+    pub scale: f32,
+    /// With --pairs: tokens per sentence, [CLS] and [SEP] included.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_length: usize,
     /// Rank r of each adapter.
     #[arg(long, value_name = "R", default_value_t = 16)]
     pub lora_rank: usize,

@@ -47,6 +47,10 @@ fn read_examples(path: &Path, tok: &Tokenizer, template: &ChatTemplate, ctx: usi
 }
 
 pub fn run(args: &FinetuneArgs, g: &Global) -> Result<i32> {
+    if args.pairs.is_some() {
+        let dir = crate::resolve_model(&args.model, g.quiet)?;
+        return super::finetune_pairs::run(args, g, &dir);
+    }
     let started = Instant::now();
     let meter = Meter::start(&PowerModel::default());
     smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
@@ -56,6 +60,9 @@ pub fn run(args: &FinetuneArgs, g: &Global) -> Result<i32> {
     let spec = LoraSpec { rank: args.lora_rank, alpha, targets: args.lora_targets.clone() };
     spec.check()?;
     let path = crate::resolve_model(&args.model, g.quiet)?;
+    if path.is_dir() {
+        anyhow::bail!("{} is a sentence encoder: fine-tune it on pairs with --pairs FILE (LoRA on text or chat is for GGUF decoders)", path.display());
+    }
     let loaded = smelt_models::load(&path, LoadOptions::default()).with_context(|| format!("loading {}", path.display()))?;
     let (base, tok, template) = (&loaded.model, &loaded.tok, &loaded.template);
     if args.ctx < 2 || args.ctx > base.cfg.ctx_train {

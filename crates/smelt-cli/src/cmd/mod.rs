@@ -10,6 +10,7 @@ pub mod embed;
 pub mod eval;
 pub mod eval_quality;
 pub mod finetune;
+pub mod finetune_pairs;
 pub mod fit;
 pub mod imatrix;
 pub mod inspect;
