@@ -242,7 +242,7 @@ fn qat_writes_a_quantized_gguf_closer_to_the_original() {
     assert_ne!(std::fs::read(&out).unwrap(), std::fs::read(&rtn).unwrap(), "QAT wrote the round-to-nearest file");
 
     let bad = d.join("bad.gguf");
-    for (extra, says) in [(vec!["--to", "q4_0", "--ctx", "1"], "--ctx"), (vec!["--to", "q4_0", "--batch", "100000"], "fewer than a batch"), (vec!["--to", "q4_0", "--imatrix", m], "importance")] {
+    for (extra, says) in [(vec!["--to", "q4_0", "--ctx", "1"], "--ctx"), (vec!["--to", "q4_0", "--batch", "60000"], "fewer than a batch"), (vec!["--to", "q4_0", "--imatrix", m], "importance")] {
         let mut args = vec!["qat", m, "--data", x, "-o", s(&bad), "--steps", "1", "-q"];
         args.extend(extra);
         let o = smelt(&args);
