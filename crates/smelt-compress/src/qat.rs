@@ -80,11 +80,16 @@ impl<'a> Qat<'a> {
 
     /// Puts `Q(master)` into the student (plain copies for the tensors not quantized).
     pub fn refresh(&mut self) -> Result<(), CompressError> {
-        let data = &mut self.inner.student.params.data;
-        data.copy_from_slice(&self.master);
-        for f in &self.fake {
-            let (_, back) = round_trip(self.pool, &f.name, &self.master[f.range.clone()], f.cols, f.ty, f.importance.as_deref())?;
-            data[f.range.clone()].copy_from_slice(&back);
+        let params = &mut self.inner.student.params;
+        for slot in &params.slots {
+            let r = slot.range.clone();
+            match self.fake.iter().find(|f| f.range == r) {
+                Some(f) => {
+                    let (_, back) = round_trip(self.pool, &f.name, &self.master[r.clone()], f.cols, f.ty, f.importance.as_deref())?;
+                    params.data[r].copy_from_slice(&back);
+                }
+                None => params.data[r.clone()].copy_from_slice(&self.master[r]),
+            }
         }
         Ok(())
     }
