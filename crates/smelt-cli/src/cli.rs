@@ -90,6 +90,7 @@ pub enum Command {
     /// Quantization-aware training: the model trained with its weights rounded to --to in every
     /// forward (straight-through gradients) to match the original's next-token distributions;
     /// writes a plain GGUF of that type, closer to the original than post-training quantization.
+    /// Sentence encoders: --to int8 trains for smelt's int8 path (weights and inputs).
     #[command(after_help = QAT_HELP)]
     Qat(QatArgs),
     /// Merge a LoRA adapter into its base model's weights and write the GGUF (re-quantized to

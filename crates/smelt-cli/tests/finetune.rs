@@ -196,6 +196,54 @@ fn classify_train_finetune_writes_encoder_and_head() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// `smelt qat ENCODER --to int8` on the tiny BERT: the int8 model's validation gap falls, the
+/// directory is written with its summary and runs under `smelt embed --int8`; the wrong target
+/// for the kind of model, decoder-only options, a selection of no matrix and an existing output
+/// are refused.
+#[test]
+fn qat_for_the_int8_path_of_an_encoder() {
+    let d = std::env::temp_dir().join(format!("smelt-finetune-test-{}-qat-int8", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    let files = tiny::files(&d, 12);
+    let words = ["hello", "world", "the", "man", "is", "playing", "guitar", "a", "plays"];
+    let mut rng = tiny::Rng(9);
+    let prose: Vec<String> = (0..300).map(|_| format!("{}.", (0..6).map(|_| words[rng.below(words.len())]).collect::<Vec<_>>().join(" "))).collect();
+    let text = d.join("sentences.txt");
+    std::fs::write(&text, prose.join(" ")).unwrap();
+    let (m, x) = (s(&files.bert), s(&text));
+    let out = d.join("qat");
+    let o = smelt(&["qat", m, "--to", "int8", "--data", x, "-o", s(&out), "--batch", "8", "--steps", "15", "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (before, after) = (v["val_gap_before"].as_f64().unwrap(), v["val_gap_after"].as_f64().unwrap());
+    eprintln!("tiny encoder, int8: validation 1 - cos {before:.2e} (post-training) -> {after:.2e} (QAT)");
+    assert!(after < 0.7 * before, "QAT did not bring the int8 model closer: {before} -> {after}");
+    assert_eq!(v["int8_matrices"].as_array().unwrap().len(), 4 * 2, "every matrix of the two layers");
+    assert!(out.join("smelt_qat.json").exists() && out.join("training.html").exists() && out.join("model.safetensors").exists());
+    let e = Command::new(env!("CARGO_BIN_EXE_smelt")).args(["embed", "-m", s(&out), "--int8", "-q"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().and_then(|mut c| {
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(b"the man plays\n")?;
+        c.wait_with_output()
+    });
+    let e = e.unwrap();
+    assert!(e.status.success() && !e.stdout.is_empty(), "{}", stderr(&e));
+
+    // Wrong target for the kind of model, decoder-only options, an existing output: refused,
+    // nothing written.
+    let bad = d.join("bad");
+    for (model, extra, says) in [(m, vec!["--to", "q4_0"], "int8"), (s(&files.gguf), vec!["--to", "int8"], "decoder"), (m, vec!["--to", "int8", "--imatrix", x], "decoders"), (m, vec!["--to", "int8", "--int8", "7.up"], "none")] {
+        let mut args = vec!["qat", model, "--data", x, "-o", s(&bad), "--steps", "1", "-q"];
+        args.extend(extra);
+        let o = smelt(&args);
+        assert!(!o.status.success() && stderr(&o).contains(says), "{args:?}: expected {says:?} in:\n{}", stderr(&o));
+        assert!(!bad.exists(), "{args:?} wrote {}", bad.display());
+    }
+    let o = smelt(&["qat", m, "--to", "int8", "--data", x, "-o", s(&out), "--steps", "1", "-q"]);
+    assert!(!o.status.success(), "an existing output directory was overwritten");
+    std::fs::remove_dir_all(&d).ok();
+}
+
 /// `smelt qat` on the tiny decoder: the quantized model gets closer to the original on held-out
 /// text, the file is a Q4_0 GGUF as the `gguf` package reads it (block matrices and embedding in
 /// Q4_0, norms in F32, the same tensors as the source), other bytes than round-to-nearest; bad

@@ -17,6 +17,8 @@
 //! - [`merge`]: a LoRA adapter merged into its base GGUF.
 //! - [`qat`]: quantization-aware training (fake-quantized weights, straight-through estimator,
 //!   self-distillation from the original) into any registry type.
+//! - [`qat_encoder`]: the same for a sentence encoder's int8 path (weights per channel after
+//!   SmoothQuant, inputs per row), distilled from the f32 encoder's sentence vectors.
 //! - [`classify_tune`]: a sentence encoder's last layers fine-tuned with its classification head.
 //! - [`contrastive`]: a sentence encoder fine-tuned on pairs with in-batch negatives
 //!   (MultipleNegativesRankingLoss).
@@ -43,6 +45,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod prune;
 pub mod qat;
+pub mod qat_encoder;
 
 pub use convert::{convert, round_trip, Converted};
 pub use error::CompressError;

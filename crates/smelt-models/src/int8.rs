@@ -59,13 +59,50 @@ impl DenseWeight {
         if let DenseWeight::Typed(l) = self {
             let mut f = vec![0f32; l.rows * l.cols];
             smelt_formats::quant::dequantize(l.ty, l.bytes(), &mut f)?;
-            let q = match act_amax {
-                Some(a) => I8Matrix::quantize_smoothed(&f, l.rows, l.cols, a, SMOOTH_ALPHA)?,
-                None => I8Matrix::quantize(&f, l.rows, l.cols)?,
-            };
-            *self = DenseWeight::Int8(q);
+            *self = DenseWeight::Int8(quantize_weights(&f, l.rows, l.cols, act_amax)?);
         }
         Ok(())
+    }
+}
+
+/// The int8 path's quantization of one weight matrix `w` (`rows x cols`, row-major): per output
+/// channel, smoothed with [`SMOOTH_ALPHA`] when the calibration maxima of its input are given.
+/// The one rule for inference ([`DenseWeight::to_int8`]) and quantization-aware training.
+pub fn quantize_weights(w: &[f32], rows: usize, cols: usize, act_amax: Option<&[f32]>) -> Result<I8Matrix, ModelError> {
+    Ok(match act_amax {
+        Some(a) => I8Matrix::quantize_smoothed(w, rows, cols, a, SMOOTH_ALPHA)?,
+        None => I8Matrix::quantize(w, rows, cols)?,
+    })
+}
+
+/// The matrix the int8 product multiplies by, in the scale of the original weights:
+/// `W_e[j, c] = (s_j q[j, c]) * smooth_c` (`smooth_c = 1 / f_c`, 1 without smoothing), so that
+/// `x W_e^T` with `x` the input before smoothing is the int8 product up to f32 rounding.
+/// Returns `rows x cols` values.
+pub fn fake_weights(q: &I8Matrix) -> Vec<f32> {
+    let mut out = Vec::with_capacity(q.rows * q.cols);
+    for r in 0..q.rows {
+        let row = q.dequantize_row(r);
+        match &q.smooth {
+            Some(s) => out.extend(row.iter().zip(s).map(|(v, s)| v * s)),
+            None => out.extend_from_slice(&row),
+        }
+    }
+    out
+}
+
+/// The int8 path's run-time activation quantizer as a round trip, on rows of `cols` values
+/// (`x` and `out` alike): each row is multiplied by `smooth` (when given), quantized to unsigned
+/// 8 bits with its own scale `t` and zero point `z` exactly as [`smelt_kernels::qgemm`] does,
+/// and mapped back to the input's scale: `out_c = ((a_c - z) t) / smooth_c`.
+pub fn fake_quantize_rows(x: &[f32], cols: usize, smooth: Option<&[f32]>, out: &mut [f32]) {
+    let mut codes = vec![0u8; cols.div_ceil(smelt_kernels::qgemm::STEP) * smelt_kernels::qgemm::STEP];
+    for (row, o) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let (t, z) = smelt_kernels::qgemm::quantize_row(row, smooth, &mut codes);
+        for (c, (o, &a)) in o.iter_mut().zip(&codes).enumerate() {
+            let v = (a as i32 - z) as f32 * t;
+            *o = smooth.map_or(v, |s| v / s[c]);
+        }
     }
 }
 

@@ -250,18 +250,40 @@ pub const QAT_HELP: &str = "How: the model is trained against itself. Its weight
 The written file is a normal GGUF of the --to type (the token embedding in --embed-type, a separate output head in --output-type) holding exactly the quantized weights of the last step; llama.cpp runs it unchanged.\n\n\
 Cost: a full training step of the model plus the original's forward (SmolLM2-135M: about 60 tokens/s on 2 threads, 4 GB); --max-minutes bounds the run (give --steps too, so the learning rate decays on time).\n\n\
 Files: OUT, OUT.qat.json (settings, validation KL before and after), OUT.training.html (the curve), the JSON-lines log (--log, default OUT.train.jsonl), the checkpoint (--checkpoint, default OUT.ckpt; --resume continues exactly).\n\n\
+Sentence encoders (--to int8): the model is trained for smelt's int8 path (`smelt embed --int8`, `MODEL:int8`). Every step measures the calibration maxima of the matrices' inputs with the master weights on the int8 path's calibration sentences, quantizes the --int8 matrices exactly as loading with int8 does (SmoothQuant factors, 7-bit weights per output channel) and quantizes their inputs per row as the int8 kernels do at run time; both roundings pass gradients straight through. The loss is 1 - cos to the original f32 model's sentence vectors on the --data sentences (every 50th, at most 1000, held out: the validation figure is that gap of the int8 model, before and after). Defaults: batch 32, lr 1e-5. The output is a sentence-transformers directory of the master weights (f32): run it with --int8 (the same SPEC) or as OUT:int8 (every matrix) to get the trained int8 model; OUT/smelt_qat.json and OUT/training.html hold the summary and the curve.\n\n\
 Examples:\n  smelt qat smollm2-135m --to q4_0 --data austen/*.txt -o smollm2-q4_0-qat.gguf --steps 200 --max-minutes 60\n  \
-smelt imatrix smollm2-135m --calib austen/emma.txt -o imatrix.gguf && smelt qat smollm2-135m --to q4_0 --imatrix imatrix.gguf --data austen/*.txt -o q4_0-qat.gguf --steps 100";
+smelt imatrix smollm2-135m --calib austen/emma.txt -o imatrix.gguf && smelt qat smollm2-135m --to q4_0 --imatrix imatrix.gguf --data austen/*.txt -o q4_0-qat.gguf --steps 100\n  \
+smelt qat all-minilm-l6-v2 --to int8 --data sentences.txt -o minilm-int8-qat --steps 300 && smelt embed -m minilm-int8-qat --int8 < texts.txt";
+
+/// What `smelt qat` trains for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QatTarget {
+    /// A ggml type of a GGUF decoder.
+    Ggml(GgmlType),
+    /// The int8 path of a sentence encoder.
+    Int8,
+}
+
+fn parse_qat_target(s: &str) -> Result<QatTarget, String> {
+    if s.eq_ignore_ascii_case("int8") {
+        return Ok(QatTarget::Int8);
+    }
+    parse_target(s).map(QatTarget::Ggml).map_err(|e| format!("{e}; or int8 for a sentence encoder"))
+}
 
 #[derive(Args, Debug)]
 pub struct QatArgs {
-    /// The model to quantize: a GGUF decoder or a model name (its weights are the original the
-    /// quantized model learns to match).
+    /// The model to quantize: a GGUF decoder, a sentence-encoder directory or a model name (its
+    /// weights are the original the quantized model learns to match).
     #[arg(value_name = "MODEL", default_value = "smollm2-135m")]
     pub model: String,
-    /// Target type for the weight matrices (as `smelt quantize --to`).
-    #[arg(long = "to", value_name = "TYPE", value_parser = parse_target)]
-    pub to: GgmlType,
+    /// Target: a ggml type for a decoder (as `smelt quantize --to`), or `int8` for a sentence
+    /// encoder (smelt's int8 path, as `smelt embed --int8` runs it).
+    #[arg(long = "to", value_name = "TYPE", value_parser = parse_qat_target)]
+    pub to: QatTarget,
+    /// --to int8: which matrices run in int8 (as `smelt embed --int8 SPEC`; default all).
+    #[arg(long, value_name = "SPEC", default_value = "all")]
+    pub int8: smelt_models::Int8Spec,
     /// Type for the token embedding (also the output head of tied models); default --to.
     #[arg(long, value_name = "TYPE", value_parser = parse_target)]
     pub embed_type: Option<GgmlType>,
@@ -273,13 +295,14 @@ pub struct QatArgs {
     /// the written file.
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
-    /// The quantized GGUF to write.
-    #[arg(short, long, value_name = "FILE")]
+    /// The quantized GGUF to write (a decoder), or the directory (an encoder).
+    #[arg(short, long, value_name = "PATH")]
     pub output: PathBuf,
-    /// Training text files (repeatable). Use text other than the one you evaluate on.
+    /// Training text files (repeatable): prose (split into sentences for an encoder), or JSON
+    /// lines with a "text" field. Use text other than the one you evaluate on.
     #[arg(long, value_name = "FILE", required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
-    /// Tokens per training chunk.
+    /// Tokens per training chunk (decoders).
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub ctx: usize,
     /// Weight of the cross-entropy on the text's next tokens, added to the KL term.

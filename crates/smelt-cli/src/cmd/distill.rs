@@ -50,7 +50,7 @@ fn describe(s: &BertTrain) -> String {
 
 /// The texts of one data file: JSON lines (.jsonl), one per line (`lines`), or prose split into
 /// sentences.
-fn texts_of(path: &Path, lines: bool) -> Result<Vec<String>> {
+pub(super) fn texts_of(path: &Path, lines: bool) -> Result<Vec<String>> {
     let jsonl = path.extension().is_some_and(|e| e == "jsonl");
     let out: Vec<String> = if jsonl {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

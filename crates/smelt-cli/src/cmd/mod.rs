@@ -20,6 +20,7 @@ pub mod prune;
 pub mod prune_encoder;
 pub mod pull;
 pub mod qat;
+pub mod qat_encoder;
 pub mod quantize;
 pub mod run;
 pub mod shrink;

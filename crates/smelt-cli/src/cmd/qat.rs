@@ -18,16 +18,23 @@ use smelt_models::LoadOptions;
 use smelt_train::Stop;
 
 use super::distill::{beside, train_config, train_decoder, write_report};
-use crate::cli::{Global, QatArgs};
+use crate::cli::{Global, QatArgs, QatTarget};
 use crate::progress::Progress;
 
 pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
     let started = Instant::now();
+    let path = crate::resolve_model(&args.model, g.quiet)?;
+    let encoder = super::bench_encoder::is_encoder(&path);
+    let to = match (args.to, encoder) {
+        (QatTarget::Int8, true) => return super::qat_encoder::run(args, g, &path),
+        (QatTarget::Ggml(t), false) => t,
+        (QatTarget::Int8, false) => anyhow::bail!("--to int8 is the int8 path of sentence encoders; {} is a decoder: give a ggml type (q4_0, q4_k, q8_0 ...)", path.display()),
+        (QatTarget::Ggml(t), true) => anyhow::bail!("{} is a sentence encoder: its quantized path is int8 (--to int8), not {t}", path.display()),
+    };
     let meter = Meter::start(&PowerModel::default());
     smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
-    let path = crate::resolve_model(&args.model, g.quiet)?;
     let file = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg = QuantizeConfig { to: args.to, embed_type: args.embed_type, output_type: args.output_type, keep: Vec::new() };
+    let cfg = QuantizeConfig { to, embed_type: args.embed_type, output_type: args.output_type, keep: Vec::new() };
     let plans = plan(&file, &cfg)?;
     let imatrix = args.imatrix.as_deref().map(|p| Imatrix::read(p).with_context(|| format!("reading the importance matrix {}", p.display()))).transpose()?;
     let loaded = smelt_models::load(&path, LoadOptions { weight_type: Some(GgmlType::F32) }).with_context(|| format!("loading {}", path.display()))?;
@@ -74,7 +81,7 @@ pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
     let after = if n_val == 0 { None } else { Some(obj.val_kl()?) };
     let total: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
     let mut bar = Progress::new("write", total, true, g.quiet);
-    let summary = obj.write(&file, &plans, args.to, imatrix.as_ref(), &args.output, &mut |p| bar.inc(p.t.n_bytes, &p.t.name))?;
+    let summary = obj.write(&file, &plans, to, imatrix.as_ref(), &args.output, &mut |p| bar.inc(p.t.n_bytes, &p.t.name))?;
     bar.finish();
     if !args.train.keep_checkpoint && outcome.stop != Stop::TimeLimit {
         std::fs::remove_file(&checkpoint).ok();
@@ -83,7 +90,7 @@ pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
     let out_types: serde_json::Map<String, serde_json::Value> = summary.types.iter().map(|(t, s)| (t.name().to_string(), json!({"tensors": s.tensors, "params": s.params, "bytes": s.bytes}))).collect();
     let report = json!({
         "model": args.model,
-        "to": args.to.name(),
+        "to": to.name(),
         "types": out_types,
         "imatrix": args.imatrix.as_ref().map(|p| p.display().to_string()),
         "fake_quantized_tensors": obj.fake.len(),

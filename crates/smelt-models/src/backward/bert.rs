@@ -16,6 +16,13 @@
 //! ```
 //! The backward runs the same steps in reverse with [`super`]'s layer gradients; the residual
 //! branches add their gradients. Products go through `gemm` on chunks of rows on the pool.
+//!
+//! For quantization-aware training of the int8 path, [`BertTrain::act_quant`] names the matrices
+//! whose inputs (`x`, `A`, `x1`, `g`) are fake-quantized as the int8 kernels quantize them at run
+//! time ([`crate::int8::fake_quantize_rows`]); the product then reads the round-tripped input
+//! `x~`, its weight gradient is `dW = dY^T x~`, and `dx = dY W` passes straight through the
+//! rounding (the straight-through estimator). The weights themselves are whatever the parameters
+//! hold (the caller puts the fake-quantized ones there).
 
 use std::ops::Range;
 use std::path::Path;
@@ -29,6 +36,7 @@ use super::par::{pair_mut, par_attention, par_attention_backward, par_gelu_backw
 use super::{embedding_backward, gelu, layernorm, layernorm_backward, Heads};
 use crate::bert::layer_heads;
 use crate::error::check_activations;
+use crate::int8::{fake_quantize_rows, Calibration};
 use crate::ModelError;
 
 /// Where one layer's tensors lie in [`Params::data`].
@@ -67,6 +75,16 @@ pub struct BertTrain {
     /// layer's activations shrink from about `4d + 4q + 2f + h n` values a token to `d`, for one
     /// more forward of the layers.
     pub recompute: bool,
+    /// Per layer, per matrix kind ([`crate::int8::KINDS`]: qkv, o, up, down), how its input is
+    /// fake-quantized; empty (the default) or `None` entries leave inputs in f32.
+    pub act_quant: Vec<[Option<ActQuant>; 4]>,
+}
+
+/// How the int8 path quantizes one matrix's input at run time: per row, after multiplying by the
+/// smoothing factors `1 / f_c` when the matrix was smoothed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActQuant {
+    pub smooth: Option<Vec<f32>>,
 }
 
 /// What the forward keeps of one layer.
@@ -86,6 +104,15 @@ struct LayerActs {
     g: Vec<f32>,
     r2: Vec<f32>,
     s2: Vec<(f32, f32)>,
+    /// The fake-quantized inputs of qkv, o, up and down (`x`, `att`, `x1`, `g`), where quantized.
+    xq: [Option<Vec<f32>>; 4],
+}
+
+impl LayerActs {
+    /// The input matrix `kind` multiplied by: its fake-quantized value, or `plain`.
+    fn input<'a>(&'a self, kind: usize, plain: &'a [f32]) -> &'a [f32] {
+        self.xq[kind].as_deref().unwrap_or(plain)
+    }
 }
 
 /// Activations of one batch, from [`BertTrain::forward`].
@@ -171,7 +198,7 @@ impl BertTrain {
                 ln2: (take(&n("output.LayerNorm.weight"), &[d])?, take(&n("output.LayerNorm.bias"), &[d])?),
             });
         }
-        Ok(BertTrain { cfg, heads, params: p, prefix: prefix.to_string(), word, position, token_type, ln_emb, layers, recompute: false })
+        Ok(BertTrain { cfg, heads, params: p, prefix: prefix.to_string(), word, position, token_type, ln_emb, layers, recompute: false, act_quant: Vec::new() })
     }
 
     /// A student of the layers `keep` (ascending, each below the layer count), renumbered from
@@ -210,34 +237,80 @@ impl BertTrain {
         &self.params.data[r.clone()]
     }
 
+    /// Where matrix `kind` ([`crate::int8::KINDS`]) of layer `layer` lies in the parameters,
+    /// as the inference model stacks it (Q, K and V one under the other for `qkv`), and its
+    /// `(rows, cols)`.
+    pub fn matrix_ranges(&self, layer: usize, kind: usize) -> Option<(Vec<Range<usize>>, usize, usize)> {
+        let l = self.layers.get(layer)?;
+        let (d, f, q) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.heads[layer] * self.hd());
+        Some(match kind {
+            0 => (vec![l.q.clone(), l.k.clone(), l.v.clone()], 3 * q, d),
+            1 => (vec![l.o.clone()], d, q),
+            2 => (vec![l.up.clone()], f, d),
+            3 => (vec![l.down.clone()], d, f),
+            _ => return None,
+        })
+    }
+
+    /// Runs `seqs` as they are (no fake quantization) and returns the per-channel maxima of
+    /// every matrix's input, as [`crate::bert::Bert::calibrate`] measures them for the int8 path.
+    pub fn input_maxima(&self, pool: &ThreadPool, seqs: &[&[u32]]) -> Result<Calibration, ModelError> {
+        let mut calib = Calibration::default();
+        for chunk in seqs.chunks(32) {
+            let acts = self.run(pool, chunk, false, true)?;
+            for (li, a) in acts.layers.iter().enumerate() {
+                let q = self.heads[li] * self.hd();
+                for (kind, (x, cols)) in [(&a.x, self.cfg.hidden_size), (&a.att, q), (&a.x1, self.cfg.hidden_size), (&a.g, self.cfg.intermediate_size)].into_iter().enumerate() {
+                    calib.record(li, kind, x, cols);
+                }
+            }
+        }
+        Ok(calib)
+    }
+
+    /// The fake-quantized copy of `x` (rows of `cols`) when layer `li` quantizes the input of
+    /// matrix `kind`.
+    fn quantized_input(&self, li: usize, kind: usize, x: &[f32], cols: usize, quantize: bool) -> Option<Vec<f32>> {
+        let aq = self.act_quant.get(li).filter(|_| quantize)?[kind].as_ref()?;
+        let mut out = vec![0f32; x.len()];
+        fake_quantize_rows(x, cols, aq.smooth.as_deref(), &mut out);
+        Some(out)
+    }
+
     fn hd(&self) -> usize {
         self.cfg.hidden_size / self.cfg.num_attention_heads
     }
 
-    /// Layer `li` on its input `x` (`t x d`): what its backward needs, and its output.
-    fn layer_forward(&self, pool: &ThreadPool, li: usize, x: Vec<f32>, starts: &[usize]) -> Result<(LayerActs, Vec<f32>), ModelError> {
+    /// Layer `li` on its input `x` (`t x d`): what its backward needs, and its output; the
+    /// inputs of the matrices [`BertTrain::act_quant`] names are fake-quantized when `quantize`.
+    fn layer_forward(&self, pool: &ThreadPool, li: usize, x: Vec<f32>, starts: &[usize], quantize: bool) -> Result<(LayerActs, Vec<f32>), ModelError> {
         let c = &self.cfg;
         let (d, f, hd, t) = (c.hidden_size, c.intermediate_size, self.hd(), x.len() / c.hidden_size);
         let eps = c.layer_norm_eps as f32;
         let (l, h) = (&self.layers[li], self.heads[li]);
         let qw = h * hd;
         let mut a = LayerActs { x, ..Default::default() };
+        a.xq[0] = self.quantized_input(li, 0, &a.x, d, quantize);
+        let xin = a.xq[0].as_deref().unwrap_or(&a.x);
         for (w, b, out) in [(&l.q, &l.qb, &mut a.q), (&l.k, &l.kb, &mut a.k), (&l.v, &l.vb, &mut a.v)] {
             *out = vec![0f32; t * qw];
-            par_linear(pool, &a.x, self.w(w), Some(self.w(b)), (t, d, qw), out);
+            par_linear(pool, xin, self.w(w), Some(self.w(b)), (t, d, qw), out);
         }
         (a.probs, a.att) = par_attention(pool, &a.q, &a.k, &a.v, starts, Heads { q: h, kv: h, dim: hd }, false);
+        a.xq[1] = self.quantized_input(li, 1, &a.att, qw, quantize);
         a.r1 = vec![0f32; t * d];
-        par_linear(pool, &a.att, self.w(&l.o), Some(self.w(&l.ob)), (t, qw, d), &mut a.r1);
+        par_linear(pool, a.xq[1].as_deref().unwrap_or(&a.att), self.w(&l.o), Some(self.w(&l.ob)), (t, qw, d), &mut a.r1);
         a.r1.iter_mut().zip(&a.x).for_each(|(r, x)| *r += *x);
         a.x1 = vec![0f32; t * d];
         a.s1 = layernorm(&a.r1, self.w(&l.ln1.0), self.w(&l.ln1.1), eps, d, &mut a.x1);
+        a.xq[2] = self.quantized_input(li, 2, &a.x1, d, quantize);
         a.u = vec![0f32; t * f];
-        par_linear(pool, &a.x1, self.w(&l.up), Some(self.w(&l.upb)), (t, d, f), &mut a.u);
+        par_linear(pool, a.xq[2].as_deref().unwrap_or(&a.x1), self.w(&l.up), Some(self.w(&l.upb)), (t, d, f), &mut a.u);
         a.g = vec![0f32; t * f];
         par_map(pool, &a.u, &mut a.g, &|u, g| gelu(u, g));
+        a.xq[3] = self.quantized_input(li, 3, &a.g, f, quantize);
         a.r2 = vec![0f32; t * d];
-        par_linear(pool, &a.g, self.w(&l.down), Some(self.w(&l.downb)), (t, f, d), &mut a.r2);
+        par_linear(pool, a.xq[3].as_deref().unwrap_or(&a.g), self.w(&l.down), Some(self.w(&l.downb)), (t, f, d), &mut a.r2);
         a.r2.iter_mut().zip(&a.x1).for_each(|(r, x)| *r += *x);
         let mut out = vec![0f32; t * d];
         a.s2 = layernorm(&a.r2, self.w(&l.ln2.0), self.w(&l.ln2.1), eps, d, &mut out);
@@ -248,6 +321,12 @@ impl BertTrain {
     /// Runs `seqs` (framed token sequences, each at most `max_position_embeddings` long),
     /// keeping the activations for [`BertTrain::backward`].
     pub fn forward(&self, pool: &ThreadPool, seqs: &[&[u32]]) -> Result<BertActs, ModelError> {
+        self.run(pool, seqs, true, !self.recompute)
+    }
+
+    /// [`BertTrain::forward`], with the fake quantization on or off, keeping every layer's
+    /// activations or only its input.
+    fn run(&self, pool: &ThreadPool, seqs: &[&[u32]], quantize: bool, keep: bool) -> Result<BertActs, ModelError> {
         let c = &self.cfg;
         let d = c.hidden_size;
         let eps = c.layer_norm_eps as f32;
@@ -273,8 +352,8 @@ impl BertTrain {
         let emb_stats = layernorm(&emb, self.w(&self.ln_emb.0), self.w(&self.ln_emb.1), eps, d, &mut x);
         let mut layers = Vec::with_capacity(self.layers.len());
         for li in 0..self.layers.len() {
-            let (mut a, next) = self.layer_forward(pool, li, x, &starts)?;
-            if self.recompute {
+            let (mut a, next) = self.layer_forward(pool, li, x, &starts, quantize)?;
+            if !keep {
                 a = LayerActs { x: a.x, ..Default::default() };
             }
             layers.push(a);
@@ -296,7 +375,7 @@ impl BertTrain {
         for (li, (l, kept)) in self.layers.iter().zip(&a.layers).enumerate().rev() {
             let fresh;
             let la = if self.recompute {
-                fresh = self.layer_forward(pool, li, kept.x.clone(), &a.starts)?.0;
+                fresh = self.layer_forward(pool, li, kept.x.clone(), &a.starts, true)?.0;
                 &fresh
             } else {
                 kept
@@ -311,25 +390,25 @@ impl BertTrain {
             layernorm_backward(&la.r2, self.w(&l.ln2.0), &la.s2, &dx, d, &mut dr2, dg, db);
             // r2 = x1 + g Wout^T + bout
             let mut dgact = vec![0f32; t * f];
-            par_linear_backward(pool, &la.g, self.w(&l.down), &dr2, (t, f, d), Some(&mut dgact), grads, &l.down, Some(&l.downb));
+            par_linear_backward(pool, la.input(3, &la.g), self.w(&l.down), &dr2, (t, f, d), Some(&mut dgact), grads, &l.down, Some(&l.downb));
             let mut du = vec![0f32; t * f];
             par_gelu_backward(pool, &la.u, &dgact, &mut du);
             // u = x1 Win^T + bin; x1 also feeds r2 directly.
             let mut dx1 = vec![0f32; t * d];
-            par_linear_backward(pool, &la.x1, self.w(&l.up), &du, (t, d, f), Some(&mut dx1), grads, &l.up, Some(&l.upb));
+            par_linear_backward(pool, la.input(2, &la.x1), self.w(&l.up), &du, (t, d, f), Some(&mut dx1), grads, &l.up, Some(&l.upb));
             dx1.iter_mut().zip(&dr2).for_each(|(a, b)| *a += *b);
             // x1 = LayerNorm(r1), r1 = x + A Wo^T + bo
             let mut dr1 = vec![0f32; t * d];
             let (dg, db) = pair_mut(grads, &l.ln1.0, &l.ln1.1);
             layernorm_backward(&la.r1, self.w(&l.ln1.0), &la.s1, &dx1, d, &mut dr1, dg, db);
             let mut datt = vec![0f32; t * qw];
-            par_linear_backward(pool, &la.att, self.w(&l.o), &dr1, (t, qw, d), Some(&mut datt), grads, &l.o, Some(&l.ob));
+            par_linear_backward(pool, la.input(1, &la.att), self.w(&l.o), &dr1, (t, qw, d), Some(&mut datt), grads, &l.o, Some(&l.ob));
             let (dq, dk, dv) = par_attention_backward(pool, (&la.q, &la.k, &la.v), &la.probs, &datt, &a.starts, Heads { q: self.heads[li], kv: self.heads[li], dim: hd });
             // Q, K, V = x W^T + b; x also feeds r1 directly.
             dx = dr1;
             let mut tmp = vec![0f32; t * d];
             for (dy, w, b) in [(&dq, &l.q, &l.qb), (&dk, &l.k, &l.kb), (&dv, &l.v, &l.vb)] {
-                par_linear_backward(pool, &la.x, self.w(w), dy, (t, d, qw), Some(&mut tmp), grads, w, Some(b));
+                par_linear_backward(pool, la.input(0, &la.x), self.w(w), dy, (t, d, qw), Some(&mut tmp), grads, w, Some(b));
                 dx.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
             }
         }

@@ -30,7 +30,7 @@ pub mod par;
 pub mod params;
 pub(crate) mod weight;
 
-pub use bert::{BertActs, BertTrain};
+pub use bert::{ActQuant, BertActs, BertTrain};
 pub use frozen::frozen_linear_backward;
 pub use llama::{LlamaActs, LlamaTrain};
 pub use lora::{LoraSpec, LORA_TARGETS};
