@@ -289,8 +289,30 @@ fn qat_writes_a_quantized_gguf_closer_to_the_original() {
     }
     assert_ne!(std::fs::read(&out).unwrap(), std::fs::read(&rtn).unwrap(), "QAT wrote the round-to-nearest file");
 
+    // --like: a mixed file (Q4_0 blocks, Q8_0 embedding) is the start and the plan; the output
+    // keeps every tensor's type from it and gets closer to the original.
+    let mixed = d.join("mixed.gguf");
+    let o = smelt(&["quantize", m, s(&mixed), "--to", "q4_0", "--embed-type", "q8_0", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let like_out = d.join("like.gguf");
+    let o = smelt(&["qat", m, "--like", s(&mixed), "--data", x, "-o", s(&like_out), "--ctx", "32", "--batch", "4", "--steps", "12", "--lr", "3e-4", "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (before, after) = (v["val_kl_before"].as_f64().unwrap(), v["val_kl_after"].as_f64().unwrap());
+    eprintln!("tiny decoder, --like a Q4_0 + Q8_0 file: validation KL {before:.5} -> {after:.5}");
+    assert!(after < 0.8 * before, "QAT --like did not bring the model closer: KL {before} -> {after}");
+    let o = Command::new(std::env::var("SMELT_PYTHON").unwrap_or_else(|_| "python3".into())).args(["-c", script, s(&mixed), s(&like_out)]).output().expect("run python");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines[0], lines[1], "--like changed the tensors' types");
+    assert!(lines[0].contains("token_embd.weight:Q8_0") && lines[0].contains("Q4_0"), "{}", lines[0]);
+
     let bad = d.join("bad.gguf");
-    for (extra, says) in [(vec!["--to", "q4_0", "--ctx", "1"], "--ctx"), (vec!["--to", "q4_0", "--batch", "60000"], "fewer than a batch"), (vec!["--to", "q4_0", "--imatrix", m], "importance")] {
+    let short = d.join("short.gguf");
+    let o = smelt(&["prune", m, "-o", s(&short), "--method", "layers", "--layers", "1", "--calib", x, "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (extra, says) in [(vec!["--to", "q4_0", "--ctx", "1"], "--ctx"), (vec!["--to", "q4_0", "--batch", "60000"], "fewer than a batch"), (vec!["--to", "q4_0", "--imatrix", m], "importance"), (vec!["--like", s(&short)], "not a quantization"), (vec!["--like", s(&mixed), "--to", "q4_0"], "cannot be used with")] {
         let mut args = vec!["qat", m, "--data", x, "-o", s(&bad), "--steps", "1", "-q"];
         args.extend(extra);
         let o = smelt(&args);

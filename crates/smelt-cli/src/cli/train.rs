@@ -250,9 +250,11 @@ pub const QAT_HELP: &str = "How: the model is trained against itself. Its weight
 The written file is a normal GGUF of the --to type (the token embedding in --embed-type, a separate output head in --output-type) holding exactly the quantized weights of the last step; llama.cpp runs it unchanged.\n\n\
 Cost: a full training step of the model plus the original's forward (SmolLM2-135M: about 60 tokens/s on 2 threads, 4 GB); --max-minutes bounds the run (give --steps too, so the learning rate decays on time).\n\n\
 Files: OUT, OUT.qat.json (settings, validation KL before and after), OUT.training.html (the curve), the JSON-lines log (--log, default OUT.train.jsonl), the checkpoint (--checkpoint, default OUT.ckpt; --resume continues exactly).\n\n\
+--like FILE starts from a quantized file of the same model instead (from `smelt fit`, or `smelt quantize --imatrix --awq`): its weights (dequantized) are the first master weights and every tensor keeps its type from FILE, so a mixed-precision file found by `smelt fit` is trained as it is; MODEL stays the original the loss compares with.\n\n\
 Sentence encoders (--to int8): the model is trained for smelt's int8 path (`smelt embed --int8`, `MODEL:int8`). Every step measures the calibration maxima of the matrices' inputs with the master weights on the int8 path's calibration sentences, quantizes the --int8 matrices exactly as loading with int8 does (SmoothQuant factors, 7-bit weights per output channel) and quantizes their inputs per row as the int8 kernels do at run time; both roundings pass gradients straight through. The loss is 1 - cos to the original f32 model's sentence vectors on the --data sentences (every 50th, at most 1000, held out: the validation figure is that gap of the int8 model, before and after). Defaults: batch 32, lr 1e-5. The output is a sentence-transformers directory of the master weights (f32): run it with --int8 (the same SPEC) or as OUT:int8 (every matrix) to get the trained int8 model; OUT/smelt_qat.json and OUT/training.html hold the summary and the curve.\n\n\
 Examples:\n  smelt qat smollm2-135m --to q4_0 --data austen/*.txt -o smollm2-q4_0-qat.gguf --steps 200 --max-minutes 60\n  \
 smelt imatrix smollm2-135m --calib austen/emma.txt -o imatrix.gguf && smelt qat smollm2-135m --to q4_0 --imatrix imatrix.gguf --data austen/*.txt -o q4_0-qat.gguf --steps 100\n  \
+smelt fit smollm2-135m --max-size 78MB --calib calib.txt -o fit78.gguf && smelt qat smollm2-135m --like fit78.gguf --data austen/*.txt -o fit78-qat.gguf --steps 150\n  \
 smelt qat all-minilm-l6-v2 --to int8 --data sentences.txt -o minilm-int8-qat --steps 300 && smelt embed -m minilm-int8-qat --int8 < texts.txt";
 
 /// What `smelt qat` trains for.
@@ -279,8 +281,13 @@ pub struct QatArgs {
     pub model: String,
     /// Target: a ggml type for a decoder (as `smelt quantize --to`), or `int8` for a sentence
     /// encoder (smelt's int8 path, as `smelt embed --int8` runs it).
-    #[arg(long = "to", value_name = "TYPE", value_parser = parse_qat_target)]
-    pub to: QatTarget,
+    #[arg(long = "to", value_name = "TYPE", value_parser = parse_qat_target, required_unless_present = "like")]
+    pub to: Option<QatTarget>,
+    /// Decoders: start from FILE, a quantized GGUF of MODEL (from `smelt fit`, `smelt quantize
+    /// --imatrix --awq` ...): training starts from its weights and every tensor keeps its type in
+    /// FILE (a mixed-precision plan stays as it is); MODEL stays the original to match.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["to", "embed_type", "output_type"])]
+    pub like: Option<PathBuf>,
     /// --to int8: which matrices run in int8 (as `smelt embed --int8 SPEC`; default all).
     #[arg(long, value_name = "SPEC", default_value = "all")]
     pub int8: smelt_models::Int8Spec,

@@ -3,6 +3,7 @@
 //! and an HTML training report.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -26,16 +27,27 @@ pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
     let path = crate::resolve_model(&args.model, g.quiet)?;
     let encoder = super::bench_encoder::is_encoder(&path);
     let to = match (args.to, encoder) {
-        (QatTarget::Int8, true) => return super::qat_encoder::run(args, g, &path),
-        (QatTarget::Ggml(t), false) => t,
-        (QatTarget::Int8, false) => anyhow::bail!("--to int8 is the int8 path of sentence encoders; {} is a decoder: give a ggml type (q4_0, q4_k, q8_0 ...)", path.display()),
-        (QatTarget::Ggml(t), true) => anyhow::bail!("{} is a sentence encoder: its quantized path is int8 (--to int8), not {t}", path.display()),
+        (Some(QatTarget::Int8), true) => return super::qat_encoder::run(args, g, &path),
+        (Some(QatTarget::Ggml(t)), false) => Some(t),
+        (None, false) => None,
+        (Some(QatTarget::Int8), false) => anyhow::bail!("--to int8 is the int8 path of sentence encoders; {} is a decoder: give a ggml type (q4_0, q4_k, q8_0 ...)", path.display()),
+        (_, true) => anyhow::bail!("{} is a sentence encoder: its quantized path is int8 (--to int8)", path.display()),
     };
     let meter = Meter::start(&PowerModel::default());
     smelt_formats::fsutil::check_output(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
-    let file = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg = QuantizeConfig { to, embed_type: args.embed_type, output_type: args.output_type, keep: Vec::new() };
-    let plans = plan(&file, &cfg)?;
+    let source = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    // The plan: every tensor to --to, or, with --like, every tensor in its type in that file.
+    let like = args.like.as_deref().map(|p| GgufFile::open(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+    if let Some(l) = &like {
+        check_like(&source, l, args.like.as_deref().unwrap_or(Path::new("")), &path)?;
+    }
+    let file = like.as_ref().unwrap_or(&source);
+    let cfg = match to {
+        Some(to) => QuantizeConfig { to, embed_type: args.embed_type, output_type: args.output_type, keep: Vec::new() },
+        None => QuantizeConfig { to: GgmlType::F32, embed_type: None, output_type: None, keep: vec!["*".into()] },
+    };
+    let plans = plan(file, &cfg)?;
+    let to = to.unwrap_or_else(|| main_type(&plans));
     let imatrix = args.imatrix.as_deref().map(|p| Imatrix::read(p).with_context(|| format!("reading the importance matrix {}", p.display()))).transpose()?;
     let loaded = smelt_models::load(&path, LoadOptions { weight_type: Some(GgmlType::F32) }).with_context(|| format!("loading {}", path.display()))?;
     let (original, tok) = (&loaded.model, &loaded.tok);
@@ -53,7 +65,11 @@ pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
         anyhow::bail!("the data holds {} chunks of {} tokens, fewer than a batch of {batch}: give more text, a smaller --ctx or --batch", train.len(), args.ctx);
     }
     let pool = g.pool();
-    let mut student = LlamaTrain::from_llama(original).with_context(|| format!("{} cannot be trained", path.display()))?;
+    let start = match &args.like {
+        Some(p) => Some(smelt_models::load(p, LoadOptions { weight_type: Some(GgmlType::F32) }).with_context(|| format!("loading {}", p.display()))?),
+        None => None,
+    };
+    let mut student = LlamaTrain::from_llama(start.as_ref().map_or(original, |s| &s.model)).with_context(|| format!("{} cannot be trained", path.display()))?;
     student.recompute = args.train.recompute;
     let loss = DecoderLoss { kl: 1.0, temperature: 1.0, ce: args.ce_weight };
     let inner = DecoderDistill::new(original, student, train, val, loss, &pool)?;
@@ -81,7 +97,7 @@ pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
     let after = if n_val == 0 { None } else { Some(obj.val_kl()?) };
     let total: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
     let mut bar = Progress::new("write", total, true, g.quiet);
-    let summary = obj.write(&file, &plans, to, imatrix.as_ref(), &args.output, &mut |p| bar.inc(p.t.n_bytes, &p.t.name))?;
+    let summary = obj.write(file, &plans, to, imatrix.as_ref(), &args.output, &mut |p| bar.inc(p.t.n_bytes, &p.t.name))?;
     bar.finish();
     if !args.train.keep_checkpoint && outcome.stop != Stop::TimeLimit {
         std::fs::remove_file(&checkpoint).ok();
@@ -91,6 +107,7 @@ pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
     let report = json!({
         "model": args.model,
         "to": to.name(),
+        "like": args.like.as_ref().map(|p| p.display().to_string()),
         "types": out_types,
         "imatrix": args.imatrix.as_ref().map(|p| p.display().to_string()),
         "fake_quantized_tensors": obj.fake.len(),
@@ -128,4 +145,26 @@ pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
         writeln!(out, "wrote      {} ({:.1} MB)", args.output.display(), summary.file_bytes as f64 / 1e6)?;
     }
     Ok(0)
+}
+
+/// Refuses a --like file that is not a quantization of the model: other tensor names or shapes.
+fn check_like(source: &GgufFile, like: &GgufFile, like_path: &Path, path: &Path) -> Result<()> {
+    let shapes = |f: &GgufFile| -> std::collections::BTreeMap<String, Vec<u64>> { f.tensors().iter().map(|t| (t.name.clone(), t.dims.clone())).collect() };
+    let (a, b) = (shapes(source), shapes(like));
+    if let Some((name, dims)) = b.iter().find(|(n, d)| a.get(*n) != Some(d)) {
+        anyhow::bail!("{} is not a quantization of {}: its tensor {name} {dims:?} is {} there", like_path.display(), path.display(), a.get(name).map_or("missing".to_string(), |d| format!("{d:?}")));
+    }
+    if let Some(name) = a.keys().find(|n| !b.contains_key(*n)) {
+        anyhow::bail!("{} is not a quantization of {}: it has no tensor {name}", like_path.display(), path.display());
+    }
+    Ok(())
+}
+
+/// The type holding most of the plan's bytes (for `general.file_type`).
+fn main_type(plans: &[smelt_compress::TensorPlan]) -> GgmlType {
+    let mut bytes: std::collections::BTreeMap<&str, (u64, GgmlType)> = Default::default();
+    for p in plans.iter().filter(|p| p.t.dims.len() >= 2) {
+        bytes.entry(p.target.name()).or_insert((0, p.target)).0 += p.t.n_bytes;
+    }
+    bytes.values().max_by_key(|(b, _)| *b).map_or(GgmlType::F32, |(_, t)| *t)
 }
