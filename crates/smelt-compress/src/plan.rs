@@ -85,6 +85,16 @@ pub fn plan<'a>(file: &'a GgufFile, cfg: &QuantizeConfig) -> Result<Vec<TensorPl
     Ok(plans)
 }
 
+/// The type holding most of the matrices' bytes (as read) under `plans` (for `general.file_type`
+/// of a file whose tensors keep their types).
+pub fn main_type(plans: &[TensorPlan]) -> GgmlType {
+    let mut bytes: std::collections::BTreeMap<&str, (u64, GgmlType)> = Default::default();
+    for p in plans.iter().filter(|p| p.t.dims.len() >= 2) {
+        bytes.entry(p.target.name()).or_insert((0, p.target)).0 += p.t.n_bytes;
+    }
+    bytes.values().max_by_key(|(b, _)| *b).map_or(GgmlType::F32, |(_, t)| *t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,8 @@ pub struct Qat<'a> {
     master: Vec<f32>,
     pub fake: Vec<FakeTensor>,
     pool: &'a ThreadPool,
+    /// The master weights may have changed since the student last got `Q(master)`.
+    stale: bool,
 }
 
 impl<'a> Qat<'a> {
@@ -73,13 +75,17 @@ impl<'a> Qat<'a> {
             fake.push(FakeTensor { name: slot.name.clone(), range: slot.range.clone(), cols, ty: p.target, importance });
         }
         let master = inner.student.params.data.clone();
-        let mut q = Qat { inner, master, fake, pool };
+        let mut q = Qat { inner, master, fake, pool, stale: true };
         q.refresh()?;
         Ok(q)
     }
 
-    /// Puts `Q(master)` into the student (plain copies for the tensors not quantized).
+    /// Puts `Q(master)` into the student (plain copies for the tensors not quantized), unless
+    /// the master weights are unchanged since the last time.
     pub fn refresh(&mut self) -> Result<(), CompressError> {
+        if !self.stale {
+            return Ok(());
+        }
         let params = &mut self.inner.student.params;
         for slot in &params.slots {
             let r = slot.range.clone();
@@ -91,6 +97,7 @@ impl<'a> Qat<'a> {
                 None => params.data[r.clone()].copy_from_slice(&self.master[r]),
             }
         }
+        self.stale = false;
         Ok(())
     }
 
@@ -121,6 +128,7 @@ impl Objective for Qat<'_> {
         &self.master
     }
     fn params_mut(&mut self) -> &mut [f32] {
+        self.stale = true;
         &mut self.master
     }
     /// No weight decay: the weights are to stay near where the original put them.

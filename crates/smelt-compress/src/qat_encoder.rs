@@ -40,6 +40,8 @@ pub struct EncoderQat<'a> {
     /// `(layer, kind)` of every quantized matrix (kind indexes [`KINDS`]).
     pub quantized: Vec<(usize, usize)>,
     pool: &'a ThreadPool,
+    /// The master weights may have changed since the student last got their int8 view.
+    stale: bool,
 }
 
 impl<'a> EncoderQat<'a> {
@@ -57,15 +59,19 @@ impl<'a> EncoderQat<'a> {
             return Err(CompressError::Distill(format!("the int8 selection names none of the {layers} layers' matrices: nothing to train for")));
         }
         let master = inner.student.params.data.clone();
-        let mut q = EncoderQat { inner, master, calib, quantized, pool };
+        let mut q = EncoderQat { inner, master, calib, quantized, pool, stale: true };
         q.refresh()?;
         Ok(q)
     }
 
     /// Puts the int8 path's view of the master weights into the student: calibration maxima
     /// measured with the master weights, every selected matrix replaced by its fake-quantized
-    /// value, and its input quantization switched on.
+    /// value, and its input quantization switched on (nothing to do when the master weights are
+    /// unchanged since the last time).
     pub fn refresh(&mut self) -> Result<(), CompressError> {
+        if !self.stale {
+            return Ok(());
+        }
         let s = &mut self.inner.student;
         s.params.data.copy_from_slice(&self.master);
         let refs: Vec<&[u32]> = self.calib.iter().map(Vec::as_slice).collect();
@@ -84,6 +90,7 @@ impl<'a> EncoderQat<'a> {
             aq[l][kind] = Some(ActQuant { smooth: q.smooth });
         }
         s.act_quant = aq;
+        self.stale = false;
         Ok(())
     }
 
@@ -110,6 +117,7 @@ impl Objective for EncoderQat<'_> {
         &self.master
     }
     fn params_mut(&mut self) -> &mut [f32] {
+        self.stale = true;
         &mut self.master
     }
     /// No weight decay: the weights are to stay near where the original put them.

@@ -69,6 +69,19 @@ pub(super) fn texts_of(path: &Path, lines: bool) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Every 50th item (at most 1,000) held out for validation: `(train, val)`.
+pub(super) fn hold_out<T>(items: impl IntoIterator<Item = T>) -> (Vec<T>, Vec<T>) {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, t) in items.into_iter().enumerate() {
+        if i % 50 == 49 && val.len() < 1000 {
+            val.push(t);
+        } else {
+            train.push(t);
+        }
+    }
+    (train, val)
+}
+
 /// `STUDENT:TEACHER` pairs.
 fn layer_map(pairs: &[String]) -> Result<Vec<(usize, usize)>> {
     pairs
@@ -180,17 +193,7 @@ pub fn run(args: &DistillArgs, g: &Global) -> Result<i32> {
     }
     let (train_texts, val_texts): (Vec<String>, Vec<String>) = match &args.val {
         Some(v) => (texts, texts_of(v, args.lines)?),
-        None => {
-            let (mut tr, mut va) = (Vec::new(), Vec::new());
-            for (i, t) in texts.into_iter().enumerate() {
-                if i % 50 == 49 && va.len() < 1000 {
-                    va.push(t);
-                } else {
-                    tr.push(t);
-                }
-            }
-            (tr, va)
-        }
+        None => hold_out(texts),
     };
     let mut train: Vec<Vec<u32>> = train_texts.iter().map(|t| teacher.tok.encode(t, max_len)).collect();
     if let Some(m) = args.max_sentences.filter(|&m| m < train.len()) {

@@ -47,7 +47,7 @@ pub fn run(args: &QatArgs, g: &Global) -> Result<i32> {
         None => QuantizeConfig { to: GgmlType::F32, embed_type: None, output_type: None, keep: vec!["*".into()] },
     };
     let plans = plan(file, &cfg)?;
-    let to = to.unwrap_or_else(|| main_type(&plans));
+    let to = to.unwrap_or_else(|| smelt_compress::plan::main_type(&plans));
     let imatrix = args.imatrix.as_deref().map(|p| Imatrix::read(p).with_context(|| format!("reading the importance matrix {}", p.display()))).transpose()?;
     let loaded = smelt_models::load(&path, LoadOptions { weight_type: Some(GgmlType::F32) }).with_context(|| format!("loading {}", path.display()))?;
     let (original, tok) = (&loaded.model, &loaded.tok);
@@ -160,11 +160,3 @@ fn check_like(source: &GgufFile, like: &GgufFile, like_path: &Path, path: &Path)
     Ok(())
 }
 
-/// The type holding most of the plan's bytes (for `general.file_type`).
-fn main_type(plans: &[smelt_compress::TensorPlan]) -> GgmlType {
-    let mut bytes: std::collections::BTreeMap<&str, (u64, GgmlType)> = Default::default();
-    for p in plans.iter().filter(|p| p.t.dims.len() >= 2) {
-        bytes.entry(p.target.name()).or_insert((0, p.target)).0 += p.t.n_bytes;
-    }
-    bytes.values().max_by_key(|(b, _)| *b).map_or(GgmlType::F32, |(_, t)| *t)
-}

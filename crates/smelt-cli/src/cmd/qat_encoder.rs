@@ -18,7 +18,7 @@ use smelt_models::int8::{DEFAULT_CALIBRATION, KINDS};
 use smelt_models::Encoder;
 use smelt_train::Stop;
 
-use super::distill::{texts_of, train_config, train_decoder, write_report};
+use super::distill::{hold_out, texts_of, train_config, train_decoder, write_report};
 use crate::cli::{Global, QatArgs};
 use crate::progress::Progress;
 
@@ -40,15 +40,7 @@ pub fn run(args: &QatArgs, g: &Global, dir: &Path) -> Result<i32> {
     for f in &args.data {
         texts.extend(texts_of(f, false)?);
     }
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (i, t) in texts.iter().enumerate() {
-        let ids = original.tok.encode(t, original.max_len);
-        if i % 50 == 49 && val.len() < 1000 {
-            val.push(ids);
-        } else {
-            train.push(ids);
-        }
-    }
+    let (train, val) = hold_out(texts.iter().map(|t| original.tok.encode(t, original.max_len)));
     let batch = args.train.batch_or(32);
     if train.len() < batch {
         anyhow::bail!("the data holds {} training sentences, fewer than a batch of {batch}: give more text or a smaller --batch", train.len());
