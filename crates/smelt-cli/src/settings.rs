@@ -66,6 +66,12 @@ pub const SETTINGS: &[Setting] = &[
     int("repeat_last_n", &[], 0, MAX_TOKENS),
     Setting { id: "seed", commands: &[], ty: Ty::U64, bound: Bound::int("seed", 0, u64::MAX) },
     int("ctx_size", &[], 16, MAX_TOKENS),
+    // Serving.
+    int("port", &["serve"], 0, 65535),
+    int("parallel", &["serve"], 1, 256),
+    int("queue", &["serve"], 0, 1 << 16),
+    of("timeout", Ty::F64, Bound::positive("timeout", 1e7)),
+    int("max_body", &["serve"], 1024, 1 << 30),
     // Measuring (eval, compare, shrink).
     int("ctx", MEASURE, 16, MAX_TOKENS),
     int("chunks", MEASURE, 1, 1 << 24),

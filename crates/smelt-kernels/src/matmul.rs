@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use smelt_formats::GgmlType;
 
 use crate::act::convert_rows;
-use crate::dot::{self, DotKernel};
+use crate::dot::{self, DotKernel, TILE_X};
 use crate::pool::{Disjoint, ThreadPool};
 use crate::KernelError;
 
@@ -148,7 +148,7 @@ thread_local! {
 }
 
 /// From this many activation rows on, [`gemm`] widens weights to f32 and uses an f32 GEMM.
-pub const DEQUANT_GEMM_MIN_ROWS: usize = 8;
+pub const DEQUANT_GEMM_MIN_ROWS: usize = 16;
 
 /// `Y = X W^T`: `x` is `m x cols`, `y` is `m x rows`, both row-major.
 pub fn gemm(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32], scratch: &mut Vec<u8>) -> Result<(), KernelError> {
@@ -181,6 +181,23 @@ pub fn gemm_quantized(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8
     pool.for_chunks(rows, rows_per_task(rows, pool.n_threads()), &|r| {
         // This task's weight rows stay in cache while every activation row passes over them.
         let wr = &w.data[r.start * rb..r.end * rb];
+        if k.has_tile() && m > 1 {
+            // Up to TILE_X activation rows per pass: each weight block unpacked once for all.
+            let mut t = 0;
+            while t < m {
+                let mx = (m - t).min(TILE_X);
+                let xs: [&[u8]; TILE_X] = std::array::from_fn(|j| &x_act[(t + j.min(mx - 1)) * act_row..(t + j.min(mx - 1) + 1) * act_row]);
+                let mut outs: [&mut [f32]; TILE_X] = Default::default();
+                for (j, o) in outs.iter_mut().enumerate().take(mx) {
+                    // SAFETY: each task writes its own columns `r` of every output row.
+                    *o = unsafe { out.slice((t + j) * rows + r.start..(t + j) * rows + r.end) };
+                }
+                // SAFETY: lengths checked above; mx <= TILE_X rows, outputs of equal length.
+                unsafe { k.call_tile(w.cols, wr, rb, &xs[..mx], &mut outs[..mx]) };
+                t += mx;
+            }
+            return;
+        }
         for t in 0..m {
             // SAFETY: each task writes its own columns `r` of every output row; lengths checked.
             unsafe { k.call_rows(w.cols, wr, rb, &x_act[t * act_row..(t + 1) * act_row], out.slice(t * rows + r.start..t * rows + r.end)) };

@@ -141,6 +141,71 @@ fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
     assert!(checked >= table().len() * 22, "{checked}");
 }
 
+/// The several-activation-row kernels ([`smelt_kernels::dot::TileFn`], batched decoding) give
+/// every (weight row, activation row) pair the scalar twin's dot product within the kernels'
+/// tolerance, for 1 to TILE_X activation rows, odd row counts and gapped rows; kernels without a
+/// tile form run the same calls through their row loop.
+#[test]
+fn tile_kernels_match_the_scalar_twin_for_every_pair() {
+    use smelt_kernels::dot::TILE_X;
+    let mut rng = Rng(0x7115_0F0E);
+    let (mut checked, mut tiled) = (0, 0);
+    for row in table() {
+        let n = if row.weight.block_elems() == 256 { 512 } else { 96 };
+        let row_bytes = n / row.weight.block_elems() * row.weight.block_bytes();
+        let xs: Vec<Vec<u8>> = (0..TILE_X)
+            .map(|_| {
+                let mut x = Vec::new();
+                convert_rows(row.act, &rng.signal(n, 1.0), n, &mut x).unwrap();
+                x
+            })
+            .collect();
+        let scalar = kernel(Isa::Scalar, row.weight).unwrap();
+        for &isa in cpu::available() {
+            let Some(k) = kernel(isa, row.weight) else { continue };
+            tiled += k.has_tile() as usize;
+            for nrows in [1, 2, 3, 5] {
+                for gap in [0, 7] {
+                    let stride = row_bytes + gap;
+                    let mut w = vec![0u8; stride * nrows];
+                    for r in 0..nrows {
+                        w[r * stride..r * stride + row_bytes].copy_from_slice(&random_blocks(&mut rng, row.weight, n));
+                    }
+                    for mx in 1..=TILE_X {
+                        let mut outs: Vec<Vec<f32>> = vec![vec![f32::NAN; nrows]; mx];
+                        let x_refs: Vec<&[u8]> = xs[..mx].iter().map(Vec::as_slice).collect();
+                        let mut o_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                        k.tile(n, &w, stride, &x_refs, &mut o_refs).unwrap();
+                        for (j, out) in outs.iter().enumerate() {
+                            for (r, &got) in out.iter().enumerate() {
+                                let wr = &w[r * stride..r * stride + row_bytes];
+                                let want = scalar.dot(n, wr, &xs[j]).unwrap();
+                                let (abs_sum, _) = exact_f64(row.weight, wr, &xs[j]).unwrap();
+                                let tol = if row.act == ActFormat::F32 { DOT_FLOAT } else { DOT_QUANTIZED };
+                                tol.check(got, want, abs_sum as f32).unwrap_or_else(|e| panic!("{isa} tile {} mx={mx} nrows={nrows} gap={gap} ({j}, {r}): {e}", row.weight));
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if cpu::available().contains(&Isa::Avx2) {
+        assert!(tiled >= 6, "only {tiled} kernels have a tile form");
+    }
+    assert!(checked >= table().len() * 200, "{checked}");
+    // Wrong shapes are refused, not run.
+    let k = kernel(Isa::Scalar, smelt_formats::GgmlType::Q4_0).unwrap();
+    let x = vec![0u8; 40 * 3];
+    let w = vec![0u8; 18 * 3];
+    let mut a = vec![0.0f32; 1];
+    let mut b = vec![0.0f32; 2];
+    assert!(k.tile(96, &w, 54, &[&x, &x], &mut [&mut a, &mut b]).is_err());
+    assert!(k.tile(96, &w, 54, &[], &mut []).is_err());
+    assert!(k.tile(96, &w, 54, &[&x[..40]], &mut [&mut a]).is_err());
+}
+
 #[test]
 fn simd_dequantizers_equal_the_reference_bit_for_bit() {
     let mut rng = Rng(0x0DE9_0A47);

@@ -22,6 +22,9 @@ pub enum ModelError {
     Onnx(#[from] smelt_formats::onnx::OnnxError),
     #[error(transparent)]
     Setting(#[from] SettingError),
+    /// A model named from the catalog that could not be fetched (or an unknown name).
+    #[error(transparent)]
+    Asset(#[from] smelt_assets::AssetError),
     #[error("architecture {found:?} is not supported (smelt runs: {supported})")]
     UnsupportedArchitecture { found: String, supported: &'static str },
     #[error("model file is missing tensor {name:?}; is it a complete {arch} model?")]

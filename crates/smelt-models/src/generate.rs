@@ -74,6 +74,62 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     hold
 }
 
+/// Generated tokens to final text: pieces never end inside a UTF-8 character, a stop string
+/// ends the text (and is not part of it), and text that could be the start of a stop string is
+/// held back until it is known not to be one. Shared by [`generate`] and the server's engine.
+#[derive(Debug)]
+pub struct TextStream {
+    decoder: StreamDecoder,
+    text: String,
+    emitted: usize,
+    stop: Vec<String>,
+}
+
+impl TextStream {
+    pub fn new(stop: Vec<String>) -> TextStream {
+        TextStream { decoder: StreamDecoder::new(true), text: String::new(), emitted: 0, stop }
+    }
+
+    /// Adds one generated token; returns the text that became final, and `true` when a stop
+    /// string appeared (generation should end; nothing after it is ever returned).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> (&str, bool) {
+        self.text.push_str(&self.decoder.push(tok, id));
+        let emitted = self.emitted;
+        // A stop string anywhere in what is not yet emitted (it may start in held-back text).
+        let from = emitted.saturating_sub(self.stop.iter().map(|s| s.len()).max().unwrap_or(0));
+        let from = (from..=emitted).find(|&i| self.text.is_char_boundary(i)).unwrap_or(emitted);
+        if let Some(at) = self.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i)).min() {
+            self.text.truncate(at.max(emitted));
+            self.emitted = self.text.len();
+            return (&self.text[emitted..], true);
+        }
+        let safe = self.text.len() - held_back(&self.text, &self.stop);
+        if safe > emitted {
+            self.emitted = safe;
+            return (&self.text[emitted..safe], false);
+        }
+        ("", false)
+    }
+
+    /// The end of generation (not after a stop string): everything still held back.
+    pub fn finish(&mut self) -> &str {
+        self.text.push_str(&self.decoder.finish());
+        let emitted = self.emitted;
+        self.emitted = self.text.len();
+        &self.text[emitted..]
+    }
+
+    /// All final text so far.
+    pub fn text(&self) -> &str {
+        &self.text[..self.emitted]
+    }
+
+    pub fn into_text(mut self) -> String {
+        self.text.truncate(self.emitted);
+        self.text
+    }
+}
+
 /// Processes `prompt` (reusing what the session already holds) and returns the logits of its
 /// last token.
 pub fn prefill<'s>(model: &Llama, pool: &ThreadPool, sess: &'s mut Session, prompt: &[u32]) -> Result<(&'s [f32], usize), ModelError> {
@@ -118,8 +174,7 @@ pub fn generate(
     let mut logits = logits.to_vec();
     let prompt_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut decoder = StreamDecoder::new(true);
-    let (mut text, mut emitted) = (String::new(), 0usize);
+    let mut stream = TextStream::new(cfg.stop.clone());
     let mut tokens = Vec::new();
     let stop_reason = loop {
         if cancel.load(Ordering::Relaxed) {
@@ -134,22 +189,12 @@ pub fn generate(
         }
         tokens.push(next);
         sampler.accept(next);
-        text.push_str(&decoder.push(tok, next));
-        // A stop string anywhere in what is not yet emitted (it may start in held-back text).
-        let from = emitted.saturating_sub(cfg.stop.iter().map(|s| s.len()).max().unwrap_or(0));
-        let from = (from..=emitted).find(|&i| text.is_char_boundary(i)).unwrap_or(emitted);
-        if let Some(at) = cfg.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i)).min() {
-            text.truncate(at);
-            if at > emitted {
-                on_text(&text[emitted..at]);
-            }
-            emitted = text.len();
-            break StopReason::Stop;
+        let (piece, stopped) = stream.push(tok, next);
+        if !piece.is_empty() {
+            on_text(piece);
         }
-        let safe = text.len() - held_back(&text, &cfg.stop);
-        if safe > emitted {
-            on_text(&text[emitted..safe]);
-            emitted = safe;
+        if stopped {
+            break StopReason::Stop;
         }
         if sess.len() + 1 >= sess.max_len() {
             break StopReason::ContextFull;
@@ -157,11 +202,12 @@ pub fn generate(
         logits.copy_from_slice(model.forward(pool, sess, &[next], false)?);
     };
     if stop_reason != StopReason::Stop {
-        text.push_str(&decoder.finish());
-        if text.len() > emitted {
-            on_text(&text[emitted..]);
+        let rest = stream.finish();
+        if !rest.is_empty() {
+            on_text(rest);
         }
     }
+    let text = stream.into_text();
     Ok(Generation {
         text,
         tokens,

@@ -31,12 +31,12 @@ pub mod stats;
 pub mod tokenizer;
 
 pub use error::ModelError;
-pub use llama::{Llama, LlamaConfig, LoadOptions, Session};
+pub use llama::{Llama, LlamaConfig, LoadOptions, Scratch, Session, Step};
 pub use attention::KvType;
 pub use chat::{ChatTemplate, Message};
 pub use embed::{EmbedOptions, Encoder, Pooling, Window};
 pub use int8::Int8Spec;
-pub use generate::{generate, GenerateConfig, Generation, StopReason};
+pub use generate::{generate, GenerateConfig, Generation, StopReason, TextStream};
 pub use sampling::{Sampler, SamplerConfig};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
@@ -63,6 +63,15 @@ pub fn load(path: &std::path::Path, opts: LoadOptions) -> Result<Loaded, ModelEr
     };
     check_vocab(&model.embed.name, model.embed.rows, tok.vocab_size(), tok.vocab_size().saturating_sub(1) as u64)?;
     Ok(Loaded { model, tok, template })
+}
+
+/// Opens a decoder by what a user types: an existing path (GGUF file or HF directory) as is,
+/// else a catalog name (`smollm2-135m`), fetched and cached when needed (`on` sees the fetch's
+/// progress). Every command and the server open models through this.
+pub fn open(name_or_path: &str, opts: LoadOptions, on: &mut dyn FnMut(smelt_assets::Event)) -> Result<(std::path::PathBuf, Loaded), ModelError> {
+    let path = smelt_assets::resolve_model(name_or_path, on)?;
+    let loaded = load(&path, opts)?;
+    Ok((path, loaded))
 }
 
 /// A side file's JSON (tokenizer_config.json, modules.json, ...): `None` when the file is absent;

@@ -518,36 +518,70 @@ impl Llama {
         self.forward_inner(pool, sess, tokens, all, None, Some((layer, x)), None)
     }
 
+    /// One decoding step of several sequences at once (continuous batching): `steps[i].tokens`
+    /// are appended to `steps[i].sess`, all rows go through each weight matrix together (the
+    /// weights are read once per step, not once per sequence), attention runs per sequence on
+    /// its own cache. Returns the logits of each sequence's last token (`steps.len() x vocab`).
+    /// Any sequence's error (a full context, an unknown token) fails the step before anything
+    /// is computed, leaving every session as it was.
+    pub fn forward_batch<'b>(&self, pool: &ThreadPool, scratch: &'b mut Scratch, steps: &mut [Step<'_>]) -> Result<&'b [f32], ModelError> {
+        let mut seqs: Vec<Seq<'_>> = steps.iter_mut().map(|s| {
+            let Session { kv, tokens, .. } = &mut *s.sess;
+            Seq { kv, held: tokens, new: s.tokens }
+        }).collect();
+        self.forward_core(pool, &mut scratch.0, &mut seqs, false, None, None, None)
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn forward_inner<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, mut obs: Option<&mut dyn Observer>, from: Option<(usize, &[f32])>, mut keep: Option<&mut Vec<Vec<f32>>>) -> Result<&'s [f32], ModelError> {
+    fn forward_inner<'s>(&self, pool: &ThreadPool, sess: &'s mut Session, tokens: &[u32], all: bool, obs: Option<&mut dyn Observer>, from: Option<(usize, &[f32])>, keep: Option<&mut Vec<Vec<f32>>>) -> Result<&'s [f32], ModelError> {
+        let Session { kv, bufs, tokens: held } = sess;
+        self.forward_core(pool, bufs, &mut [Seq { kv, held, new: tokens }], all, obs, from, keep)
+    }
+
+    /// The forward pass over the new tokens of every sequence in `seqs`, stacked as rows
+    /// (`m` = their total): norms, projections and the FFN see all `m` rows at once; RoPE
+    /// positions, the KV cache and attention are each sequence's own. Logits: every row
+    /// (`all`, one sequence only) or the last row of each sequence.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_core<'b>(&self, pool: &ThreadPool, b: &'b mut Buffers, seqs: &mut [Seq<'_>], all: bool, mut obs: Option<&mut dyn Observer>, from: Option<(usize, &[f32])>, mut keep: Option<&mut Vec<Vec<f32>>>) -> Result<&'b [f32], ModelError> {
         let c = &self.cfg;
-        let m = tokens.len();
-        if m == 0 {
-            return Ok(&sess.bufs.logits[..0]);
+        if all && seqs.len() != 1 {
+            return Err(ModelError::Config("every row's logits are available for one sequence at a time".into()));
         }
-        if sess.kv.len + m > sess.kv.max {
-            return Err(ModelError::PromptTooLong { tokens: sess.kv.len + m, context: sess.kv.max });
-        }
-        for &t in tokens {
-            if t as usize >= c.vocab {
+        // Row offset of each sequence's first new token.
+        let mut at = Vec::with_capacity(seqs.len() + 1);
+        at.push(0usize);
+        for s in seqs.iter() {
+            if s.new.is_empty() && seqs.len() > 1 {
+                return Err(ModelError::Config("a sequence of a batched step has no token".into()));
+            }
+            if s.kv.len + s.new.len() > s.kv.max {
+                return Err(ModelError::PromptTooLong { tokens: s.kv.len + s.new.len(), context: s.kv.max });
+            }
+            if let Some(&t) = s.new.iter().find(|&&t| t as usize >= c.vocab) {
                 return Err(ModelError::BadToken { id: t, vocab: c.vocab });
             }
+            at.push(at[at.len() - 1] + s.new.len());
+        }
+        let m = at[seqs.len()];
+        if m == 0 {
+            return Ok(&b.logits[..0]);
         }
         let d = c.dim;
         let (q_max, kv_max, ffn_max) = c.widest();
-        let base = sess.kv.len;
-        sess.kv.reserve(m);
-        let b = &mut sess.bufs;
-        b.resize(m, d, q_max, kv_max, ffn_max, c.rope_dim / 2);
-        for (t, &tok) in tokens.iter().enumerate() {
-            match from {
-                Some((_, x)) => b.x[t * d..(t + 1) * d].copy_from_slice(&x[t * d..(t + 1) * d]),
-                None => self.embed.row_f32(tok as usize, &mut b.x[t * d..(t + 1) * d])?,
-            }
-            let half = c.rope_dim / 2;
-            self.rope.angles(base + t, &mut b.cos[t * half..(t + 1) * half], &mut b.sin[t * half..(t + 1) * half]);
-        }
         let half = c.rope_dim / 2;
+        b.resize(m, d, q_max, kv_max, ffn_max, half);
+        for (i, s) in seqs.iter_mut().enumerate() {
+            s.kv.reserve(s.new.len());
+            for (j, &tok) in s.new.iter().enumerate() {
+                let t = at[i] + j;
+                match from {
+                    Some((_, x)) => b.x[t * d..(t + 1) * d].copy_from_slice(&x[t * d..(t + 1) * d]),
+                    None => self.embed.row_f32(tok as usize, &mut b.x[t * d..(t + 1) * d])?,
+                }
+                self.rope.angles(s.kv.len + j, &mut b.cos[t * half..(t + 1) * half], &mut b.sin[t * half..(t + 1) * half]);
+            }
+        }
         for (l, layer) in self.layers.iter().enumerate().skip(from.map_or(0, |f| f.0)) {
             let s = c.shapes[l];
             let heads = Heads { n_heads: s.n_heads, n_kv: s.n_kv_heads, d_head: c.head_dim };
@@ -573,8 +607,11 @@ impl Llama {
             let rope = |t: usize, row: &mut [f32]| self.rope.apply(row, c.head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
             ops::par_rows(pool, &mut b.q[..m * qd], m, &rope);
             ops::par_rows(pool, &mut b.k[..m * kvd], m, &rope);
-            sess.kv.store(l, &b.k, &b.v, kvd, m);
-            attend(pool, heads, &b.q, qd, sess.kv.layer(l), base, m, &mut b.att[..m * qd], &mut b.widen);
+            for (i, sq) in seqs.iter_mut().enumerate() {
+                let (r, n) = (at[i], sq.new.len());
+                sq.kv.store(l, &b.k[r * kvd..], &b.v[r * kvd..], kvd, n);
+                attend(pool, heads, &b.q[r * qd..], qd, sq.kv.layer(l), sq.kv.len, n, &mut b.att[r * qd..(r + n) * qd], &mut b.widen);
+            }
             note(&mut obs, l, MatrixInput::AttnOutput, &b.att[..m * qd], m, qd);
             layer.wo.apply(pool, &b.att[..m * qd], m, &mut b.o[..m * d], &mut b.scratch)?;
             let o = &b.o;
@@ -604,10 +641,12 @@ impl Llama {
         if let Some(k) = keep {
             k.push(b.x[..m * d].to_vec());
         }
-        sess.kv.len += m;
-        sess.tokens.extend_from_slice(tokens);
+        for s in seqs.iter_mut() {
+            s.kv.len += s.new.len();
+            s.held.extend_from_slice(s.new);
+        }
         let head = self.output.as_ref().unwrap_or(&self.embed);
-        let rows: Vec<usize> = if all { (0..m).collect() } else { vec![m - 1] };
+        let rows: Vec<usize> = if all { (0..m).collect() } else { at[1..].iter().map(|&e| e - 1).collect() };
         let n = rows.len();
         b.logits.resize(n * c.vocab, 0.0);
         b.last.resize(n * d, 0.0);
@@ -620,6 +659,24 @@ impl Llama {
         Ok(&b.logits)
     }
 }
+
+/// One sequence's share of [`Llama::forward_batch`]: its session and the tokens to append.
+pub struct Step<'a> {
+    pub sess: &'a mut Session,
+    pub tokens: &'a [u32],
+}
+
+/// The borrowed parts of a sequence inside the forward pass.
+struct Seq<'a> {
+    kv: &'a mut KvCache,
+    held: &'a mut Vec<u32>,
+    new: &'a [u32],
+}
+
+/// Activation buffers shared by the sequences of batched steps ([`Llama::forward_batch`]);
+/// sessions that only ever run in batches allocate none of their own.
+#[derive(Debug, Default)]
+pub struct Scratch(Buffers);
 
 /// Activations of one forward pass, kept between calls so that decoding allocates nothing.
 #[derive(Debug, Default)]

@@ -249,3 +249,70 @@ fn per_layer_widths_match_numpy() {
     }
     assert!(moved > 0.5, "the slicing should change the model ({moved})");
 }
+
+/// Continuous batching ([`Llama::forward_batch`]): the three reference prompts run as one
+/// batch, each sequence at its own position (the second and third join after the first has
+/// decoded a few tokens, the way a server admits requests), every row through the weights
+/// together. Each prompt's logits match numpy's within the same tolerance as a lone sequence,
+/// and every sequence's greedy tokens are the reference's.
+#[test]
+fn batched_sequences_at_different_positions_match_numpy() {
+    use smelt_models::{Scratch, Step};
+    let path = smelt_assets::ensure("smollm2-135m").unwrap();
+    let model = Llama::open(&path, LoadOptions { weight_type: Some(GgmlType::F32) }).unwrap();
+    let pool = ThreadPool::new(2);
+    let r = reference();
+    let cases = r["cases"].as_array().unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_ids"])).collect();
+    let want: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["greedy"])).collect();
+    let ref_logits: Vec<Vec<f32>> = cases
+        .iter()
+        .map(|c| read_npy(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference").join(c["logits"].as_str().unwrap())).unwrap()).unwrap().data.to_f32())
+        .collect();
+    let vocab = model.cfg.vocab;
+    let mut sessions: Vec<_> = (0..cases.len()).map(|_| model.session_with(512, KvType::F32)).collect();
+    let mut got: Vec<Vec<u32>> = vec![Vec::new(); cases.len()];
+    let mut scratch = Scratch::default();
+    // Sequence i joins at step 3 * i; a sequence's next input is its prompt at first, then its
+    // last greedy token.
+    let mut step = 0;
+    while got.iter().zip(&want).any(|(g, w)| g.len() < w.len()) {
+        let active: Vec<usize> = (0..cases.len()).filter(|&i| step >= 3 * i && got[i].len() < want[i].len()).collect();
+        let inputs: Vec<Vec<u32>> = active.iter().map(|&i| if sessions[i].is_empty() { prompts[i].clone() } else { vec![*got[i].last().unwrap()] }).collect();
+        let fresh: Vec<bool> = active.iter().map(|&i| sessions[i].is_empty()).collect();
+        let mut steps: Vec<Step> = Vec::new();
+        let mut rest: &mut [smelt_models::Session] = &mut sessions;
+        let mut taken = 0;
+        for (&i, input) in active.iter().zip(&inputs) {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - taken);
+            let (s, tail) = tail.split_first_mut().unwrap();
+            steps.push(Step { sess: s, tokens: input });
+            rest = tail;
+            taken = i + 1;
+        }
+        let logits = model.forward_batch(&pool, &mut scratch, &mut steps).unwrap().to_vec();
+        assert_eq!(logits.len(), active.len() * vocab);
+        for (k, &i) in active.iter().enumerate() {
+            let row = &logits[k * vocab..(k + 1) * vocab];
+            if fresh[k] {
+                let max_err = row.iter().zip(&ref_logits[i]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                eprintln!("batched case {i} (joined at step {step}, {} rows in the step): max |logit error| {max_err}", inputs.iter().map(Vec::len).sum::<usize>());
+                assert!(max_err <= LOGIT_TOL, "case {i}: max |logit error| {max_err} > {LOGIT_TOL}");
+            }
+            got[i].push(argmax(row));
+        }
+        step += 1;
+    }
+    for i in 0..cases.len() {
+        assert_eq!(got[i], want[i], "case {i}: greedy tokens differ when batched");
+    }
+    // A step whose sequence has no room fails as a whole and leaves every session unchanged.
+    let lens: Vec<usize> = sessions.iter().map(|s| s.len()).collect();
+    let mut small = model.session_with(4, KvType::F32);
+    let (a, _) = sessions.split_first_mut().unwrap();
+    let long = [1u32; 5];
+    let err = model.forward_batch(&pool, &mut scratch, &mut [Step { sess: a, tokens: &[1] }, Step { sess: &mut small, tokens: &long }]);
+    assert!(err.is_err());
+    assert_eq!(sessions.iter().map(|s| s.len()).collect::<Vec<_>>(), lens);
+}

@@ -22,9 +22,10 @@ pub struct Lm {
 
 pub fn load(args: &LmArgs, global: &Global) -> Result<Lm> {
     let t = Instant::now();
-    let path = crate::resolve_model(&args.model, global.quiet)?;
-    let smelt_models::Loaded { mut model, tok, template } =
-        smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?;
+    let mut show = crate::FetchProgress::new(global.quiet);
+    let opened = smelt_models::open(&args.model, LoadOptions { weight_type: args.as_type }, &mut |e| show.event(e));
+    show.finish();
+    let (path, smelt_models::Loaded { mut model, tok, template }) = opened.with_context(|| format!("loading {}", args.model))?;
     for a in &args.lora {
         let adapter = smelt_models::lora::LoraAdapter::open(a).with_context(|| format!("reading the adapter {}", a.display()))?;
         model.apply_lora(&adapter, args.lora_scale).with_context(|| format!("applying the adapter {}", a.display()))?;

@@ -23,6 +23,7 @@ pub mod qat;
 pub mod qat_encoder;
 pub mod quantize;
 pub mod run;
+pub mod serve;
 pub mod shrink;
 
 /// A text file that must be UTF-8 (calibration texts), with the first bad byte's offset in the

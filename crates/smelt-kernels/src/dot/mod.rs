@@ -37,6 +37,19 @@ pub type VecDotFn = unsafe fn(n: usize, w: &[u8], x: &[u8]) -> f32;
 /// As [`VecDotFn`], for every row: `w` holds `(out.len() - 1) * stride` bytes plus one row.
 pub type RowsFn = unsafe fn(n: usize, w: &[u8], stride: usize, x: &[u8], out: &mut [f32]);
 
+/// Many weight rows against up to [`TILE_X`] activation rows at once:
+/// `outs[j][r] = dot(n, w[r * stride..], xs[j])` (the rows of several sequences decoded
+/// together). Where an ISA has one, each weight block is unpacked once for all activation rows;
+/// elsewhere [`RowsFn`] runs once per activation row.
+///
+/// # Safety
+/// As [`RowsFn`] for every activation row; `1 <= xs.len() == outs.len() <= TILE_X`, every
+/// `outs[j]` of the same length.
+pub type TileFn = unsafe fn(n: usize, w: &[u8], stride: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]);
+
+/// Most activation rows one [`TileFn`] call takes.
+pub const TILE_X: usize = 4;
+
 /// One row of the kernel table.
 pub struct KernelRow {
     pub weight: GgmlType,
@@ -48,6 +61,8 @@ pub struct KernelRow {
     /// row pairs pay off for 4- and 5-bit weights (shared activation work, half the per-row
     /// cost); Q8_0 and Q8_1 stream faster one row at a time, so they have none.
     pub avx2_rows: Option<RowsFn>,
+    /// The AVX2 kernel for several activation rows, where there is one (the 32-element types).
+    pub avx2_tile: Option<TileFn>,
 }
 
 macro_rules! avx2 {
@@ -80,12 +95,25 @@ macro_rules! avx2_rows {
     }};
 }
 
+macro_rules! avx2_tile {
+    ($f:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        let f: Option<TileFn> = Some(avx2::$f);
+        #[cfg(not(target_arch = "x86_64"))]
+        let f: Option<TileFn> = None;
+        f
+    }};
+}
+
 macro_rules! row {
     ($w:ident, $a:ident, $f:ident) => {
-        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: None }
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: None, avx2_tile: None }
     };
-    ($w:ident, $a:ident, $f:ident, $rows:ident) => {
-        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: avx2_rows!($rows) }
+    ($w:ident, $a:ident, $f:ident, tile $tile:ident) => {
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: None, avx2_tile: avx2_tile!($tile) }
+    };
+    ($w:ident, $a:ident, $f:ident, $rows:ident, $tile:ident) => {
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: avx2_rows!($rows), avx2_tile: avx2_tile!($tile) }
     };
 }
 
@@ -97,13 +125,13 @@ pub fn table() -> &'static [KernelRow] {
             row!(F32, F32, dot_f32),
             row!(F16, F32, dot_f16),
             row!(BF16, F32, dot_bf16),
-            row!(Q4_0, Q8Sum, dot_q4_0, rows_q4_0),
-            row!(Q4_1, Q8Sum, dot_q4_1, rows_q4_1),
-            row!(Q5_0, Q8Sum, dot_q5_0, rows_q5_0),
-            row!(Q5_1, Q8Sum, dot_q5_1, rows_q5_1),
-            row!(Q8_0, Q8Sum, dot_q8_0),
+            row!(Q4_0, Q8Sum, dot_q4_0, rows_q4_0, tile_q4_0),
+            row!(Q4_1, Q8Sum, dot_q4_1, rows_q4_1, tile_q4_1),
+            row!(Q5_0, Q8Sum, dot_q5_0, rows_q5_0, tile_q5_0),
+            row!(Q5_1, Q8Sum, dot_q5_1, rows_q5_1, tile_q5_1),
+            row!(Q8_0, Q8Sum, dot_q8_0, tile tile_q8_0),
             row!(Q8_1, Q8Sum, dot_q8_1),
-            row!(IQ4_NL, Q8Sum, dot_iq4_nl, rows_iq4_nl),
+            row!(IQ4_NL, Q8Sum, dot_iq4_nl, rows_iq4_nl, tile_iq4_nl),
             row!(Q2_K, Q8K, dot_q2_k_q8_k),
             row!(Q3_K, Q8K, dot_q3_k_q8_k),
             row!(Q4_K, Q8K, dot_q4_k_q8_k),
@@ -122,6 +150,7 @@ pub struct DotKernel {
     pub isa: Isa,
     f: VecDotFn,
     rows: Option<RowsFn>,
+    tile: Option<TileFn>,
 }
 
 impl DotKernel {
@@ -173,6 +202,43 @@ impl DotKernel {
         }
     }
 
+    /// [`TileFn`]'s product, lengths checked: `outs[j][r] = dot(n, w[r * stride..], xs[j])`
+    /// for up to [`TILE_X`] activation rows.
+    pub fn tile(&self, n: usize, w: &[u8], stride: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]) -> Result<(), crate::KernelError> {
+        if xs.is_empty() || xs.len() > TILE_X || xs.len() != outs.len() || outs.iter().any(|o| o.len() != outs[0].len()) {
+            return Err(crate::KernelError::Shape(format!("a tile takes 1 to {TILE_X} activation rows with an output row each, all of one length; got {} and {}", xs.len(), outs.len())));
+        }
+        let mut probe = vec![0.0f32; outs[0].len()];
+        for x in xs {
+            // The same checks as `rows` (lengths of w, stride, the activation row).
+            self.rows(n, w, stride, x, &mut probe)?;
+        }
+        // SAFETY: every length checked above; the ISA was detected when the kernel was selected.
+        unsafe { self.call_tile(n, w, stride, xs, outs) };
+        Ok(())
+    }
+
+    /// [`DotKernel::tile`] without the checks.
+    ///
+    /// # Safety
+    /// See [`TileFn`].
+    #[inline]
+    pub unsafe fn call_tile(&self, n: usize, w: &[u8], stride: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]) {
+        match self.tile {
+            Some(tile) => tile(n, w, stride, xs, outs),
+            None => {
+                for (x, out) in xs.iter().zip(outs.iter_mut()) {
+                    self.call_rows(n, w, stride, x, out);
+                }
+            }
+        }
+    }
+
+    /// Whether this kernel has a dedicated form for several activation rows.
+    pub fn has_tile(&self) -> bool {
+        self.tile.is_some()
+    }
+
     /// Whether this kernel has a dedicated multi-row form.
     pub fn has_rows(&self) -> bool {
         self.rows.is_some()
@@ -205,11 +271,11 @@ pub fn kernel(isa: Isa, weight: GgmlType) -> Option<DotKernel> {
         Isa::Avx2 => r.avx2,
         Isa::Neon => r.neon,
     }?;
-    let rows = match isa {
-        Isa::Avx2 => r.avx2_rows,
-        _ => None,
+    let (rows, tile) = match isa {
+        Isa::Avx2 => (r.avx2_rows, r.avx2_tile),
+        _ => (None, None),
     };
-    Some(DotKernel { weight, act: r.act, isa, f, rows })
+    Some(DotKernel { weight, act: r.act, isa, f, rows, tile })
 }
 
 /// The fastest kernel for `weight` on this machine (the scalar twin where no SIMD one exists).

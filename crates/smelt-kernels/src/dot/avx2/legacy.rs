@@ -99,6 +99,74 @@ unsafe fn rows<const OFFSET: bool>(
     }
 }
 
+/// `outs[j][r] = dot(row r of w, xs[j])` for `MX` activation rows at once (several sequences
+/// decoded together): each weight block is unpacked once (`unpack(wb) -> (a, q, c)`, the
+/// block's scale, its 32 quants as bytes, its offset) and multiplied with every activation row
+/// (`dot(q, y)`, 8 x i32), so the unpacking, the scale conversions and the weight loads are
+/// paid once per `MX` rows instead of once per row. One accumulator per activation row; the
+/// next weight row is prefetched.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const OFFSET: bool, const MX: usize>(
+    k: f32,
+    bb: usize,
+    n: usize,
+    w: &[u8],
+    stride: usize,
+    xs: &[&[u8]],
+    outs: &mut [&mut [f32]],
+    unpack: impl Fn(*const u8) -> (f32, __m256i, f32),
+    dot: impl Fn(__m256i, __m256i) -> __m256i,
+) {
+    let nb = n / 32;
+    let wp = w.as_ptr();
+    let mut xp = [std::ptr::null::<u8>(); MX];
+    for (p, x) in xp.iter_mut().zip(xs) {
+        *p = x.as_ptr();
+    }
+    for r in 0..outs[0].len() {
+        let w0 = wp.add(r * stride);
+        let mut acc = [_mm256_setzero_ps(); MX];
+        let mut off = [0.0f32; MX];
+        for i in 0..nb {
+            if i % 2 == 0 {
+                // The same place in the next row (a hint: never dereferenced).
+                super::prefetch_at(w0.wrapping_add(stride + bb * i));
+            }
+            let (a, q, c) = unpack(w0.add(bb * i));
+            for j in 0..MX {
+                let xb = xp[j].add(XB * i);
+                let s = dot(q, xq(xb));
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(a * f32_at(xb)), _mm256_cvtepi32_ps(s), acc[j]);
+                if OFFSET {
+                    off[j] = c.mul_add(f32_at(xb.add(4)), off[j]);
+                }
+            }
+        }
+        for j in 0..MX {
+            outs[j][r] = hsum(acc[j]) + k * off[j];
+        }
+    }
+}
+
+/// Defines `tile_NAME` (see [`tile`]) from a block unpacking and a byte dot product, for 1 to
+/// [`crate::dot::TILE_X`] activation rows.
+macro_rules! tiles {
+    ($tile:ident, $offset:literal, $k:expr, $bb:expr, |$wb:ident| $unpack:expr, $dot:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $tile(n: usize, w: &[u8], stride: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]) {
+            let u = |$wb: *const u8| $unpack;
+            match xs.len() {
+                1 => tile::<$offset, 1>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+                2 => tile::<$offset, 2>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+                3 => tile::<$offset, 3>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+                _ => tile::<$offset, 4>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+            }
+        }
+    };
+}
+
 /// Defines `dot_NAME` (one row) and `rows_NAME` (many rows) from a block dot product.
 macro_rules! kernels {
     ($dot:ident, $rows:ident, $offset:literal, $k:expr, $bb:expr, |$wb:ident, $y:ident| $body:expr) => {
@@ -160,3 +228,24 @@ kernels!(dot_iq4_nl, rows_iq4_nl, false, 0.0, 18, |wb, y| {
     let grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
     (f16_at(wb), mul_sum_i8(_mm256_shuffle_epi8(grid, nibbles(wb.add(2))), y), 0.0)
 });
+
+tiles!(tile_q4_0, true, -8.0, 18, |wb| {
+    let d = f16_at(wb);
+    (d, nibbles(wb.add(2)), d)
+}, mul_sum_us8);
+
+tiles!(tile_q4_1, true, 1.0, 20, |wb| (f16_at(wb), nibbles(wb.add(4)), f16_at(wb.add(2))), mul_sum_us8);
+
+tiles!(tile_q5_0, true, -16.0, 22, |wb| {
+    let d = f16_at(wb);
+    (d, _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2))), d)
+}, mul_sum_us8);
+
+tiles!(tile_q5_1, true, 1.0, 24, |wb| (f16_at(wb), _mm256_or_si256(nibbles(wb.add(8)), fifth_bits(wb.add(4))), f16_at(wb.add(2))), mul_sum_us8);
+
+tiles!(tile_q8_0, false, 0.0, 34, |wb| (f16_at(wb), _mm256_loadu_si256(wb.add(2) as *const __m256i), 0.0), mul_sum_i8);
+
+tiles!(tile_iq4_nl, false, 0.0, 18, |wb| {
+    let grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+    (f16_at(wb), _mm256_shuffle_epi8(grid, nibbles(wb.add(2))), 0.0)
+}, mul_sum_i8);

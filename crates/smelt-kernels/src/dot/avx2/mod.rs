@@ -21,6 +21,7 @@ pub use float::{dot_bf16, dot_f16, dot_f32};
 pub use kquants::{dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k, dot_q8_k_q8_k};
 pub use legacy::{
     dot_iq4_nl, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q8_1, rows_iq4_nl, rows_q4_0, rows_q4_1, rows_q5_0, rows_q5_1,
+    tile_iq4_nl, tile_q4_0, tile_q4_1, tile_q5_0, tile_q5_1, tile_q8_0,
 };
 
 /// Sum of the 8 lanes.

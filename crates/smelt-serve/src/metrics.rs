@@ -1,0 +1,128 @@
+//! Counters, gauges and histograms of the server, rendered in the Prometheus text format
+//! (`GET /metrics`). Plain atomics: nothing here takes a lock on the token path.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Latency buckets, seconds (upper bounds; `+Inf` is implied).
+const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum of observations in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        if let Some(i) = BUCKETS.iter().position(|&b| seconds <= b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.counts) {
+            cum += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let n = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+/// Everything `/metrics` reports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests answered, by (route, HTTP status).
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub embedded_inputs: AtomicU64,
+    /// Requests waiting for a slot.
+    pub queued: AtomicI64,
+    /// Requests being generated.
+    pub running: AtomicI64,
+    /// Requests dropped because their client went away.
+    pub cancelled: AtomicU64,
+    pub rejected_busy: AtomicU64,
+    /// KV cache bytes held by all slots.
+    pub kv_bytes: AtomicU64,
+    pub ttft: Histogram,
+    pub e2e: Histogram,
+}
+
+impl Metrics {
+    pub fn count_request(&self, route: &str, status: u16) {
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((route.to_string(), status)).or_insert(0) += 1;
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, slots: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP smelt_requests_total Requests answered, by route and HTTP status.\n# TYPE smelt_requests_total counter");
+        for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "smelt_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        }
+        let counters = [
+            ("smelt_prompt_tokens_total", "Prompt tokens of admitted generation requests.", self.prompt_tokens.load(Ordering::Relaxed)),
+            ("smelt_generated_tokens_total", "Tokens generated.", self.generated_tokens.load(Ordering::Relaxed)),
+            ("smelt_embedded_inputs_total", "Inputs embedded.", self.embedded_inputs.load(Ordering::Relaxed)),
+            ("smelt_cancelled_total", "Generations stopped because the client disconnected.", self.cancelled.load(Ordering::Relaxed)),
+            ("smelt_rejected_busy_total", "Requests refused with 429 because the queue was full.", self.rejected_busy.load(Ordering::Relaxed)),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        let gauges = [
+            ("smelt_queue_depth", "Requests waiting for a slot.", self.queued.load(Ordering::Relaxed).max(0) as f64),
+            ("smelt_running_requests", "Requests being generated.", self.running.load(Ordering::Relaxed).max(0) as f64),
+            ("smelt_slots", "Sequences the engine decodes together.", slots as f64),
+            ("smelt_kv_cache_bytes", "KV cache bytes held by all slots.", self.kv_bytes.load(Ordering::Relaxed) as f64),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        self.ttft.render(&mut out, "smelt_time_to_first_token_seconds", "From the request's arrival to its first generated token.");
+        self.e2e.render(&mut out, "smelt_request_duration_seconds", "From the request's arrival to its last token.");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        for s in [0.001, 0.02, 0.02, 3.0, 500.0] {
+            h.observe(s);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.025\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 4\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"120\"} 4\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 5\n"), "{out}");
+        assert!(out.contains("x_count 5\n"), "{out}");
+        let sum: f64 = out.lines().find(|l| l.starts_with("x_sum")).unwrap()[6..].parse().unwrap();
+        assert!((sum - 503.041).abs() < 1e-3, "{sum}");
+    }
+}

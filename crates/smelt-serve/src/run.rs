@@ -1,0 +1,104 @@
+//! Starting a server: bind the port first (so that `/health` can say "loading"), load the
+//! models in a background thread, start the engine, serve until SIGTERM or Ctrl-C.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use smelt_formats::GgmlType;
+use smelt_kernels::pool::ThreadPool;
+use smelt_models::{Encoder, LoadOptions, ModelError};
+
+use crate::engine::{self, EngineConfig};
+use crate::{embeddings, AppState, Decoder, Limits};
+
+/// Everything `smelt serve` is asked for.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub host: String,
+    /// 0 picks a free port (the address is logged).
+    pub port: u16,
+    /// Decoder: a path or a catalog name.
+    pub model: String,
+    /// The id clients use for the decoder (default: the catalog name or the file's name).
+    pub alias: Option<String>,
+    /// Sentence encoder for `/v1/embeddings`: a path or a catalog name.
+    pub embed: Option<String>,
+    /// Convert the decoder's weights to this type at load.
+    pub as_type: Option<GgmlType>,
+    pub slots: usize,
+    /// Tokens per slot (default: the model's trained context, at most 4096).
+    pub context: Option<usize>,
+    pub queue: usize,
+    pub threads: usize,
+    pub api_key: Option<String>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("loading {what}: {source}")]
+    Load { what: String, source: Box<ModelError> },
+    #[error("the server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The id of a model argument: its catalog name, or the file's (directory's) name.
+pub fn model_id(arg: &str) -> String {
+    let p = std::path::Path::new(arg);
+    if p.exists() {
+        p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| arg.to_string())
+    } else {
+        arg.to_string()
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C; `log` receives one line per event (the address it
+/// listens on, models loaded).
+pub fn run(opts: ServeOptions, log: Arc<dyn Fn(&str) + Send + Sync>) -> Result<(), ServeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("smelt-http").build()?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", opts.host, opts.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+        let local = listener.local_addr()?;
+        let state = Arc::new(AppState::new(opts.alias.clone().unwrap_or_else(|| model_id(&opts.model)), opts.embed.as_deref().map(model_id), opts.api_key.clone(), opts.limits.clone()));
+        log(&format!("listening on http://{local} (OpenAI API under /v1; /health says 503 until the model is loaded)"));
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
+        let loader_state = state.clone();
+        let loader_log = log.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine_stop = stop.clone();
+        std::thread::Builder::new().name("smelt-load".into()).spawn(move || {
+            if let Err(e) = load(&opts, &loader_state, &*loader_log, engine_stop) {
+                let _ = failed_tx.send(e);
+            }
+        })?;
+        let server = crate::serve(listener, state.clone());
+        let result = tokio::select! {
+            r = server => r.map_err(ServeError::from),
+            Ok(e) = failed_rx => Err(e),
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        log("stopped");
+        result
+    })
+}
+
+fn load(opts: &ServeOptions, state: &AppState, log: &(dyn Fn(&str) + Send + Sync), stop: Arc<AtomicBool>) -> Result<(), ServeError> {
+    let t = std::time::Instant::now();
+    let (path, loaded) = smelt_models::open(&opts.model, LoadOptions { weight_type: opts.as_type }, &mut |_| {}).map_err(|source| ServeError::Load { what: opts.model.clone(), source: Box::new(source) })?;
+    let context = opts.context.unwrap_or(loaded.model.cfg.ctx_train.min(4096));
+    let cfg = EngineConfig { slots: opts.slots, context, queue: opts.queue };
+    let tok = Arc::new(loaded.tok);
+    let (engine, _thread) = engine::start(loaded.model, tok.clone(), ThreadPool::new(opts.threads), &cfg, state.metrics.clone(), stop);
+    log(&format!("loaded {} in {:.1} s: {} slots of {} tokens, queue {}", path.display(), t.elapsed().as_secs_f64(), cfg.slots, engine.context, cfg.queue));
+    let _ = state.decoder.set(Decoder { engine, tok, template: loaded.template });
+    if let Some(name) = &opts.embed {
+        let path = smelt_assets::resolve_model(name, &mut |_| {}).map_err(|e| ServeError::Load { what: name.clone(), source: Box::new(e.into()) })?;
+        let enc = Encoder::load(&path, None).map_err(|source| ServeError::Load { what: name.clone(), source: Box::new(source) })?;
+        log(&format!("loaded the encoder {} (dimension {})", path.display(), enc.dim()));
+        let _ = state.embedder.set(embeddings::start(enc, ThreadPool::new(opts.threads), opts.queue.max(1)));
+    }
+    Ok(())
+}
