@@ -30,6 +30,7 @@ enum Store {
 }
 
 /// One layer's cached keys and values.
+#[derive(Clone, Copy)]
 pub enum LayerView<'a> {
     F32(&'a [f32], &'a [f32]),
     F16(&'a [u16], &'a [u16]),
@@ -154,23 +155,10 @@ pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, kv: Layer
     let n = base + m;
     if m == 1 {
         let sink = Disjoint::new(out);
-        let n_ctx = n;
         pool.run(h.n_heads, &|hh| {
-            let g = hh / h.group();
-            let qh = &q[hh * h.d_head..(hh + 1) * h.d_head];
-            with_scores(n_ctx, |s| {
-                match kv {
-                    LayerView::F32(k, _) => vec::attn_scores(qh, &k[g * h.d_head..], row, n_ctx, scale, s),
-                    LayerView::F16(k, _) => vec::attn_scores_f16(qh, &k[g * h.d_head..], row, n_ctx, scale, s),
-                }
-                math::softmax(s);
-                // SAFETY: each head writes its own `d_head` outputs.
-                let o = unsafe { sink.slice(hh * h.d_head..(hh + 1) * h.d_head) };
-                match kv {
-                    LayerView::F32(_, v) => vec::attn_mix(s, &v[g * h.d_head..], row, o),
-                    LayerView::F16(_, v) => vec::attn_mix_f16(s, &v[g * h.d_head..], row, o),
-                }
-            });
+            // SAFETY: each head writes its own `d_head` outputs.
+            let o = unsafe { sink.slice(hh * h.d_head..(hh + 1) * h.d_head) };
+            attend_head(h, hh, &q[hh * h.d_head..(hh + 1) * h.d_head], kv, n, scale, o);
         });
         return;
     }
@@ -186,6 +174,43 @@ pub fn attend(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, kv: Layer
         }
     };
     attend_batch(pool, h, q, q_stride, k, v, base, m, out)
+}
+
+/// Head `hh` of one token's query `qh` over the first `n_ctx` keys and values of `kv`:
+/// `o = softmax(scale qh K^T) V` for the head's key/value group.
+fn attend_head(h: Heads, hh: usize, qh: &[f32], kv: LayerView, n_ctx: usize, scale: f32, o: &mut [f32]) {
+    let row = h.n_kv * h.d_head;
+    let g = hh / h.group();
+    with_scores(n_ctx, |s| {
+        match kv {
+            LayerView::F32(k, _) => vec::attn_scores(qh, &k[g * h.d_head..], row, n_ctx, scale, s),
+            LayerView::F16(k, _) => vec::attn_scores_f16(qh, &k[g * h.d_head..], row, n_ctx, scale, s),
+        }
+        math::softmax(s);
+        match kv {
+            LayerView::F32(_, v) => vec::attn_mix(s, &v[g * h.d_head..], row, o),
+            LayerView::F16(_, v) => vec::attn_mix_f16(s, &v[g * h.d_head..], row, o),
+        }
+    });
+}
+
+/// One new token of each of several sequences (a decoding step of a batch): query row
+/// `seqs[i].0` of `q` (rows at stride `q_stride`, the last token of sequence `i`) attends over
+/// `seqs[i].1`, whose first `seqs[i].2` tokens it sees; the result goes to the same row of
+/// `out` (at stride `n_heads * d_head`). One pool task per (sequence, head), so a step of many
+/// sequences is one dispatch, not one per sequence.
+pub fn attend_one_each(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, seqs: &[(usize, LayerView, usize)], out: &mut [f32]) {
+    let scale = 1.0 / (h.d_head as f32).sqrt();
+    let d = h.n_heads * h.d_head;
+    let sink = Disjoint::new(out);
+    pool.run(seqs.len() * h.n_heads, &|task| {
+        let (i, hh) = (task / h.n_heads, task % h.n_heads);
+        let (t, kv, n_ctx) = seqs[i];
+        let qh = &q[t * q_stride + hh * h.d_head..t * q_stride + (hh + 1) * h.d_head];
+        // SAFETY: each (row, head) pair is written by this task alone.
+        let o = unsafe { sink.slice(t * d + hh * h.d_head..t * d + (hh + 1) * h.d_head) };
+        attend_head(h, hh, qh, kv, n_ctx, scale, o);
+    });
 }
 
 /// The many-token case of [`attend`] over f32 keys and values.

@@ -29,7 +29,7 @@ use smelt_formats::{GgmlType, GgufFile};
 use smelt_kernels::matmul::gemv_multi;
 use smelt_kernels::pool::ThreadPool;
 
-use crate::attention::{attend, Heads, KvCache, KvType};
+use crate::attention::{attend, attend_one_each, Heads, KvCache, KvType};
 use crate::linear::{vector, Linear};
 use crate::observe::{note, MatrixInput, Observer};
 use crate::error::{check_activations, check_finite};
@@ -564,6 +564,7 @@ impl Llama {
             at.push(at[at.len() - 1] + s.new.len());
         }
         let m = at[seqs.len()];
+        let seqs_len = seqs.len();
         if m == 0 {
             return Ok(&b.logits[..0]);
         }
@@ -610,7 +611,16 @@ impl Llama {
             for (i, sq) in seqs.iter_mut().enumerate() {
                 let (r, n) = (at[i], sq.new.len());
                 sq.kv.store(l, &b.k[r * kvd..], &b.v[r * kvd..], kvd, n);
-                attend(pool, heads, &b.q[r * qd..], qd, sq.kv.layer(l), sq.kv.len, n, &mut b.att[r * qd..(r + n) * qd], &mut b.widen);
+                if n > 1 || seqs_len == 1 {
+                    attend(pool, heads, &b.q[r * qd..], qd, sq.kv.layer(l), sq.kv.len, n, &mut b.att[r * qd..(r + n) * qd], &mut b.widen);
+                }
+            }
+            // The sequences with one new token (decoding) attend together, in one dispatch.
+            if seqs_len > 1 {
+                let one: Vec<_> = seqs.iter().enumerate().filter(|(_, s)| s.new.len() == 1).map(|(i, s)| (at[i], s.kv.layer(l), s.kv.len + 1)).collect();
+                if !one.is_empty() {
+                    attend_one_each(pool, heads, &b.q, qd, &one, &mut b.att[..m * qd]);
+                }
             }
             note(&mut obs, l, MatrixInput::AttnOutput, &b.att[..m * qd], m, qd);
             layer.wo.apply(pool, &b.att[..m * qd], m, &mut b.o[..m * d], &mut b.scratch)?;

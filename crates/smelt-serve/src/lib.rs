@@ -5,6 +5,7 @@
 //! - [`generate`]: `/v1/chat/completions` and `/v1/completions`, streaming (SSE) or not.
 //! - [`embeddings`]: `/v1/embeddings` on a sentence encoder, in its own worker thread.
 //! - [`api`]: the OpenAI request and error shapes; [`metrics`]: `/metrics` in Prometheus text.
+//! - [`privacy`]: the detector of personal and secret data the router pins to the local model.
 //!
 //! [`router`] builds the whole service over an [`AppState`]; the model loads after the port
 //! is bound (`/health` answers 503 until it is ready), and [`serve`] runs it until SIGTERM or
@@ -15,6 +16,7 @@ pub mod embeddings;
 pub mod engine;
 pub mod generate;
 pub mod metrics;
+pub mod privacy;
 pub mod run;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -99,12 +99,15 @@ unsafe fn rows<const OFFSET: bool>(
     }
 }
 
-/// `outs[j][r] = dot(row r of w, xs[j])` for `MX` activation rows at once (several sequences
-/// decoded together): each weight block is unpacked once (`unpack(wb) -> (a, q, c)`, the
-/// block's scale, its 32 quants as bytes, its offset) and multiplied with every activation row
-/// (`dot(q, y)`, 8 x i32), so the unpacking, the scale conversions and the weight loads are
-/// paid once per `MX` rows instead of once per row. One accumulator per activation row; the
-/// next weight row is prefetched.
+/// `outs[j][r] = dot(row r of w, xs[j])` for `MX <= 4` activation rows at once (several
+/// sequences decoded together): each weight block is unpacked once (`unpack(wb) -> (a, q, c)`,
+/// the block's scale, its 32 quants as bytes, its offset) and multiplied with every activation
+/// row (`dot(q, y)`, 8 x i32), so the unpacking, the scale conversions and the weight loads are
+/// paid once per `MX` rows instead of once per row. The activation blocks' scales and sums are
+/// first gathered block by block into 4-wide vectors (`[dx_0..dx_3]`, `[sx_0..sx_3]`), so that
+/// `a dx_j` for all rows is one multiply and the offsets `c sx_j` one FMA per block; lane `j` is
+/// then broadcast for row `j`. One accumulator per activation row; the next weight row is
+/// prefetched.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -125,27 +128,39 @@ unsafe fn tile<const OFFSET: bool, const MX: usize>(
     for (p, x) in xp.iter_mut().zip(xs) {
         *p = x.as_ptr();
     }
+    // (dx, sx) of every activation row, block by block: [block][0..4] then [block][4..8].
+    let mut scales = vec![0.0f32; nb * 8];
+    for (i, sc) in scales.chunks_exact_mut(8).enumerate() {
+        for (j, &x) in xp.iter().enumerate() {
+            sc[j] = f32_at(x.add(XB * i));
+            sc[4 + j] = f32_at(x.add(XB * i + 4));
+        }
+    }
+    let sp = scales.as_ptr();
+    let lane: [__m256i; MX] = std::array::from_fn(|j| _mm256_set1_epi32(j as i32));
     for r in 0..outs[0].len() {
         let w0 = wp.add(r * stride);
         let mut acc = [_mm256_setzero_ps(); MX];
-        let mut off = [0.0f32; MX];
+        let mut off = _mm_setzero_ps();
         for i in 0..nb {
             if i % 2 == 0 {
                 // The same place in the next row (a hint: never dereferenced).
                 super::prefetch_at(w0.wrapping_add(stride + bb * i));
             }
             let (a, q, c) = unpack(w0.add(bb * i));
+            let adx = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(a), _mm_loadu_ps(sp.add(8 * i))));
+            if OFFSET {
+                off = _mm_fmadd_ps(_mm_set1_ps(c), _mm_loadu_ps(sp.add(8 * i + 4)), off);
+            }
             for j in 0..MX {
-                let xb = xp[j].add(XB * i);
-                let s = dot(q, xq(xb));
-                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(a * f32_at(xb)), _mm256_cvtepi32_ps(s), acc[j]);
-                if OFFSET {
-                    off[j] = c.mul_add(f32_at(xb.add(4)), off[j]);
-                }
+                let s = dot(q, xq(xp[j].add(XB * i)));
+                acc[j] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(adx, lane[j]), _mm256_cvtepi32_ps(s), acc[j]);
             }
         }
+        let mut offs = [0.0f32; 4];
+        _mm_storeu_ps(offs.as_mut_ptr(), off);
         for j in 0..MX {
-            outs[j][r] = hsum(acc[j]) + k * off[j];
+            outs[j][r] = hsum(acc[j]) + k * offs[j];
         }
     }
 }
