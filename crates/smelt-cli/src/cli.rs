@@ -764,6 +764,34 @@ pub struct ServeArgs {
     /// Run the weights converted to this type in memory.
     #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
     pub as_type: Option<GgmlType>,
+    /// A large remote model (any OpenAI-compatible server, http://HOST:PORT/v1) the router
+    /// escalates to: prompts longer than the local context, or `x-smelt-route: remote`.
+    /// Private data never goes there; when it fails, the local model answers.
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// The model name to ask the remote for.
+    #[arg(long, value_name = "NAME", requires = "remote")]
+    pub remote_model: Option<String>,
+    /// The environment variable holding the remote's API key.
+    #[arg(long, value_name = "VAR", requires = "remote")]
+    pub remote_key_env: Option<String>,
+    /// Private data (emails, phone and card numbers, IBANs, national ids, keys and tokens,
+    /// addresses): `pin` keeps such requests local, `redact` replaces the data by placeholders
+    /// before escalating.
+    #[arg(long, value_name = "MODE", default_value = "pin", value_parser = ["pin", "redact"])]
+    pub privacy: String,
+    /// An extra private-data pattern, NAME=REGEX (repeatable).
+    #[arg(long = "private-pattern", value_name = "NAME=REGEX")]
+    pub private_patterns: Vec<String>,
+    /// At most this many requests to the remote per minute (past it, local answers).
+    #[arg(long, value_name = "N", requires = "remote")]
+    pub remote_rpm: Option<u64>,
+    /// At most this many remote tokens per day (past it, local answers).
+    #[arg(long, value_name = "N", requires = "remote")]
+    pub remote_tokens_per_day: Option<u64>,
+    /// Longest one remote exchange may take, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    pub remote_timeout: f64,
 }
 
 #[derive(Args, Debug)]

@@ -72,6 +72,9 @@ pub const SETTINGS: &[Setting] = &[
     int("queue", &["serve"], 0, 1 << 16),
     of("timeout", Ty::F64, Bound::positive("timeout", 1e7)),
     int("max_body", &["serve"], 1024, 1 << 30),
+    Setting { id: "remote_rpm", commands: &["serve"], ty: Ty::U64, bound: Bound::int("remote_rpm", 1, 1 << 40) },
+    Setting { id: "remote_tokens_per_day", commands: &["serve"], ty: Ty::U64, bound: Bound::int("remote_tokens_per_day", 1, 1 << 60) },
+    of("remote_timeout", Ty::F64, Bound::positive("remote_timeout", 1e6)),
     // Measuring (eval, compare, shrink).
     int("ctx", MEASURE, 16, MAX_TOKENS),
     int("chunks", MEASURE, 1, 1 << 24),

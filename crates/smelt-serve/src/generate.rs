@@ -10,6 +10,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -71,8 +72,15 @@ fn content_text(c: Option<Content>, i: usize) -> Result<String, ApiError> {
     }
 }
 
-pub async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse_body(body)?;
+/// The JSON of a request, then its typed form.
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<(Value, T), ApiError> {
+    let raw: Value = parse_body(body)?;
+    let typed = serde_json::from_value(raw.clone()).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON for this endpoint: {e}"), None))?;
+    Ok((raw, typed))
+}
+
+pub async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let (raw, req): (Value, ChatRequest) = parse(body)?;
     check_model(&state, &req.model)?;
     let dec = decoder(&state)?;
     if req.messages.is_empty() {
@@ -86,6 +94,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesR
         let role = if m.role == "developer" { "system".to_string() } else { m.role };
         msgs.push(Message { role, content: content_text(m.content, i)? });
     }
+    let texts: Vec<String> = msgs.iter().map(|m| m.content.clone()).collect();
     let text = dec.template.render(&msgs, true).map_err(|e| ApiError::invalid(format!("the model's chat template refused these messages: {e}"), Some("messages")))?;
     let prompt = dec.tok.encode(&text, true);
     let max = api::max_tokens(req.max_completion_tokens.or(req.max_tokens), if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" })?;
@@ -96,11 +105,12 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesR
         (false, None) => None,
     };
     let job = Job { kind: Kind::Chat, id: state.response_id("chatcmpl"), model: state.model_id.clone(), created: crate::unix_now(), stream: req.sampling.stream, include_usage: include_usage(&req.sampling), logprobs: top.is_some(), echo: None };
-    run(&state, dec, prompt, max, top, req.sampling, job).await
+    let n = prompt.len();
+    crate::escalate::answer(&state, &headers, raw, "/chat/completions", &texts, n, run(&state, dec, prompt, max, top, req.sampling, job)).await
 }
 
-pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse_body(body)?;
+pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let (raw, req): (Value, CompletionRequest) = parse(body)?;
     check_model(&state, &req.model)?;
     let dec = decoder(&state)?;
     if req.suffix.is_some() {
@@ -129,8 +139,10 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes,
         Some(k) if (0..=5).contains(&k) => Some(k as usize),
         Some(k) => return Err(ApiError::invalid(format!("logprobs must be between 0 and 5, got {k}"), Some("logprobs"))),
     };
+    let texts = vec![text.clone()];
     let job = Job { kind: Kind::Completion, id: state.response_id("cmpl"), model: state.model_id.clone(), created: crate::unix_now(), stream: req.sampling.stream, include_usage: include_usage(&req.sampling), logprobs: top.is_some(), echo: req.echo.then_some(text) };
-    run(&state, dec, prompt, max, top, req.sampling, job).await
+    let n = prompt.len();
+    crate::escalate::answer(&state, &headers, raw, "/completions", &texts, n, run(&state, dec, prompt, max, top, req.sampling, job)).await
 }
 
 fn include_usage(s: &Sampling) -> bool {

@@ -5,7 +5,9 @@
 //! - [`generate`]: `/v1/chat/completions` and `/v1/completions`, streaming (SSE) or not.
 //! - [`embeddings`]: `/v1/embeddings` on a sentence encoder, in its own worker thread.
 //! - [`api`]: the OpenAI request and error shapes; [`metrics`]: `/metrics` in Prometheus text.
-//! - [`privacy`]: the detector of personal and secret data the router pins to the local model.
+//! - [`router`]: which model answers (local first; private data never leaves), [`remote`] the
+//!   large remote model behind timeouts, retries and a circuit breaker, [`escalate`] the glue;
+//!   [`privacy`] the detector of personal and secret data.
 //!
 //! [`router`] builds the whole service over an [`AppState`]; the model loads after the port
 //! is bound (`/health` answers 503 until it is ready), and [`serve`] runs it until SIGTERM or
@@ -14,9 +16,12 @@
 pub mod api;
 pub mod embeddings;
 pub mod engine;
+pub mod escalate;
 pub mod generate;
 pub mod metrics;
 pub mod privacy;
+pub mod remote;
+pub mod router;
 pub mod run;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +40,7 @@ use smelt_models::{ChatTemplate, Tokenizer};
 pub use api::ApiError;
 use engine::EngineHandle;
 pub use metrics::Metrics;
-pub use run::{run, ServeError, ServeOptions};
+pub use run::{run, Budget, PrivacyMode, RemoteOptions, ServeError, ServeOptions};
 
 /// A loaded decoder as the handlers see it.
 pub struct Decoder {
@@ -69,6 +74,8 @@ pub struct AppState {
     pub embed_id: Option<String>,
     pub decoder: OnceLock<Decoder>,
     pub embedder: OnceLock<embeddings::EmbedHandle>,
+    /// The hybrid router, when a remote model is configured.
+    pub router: Option<router::Router>,
     pub metrics: Arc<Metrics>,
     /// Required as `Authorization: Bearer KEY` on `/v1/*` when set.
     pub api_key: Option<String>,
@@ -85,6 +92,7 @@ impl AppState {
             embed_id,
             decoder: OnceLock::new(),
             embedder: OnceLock::new(),
+            router: None,
             metrics: Arc::new(Metrics::default()),
             api_key,
             limits,
@@ -159,7 +167,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let slots = state.decoder.get().map_or(0, |d| d.engine.slots);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(slots)).into_response()
+    let mut text = state.metrics.render(slots);
+    if let Some(r) = &state.router {
+        metrics::render_remote(&mut text, &r.remote);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

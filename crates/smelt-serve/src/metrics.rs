@@ -50,6 +50,8 @@ impl Histogram {
 pub struct Metrics {
     /// Requests answered, by (route, HTTP status).
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Router decisions, by (target, reason).
+    routes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub embedded_inputs: AtomicU64,
@@ -72,12 +74,20 @@ impl Metrics {
         *m.entry((route.to_string(), status)).or_insert(0) += 1;
     }
 
+    pub fn count_route(&self, target: &'static str, reason: &'static str) {
+        *self.routes.lock().unwrap_or_else(|p| p.into_inner()).entry((target, reason)).or_insert(0) += 1;
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self, slots: usize) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP smelt_requests_total Requests answered, by route and HTTP status.\n# TYPE smelt_requests_total counter");
         for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "smelt_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP smelt_route_total Router decisions, by target and reason (fallback: a failed escalation answered locally).\n# TYPE smelt_route_total counter");
+        for ((target, reason), n) in self.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "smelt_route_total{{target=\"{target}\",reason=\"{reason}\"}} {n}");
         }
         let counters = [
             ("smelt_prompt_tokens_total", "Prompt tokens of admitted generation requests.", self.prompt_tokens.load(Ordering::Relaxed)),
@@ -102,6 +112,16 @@ impl Metrics {
         self.e2e.render(&mut out, "smelt_request_duration_seconds", "From the request's arrival to its last token.");
         out
     }
+}
+
+/// The remote's failures by kind, its circuit state and the tokens it was sent.
+pub fn render_remote(out: &mut String, remote: &crate::remote::Remote) {
+    let _ = writeln!(out, "# HELP smelt_remote_errors_total Failed exchanges with the remote, by kind.\n# TYPE smelt_remote_errors_total counter");
+    for (kind, n) in remote.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "smelt_remote_errors_total{{kind=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(out, "# HELP smelt_remote_circuit_state The remote's circuit: 0 closed, 1 open, 2 half-open.\n# TYPE smelt_remote_circuit_state gauge\nsmelt_remote_circuit_state {}", remote.circuit().code());
+    let _ = writeln!(out, "# HELP smelt_remote_tokens_total Tokens the remote reported using.\n# TYPE smelt_remote_tokens_total counter\nsmelt_remote_tokens_total {}", remote.tokens.load(Ordering::Relaxed));
 }
 
 #[cfg(test)]

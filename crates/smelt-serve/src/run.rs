@@ -9,6 +9,10 @@ use smelt_kernels::pool::ThreadPool;
 use smelt_models::{Encoder, LoadOptions, ModelError};
 
 use crate::engine::{self, EngineConfig};
+use crate::privacy::Detector;
+use crate::remote::{Remote, RemoteConfig};
+pub use crate::router::{Budget, PrivacyMode};
+use crate::router::Router;
 use crate::{embeddings, AppState, Decoder, Limits};
 
 /// Everything `smelt serve` is asked for.
@@ -32,6 +36,22 @@ pub struct ServeOptions {
     pub threads: usize,
     pub api_key: Option<String>,
     pub limits: Limits,
+    /// The remote model and the router's settings (`None`: everything is answered locally).
+    pub remote: Option<RemoteOptions>,
+}
+
+/// `--remote` and the router's settings.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    pub url: String,
+    pub model: String,
+    pub key: Option<String>,
+    pub privacy: PrivacyMode,
+    /// `(name, regex)` patterns added to the privacy detector.
+    pub patterns: Vec<(String, String)>,
+    pub budget: Budget,
+    /// Longest a remote exchange may take.
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +62,8 @@ pub enum ServeError {
     Load { what: String, source: Box<ModelError> },
     #[error("the server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The id of a model argument: its catalog name, or the file's (directory's) name.
@@ -62,7 +84,12 @@ pub fn run(opts: ServeOptions, log: Arc<dyn Fn(&str) + Send + Sync>) -> Result<(
         let addr = format!("{}:{}", opts.host, opts.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
         let local = listener.local_addr()?;
-        let state = Arc::new(AppState::new(opts.alias.clone().unwrap_or_else(|| model_id(&opts.model)), opts.embed.as_deref().map(model_id), opts.api_key.clone(), opts.limits.clone()));
+        let mut state = AppState::new(opts.alias.clone().unwrap_or_else(|| model_id(&opts.model)), opts.embed.as_deref().map(model_id), opts.api_key.clone(), opts.limits.clone());
+        if let Some(r) = &opts.remote {
+            state.router = Some(router(r)?);
+            log(&format!("escalating to {} (model {}) when a request needs it; private data stays local ({:?})", r.url, r.model, r.privacy));
+        }
+        let state = Arc::new(state);
         log(&format!("listening on http://{local} (OpenAI API under /v1; /health says 503 until the model is loaded)"));
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
         let loader_state = state.clone();
@@ -83,6 +110,15 @@ pub fn run(opts: ServeOptions, log: Arc<dyn Fn(&str) + Send + Sync>) -> Result<(
         log("stopped");
         result
     })
+}
+
+/// The router for `--remote`.
+pub fn router(r: &RemoteOptions) -> Result<Router, ServeError> {
+    let mut cfg = RemoteConfig::parse(&r.url, &r.model, r.key.clone()).map_err(ServeError::Config)?;
+    cfg.total_timeout = r.timeout;
+    cfg.first_byte_timeout = cfg.first_byte_timeout.min(r.timeout);
+    let detector = Detector::with_patterns(&r.patterns).map_err(|e| ServeError::Config(e.to_string()))?;
+    Ok(Router::new(Remote::new(cfg), detector, r.privacy, r.budget))
 }
 
 fn load(opts: &ServeOptions, state: &AppState, log: &(dyn Fn(&str) + Send + Sync), stop: Arc<AtomicBool>) -> Result<(), ServeError> {

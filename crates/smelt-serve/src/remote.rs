@@ -1,0 +1,301 @@
+//! The large remote model the router escalates to: any OpenAI-compatible server over plain
+//! HTTP (a second `smelt serve`, llama-server, vLLM, a gateway on the same network), reached
+//! with bounded time at every stage and guarded by a circuit breaker.
+//!
+//! - Timeouts: connecting, the response headers ("first byte"), and the whole exchange.
+//! - Retries: a failed attempt (refused connection, timeout, 5xx, 429) is retried up to
+//!   `retries` times while the circuit allows it; a 4xx other than 429 is the request's fault
+//!   and is not retried.
+//! - Circuit breaker: `failures` consecutive failed exchanges open the circuit; while open,
+//!   nothing is sent and the router answers locally; after `cooldown` one probe request is let
+//!   through (half-open): its success closes the circuit, its failure opens it again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Where the remote is and how to talk to it.
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    /// Host and port (`127.0.0.1:8081`).
+    pub authority: String,
+    /// The path before `/chat/completions` (`/v1`).
+    pub base_path: String,
+    /// The model name the remote is asked for.
+    pub model: String,
+    /// Sent as `Authorization: Bearer KEY`.
+    pub key: Option<String>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub total_timeout: Duration,
+    pub retries: u32,
+    /// Consecutive failures that open the circuit.
+    pub failures: u32,
+    pub cooldown: Duration,
+    /// Largest response body read from the remote (a whole answer).
+    pub max_body: usize,
+}
+
+impl RemoteConfig {
+    /// Parses `http://host:port/v1` (https is refused with a clear message: TLS is not built
+    /// in; put a local TLS proxy in front). Defaults for everything else.
+    pub fn parse(url: &str, model: &str, key: Option<String>) -> Result<RemoteConfig, String> {
+        let rest = match url.strip_prefix("http://") {
+            Some(r) => r,
+            None if url.starts_with("https://") => return Err(format!("--remote {url}: https is not supported yet; run a TLS proxy (stunnel, nginx) locally and give its http:// address")),
+            None => return Err(format!("--remote {url}: give an http://HOST:PORT/v1 address")),
+        };
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if authority.is_empty() {
+            return Err(format!("--remote {url}: no host"));
+        }
+        let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+        let base_path = format!("/{}", path.trim_end_matches('/'));
+        let base_path = if base_path == "/" { String::new() } else { base_path };
+        Ok(RemoteConfig {
+            authority,
+            base_path,
+            model: model.to_string(),
+            key,
+            connect_timeout: Duration::from_secs(3),
+            first_byte_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(300),
+            retries: 1,
+            failures: 3,
+            cooldown: Duration::from_secs(30),
+            max_body: 16 << 20,
+        })
+    }
+}
+
+/// Why the remote gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("the remote's circuit is open (it failed recently); answered locally")]
+    CircuitOpen,
+    #[error("cannot connect to the remote: {0}")]
+    Connect(String),
+    #[error("the remote timed out ({0})")]
+    Timeout(&'static str),
+    #[error("the remote answered HTTP {0}")]
+    Status(u16, String),
+    #[error("the remote's answer is not usable: {0}")]
+    BadBody(String),
+}
+
+impl RemoteError {
+    /// The label for metrics and headers.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RemoteError::CircuitOpen => "circuit_open",
+            RemoteError::Connect(_) => "connect",
+            RemoteError::Timeout(_) => "timeout",
+            RemoteError::Status(s, _) if *s == 429 => "status_429",
+            RemoteError::Status(s, _) if *s >= 500 => "status_5xx",
+            RemoteError::Status(..) => "status_4xx",
+            RemoteError::BadBody(_) => "bad_body",
+        }
+    }
+
+    /// Whether trying again may help.
+    fn retryable(&self) -> bool {
+        !matches!(self, RemoteError::Status(s, _) if *s != 429 && *s < 500) && !matches!(self, RemoteError::CircuitOpen)
+    }
+}
+
+/// Circuit breaker states.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Circuit {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    /// One probe is in flight.
+    HalfOpen,
+}
+
+impl Circuit {
+    /// 0 closed, 1 open, 2 half-open (the `/metrics` gauge).
+    pub fn code(&self) -> u8 {
+        match self {
+            Circuit::Closed { .. } => 0,
+            Circuit::Open { .. } => 1,
+            Circuit::HalfOpen => 2,
+        }
+    }
+}
+
+/// The remote and its circuit.
+pub struct Remote {
+    pub cfg: RemoteConfig,
+    circuit: Mutex<Circuit>,
+    /// Failed attempts by label (`/metrics`).
+    pub errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub tokens: AtomicU64,
+}
+
+impl Remote {
+    pub fn new(cfg: RemoteConfig) -> Remote {
+        Remote { cfg, circuit: Mutex::new(Circuit::Closed { failures: 0 }), errors: Default::default(), tokens: AtomicU64::new(0) }
+    }
+
+    pub fn circuit(&self) -> Circuit {
+        *self.circuit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a request may go out now; moves an expired open circuit to half-open (this
+    /// caller is the probe).
+    fn admit(&self) -> bool {
+        let mut c = self.circuit.lock().unwrap_or_else(|p| p.into_inner());
+        match *c {
+            Circuit::Closed { .. } => true,
+            Circuit::Open { until } if Instant::now() >= until => {
+                *c = Circuit::HalfOpen;
+                true
+            }
+            Circuit::Open { .. } | Circuit::HalfOpen => false,
+        }
+    }
+
+    fn record(&self, ok: bool) {
+        let mut c = self.circuit.lock().unwrap_or_else(|p| p.into_inner());
+        *c = match (*c, ok) {
+            (_, true) => Circuit::Closed { failures: 0 },
+            (Circuit::Closed { failures }, false) if failures + 1 < self.cfg.failures => Circuit::Closed { failures: failures + 1 },
+            (_, false) => Circuit::Open { until: Instant::now() + self.cfg.cooldown },
+        };
+    }
+
+    fn count_error(&self, e: &RemoteError) {
+        *self.errors.lock().unwrap_or_else(|p| p.into_inner()).entry(e.label()).or_insert(0) += 1;
+    }
+
+    /// POSTs `body` (with the remote's model name) to `path` under the base path; returns the
+    /// response once its headers arrived with status 200. Retries as configured.
+    pub async fn post(&self, path: &str, mut body: Value) -> Result<Response<Incoming>, RemoteError> {
+        body["model"] = Value::String(self.cfg.model.clone());
+        let bytes = Bytes::from(body.to_string());
+        let mut last = RemoteError::CircuitOpen;
+        for _ in 0..=self.cfg.retries {
+            if !self.admit() {
+                return Err(last);
+            }
+            match self.attempt(path, bytes.clone()).await {
+                Ok(r) => {
+                    self.record(true);
+                    return Ok(r);
+                }
+                Err(e) => {
+                    self.count_error(&e);
+                    let again = e.retryable();
+                    // A request the remote refuses as malformed says nothing about its health.
+                    self.record(!again);
+                    last = e;
+                    if !again {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn attempt(&self, path: &str, body: Bytes) -> Result<Response<Incoming>, RemoteError> {
+        let c = &self.cfg;
+        let stream = tokio::time::timeout(c.connect_timeout, tokio::net::TcpStream::connect(&c.authority))
+            .await
+            .map_err(|_| RemoteError::Timeout("connect"))?
+            .map_err(|e| RemoteError::Connect(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| RemoteError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = hyper::Request::post(format!("{}{path}", c.base_path))
+            .header("host", &c.authority)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(k) = &c.key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let req = req.body(Full::new(body)).map_err(|e| RemoteError::Connect(e.to_string()))?;
+        let resp = tokio::time::timeout(c.first_byte_timeout, sender.send_request(req)).await.map_err(|_| RemoteError::Timeout("first byte"))?.map_err(|e| RemoteError::Connect(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = read_limited(resp.into_body(), 4096, Duration::from_secs(5)).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            return Err(RemoteError::Status(status, text));
+        }
+        Ok(resp)
+    }
+
+    /// A whole (non-streamed) answer: the body read within the total time and size limits and
+    /// checked to be a completion object.
+    pub async fn whole(&self, path: &str, body: Value, started: Instant) -> Result<Value, RemoteError> {
+        let resp = self.post(path, body).await?;
+        let left = self.cfg.total_timeout.saturating_sub(started.elapsed());
+        let bytes = read_limited(resp.into_body(), self.cfg.max_body, left).await.inspect_err(|e| {
+            self.count_error(e);
+            self.record(false);
+        })?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| RemoteError::BadBody(format!("not JSON: {e}")))?;
+        if !v["choices"].is_array() {
+            let e = RemoteError::BadBody("no `choices` in the answer".into());
+            self.count_error(&e);
+            self.record(false);
+            return Err(e);
+        }
+        if let Some(n) = v["usage"]["total_tokens"].as_u64() {
+            self.tokens.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(v)
+    }
+}
+
+/// Reads a body up to `max` bytes within `time`.
+pub async fn read_limited(body: Incoming, max: usize, time: Duration) -> Result<Bytes, RemoteError> {
+    let collected = tokio::time::timeout(time, Limited::new(body, max).collect()).await.map_err(|_| RemoteError::Timeout("total"))?;
+    collected.map(|c| c.to_bytes()).map_err(|e| RemoteError::BadBody(format!("reading the body failed or passed {max} bytes: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_https_is_refused_clearly() {
+        let c = RemoteConfig::parse("http://127.0.0.1:8081/v1", "big", None).unwrap();
+        assert_eq!((c.authority.as_str(), c.base_path.as_str()), ("127.0.0.1:8081", "/v1"));
+        let c = RemoteConfig::parse("http://gateway/", "big", None).unwrap();
+        assert_eq!((c.authority.as_str(), c.base_path.as_str()), ("gateway:80", ""));
+        assert!(RemoteConfig::parse("https://api.example/v1", "m", None).unwrap_err().contains("TLS proxy"));
+        assert!(RemoteConfig::parse("ftp://x", "m", None).is_err());
+    }
+
+    #[test]
+    fn the_circuit_opens_after_failures_and_probes_after_the_cooldown() {
+        let mut cfg = RemoteConfig::parse("http://127.0.0.1:9/v1", "m", None).unwrap();
+        cfg.failures = 2;
+        cfg.cooldown = Duration::from_millis(50);
+        let r = Remote::new(cfg);
+        assert!(r.admit());
+        r.record(false);
+        assert_eq!(r.circuit(), Circuit::Closed { failures: 1 });
+        r.record(false);
+        assert!(matches!(r.circuit(), Circuit::Open { .. }));
+        assert!(!r.admit(), "open: nothing goes out");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(r.admit(), "after the cooldown one probe goes out");
+        assert_eq!(r.circuit(), Circuit::HalfOpen);
+        assert!(!r.admit(), "only one probe at a time");
+        r.record(false);
+        assert!(matches!(r.circuit(), Circuit::Open { .. }), "a failed probe opens it again");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(r.admit());
+        r.record(true);
+        assert_eq!(r.circuit(), Circuit::Closed { failures: 0 }, "a good probe closes it");
+    }
+}

@@ -1,0 +1,255 @@
+//! The router against real remotes on loopback: a second smelt server (SmolLM2 under the name
+//! `big`) and a fault-injecting stub (refuses, answers 500, 429 or garbage, stalls before or
+//! in the middle of a stream, records what it received). The local server runs in process
+//! (tower `oneshot`). Checked: the route header and metrics; private data never reaches the
+//! remote (the stub's record); redaction; fallback to the local answer on every failure before
+//! the first byte; the circuit opening and closing; a stream that stalls after its first event
+//! ends with an error event within the time limit, never a hang.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use smelt_kernels::pool::ThreadPool;
+use smelt_models::LoadOptions;
+use smelt_serve::engine::{self, EngineConfig};
+use smelt_serve::privacy::Detector;
+use smelt_serve::remote::{Circuit, Remote, RemoteConfig};
+use smelt_serve::router::{Budget, PrivacyMode, Router};
+use smelt_serve::{router, AppState, Decoder, Limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::ServiceExt;
+
+fn state(id: &str, remote: Option<Router>) -> Arc<AppState> {
+    state_ctx(id, remote, 256)
+}
+
+fn state_ctx(id: &str, remote: Option<Router>, context: usize) -> Arc<AppState> {
+    let (_, loaded) = smelt_models::open("smollm2-135m", LoadOptions::default(), &mut |_| {}).unwrap();
+    let mut state = AppState::new(id.into(), None, None, Limits::default());
+    state.router = remote;
+    let state = Arc::new(state);
+    let tok = Arc::new(loaded.tok);
+    let cfg = EngineConfig { slots: 2, context, queue: 4 };
+    let (engine, _) = engine::start(loaded.model, tok.clone(), ThreadPool::new(2), &cfg, state.metrics.clone(), Arc::new(AtomicBool::new(false)));
+    assert!(state.decoder.set(Decoder { engine, tok, template: loaded.template }).is_ok());
+    state
+}
+
+fn remote_to(addr: &str, privacy: PrivacyMode) -> Router {
+    let mut cfg = RemoteConfig::parse(&format!("http://{addr}/v1"), "big", None).unwrap();
+    cfg.first_byte_timeout = Duration::from_millis(1500);
+    cfg.total_timeout = Duration::from_secs(3);
+    cfg.retries = 0;
+    cfg.failures = 2;
+    cfg.cooldown = Duration::from_millis(400);
+    Router::new(Remote::new(cfg), Detector::default(), privacy, Budget::default())
+}
+
+/// How the stub answers.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Status(u16),
+    Garbage,
+    Stall,
+    /// Headers and one SSE event, then nothing.
+    StallMidStream,
+    Ok,
+}
+
+/// A stub remote on a free port; every request body it receives is recorded.
+async fn stub(mode: Arc<Mutex<Mode>>, seen: Arc<Mutex<Vec<String>>>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let (mode, seen) = (mode.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())).unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            seen.lock().unwrap().push(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string());
+                            break;
+                        }
+                    }
+                }
+                let m = *mode.lock().unwrap();
+                let reply = |status: u16, ctype: &str, body: &str| format!("HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                match m {
+                    Mode::Status(code) => {
+                        let _ = s.write_all(reply(code, "application/json", r#"{"error":{"message":"no"}}"#).as_bytes()).await;
+                    }
+                    Mode::Garbage => {
+                        let _ = s.write_all(reply(200, "application/json", "{\"choices\": [tru").as_bytes()).await;
+                    }
+                    Mode::Ok => {
+                        let body = json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "from the stub"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}}).to_string();
+                        let _ = s.write_all(reply(200, "application/json", &body).as_bytes()).await;
+                    }
+                    Mode::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
+                    Mode::StallMidStream => {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                        let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+                        let _ = s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn chat(state: &Arc<AppState>, content: &str, route: Option<&str>, stream: bool) -> (StatusCode, axum::http::HeaderMap, String) {
+    let body = json!({"model": "small", "messages": [{"role": "user", "content": content}], "max_tokens": 6, "temperature": 0, "stream": stream}).to_string();
+    let mut req = Request::post("/v1/chat/completions").header("content-type", "application/json");
+    if let Some(r) = route {
+        req = req.header("x-smelt-route", r);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(60), router(state.clone()).oneshot(req.body(Body::from(body)).unwrap())).await.expect("no hang").unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = tokio::time::timeout(Duration::from_secs(60), resp.into_body().collect()).await.expect("the body ends").unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn route(h: &axum::http::HeaderMap) -> String {
+    h.get("x-smelt-route").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_to_a_second_smelt_server_whole_and_streamed() {
+    let big = state_ctx("big", None, 1024);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(smelt_serve::serve(l, big.clone()));
+    let small = state("small", Some(remote_to(&addr, PrivacyMode::Pin)));
+    let (status, h, body) = chat(&small, "Hello there", Some("remote"), false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(route(&h), "remote; reason=caller");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["model"], "big", "{v}");
+    let (status, h, body) = chat(&small, "Hello there", Some("remote"), true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(route(&h), "remote; reason=caller");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(body.contains("\"model\":\"big\""), "{body}");
+    // Without the header: local.
+    let (_, h, _) = chat(&small, "Hello there", None, false).await;
+    assert_eq!(route(&h), "local; reason=default");
+    // A prompt longer than the local context goes remote by itself.
+    let long = "word ".repeat(400);
+    let (status, h, body) = chat(&small, &long, None, false).await;
+    assert_eq!(route(&h), "remote; reason=context", "{status} {body}");
+    let m = router(small.clone()).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let m = String::from_utf8(m.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(m.contains("smelt_route_total{target=\"remote\",reason=\"caller\"} 2"), "{m}");
+    assert!(m.contains("smelt_route_total{target=\"remote\",reason=\"context\"} 1"), "{m}");
+    assert!(m.contains("smelt_remote_circuit_state 0"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_data_never_reaches_the_remote_and_redaction_replaces_it() {
+    let mode = Arc::new(Mutex::new(Mode::Ok));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = stub(mode.clone(), seen.clone()).await;
+    let small = state("small", Some(remote_to(&addr, PrivacyMode::Pin)));
+    let cases = [
+        "My email is jane.doe@example.com, summarise my inbox",
+        "Charge card 4111 1111 1111 1111 please",
+        "IBAN GB82 WEST 1234 5698 7654 32",
+        "SSN 123-45-6789",
+        "Call me at +44 20 7946 0958",
+        "Use key sk-abcdefghijklmnopqrstuvwxyz0123456789",
+        "Ship to 221 Baker Street",
+        "password: correct-horse-battery",
+    ];
+    for c in cases {
+        let long = format!("{c} {}", "word ".repeat(400));
+        for (text, how) in [(c.to_string(), Some("remote")), (long, None)] {
+            let (status, h, _) = chat(&small, &text, how, false).await;
+            assert_eq!(route(&h), "local; reason=privacy", "{c}: {status}");
+        }
+    }
+    assert!(seen.lock().unwrap().is_empty(), "the remote received {:?}", seen.lock().unwrap());
+    // Redact mode: the remote gets placeholders, never the data.
+    let small = state("small", Some(remote_to(&addr, PrivacyMode::Redact)));
+    let (status, h, body) = chat(&small, "Mail jane.doe@example.com about card 4111111111111111", Some("remote"), false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(route(&h), "remote; reason=caller; redacted");
+    let got = seen.lock().unwrap().concat();
+    assert!(got.contains("[EMAIL]") && got.contains("[CARD_NUMBER]"), "{got}");
+    assert!(!got.contains("jane.doe") && !got.contains("4111111111111111"), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_remote_failure_falls_back_and_the_circuit_opens_and_closes() {
+    let mode = Arc::new(Mutex::new(Mode::Status(500)));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = stub(mode.clone(), seen.clone()).await;
+    let small = state("small", Some(remote_to(&addr, PrivacyMode::Pin)));
+    let fallback = |h: &axum::http::HeaderMap| h.get("x-smelt-fallback").map(|v| v.to_str().unwrap().to_string());
+    for (m, label) in [(Mode::Status(500), "status_5xx"), (Mode::Status(429), "status_429")] {
+        // Fresh circuit for each kind: wait out the cooldown and let a good probe close it.
+        *mode.lock().unwrap() = m;
+        let (status, h, body) = chat(&small, "hi", Some("remote"), false).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(fallback(&h).as_deref(), Some(label));
+        assert!(route(&h).starts_with("local"), "{}", route(&h));
+        let (_, h, _) = chat(&small, "hi", Some("remote"), false).await;
+        assert_eq!(fallback(&h).as_deref(), Some(label));
+        // Two failures: open. Nothing is sent while open.
+        assert!(matches!(small.router.as_ref().unwrap().remote.circuit(), Circuit::Open { .. }));
+        let before = seen.lock().unwrap().len();
+        let (_, h, _) = chat(&small, "hi", Some("remote"), false).await;
+        assert_eq!(route(&h), "local; reason=circuit_open");
+        assert_eq!(seen.lock().unwrap().len(), before);
+        // After the cooldown a good probe closes it.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        *mode.lock().unwrap() = Mode::Ok;
+        let (_, h, body) = chat(&small, "hi", Some("remote"), false).await;
+        assert_eq!(route(&h), "remote; reason=caller", "{body}");
+        assert!(body.contains("from the stub"));
+        assert_eq!(small.router.as_ref().unwrap().remote.circuit(), Circuit::Closed { failures: 0 });
+    }
+    for (m, label, stream) in [(Mode::Garbage, "bad_body", false), (Mode::Stall, "timeout", false), (Mode::Stall, "timeout", true)] {
+        *mode.lock().unwrap() = m;
+        let t = std::time::Instant::now();
+        let (status, h, _) = chat(&small, "hi", Some("remote"), stream).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(fallback(&h).as_deref(), Some(label), "{m:?}");
+        assert!(t.elapsed() < Duration::from_secs(20), "{m:?} took {:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        *mode.lock().unwrap() = Mode::Ok;
+        chat(&small, "hi", Some("remote"), false).await;
+    }
+    // Refused connections (nothing listens on the port).
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    let lonely = state("small", Some(remote_to(&closed, PrivacyMode::Pin)));
+    let (status, h, _) = chat(&lonely, "hi", Some("remote"), false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fallback(&h).as_deref(), Some("connect"));
+    // A stream that stalls after its first event: too late to fall back; it ends with an error
+    // event within the total time limit.
+    *mode.lock().unwrap() = Mode::StallMidStream;
+    let t = std::time::Instant::now();
+    let (status, h, body) = chat(&small, "hi", Some("remote"), true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(route(&h), "remote; reason=caller");
+    assert!(body.contains("Hel") && body.contains("remote_failed") && body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
