@@ -140,6 +140,30 @@ pub fn convert_rows(fmt: ActFormat, x: &[f32], cols: usize, out: &mut Vec<u8>) -
     Ok(())
 }
 
+/// [`convert_rows`] with the rows spread over `pool`'s threads (several sequences' rows in a
+/// batched decoding step: converting them one after another left the other threads waiting).
+pub fn convert_rows_pool(pool: &crate::pool::ThreadPool, fmt: ActFormat, x: &[f32], cols: usize, out: &mut Vec<u8>) -> Result<(), KernelError> {
+    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    if rows < 2 || pool.n_threads() < 2 {
+        return convert_rows(fmt, x, cols, out);
+    }
+    if !x.len().is_multiple_of(cols) {
+        return Err(KernelError::Shape(format!("{} activations are not whole rows of {cols}", x.len())));
+    }
+    let row_bytes = fmt.row_bytes(cols)?;
+    out.clear();
+    out.resize(rows * row_bytes, 0);
+    let sink = crate::pool::Disjoint::new(&mut out[..]);
+    pool.for_chunks(rows, rows.div_ceil(pool.n_threads()), &|r| {
+        for t in r {
+            // SAFETY: each row's bytes are written by one task only.
+            let dst = unsafe { sink.slice(t * row_bytes..(t + 1) * row_bytes) };
+            fmt.quantize_row(&x[t * cols..(t + 1) * cols], dst);
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

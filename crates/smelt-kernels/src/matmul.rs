@@ -163,7 +163,7 @@ pub fn gemm(pool: &ThreadPool, w: &QMatrix, x: &[f32], m: usize, y: &mut [f32], 
         _ if float || (m >= DEQUANT_GEMM_MIN_ROWS && w.ty.can_dequantize()) => gemm_float(pool, w, x, m, y),
         _ => {
             let k = kernel_for(w.ty)?;
-            convert_rows(k.act, x, w.cols, scratch)?;
+            crate::act::convert_rows_pool(pool, k.act, x, w.cols, scratch)?;
             gemm_quantized(pool, &k, w, scratch, m, y)
         }
     }

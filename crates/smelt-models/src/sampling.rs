@@ -138,6 +138,23 @@ impl Sampler {
             }
             return best.0 as u32;
         }
+        if c.top_p >= 1.0 && (c.top_k == 0 || c.top_k >= logits.len()) {
+            // No top-k or top-p cut (OpenAI's defaults): no sort, and only the tokens whose
+            // weight could matter become candidates: exp((l - max) / t) below exp(-40) (4e-18
+            // of the most likely token's) never changes a draw. min-p keeps the tokens within
+            // a factor of the most likely: l >= max + ln(min_p).
+            let max = logits.iter().enumerate().map(|(i, &l)| penalised(i, l)).filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                return 0;
+            }
+            let mut floor = max - 40.0 * c.temperature;
+            if c.min_p > 0.0 {
+                floor = floor.max(max + c.min_p.ln());
+            }
+            self.cand.clear();
+            self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, penalised(i, l))).filter(|x| x.1 >= floor && x.1.is_finite()));
+            return self.draw(max);
+        }
         self.cand.clear();
         self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, penalised(i, l))).filter(|c| c.1.is_finite()));
         if self.cand.is_empty() {
@@ -147,6 +164,15 @@ impl Sampler {
         if c.top_k > 0 && c.top_k < self.cand.len() {
             self.cand.select_nth_unstable_by(c.top_k - 1, by_logit);
             self.cand.truncate(c.top_k);
+        }
+        if c.top_p >= 1.0 {
+            // A top-k cut alone: the k candidates need no sort either.
+            let max = self.cand.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
+            if c.min_p > 0.0 {
+                let floor = max + c.min_p.ln();
+                self.cand.retain(|x| x.1 >= floor);
+            }
+            return self.draw(max);
         }
         self.cand.sort_unstable_by(by_logit);
         // Probabilities of what is left, at temperature 1 (as llama.cpp's top-p and min-p see them).
@@ -169,8 +195,13 @@ impl Sampler {
             keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
         }
         self.cand.truncate(keep);
-        // Temperature, then draw.
-        let weights: Vec<f64> = self.cand.iter().map(|x| (((x.1 - max) / c.temperature) as f64).exp()).collect();
+        self.draw(max)
+    }
+
+    /// Temperature, then a draw from the candidates left (`max` is the largest logit).
+    fn draw(&mut self, max: f32) -> u32 {
+        let t = self.cfg.temperature;
+        let weights: Vec<f64> = self.cand.iter().map(|x| (((x.1 - max) / t) as f64).exp()).collect();
         let sum: f64 = weights.iter().sum();
         let mut u = self.rng.uniform() * sum;
         for (x, w) in self.cand.iter().zip(&weights) {
