@@ -202,12 +202,13 @@ async fn a_full_queue_answers_429_and_a_gone_client_frees_its_slot() {
     let waiting_state = state.clone();
     let waiting = tokio::spawn(async move { call(&waiting_state, post("/v1/completions", json!({"model": "smollm2-135m", "prompt": "Hello", "max_tokens": 4}).to_string())).await });
     // Wait until the second request is in the queue.
-    for _ in 0..200 {
+    for _ in 0..3000 {
         if state.metrics.queued.load(std::sync::atomic::Ordering::Relaxed) == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    assert_eq!(state.metrics.queued.load(std::sync::atomic::Ordering::Relaxed), 1, "the second request never queued");
     let third = call(&state, post("/v1/completions", json!({"model": "smollm2-135m", "prompt": "Hi", "max_tokens": 4}).to_string())).await;
     assert_error(&third, StatusCode::TOO_MANY_REQUESTS, Some("server_busy"));
     assert_eq!(third.2["retry-after"], "1");

@@ -40,10 +40,15 @@ fn state_ctx(id: &str, remote: Option<Router>, context: usize) -> Arc<AppState> 
     state
 }
 
+/// A router to `addr` with short time limits (the stub's stalls end the test quickly).
 fn remote_to(addr: &str, privacy: PrivacyMode) -> Router {
+    remote_with(addr, privacy, Duration::from_millis(1500), Duration::from_secs(3))
+}
+
+fn remote_with(addr: &str, privacy: PrivacyMode, first_byte: Duration, total: Duration) -> Router {
     let mut cfg = RemoteConfig::parse(&format!("http://{addr}/v1"), "big", None).unwrap();
-    cfg.first_byte_timeout = Duration::from_millis(1500);
-    cfg.total_timeout = Duration::from_secs(3);
+    cfg.first_byte_timeout = first_byte;
+    cfg.total_timeout = total;
     cfg.retries = 0;
     cfg.failures = 2;
     cfg.cooldown = Duration::from_millis(400);
@@ -137,7 +142,8 @@ async fn escalation_to_a_second_smelt_server_whole_and_streamed() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(smelt_serve::serve(l, big.clone()));
-    let small = state("small", Some(remote_to(&addr, PrivacyMode::Pin)));
+    // A real model answers a 431-token prompt: time limits for a slow test machine.
+    let small = state("small", Some(remote_with(&addr, PrivacyMode::Pin, Duration::from_secs(60), Duration::from_secs(120))));
     let (status, h, body) = chat(&small, "Hello there", Some("remote"), false).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(route(&h), "remote; reason=caller");
