@@ -143,7 +143,7 @@ pub fn convert_rows(fmt: ActFormat, x: &[f32], cols: usize, out: &mut Vec<u8>) -
 /// [`convert_rows`] with the rows spread over `pool`'s threads (several sequences' rows in a
 /// batched decoding step: converting them one after another left the other threads waiting).
 pub fn convert_rows_pool(pool: &crate::pool::ThreadPool, fmt: ActFormat, x: &[f32], cols: usize, out: &mut Vec<u8>) -> Result<(), KernelError> {
-    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     if rows < 2 || pool.n_threads() < 2 {
         return convert_rows(fmt, x, cols, out);
     }
