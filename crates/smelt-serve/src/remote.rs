@@ -241,13 +241,15 @@ impl Remote {
             self.count_error(e);
             self.record(false);
         })?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| RemoteError::BadBody(format!("not JSON: {e}")))?;
-        if !v["choices"].is_array() {
-            let e = RemoteError::BadBody("no `choices` in the answer".into());
-            self.count_error(&e);
-            self.record(false);
-            return Err(e);
-        }
+        let v: Value = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v["choices"].is_array() => v,
+            Ok(_) | Err(_) => {
+                let e = RemoteError::BadBody("the answer is not a completion object (no JSON, or no `choices`)".into());
+                self.count_error(&e);
+                self.record(false);
+                return Err(e);
+            }
+        };
         if let Some(n) = v["usage"]["total_tokens"].as_u64() {
             self.tokens.fetch_add(n, Ordering::Relaxed);
         }
