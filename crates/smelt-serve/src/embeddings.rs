@@ -32,7 +32,7 @@ pub struct EmbedHandle {
 }
 
 /// Starts the worker; it ends when the handle is dropped.
-pub fn start(enc: Encoder, pool: ThreadPool, queue: usize) -> EmbedHandle {
+pub fn start(enc: Encoder, pool: ThreadPool, queue: usize) -> std::io::Result<EmbedHandle> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
     std::thread::Builder::new()
         .name("smelt-embed".into())
@@ -47,9 +47,8 @@ pub fn start(enc: Encoder, pool: ThreadPool, queue: usize) -> EmbedHandle {
                 let r = enc.embed(&pool, &texts, &opts).map(|v| (v, tokens)).map_err(|e| e.to_string());
                 let _ = job.reply.send(r);
             }
-        })
-        .expect("spawning the embedding thread");
-    EmbedHandle { tx }
+        })?;
+    Ok(EmbedHandle { tx })
 }
 
 pub async fn embeddings(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {

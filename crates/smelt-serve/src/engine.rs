@@ -144,7 +144,7 @@ struct Slot {
 }
 
 /// Starts the engine thread; it runs until every handle is dropped and its work is done.
-pub fn start(model: Llama, tok: Arc<Tokenizer>, pool: ThreadPool, cfg: &EngineConfig, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) -> (EngineHandle, std::thread::JoinHandle<()>) {
+pub fn start(model: Llama, tok: Arc<Tokenizer>, pool: ThreadPool, cfg: &EngineConfig, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue);
     let context = cfg.context.clamp(2, model.cfg.ctx_train);
     let handle = EngineHandle { tx, context, slots: cfg.slots };
@@ -154,9 +154,8 @@ pub fn start(model: Llama, tok: Arc<Tokenizer>, pool: ThreadPool, cfg: &EngineCo
         .spawn(move || {
             let mut engine = Engine { model, tok, pool, slots: (0..slots).map(|_| None).collect(), context, metrics, scratch: Scratch::default() };
             engine.run(rx, &stop);
-        })
-        .expect("spawning the engine thread");
-    (handle, thread)
+        })?;
+    Ok((handle, thread))
 }
 
 struct Engine {
@@ -266,50 +265,42 @@ impl Engine {
                 finish_slot(slot, &self.metrics, Some(Finish::Timeout));
             }
         }
-        // Inputs: a decoding slot's next token; prompt chunks within the step's budget.
-        let mut budget = STEP_TOKENS;
-        let mut inputs: Vec<(usize, Vec<u32>)> = Vec::new();
+        // Inputs, by slot: a decoding slot's next token; prompt chunks within the step's budget.
+        let mut feed: Vec<Option<Vec<u32>>> = vec![None; self.slots.len()];
         for (i, slot) in self.slots.iter().enumerate() {
-            let Some(a) = slot.as_ref().and_then(|s| s.active.as_ref()) else { continue };
-            if let Some(t) = a.next {
-                inputs.push((i, vec![t]));
+            if let Some(t) = slot.as_ref().and_then(|s| s.active.as_ref()).and_then(|a| a.next) {
+                feed[i] = Some(vec![t]);
             }
         }
+        let mut budget = STEP_TOKENS;
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(a) = slot.as_ref().and_then(|s| s.active.as_ref()) else { continue };
             if a.next.is_none() && !a.pending.is_empty() && budget > 0 {
                 let n = a.pending.len().min(budget);
                 budget -= n;
-                inputs.push((i, a.pending[..n].to_vec()));
+                feed[i] = Some(a.pending[..n].to_vec());
             }
         }
-        if inputs.is_empty() {
+        // The stepped slots in slot order; row k of the logits is `order[k]`'s.
+        let order: Vec<usize> = (0..feed.len()).filter(|&i| feed[i].is_some()).collect();
+        if order.is_empty() {
             return;
         }
         let result = {
-            let mut want: Vec<bool> = vec![false; self.slots.len()];
-            for (i, _) in &inputs {
-                want[*i] = true;
-            }
-            let mut steps: Vec<Step> = Vec::with_capacity(inputs.len());
-            let mut order = Vec::with_capacity(inputs.len());
-            for (i, slot) in self.slots.iter_mut().enumerate() {
-                if !want[i] {
-                    continue;
+            let mut steps: Vec<Step> = Vec::with_capacity(order.len());
+            for (slot, tokens) in self.slots.iter_mut().zip(&feed) {
+                if let (Some(s), Some(tokens)) = (slot.as_mut(), tokens) {
+                    steps.push(Step { sess: &mut s.sess, tokens });
                 }
-                let s = slot.as_mut().expect("an active slot has a session");
-                let tokens = &inputs.iter().find(|(j, _)| *j == i).expect("input of a wanted slot").1;
-                order.push(i);
-                steps.push(Step { sess: &mut s.sess, tokens });
             }
-            self.model.forward_batch(&self.pool, &mut self.scratch, &mut steps).map(|l| (l.to_vec(), order))
+            self.model.forward_batch(&self.pool, &mut self.scratch, &mut steps).map(<[f32]>::to_vec)
         };
-        let (logits, order) = match result {
+        let logits = match result {
             Ok(r) => r,
             Err(e) => {
                 // A failed step (a corrupt weight giving NaN): every request in it gets the error.
-                for (i, _) in &inputs {
-                    if let Some(slot) = self.slots[*i].as_mut() {
+                for &i in &order {
+                    if let Some(slot) = self.slots[i].as_mut() {
                         if let Some(a) = &slot.active {
                             let _ = a.req.events.send(Event::Error(format!("the model failed: {e}")));
                         }
@@ -324,9 +315,9 @@ impl Engine {
         let kv: usize = self.slots.iter().flatten().map(|s| s.sess.kv.bytes()).sum();
         self.metrics.kv_bytes.store(kv as u64, Ordering::Relaxed);
         for (k, &i) in order.iter().enumerate() {
-            let slot = self.slots[i].as_mut().expect("stepped slot");
-            let fed = inputs.iter().find(|(j, _)| *j == i).map_or(0, |(_, t)| t.len());
-            let a = slot.active.as_mut().expect("stepped slot is active");
+            let fed = feed[i].as_ref().map_or(0, Vec::len);
+            let Some(slot) = self.slots[i].as_mut() else { continue };
+            let Some(a) = slot.active.as_mut() else { continue };
             if a.next.is_none() {
                 a.pending.drain(..fed);
                 if !a.pending.is_empty() {

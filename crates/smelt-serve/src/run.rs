@@ -127,14 +127,14 @@ fn load(opts: &ServeOptions, state: &AppState, log: &(dyn Fn(&str) + Send + Sync
     let context = opts.context.unwrap_or(loaded.model.cfg.ctx_train.min(4096));
     let cfg = EngineConfig { slots: opts.slots, context, queue: opts.queue };
     let tok = Arc::new(loaded.tok);
-    let (engine, _thread) = engine::start(loaded.model, tok.clone(), ThreadPool::new(opts.threads), &cfg, state.metrics.clone(), stop);
+    let (engine, _thread) = engine::start(loaded.model, tok.clone(), ThreadPool::new(opts.threads), &cfg, state.metrics.clone(), stop)?;
     log(&format!("loaded {} in {:.1} s: {} slots of {} tokens, queue {}", path.display(), t.elapsed().as_secs_f64(), cfg.slots, engine.context, cfg.queue));
     let _ = state.decoder.set(Decoder { engine, tok, template: loaded.template });
     if let Some(name) = &opts.embed {
         let path = smelt_assets::resolve_model(name, &mut |_| {}).map_err(|e| ServeError::Load { what: name.clone(), source: Box::new(e.into()) })?;
         let enc = Encoder::load(&path, None).map_err(|source| ServeError::Load { what: name.clone(), source: Box::new(source) })?;
         log(&format!("loaded the encoder {} (dimension {})", path.display(), enc.dim()));
-        let _ = state.embedder.set(embeddings::start(enc, ThreadPool::new(opts.threads), opts.queue.max(1)));
+        let _ = state.embedder.set(embeddings::start(enc, ThreadPool::new(opts.threads), opts.queue.max(1))?);
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ fn state_with(as_type: Option<GgmlType>, slots: usize, queue: usize, api_key: Op
     let state = Arc::new(AppState::new("smollm2-135m".into(), None, api_key.map(String::from), Limits { max_body: 64 << 10, ..Limits::default() }));
     let tok = Arc::new(loaded.tok);
     let cfg = EngineConfig { slots, context: 512, queue };
-    let (engine, _) = engine::start(loaded.model, tok.clone(), ThreadPool::new(2), &cfg, state.metrics.clone(), Arc::new(AtomicBool::new(false)));
+    let (engine, _) = engine::start(loaded.model, tok.clone(), ThreadPool::new(2), &cfg, state.metrics.clone(), Arc::new(AtomicBool::new(false))).unwrap();
     assert!(state.decoder.set(Decoder { engine, tok, template: loaded.template }).is_ok());
     state
 }
@@ -243,7 +243,7 @@ async fn embeddings_match_sentence_transformers() {
     use smelt_formats::npy::read_npy;
     let enc = smelt_models::Encoder::load(&smelt_assets::ensure("all-minilm-l6-v2").unwrap(), None).unwrap();
     let state = Arc::new(AppState::new("lm".into(), Some("all-minilm-l6-v2".into()), None, Limits::default()));
-    assert!(state.embedder.set(embeddings::start(enc, ThreadPool::new(2), 4)).is_ok());
+    assert!(state.embedder.set(embeddings::start(enc, ThreadPool::new(2), 4).unwrap()).is_ok());
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(reference("encoder_reference.json")).unwrap()).unwrap();
     let kept = meta["texts"]["sts_kept"].as_u64().unwrap() as usize;
     let texts: Vec<String> = std::fs::read_to_string(reference("encoder_texts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).filter(|t: &String| !t.is_empty()).take(8).collect();

@@ -35,7 +35,7 @@ fn state_ctx(id: &str, remote: Option<Router>, context: usize) -> Arc<AppState> 
     let state = Arc::new(state);
     let tok = Arc::new(loaded.tok);
     let cfg = EngineConfig { slots: 2, context, queue: 4 };
-    let (engine, _) = engine::start(loaded.model, tok.clone(), ThreadPool::new(2), &cfg, state.metrics.clone(), Arc::new(AtomicBool::new(false)));
+    let (engine, _) = engine::start(loaded.model, tok.clone(), ThreadPool::new(2), &cfg, state.metrics.clone(), Arc::new(AtomicBool::new(false))).unwrap();
     assert!(state.decoder.set(Decoder { engine, tok, template: loaded.template }).is_ok());
     state
 }
