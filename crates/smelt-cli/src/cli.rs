@@ -113,6 +113,10 @@ pub enum Command {
     /// decoding many requests together; /health and Prometheus /metrics beside it.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// Measure the hybrid router on a labelled task: label prompts for its complexity
+    /// classifier, and draw each signal's cost-quality curve (quality against requests escalated).
+    #[command(after_help = ROUTE_HELP)]
+    Route(RouteArgs),
     /// Sentence embeddings from an encoder (all-MiniLM-L6-v2 by default): one text per input
     /// line, one vector per output line (JSON) or one row of a .npy matrix.
     #[command(after_help = EMBED_HELP)]

@@ -52,6 +52,7 @@ pub const MAX_THREADS: u64 = 4096;
 /// Longest context or prompt any option may ask for (models' own limits apply on top).
 const MAX_TOKENS: u64 = 1 << 20;
 const MEASURE: &[&str] = &["eval", "compare", "shrink"];
+const ROUTER: &[&str] = &["serve", "label", "eval"];
 
 /// Every numeric option of every command, with its range.
 pub const SETTINGS: &[Setting] = &[
@@ -72,6 +73,13 @@ pub const SETTINGS: &[Setting] = &[
     int("queue", &["serve"], 0, 1 << 16),
     of("timeout", Ty::F64, Bound::positive("timeout", 1e7)),
     int("max_body", &["serve"], 1024, 1 << 30),
+    // The router's signals (serve, and route label|eval which measure them).
+    Setting { id: "complexity_threshold", commands: ROUTER, ty: Ty::F32, bound: Bound::float("complexity_threshold", 0.0, 1.0) },
+    int("confidence_tokens", ROUTER, 0, 256),
+    Setting { id: "confidence_logprob", commands: ROUTER, ty: Ty::F32, bound: Bound::float("confidence_logprob", -100.0, 0.0) },
+    Setting { id: "confidence_top1", commands: ROUTER, ty: Ty::F32, bound: Bound::float("confidence_top1", 0.0, 1.0) },
+    int("concurrency", &["label", "eval"], 1, 1024),
+    Setting { id: "target", commands: &["eval"], ty: Ty::F64, bound: Bound::float("target", 0.0, 1.0) },
     Setting { id: "remote_rpm", commands: &["serve"], ty: Ty::U64, bound: Bound::int("remote_rpm", 1, 1 << 40) },
     Setting { id: "remote_tokens_per_day", commands: &["serve"], ty: Ty::U64, bound: Bound::int("remote_tokens_per_day", 1, 1 << 60) },
     of("remote_timeout", Ty::F64, Bound::positive("remote_timeout", 1e6)),

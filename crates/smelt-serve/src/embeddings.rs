@@ -102,6 +102,20 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Result<Bytes, 
     Ok(Json(json!({"object": "list", "data": data, "model": id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
 }
 
+/// One text's embedding, for the router's complexity signal (the same worker and queue as
+/// `/v1/embeddings`).
+pub async fn embed_one(state: &AppState, text: String) -> Result<Vec<f32>, ApiError> {
+    let worker = state.embedder.get().ok_or_else(ApiError::loading)?;
+    let (reply, rx) = oneshot::channel();
+    match worker.tx.try_send(Job { texts: vec![text], reply }) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => return Err(ApiError::busy(1)),
+        Err(TrySendError::Disconnected(_)) => return Err(ApiError::internal("the embedding worker has stopped")),
+    }
+    let (mut vectors, _) = rx.await.map_err(|_| ApiError::internal("the embedding worker dropped the request"))?.map_err(|e| ApiError::invalid(e, None))?;
+    vectors.pop().ok_or_else(|| ApiError::internal("the embedding worker returned no vector"))
+}
+
 /// OpenAI's base64 form: the vector's little-endian float32 bytes.
 pub fn encode_base64(v: &[f32]) -> String {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();

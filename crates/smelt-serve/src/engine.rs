@@ -40,6 +40,54 @@ pub struct GenRequest {
     pub deadline: Option<Instant>,
     pub events: UnboundedSender<Event>,
     pub enqueued: Instant,
+    /// Hold the first tokens back until their confidence is known (the router's draft).
+    pub gate: Option<Gate>,
+}
+
+/// The router's confidence gate: the first `tokens` generated tokens are held back, and the
+/// engine reports [`Event::Confidence`] before anything else. A draft whose mean log-probability
+/// (`1/n sum_i log p(t_i)`) or lowest top-1 probability (`min_i max_v p_i(v)`) falls below its
+/// threshold is dropped (nothing follows the verdict); otherwise the held tokens follow and the
+/// generation goes on, so a confident draft costs nothing extra.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gate {
+    pub tokens: usize,
+    pub min_mean_logprob: f32,
+    pub min_top1: f32,
+}
+
+/// How sure the model was of a draft.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Confidence {
+    /// Tokens judged (fewer than the gate's when the answer ended sooner).
+    pub tokens: usize,
+    pub mean_logprob: f32,
+    pub min_top1: f32,
+}
+
+impl Confidence {
+    /// An empty draft (the answer ended at once) passes: there is nothing to doubt.
+    pub fn passes(&self, g: &Gate) -> bool {
+        self.tokens == 0 || (self.mean_logprob >= g.min_mean_logprob && self.min_top1 >= g.min_top1)
+    }
+}
+
+/// A gate being judged: the statistics so far and the events held back.
+struct Judging {
+    gate: Gate,
+    sum: f64,
+    min_top1: f32,
+    n: usize,
+    held: Vec<Event>,
+    /// `None` while judging; then whether the draft passed.
+    verdict: Option<bool>,
+}
+
+impl Judging {
+    fn confidence(&self) -> Confidence {
+        let mean = if self.n == 0 { 0.0 } else { (self.sum / self.n as f64) as f32 };
+        Confidence { tokens: self.n, mean_logprob: mean, min_top1: if self.n == 0 { 1.0 } else { self.min_top1 } }
+    }
 }
 
 /// A token's log-probability and the most likely alternatives at its position.
@@ -77,6 +125,9 @@ pub enum Event {
     Token { text: String, logprob: Option<TokenLogprob> },
     Done { finish: Finish, prompt_tokens: usize, cached_tokens: usize, completion_tokens: usize },
     Error(String),
+    /// The gate's verdict, first of all events when the request has a gate; when `pass` is
+    /// false nothing follows.
+    Confidence { confidence: Confidence, pass: bool },
 }
 
 /// The HTTP side's handle: submits requests, never blocks.
@@ -136,6 +187,40 @@ struct Active {
     generated: usize,
     cached: usize,
     first_token: bool,
+    judging: Option<Judging>,
+}
+
+impl Active {
+    /// Sends `e`, or holds it back while the gate is judging.
+    fn emit(&mut self, e: Event) {
+        match &mut self.judging {
+            Some(j) if j.verdict.is_none() => j.held.push(e),
+            _ => {
+                let _ = self.req.events.send(e);
+            }
+        }
+    }
+
+    /// Ends the judging: the verdict first, then (if it passed) the held events. Returns the
+    /// verdict (true when there is no gate).
+    fn judge(&mut self, metrics: &Metrics) -> bool {
+        let Some(j) = &mut self.judging else { return true };
+        if let Some(v) = j.verdict {
+            return v;
+        }
+        let confidence = j.confidence();
+        let pass = confidence.passes(&j.gate);
+        j.verdict = Some(pass);
+        let held = std::mem::take(&mut j.held);
+        metrics.count_confidence(pass);
+        let _ = self.req.events.send(Event::Confidence { confidence, pass });
+        if pass {
+            for e in held {
+                let _ = self.req.events.send(e);
+            }
+        }
+        pass
+    }
 }
 
 struct Slot {
@@ -248,7 +333,8 @@ impl Engine {
         let pending = req.prompt[reuse..].to_vec();
         self.metrics.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
         self.metrics.running.fetch_add(1, Ordering::Relaxed);
-        slot.active = Some(Active { req, sampler, stream, pending, next: None, generated: 0, cached: reuse, first_token: true });
+        let judging = req.gate.map(|gate| Judging { gate, sum: 0.0, min_top1: 1.0, n: 0, held: Vec::new(), verdict: None });
+        slot.active = Some(Active { req, sampler, stream, pending, next: None, generated: 0, cached: reuse, first_token: true, judging });
     }
 
     /// One forward pass over every active slot, then a token for each slot that has finished
@@ -351,7 +437,17 @@ fn next_token(a: &mut Active, row: &[f32], tok: &Tokenizer, held: usize, context
     metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
     let logprob = a.req.logprobs.map(|k| logprob_of(row, id, k, tok));
     let (text, stopped) = a.stream.push(tok, id);
-    let _ = a.req.events.send(Event::Token { text: text.to_string(), logprob });
+    let text = text.to_string();
+    a.emit(Event::Token { text, logprob });
+    if let Some(j) = a.judging.as_mut().filter(|j| j.verdict.is_none()) {
+        let (lp, top1) = confidence_of(row, id);
+        j.sum += lp as f64;
+        j.min_top1 = j.min_top1.min(top1);
+        j.n += 1;
+        if j.n >= j.gate.tokens && !a.judge(metrics) {
+            return Some(Finish::Stop); // dropped: `finish_slot` sends nothing more
+        }
+    }
     if stopped {
         return Some(Finish::Stop);
     }
@@ -370,11 +466,23 @@ fn finish_slot(slot: &mut Slot, metrics: &Metrics, finish: Option<Finish>) {
     if let Some(f) = finish {
         let rest = a.stream.finish().to_string();
         if !rest.is_empty() {
-            let _ = a.req.events.send(Event::Token { text: rest, logprob: None });
+            a.emit(Event::Token { text: rest, logprob: None });
+        }
+        // An answer shorter than the draft is judged on what it has.
+        if !a.judge(metrics) {
+            return;
         }
         let _ = a.req.events.send(Event::Done { finish: f, prompt_tokens: a.req.prompt.len(), cached_tokens: a.cached, completion_tokens: a.generated });
         metrics.e2e.observe(a.req.enqueued.elapsed().as_secs_f64());
     }
+}
+
+/// `(log p(id), max_v p(v))` under `softmax(row)`: the gate's two statistics for one token.
+pub fn confidence_of(row: &[f32], id: u32) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    (row[id as usize] - lse, (max - lse).exp())
 }
 
 /// The log-probability of `id` under the model's distribution (`log softmax(row)`), and the `k`

@@ -2,7 +2,6 @@
 //! exchange (whole or streamed through), the local answer when the remote fails, and the
 //! headers that explain what happened.
 
-use std::future::Future;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -13,26 +12,49 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 
 use crate::api::ApiError;
+use crate::generate::{Local, Outcome};
 use crate::privacy::Detector;
 use crate::remote::RemoteError;
 use crate::router::{Decision, Override, Router, Target};
 use crate::AppState;
 
 /// Answers a request: `raw` is its JSON (forwarded to the remote as is, but for the model name
-/// and any redaction), `texts` its message or prompt texts, `prompt_tokens` its local prompt
-/// length, `local` the local answer (run only if needed).
-pub async fn answer(state: &AppState, headers: &HeaderMap, raw: Value, path: &'static str, texts: &[String], prompt_tokens: usize, local: impl Future<Output = Result<Response, ApiError>>) -> Result<Response, ApiError> {
+/// and any redaction), `texts` its message or prompt texts, `local` the local answer (run only
+/// if needed).
+pub async fn answer(state: &AppState, headers: &HeaderMap, raw: Value, path: &'static str, texts: &[String], local: &Local) -> Result<Response, ApiError> {
     let Some(router) = &state.router else {
-        return local.await;
+        return local.answer(state).await;
     };
     let over = Override::parse(headers.get("x-smelt-route").and_then(|v| v.to_str().ok())).map_err(|e| ApiError::invalid(e, None))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let findings = router.findings(&refs);
+    let private = !router.findings(&refs).is_empty();
     let context = state.decoder.get().map_or(usize::MAX, |d| d.engine.context);
-    let d = router.decide(!findings.is_empty(), over, prompt_tokens, context);
+    let mut d = router.decide(private, over, local.prompt.len(), context);
+    if d.target == Target::Local && d.reason == "default" && router.could_escalate() {
+        // The content signals: the classifier first (cheap), then the draft.
+        if let Some(cx) = &router.complexity {
+            // An embedding that fails (the worker busy) leaves the decision to the draft.
+            if let Ok(x) = crate::embeddings::embed_one(state, texts.join("\n")).await {
+                if cx.p_remote(&x) >= cx.threshold {
+                    d = router.escalate("complexity", private);
+                }
+            }
+        }
+        if d.target == Target::Local && d.reason == "default" {
+            if let Some(gate) = router.confidence {
+                match local.run(state, Some(gate)).await? {
+                    Outcome::Answer(r) => {
+                        state.metrics.count_route("local", "default");
+                        return Ok(tag(r, &d, None));
+                    }
+                    Outcome::Unsure(_) => d = router.escalate("confidence", private),
+                }
+            }
+        }
+    }
     state.metrics.count_route(d.target.label(), d.reason);
     if d.target == Target::Local {
-        return Ok(tag(local.await.unwrap_or_else(IntoResponse::into_response), &d, None));
+        return Ok(tag(local.answer(state).await.unwrap_or_else(IntoResponse::into_response), &d, None));
     }
     let mut body = raw;
     if d.redact {
@@ -50,7 +72,7 @@ pub async fn answer(state: &AppState, headers: &HeaderMap, raw: Value, path: &'s
             // Graceful degradation: the local model answers, and says why.
             state.metrics.count_route("local", "fallback");
             let d = Decision { target: Target::Local, ..d };
-            Ok(tag(local.await.unwrap_or_else(IntoResponse::into_response), &d, Some(e.label())))
+            Ok(tag(local.answer(state).await.unwrap_or_else(IntoResponse::into_response), &d, Some(e.label())))
         }
     }
 }

@@ -19,7 +19,8 @@ use smelt_models::Message;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::api::{self, ApiError, ChatRequest, CompletionRequest, Content, Prompt, Sampling};
-use crate::engine::{Event, Finish, GenRequest, SubmitError, TokenLogprob};
+use crate::engine::{Confidence, Event, Finish, Gate, GenRequest, SubmitError, TokenLogprob};
+use smelt_models::SamplerConfig;
 use crate::{parse_body, AppState, Decoder};
 
 /// Which endpoint a generation answers (their JSON differs).
@@ -30,6 +31,7 @@ enum Kind {
 }
 
 /// Everything needed to answer once the engine has the request.
+#[derive(Clone)]
 struct Job {
     kind: Kind,
     id: String,
@@ -105,8 +107,8 @@ pub async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
         (false, None) => None,
     };
     let job = Job { kind: Kind::Chat, id: state.response_id("chatcmpl"), model: state.model_id.clone(), created: crate::unix_now(), stream: req.sampling.stream, include_usage: include_usage(&req.sampling), logprobs: top.is_some(), echo: None };
-    let n = prompt.len();
-    crate::escalate::answer(&state, &headers, raw, "/chat/completions", &texts, n, run(&state, dec, prompt, max, top, req.sampling, job)).await
+    let local = Local::new(prompt, max, top, req.sampling, job)?;
+    crate::escalate::answer(&state, &headers, raw, "/chat/completions", &texts, &local).await
 }
 
 pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
@@ -141,49 +143,90 @@ pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap,
     };
     let texts = vec![text.clone()];
     let job = Job { kind: Kind::Completion, id: state.response_id("cmpl"), model: state.model_id.clone(), created: crate::unix_now(), stream: req.sampling.stream, include_usage: include_usage(&req.sampling), logprobs: top.is_some(), echo: req.echo.then_some(text) };
-    let n = prompt.len();
-    crate::escalate::answer(&state, &headers, raw, "/completions", &texts, n, run(&state, dec, prompt, max, top, req.sampling, job)).await
+    let local = Local::new(prompt, max, top, req.sampling, job)?;
+    crate::escalate::answer(&state, &headers, raw, "/completions", &texts, &local).await
 }
 
 fn include_usage(s: &Sampling) -> bool {
     s.stream && s.stream_options.as_ref().is_some_and(|o| o.include_usage)
 }
 
-/// Submits the generation and answers it, streamed or whole.
-async fn run(state: &AppState, dec: &Decoder, prompt: Vec<u32>, max: Option<usize>, top: Option<usize>, mut sampling: Sampling, job: Job) -> Result<Response, ApiError> {
-    let ctx = dec.engine.context;
-    if prompt.is_empty() {
-        return Err(ApiError::invalid("the prompt is empty: there is nothing to continue", Some("prompt")));
+/// The local answer to a checked request, run only if the router keeps it local (or falls back).
+pub struct Local {
+    pub prompt: Vec<u32>,
+    max: Option<usize>,
+    top: Option<usize>,
+    sampler: SamplerConfig,
+    stop: Vec<String>,
+    ignore_eos: bool,
+    job: Job,
+}
+
+/// What the local model did with a request.
+pub enum Outcome {
+    Answer(Response),
+    /// The confidence gate found its draft unsure: nothing was sent, the router may escalate.
+    Unsure(Confidence),
+}
+
+impl Local {
+    fn new(prompt: Vec<u32>, max: Option<usize>, top: Option<usize>, mut sampling: Sampling, job: Job) -> Result<Local, ApiError> {
+        let sampler = api::sampler(&sampling)?;
+        let stop = sampling.stop.take().map(api::Stop::into_vec).transpose()?.unwrap_or_default();
+        Ok(Local { prompt, max, top, sampler, stop, ignore_eos: sampling.ignore_eos, job })
     }
-    if prompt.len() >= ctx {
-        return Err(ApiError::invalid(format!("this model's context holds {ctx} tokens; the prompt has {} (prompt and answer must fit together)", prompt.len()), Some("messages")).with_code("context_length_exceeded"));
-    }
-    let sampler = api::sampler(&sampling)?;
-    let stop = sampling.stop.take().map(api::Stop::into_vec).transpose()?.unwrap_or_default();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let req = GenRequest {
-        max_tokens: max.unwrap_or(ctx).min(ctx - prompt.len()),
-        prompt,
-        stop,
-        sampler,
-        logprobs: top,
-        ignore_eos: sampling.ignore_eos,
-        deadline: state.limits.timeout.map(|t| Instant::now() + t),
-        events: tx,
-        enqueued: Instant::now(),
-    };
-    match dec.engine.submit(req, &state.metrics) {
-        Ok(()) => {}
-        Err(SubmitError::Busy) => {
-            state.metrics.rejected_busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(ApiError::busy(1));
+
+    /// Submits the generation and answers it, streamed or whole; with a `gate`, waits for the
+    /// draft's verdict first.
+    pub async fn run(&self, state: &AppState, gate: Option<Gate>) -> Result<Outcome, ApiError> {
+        let dec = decoder(state)?;
+        let ctx = dec.engine.context;
+        let prompt = self.prompt.clone();
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("the prompt is empty: there is nothing to continue", Some("prompt")));
         }
-        Err(SubmitError::Gone) => return Err(ApiError::internal("the engine has stopped (the server is shutting down)")),
+        if prompt.len() >= ctx {
+            return Err(ApiError::invalid(format!("this model's context holds {ctx} tokens; the prompt has {} (prompt and answer must fit together)", prompt.len()), Some("messages")).with_code("context_length_exceeded"));
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let req = GenRequest {
+            max_tokens: self.max.unwrap_or(ctx).min(ctx - prompt.len()),
+            prompt,
+            stop: self.stop.clone(),
+            sampler: self.sampler.clone(),
+            logprobs: self.top,
+            ignore_eos: self.ignore_eos,
+            deadline: state.limits.timeout.map(|t| Instant::now() + t),
+            events: tx,
+            enqueued: Instant::now(),
+            gate,
+        };
+        match dec.engine.submit(req, &state.metrics) {
+            Ok(()) => {}
+            Err(SubmitError::Busy) => {
+                state.metrics.rejected_busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(ApiError::busy(1));
+            }
+            Err(SubmitError::Gone) => return Err(ApiError::internal("the engine has stopped (the server is shutting down)")),
+        }
+        if gate.is_some() {
+            match rx.recv().await {
+                Some(Event::Confidence { pass: true, .. }) => {}
+                Some(Event::Confidence { confidence, pass: false }) => return Ok(Outcome::Unsure(confidence)),
+                Some(Event::Error(e)) => return Err(ApiError::invalid(e, None)),
+                _ => return Err(ApiError::internal("the engine dropped the request")),
+            }
+        }
+        let job = self.job.clone();
+        Ok(Outcome::Answer(if job.stream { stream(job, rx).into_response() } else { whole(job, rx).await.map(|v| Json(v).into_response())? }))
     }
-    if job.stream {
-        Ok(stream(job, rx).into_response())
-    } else {
-        whole(job, rx).await.map(|v| Json(v).into_response())
+
+    /// The answer without a gate.
+    pub async fn answer(&self, state: &AppState) -> Result<Response, ApiError> {
+        match self.run(state, None).await? {
+            Outcome::Answer(r) => Ok(r),
+            Outcome::Unsure(_) => Err(ApiError::internal("an ungated request was judged")),
+        }
     }
 }
 
@@ -210,6 +253,7 @@ async fn whole(job: Job, mut rx: UnboundedReceiver<Event>) -> Result<Value, ApiE
                 }));
             }
             Some(Event::Error(e)) => return Err(ApiError::invalid(e, None)),
+            Some(Event::Confidence { .. }) => {}
             None => return Err(ApiError::internal("the engine dropped the request")),
         }
     }
@@ -320,6 +364,7 @@ impl Streaming {
                 self.out.push_back(Sse::default().data(ApiError::invalid(e, None).body().to_string()));
                 self.done = true;
             }
+            Some(Event::Confidence { .. }) => {}
             None => {
                 self.out.push_back(Sse::default().data(ApiError::internal("the engine dropped the request").body().to_string()));
                 self.done = true;

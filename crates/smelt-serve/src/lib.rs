@@ -21,6 +21,7 @@ pub mod generate;
 pub mod metrics;
 pub mod privacy;
 pub mod remote;
+pub mod route_eval;
 pub mod router;
 pub mod run;
 
@@ -58,11 +59,16 @@ pub struct Limits {
     pub timeout: Option<Duration>,
     /// Inputs per embeddings request.
     pub max_inputs: usize,
+    /// Time a client has to send a request's headers; a connection that dawdles (slow-loris)
+    /// is closed.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers arrived (408 past it).
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body: 4 << 20, timeout: Some(Duration::from_secs(600)), max_inputs: 2048 }
+        Limits { max_body: 4 << 20, timeout: Some(Duration::from_secs(600)), max_inputs: 2048, header_timeout: Duration::from_secs(10), body_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -129,6 +135,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), read_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(state.limits.max_body))
         .with_state(state)
@@ -196,9 +203,68 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: Result<axum::body::Bytes
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON for this endpoint: {e}"), None))
 }
 
+/// Connections served at once; further clients wait in the kernel's backlog, so a flood of idle
+/// connections cannot exhaust the process's file descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
+
 /// Runs the service on `listener` until SIGTERM or Ctrl-C; in-flight requests finish first.
+///
+/// Each connection is HTTP/1.1 with keep-alive, a header deadline ([`Limits::header_timeout`])
+/// and a body deadline ([`Limits::body_timeout`], in [`router`]'s middleware); at most
+/// [`MAX_CONNECTIONS`] at once.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await
+    let header_timeout = state.limits.header_timeout;
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut signal = std::pin::pin!(shutdown_signal());
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut signal => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                // Out of descriptors or a connection reset before accept: wait a moment, go on.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+        let conn = graceful.watch(b.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Reads the request body within [`Limits::body_timeout`] and the size limit, so that a handler never
+/// waits on a client that sends slowly: 408 past the time, 413 past the size.
+async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(state.limits.body_timeout, axum::body::to_bytes(body, state.limits.max_body)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let (status, message) = if too_large {
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than this server's limit of {} bytes (--max-body)", state.limits.max_body))
+            } else {
+                (StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"))
+            };
+            ApiError { status, message, kind: "invalid_request_error", param: None, code: None, retry_after: None }.into_response()
+        }
+        Err(_) => ApiError { status: StatusCode::REQUEST_TIMEOUT, message: format!("the request body did not arrive within {:.0} s", state.limits.body_timeout.as_secs_f64()), kind: "invalid_request_error", param: None, code: Some("timeout"), retry_after: None }.into_response(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub kv_bytes: AtomicU64,
     pub ttft: Histogram,
     pub e2e: Histogram,
+    /// Confidence gate verdicts: drafts that passed, drafts found unsure.
+    pub confident: AtomicU64,
+    pub unsure: AtomicU64,
 }
 
 impl Metrics {
@@ -76,6 +79,10 @@ impl Metrics {
 
     pub fn count_route(&self, target: &'static str, reason: &'static str) {
         *self.routes.lock().unwrap_or_else(|p| p.into_inner()).entry((target, reason)).or_insert(0) += 1;
+    }
+
+    pub fn count_confidence(&self, pass: bool) {
+        if pass { &self.confident } else { &self.unsure }.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -89,6 +96,8 @@ impl Metrics {
         for ((target, reason), n) in self.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "smelt_route_total{{target=\"{target}\",reason=\"{reason}\"}} {n}");
         }
+        let _ = writeln!(out, "# HELP smelt_confidence_total Drafts judged by the confidence gate, by outcome (unsure: escalated or answered again).\n# TYPE smelt_confidence_total counter");
+        let _ = writeln!(out, "smelt_confidence_total{{outcome=\"confident\"}} {}\nsmelt_confidence_total{{outcome=\"unsure\"}} {}", self.confident.load(Ordering::Relaxed), self.unsure.load(Ordering::Relaxed));
         let counters = [
             ("smelt_prompt_tokens_total", "Prompt tokens of admitted generation requests.", self.prompt_tokens.load(Ordering::Relaxed)),
             ("smelt_generated_tokens_total", "Tokens generated.", self.generated_tokens.load(Ordering::Relaxed)),

@@ -185,7 +185,7 @@ impl Remote {
             if !self.admit() {
                 return Err(last);
             }
-            match self.attempt(path, bytes.clone()).await {
+            match self.attempt(hyper::Method::POST, path, bytes.clone()).await {
                 Ok(r) => {
                     self.record(true);
                     return Ok(r);
@@ -205,7 +205,7 @@ impl Remote {
         Err(last)
     }
 
-    async fn attempt(&self, path: &str, body: Bytes) -> Result<Response<Incoming>, RemoteError> {
+    async fn attempt(&self, method: hyper::Method, path: &str, body: Bytes) -> Result<Response<Incoming>, RemoteError> {
         let c = &self.cfg;
         let stream = tokio::time::timeout(c.connect_timeout, tokio::net::TcpStream::connect(&c.authority))
             .await
@@ -215,7 +215,9 @@ impl Remote {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = hyper::Request::post(format!("{}{path}", c.base_path))
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", c.base_path))
             .header("host", &c.authority)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream");
@@ -235,6 +237,20 @@ impl Remote {
     /// A whole (non-streamed) answer: the body read within the total time and size limits and
     /// checked to be a completion object.
     pub async fn whole(&self, path: &str, body: Value, started: Instant) -> Result<Value, RemoteError> {
+        self.fetch(path, body, started, "choices").await
+    }
+
+    /// The ids `GET /models` lists (one attempt, no retry).
+    pub async fn models(&self) -> Result<Vec<String>, RemoteError> {
+        let resp = self.attempt(hyper::Method::GET, "/models", Bytes::new()).await?;
+        let bytes = read_limited(resp.into_body(), 1 << 20, self.cfg.total_timeout).await?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| RemoteError::BadBody(format!("GET /models: {e}")))?;
+        let ids = v["data"].as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect()).unwrap_or_default();
+        Ok(ids)
+    }
+
+    /// A whole JSON answer whose `field` must be an array (`choices`, or `data` of embeddings).
+    pub async fn fetch(&self, path: &str, body: Value, started: Instant, field: &str) -> Result<Value, RemoteError> {
         let resp = self.post(path, body).await?;
         let left = self.cfg.total_timeout.saturating_sub(started.elapsed());
         let bytes = read_limited(resp.into_body(), self.cfg.max_body, left).await.inspect_err(|e| {
@@ -242,9 +258,9 @@ impl Remote {
             self.record(false);
         })?;
         let v: Value = match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v) if v["choices"].is_array() => v,
+            Ok(v) if v[field].is_array() => v,
             Ok(_) | Err(_) => {
-                let e = RemoteError::BadBody("the answer is not a completion object (no JSON, or no `choices`)".into());
+                let e = RemoteError::BadBody(format!("the answer is not the object asked for (no JSON, or no `{field}`)"));
                 self.count_error(&e);
                 self.record(false);
                 return Err(e);

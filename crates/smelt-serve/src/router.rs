@@ -8,7 +8,16 @@
 //! 4. a prompt longer than the local context: remote (`context`);
 //! 5. the remote budget (requests per minute, tokens per day) spent: local (`budget`);
 //! 6. the remote's circuit open: local (`circuit_open`);
-//! 7. otherwise local (`default`).
+//! 7. the complexity classifier (a logistic head on the prompt's embedding, trained with
+//!    `smelt classify` on prompts labelled `local`/`remote` by `smelt route label`) gives
+//!    `p(remote) >= threshold`: remote (`complexity`);
+//! 8. the confidence gate: the local model drafts the first tokens; a draft whose mean
+//!    log-probability or lowest top-1 probability is under its threshold is dropped before
+//!    anything is sent, and the request goes remote (`confidence`);
+//! 9. otherwise local (`default`).
+//!
+//! Signals 7 and 8 run only when the remote could take the request (budget left, circuit not
+//! open), so a request never pays for a draft it cannot act on.
 //!
 //! Every decision is counted in `/metrics` (`smelt_route_total{target,reason}`) and explained in
 //! the response's `x-smelt-route` header; an escalation whose remote fails is answered locally
@@ -18,6 +27,9 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use smelt_models::classify::Head;
+
+use crate::engine::Gate;
 use crate::privacy::{Detector, Finding};
 use crate::remote::Remote;
 
@@ -62,12 +74,37 @@ pub struct Budget {
     pub tokens_per_day: Option<u64>,
 }
 
+/// The complexity signal: a classifier head on the encoder's embedding of the request's texts.
+#[derive(Clone, Debug)]
+pub struct Complexity {
+    pub head: Head,
+    /// Index of the head's `remote` label (the local model is expected to fail).
+    pub remote: usize,
+    /// Escalate when `p(remote) >= threshold`.
+    pub threshold: f32,
+}
+
+impl Complexity {
+    /// Checks that `head` has a `remote` label.
+    pub fn new(head: Head, threshold: f32) -> Result<Complexity, String> {
+        let remote = head.labels.iter().position(|l| l == "remote").ok_or_else(|| format!("the complexity head's labels are {:?}; it needs a \"remote\" label (train it on `smelt route label` output)", head.labels))?;
+        Ok(Complexity { head, remote, threshold })
+    }
+
+    /// `p(remote)` for one embedding.
+    pub fn p_remote(&self, x: &[f32]) -> f32 {
+        self.head.probabilities(x)[self.remote]
+    }
+}
+
 /// The router's settings and state.
 pub struct Router {
     pub remote: Remote,
     pub detector: Detector,
     pub privacy: PrivacyMode,
     pub budget: Budget,
+    pub complexity: Option<Complexity>,
+    pub confidence: Option<Gate>,
     /// Times of the remote requests of the last minute; (day start, tokens) for the daily cap.
     recent: Mutex<(VecDeque<Instant>, Instant, u64)>,
 }
@@ -93,7 +130,37 @@ impl Override {
 
 impl Router {
     pub fn new(remote: Remote, detector: Detector, privacy: PrivacyMode, budget: Budget) -> Router {
-        Router { remote, detector, privacy, budget, recent: Mutex::new((VecDeque::new(), Instant::now(), 0)) }
+        Router { remote, detector, privacy, budget, complexity: None, confidence: None, recent: Mutex::new((VecDeque::new(), Instant::now(), 0)) }
+    }
+
+    /// With the complexity and confidence signals.
+    pub fn with_signals(mut self, complexity: Option<Complexity>, confidence: Option<Gate>) -> Router {
+        self.complexity = complexity;
+        self.confidence = confidence;
+        self
+    }
+
+    /// Whether the remote could take a request now (budget left, circuit not open), without
+    /// counting one: the content signals run only then.
+    pub fn could_escalate(&self) -> bool {
+        self.budget_allows(false) && !self.circuit_blocks()
+    }
+
+    /// The decision for a request a signal wants remote: remote unless the budget is spent or
+    /// the circuit open (then local, saying which).
+    pub fn escalate(&self, reason: &'static str, redact: bool) -> Decision {
+        let local = |reason| Decision { target: Target::Local, reason, redact: false };
+        if !self.budget_allows(true) {
+            return local("budget");
+        }
+        if self.circuit_blocks() {
+            return local("circuit_open");
+        }
+        Decision { target: Target::Remote, reason, redact }
+    }
+
+    fn circuit_blocks(&self) -> bool {
+        self.remote.circuit().code() == 1 && !self.circuit_cooled()
     }
 
     /// Private data in any of `texts`.
@@ -108,8 +175,6 @@ impl Router {
         if private && self.privacy == PrivacyMode::Pin {
             return local("privacy");
         }
-        let redact = private;
-        let remote = |reason| Decision { target: Target::Remote, reason, redact };
         let wants = match over {
             Override::Local => return local("caller"),
             Override::Remote => Some("caller"),
@@ -117,21 +182,15 @@ impl Router {
             Override::Auto => None,
         };
         let Some(reason) = wants else { return local("default") };
-        if !self.budget_allows() {
-            return local("budget");
-        }
-        if self.remote.circuit().code() == 1 && !self.circuit_cooled() {
-            return local("circuit_open");
-        }
-        remote(reason)
+        self.escalate(reason, private)
     }
 
     fn circuit_cooled(&self) -> bool {
         matches!(self.remote.circuit(), crate::remote::Circuit::Open { until } if Instant::now() >= until)
     }
 
-    /// Whether the budget allows one more remote request (and counts it if so).
-    fn budget_allows(&self) -> bool {
+    /// Whether the budget allows one more remote request (and, with `count`, counts it if so).
+    fn budget_allows(&self, count: bool) -> bool {
         let mut g = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         while g.0.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(60)) {
@@ -145,7 +204,9 @@ impl Router {
         if self.budget.requests_per_minute.is_some_and(|n| g.0.len() as u64 >= n) || self.budget.tokens_per_day.is_some_and(|n| used_tokens >= n) {
             return false;
         }
-        g.0.push_back(now);
+        if count {
+            g.0.push_back(now);
+        }
         true
     }
 

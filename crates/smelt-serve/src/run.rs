@@ -12,7 +12,8 @@ use crate::engine::{self, EngineConfig};
 use crate::privacy::Detector;
 use crate::remote::{Remote, RemoteConfig};
 pub use crate::router::{Budget, PrivacyMode};
-use crate::router::Router;
+use crate::router::{Complexity, Router};
+use smelt_models::classify::Head;
 use crate::{embeddings, AppState, Decoder, Limits};
 
 /// Everything `smelt serve` is asked for.
@@ -52,6 +53,10 @@ pub struct RemoteOptions {
     pub budget: Budget,
     /// Longest a remote exchange may take.
     pub timeout: std::time::Duration,
+    /// The complexity signal: a classifier head file and its `p(remote)` threshold.
+    pub complexity: Option<(std::path::PathBuf, f32)>,
+    /// The confidence gate (`None`: off).
+    pub confidence: Option<crate::engine::Gate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,16 +83,27 @@ pub fn model_id(arg: &str) -> String {
 
 /// Runs the server until SIGTERM or Ctrl-C; `log` receives one line per event (the address it
 /// listens on, models loaded).
-pub fn run(opts: ServeOptions, log: Arc<dyn Fn(&str) + Send + Sync>) -> Result<(), ServeError> {
+pub fn run(mut opts: ServeOptions, log: Arc<dyn Fn(&str) + Send + Sync>) -> Result<(), ServeError> {
+    let router = opts.remote.as_ref().map(router).transpose()?;
+    if let Some(cx) = router.as_ref().and_then(|r| r.complexity.as_ref()) {
+        // The complexity head needs the encoder it was trained on.
+        opts.embed.get_or_insert_with(|| cx.head.encoder.clone());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("smelt-http").build()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", opts.host, opts.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
         let local = listener.local_addr()?;
         let mut state = AppState::new(opts.alias.clone().unwrap_or_else(|| model_id(&opts.model)), opts.embed.as_deref().map(model_id), opts.api_key.clone(), opts.limits.clone());
-        if let Some(r) = &opts.remote {
-            state.router = Some(router(r)?);
+        if let (Some(r), Some(router)) = (&opts.remote, router) {
             log(&format!("escalating to {} (model {}) when a request needs it; private data stays local ({:?})", r.url, r.model, r.privacy));
+            if let Some(g) = router.confidence {
+                log(&format!("confidence gate: the first {} tokens are drafted locally; mean log-probability under {} or a top-1 probability under {} escalates", g.tokens, g.min_mean_logprob, g.min_top1));
+            }
+            if let Some(cx) = &router.complexity {
+                log(&format!("complexity signal: p(remote) >= {} escalates (head trained on {})", cx.threshold, cx.head.encoder));
+            }
+            state.router = Some(router);
         }
         let state = Arc::new(state);
         log(&format!("listening on http://{local} (OpenAI API under /v1; /health says 503 until the model is loaded)"));
@@ -118,7 +134,19 @@ pub fn router(r: &RemoteOptions) -> Result<Router, ServeError> {
     cfg.total_timeout = r.timeout;
     cfg.first_byte_timeout = cfg.first_byte_timeout.min(r.timeout);
     let detector = Detector::with_patterns(&r.patterns).map_err(|e| ServeError::Config(e.to_string()))?;
-    Ok(Router::new(Remote::new(cfg), detector, r.privacy, r.budget))
+    let complexity = match &r.complexity {
+        None => None,
+        Some((path, threshold)) => Some(Complexity::new(read_head(path)?, *threshold).map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?),
+    };
+    Ok(Router::new(Remote::new(cfg), detector, r.privacy, r.budget).with_signals(complexity, r.confidence))
+}
+
+/// A classifier head file, checked.
+pub fn read_head(path: &std::path::Path) -> Result<Head, ServeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ServeError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let head: Head = serde_json::from_str(&text).map_err(|e| ServeError::Config(format!("{} is not a smelt classifier head: {e}", path.display())))?;
+    head.validate().map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
+    Ok(head)
 }
 
 fn load(opts: &ServeOptions, state: &AppState, log: &(dyn Fn(&str) + Send + Sync), stop: Arc<AtomicBool>) -> Result<(), ServeError> {
@@ -134,6 +162,11 @@ fn load(opts: &ServeOptions, state: &AppState, log: &(dyn Fn(&str) + Send + Sync
         let path = smelt_assets::resolve_model(name, &mut |_| {}).map_err(|e| ServeError::Load { what: name.clone(), source: Box::new(e.into()) })?;
         let enc = Encoder::load(&path, None).map_err(|source| ServeError::Load { what: name.clone(), source: Box::new(source) })?;
         log(&format!("loaded the encoder {} (dimension {})", path.display(), enc.dim()));
+        if let Some(cx) = state.router.as_ref().and_then(|r| r.complexity.as_ref()) {
+            if cx.head.dim != enc.dim() {
+                return Err(ServeError::Config(format!("the complexity head expects {}-dimensional embeddings (from {}); the encoder {name} gives {}", cx.head.dim, cx.head.encoder, enc.dim())));
+            }
+        }
         let _ = state.embedder.set(embeddings::start(enc, ThreadPool::new(opts.threads), opts.queue.max(1))?);
     }
     Ok(())

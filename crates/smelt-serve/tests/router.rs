@@ -261,3 +261,87 @@ async fn every_remote_failure_falls_back_and_the_circuit_opens_and_closes() {
     assert!(body.contains("Hel") && body.contains("remote_failed") && body.trim_end().ends_with("data: [DONE]"), "{body}");
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+/// A head whose `p(remote)` is `sigmoid(bias)` for every text (zero weights): it tests the
+/// wiring of the complexity signal, not a classifier.
+fn constant_head(dim: usize, remote_bias: f32) -> smelt_models::classify::Head {
+    smelt_models::classify::Head {
+        format: smelt_models::classify::HEAD_FORMAT.into(),
+        version: smelt_models::classify::HEAD_VERSION,
+        encoder: "all-minilm-l6-v2".into(),
+        int8: false,
+        dim,
+        labels: vec!["local".into(), "remote".into()],
+        weights: vec![vec![0.0; dim]; 2],
+        bias: vec![0.0, remote_bias],
+        l2: 0.0,
+        train_examples: 0,
+        iterations: 0,
+        final_loss: 0.0,
+    }
+}
+
+/// The text of a chat answer, whole or streamed.
+fn answer_text(body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        return v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
+    }
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]").filter_map(|d| serde_json::from_str::<Value>(d).ok()).filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confidence_gate_and_the_complexity_signal_escalate_before_anything_is_sent() {
+    use smelt_serve::engine::Gate;
+    let mode = Arc::new(Mutex::new(Mode::Ok));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = stub(mode.clone(), seen.clone()).await;
+    // A gate no draft passes (a mean log-probability of 0 needs every token certain).
+    let never = Gate { tokens: 3, min_mean_logprob: 0.0, min_top1: 0.0 };
+    let unsure = state("small", Some(remote_to(&addr, PrivacyMode::Pin).with_signals(None, Some(never))));
+    let (status, h, body) = chat(&unsure, "Tell me a story", None, false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(route(&h), "remote; reason=confidence");
+    assert!(body.contains("from the stub"), "{body}");
+    // Streamed: the stub answers JSON, not events, so the escalation fails before the first
+    // byte and the local model answers in full (the dropped draft is generated again).
+    let (status, h, body) = chat(&unsure, "Tell me a story", None, true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(route(&h), "local; reason=confidence");
+    assert_eq!(h.get("x-smelt-fallback").unwrap(), "bad_body");
+    assert!(body.trim_end().ends_with("data: [DONE]") && !answer_text(&body).is_empty(), "{body}");
+    // Private data is pinned before any draft.
+    let (_, h, _) = chat(&unsure, "Mail jane.doe@example.com", None, false).await;
+    assert_eq!(route(&h), "local; reason=privacy");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // A gate every draft passes: the held tokens follow in order, the same answer as ungated.
+    let always = Gate { tokens: 3, min_mean_logprob: -1e9, min_top1: 0.0 };
+    let sure = state("small", Some(remote_to(&addr, PrivacyMode::Pin).with_signals(None, Some(always))));
+    for stream in [false, true] {
+        let (_, h, gated) = chat(&sure, "Name three colours", None, stream).await;
+        assert_eq!(route(&h), "local; reason=default");
+        let (_, _, plain) = chat(&sure, "Name three colours", Some("local"), stream).await;
+        assert_eq!(answer_text(&gated), answer_text(&plain), "stream {stream}");
+        assert!(!answer_text(&gated).is_empty());
+    }
+    let m = router(sure.clone()).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let m = String::from_utf8(m.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(m.contains("smelt_confidence_total{outcome=\"confident\"} 2"), "{m}");
+    assert_eq!(seen.lock().unwrap().len(), 2, "nothing more went to the remote");
+
+    // The complexity signal, on the real encoder's embedding: p(remote) = sigmoid(3) = 0.95.
+    let path = smelt_assets::resolve_model("all-minilm-l6-v2", &mut |_| {}).unwrap();
+    for (threshold, want) in [(0.9, "remote; reason=complexity"), (0.99, "local; reason=default")] {
+        let enc = smelt_models::Encoder::load(&path, None).unwrap();
+        let cx = smelt_serve::router::Complexity::new(constant_head(enc.dim(), 3.0), threshold).unwrap();
+        let st = state("small", Some(remote_to(&addr, PrivacyMode::Pin).with_signals(Some(cx), None)));
+        assert!(st.embedder.set(smelt_serve::embeddings::start(enc, ThreadPool::new(1), 4).unwrap()).is_ok());
+        let (status, h, body) = chat(&st, "Prove the Riemann hypothesis", None, false).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(route(&h), want);
+    }
+    let head = constant_head(4, 0.0);
+    let mut bad = head.clone();
+    bad.labels = vec!["easy".into(), "hard".into()];
+    assert!(smelt_serve::router::Complexity::new(bad, 0.5).unwrap_err().contains("remote"));
+}

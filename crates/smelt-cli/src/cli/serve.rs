@@ -82,4 +82,121 @@ pub struct ServeArgs {
     /// Longest one remote exchange may take, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
     pub remote_timeout: f64,
+    /// The complexity signal: a classifier head (from `smelt classify train` on `smelt route
+    /// label` output) on the prompt's embedding; p(remote) at or above --complexity-threshold
+    /// escalates. Loads the head's encoder unless --embed names one.
+    #[arg(long, value_name = "HEAD.json", requires = "remote")]
+    pub complexity: Option<std::path::PathBuf>,
+    /// p(remote) at or above which the complexity signal escalates.
+    #[arg(long, value_name = "P", default_value_t = 0.5)]
+    pub complexity_threshold: f32,
+    /// The confidence gate: tokens the local model drafts before deciding (0: off). The draft is
+    /// held back; an unsure one is dropped and the request escalates.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub confidence_tokens: usize,
+    /// Escalate when the draft's mean log-probability is below this.
+    #[arg(long, value_name = "X", default_value_t = -1.0)]
+    pub confidence_logprob: f32,
+    /// Escalate when any drafted token's top-1 probability is below this.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub confidence_top1: f32,
+}
+
+pub const ROUTE_HELP: &str = "Examples:
+  scripts/make-cloze-task data/cloze                      # a labelled task (train and test)
+  smelt serve -m small.gguf --embed all-minilm-l6-v2 --port 8080 &
+  smelt serve -m big.gguf --port 8081 &
+  smelt route label data/cloze/train.jsonl --local http://127.0.0.1:8080/v1 \\
+    --remote http://127.0.0.1:8081/v1 -o router-train.jsonl --records train.records.jsonl
+  smelt classify train router-train.jsonl -o complexity.head.json
+  smelt route eval --from train.records.jsonl             # choose thresholds on the train split
+  smelt route eval data/cloze/test.jsonl --local http://127.0.0.1:8080/v1 \\
+    --remote http://127.0.0.1:8081/v1 --complexity complexity.head.json --plot curve.svg
+
+Task files are JSON lines {\"prompt\": ..., \"answer\": ...} (completions) or {\"messages\": [...],
+\"answer\": ...} (chat); an answer is right when the output's first words are the answer's (case
+and punctuation aside). Both servers are asked greedily, as users would ask them. `eval` prints
+each signal's cost-quality curve (quality against the share of requests escalated), the oracle,
+the operating point each signal needs to reach --target of always-remote quality, and the
+routing that `smelt serve`'s thresholds give (set them with the same flags as serve).";
+
+#[derive(Args, Debug)]
+pub struct RouteArgs {
+    #[command(subcommand)]
+    pub command: RouteCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RouteCommand {
+    /// Ask both servers every item; write the complexity classifier's training set (`remote`
+    /// where the local answer is wrong and the remote's right, else `local`) for `smelt classify train`.
+    Label(RouteLabelArgs),
+    /// Cost-quality curves of the router's signals, alone and combined, and the operating point
+    /// of the given thresholds.
+    Eval(RouteEvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RouteAsk {
+    /// The task: JSON lines with "prompt" (or "messages") and "answer".
+    #[arg(value_name = "TASK.jsonl", required_unless_present = "from")]
+    pub data: Option<std::path::PathBuf>,
+    /// The local server (a `smelt serve`, with --embed for the complexity signal).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080/v1")]
+    pub local: String,
+    /// The remote server (any OpenAI-compatible one).
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// A complexity head: also score each item's p(remote) (its encoder must be the local
+    /// server's --embed).
+    #[arg(long, value_name = "HEAD.json")]
+    pub complexity: Option<std::path::PathBuf>,
+    /// Tokens each answer may have.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_tokens: usize,
+    /// Tokens the confidence statistics cover (serve's --confidence-tokens).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub confidence_tokens: usize,
+    /// Requests in flight at once.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Write every item's record (answers, grades, signals) here, JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub records: Option<std::path::PathBuf>,
+    /// Read the records written by --records instead of asking the servers.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "remote"])]
+    pub from: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RouteLabelArgs {
+    #[command(flatten)]
+    pub ask: RouteAsk,
+    /// The training set to write (JSON lines {"text", "label"}).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RouteEvalArgs {
+    #[command(flatten)]
+    pub ask: RouteAsk,
+    /// The quality to reach, as a share of always-remote quality.
+    #[arg(long, value_name = "X", default_value_t = 0.95)]
+    pub target: f64,
+    /// The operating point to report: serve's --confidence-logprob.
+    #[arg(long, value_name = "X", default_value_t = -1.0)]
+    pub confidence_logprob: f32,
+    /// The operating point to report: serve's --confidence-top1.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub confidence_top1: f32,
+    /// The operating point to report: serve's --complexity-threshold (with a head).
+    #[arg(long, value_name = "P", default_value_t = 0.5)]
+    pub complexity_threshold: f32,
+    /// Write the curves as an SVG chart.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+    /// The whole report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -23,6 +23,7 @@ pub mod qat;
 pub mod qat_encoder;
 pub mod quantize;
 pub mod run;
+pub mod route;
 pub mod serve;
 pub mod shrink;
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use smelt_serve::engine::Gate;
 use smelt_serve::{Budget, Limits, PrivacyMode, RemoteOptions, ServeOptions};
 
 use crate::cli::{Global, ServeArgs};
@@ -27,6 +28,8 @@ fn remote(args: &ServeArgs) -> Result<Option<RemoteOptions>> {
         patterns,
         budget: Budget { requests_per_minute: args.remote_rpm, tokens_per_day: args.remote_tokens_per_day },
         timeout: Duration::from_secs_f64(args.remote_timeout),
+        complexity: args.complexity.clone().map(|p| (p, args.complexity_threshold)),
+        confidence: (args.confidence_tokens > 0).then_some(Gate { tokens: args.confidence_tokens, min_mean_logprob: args.confidence_logprob, min_top1: args.confidence_top1 }),
     }))
 }
 
