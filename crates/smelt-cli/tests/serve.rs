@@ -51,6 +51,7 @@ fn the_openai_client_works_against_smelt_serve() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && out.contains("ok"), "the openai client checks failed (scripts/test installs the `openai` package):\n{out}");
     assert_eq!(status(&addr, "/metrics"), Some(200));
+    route_eval_against(&addr);
     // SIGTERM: a clean exit.
     kill_term(child.id());
     let t = Instant::now();
@@ -63,6 +64,35 @@ fn the_openai_client_works_against_smelt_serve() {
     };
     let log = log.join().unwrap();
     assert!(code.success(), "exit {code:?}; log:\n{log}");
+}
+
+/// `smelt route label` and `eval` with this server as both sides (one model: the same greedy
+/// answers, so escalating never changes quality), and a bad task file refused clearly.
+fn route_eval_against(addr: &str) {
+    let dir = std::env::temp_dir().join(format!("smelt-route-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let task = dir.join("task.jsonl");
+    std::fs::write(&task, "{\"prompt\": \"The capital of France is\", \"answer\": \"Paris\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Say yes.\"}], \"answer\": \"yes\"}\n{\"prompt\": \"One, two, three,\", \"answer\": \"four\"}\n").unwrap();
+    let url = format!("http://{addr}/v1");
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_smelt")).args(args).output().unwrap();
+    let (records, labels, plot) = (dir.join("r.jsonl"), dir.join("l.jsonl"), dir.join("p.svg"));
+    let o = run(&["route", "label", task.to_str().unwrap(), "--local", &url, "--remote", &url, "--records", records.to_str().unwrap(), "-o", labels.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&labels).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["label"] == "local" || r["label"] == "remote"), "{rows:?}");
+    let o = run(&["route", "eval", "--from", records.to_str().unwrap(), "--json", "--plot", plot.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["items"], 3);
+    assert_eq!(r["local_quality"], r["remote_quality"], "one model on both sides");
+    assert!(r["curves"].as_array().unwrap().iter().any(|c| c["signal"] == "confidence"));
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    std::fs::write(&task, "{\"prompt\": \"no answer\"}\n").unwrap();
+    let o = run(&["route", "eval", task.to_str().unwrap(), "--local", &url, "--remote", &url]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 1"), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// SIGTERM through the `kill` command (no libc dependency in the tests).

@@ -316,3 +316,80 @@ fn batched_sequences_at_different_positions_match_numpy() {
     assert!(err.is_err());
     assert_eq!(sessions.iter().map(|s| s.len()).collect::<Vec<_>>(), lens);
 }
+
+/// With the shipped quantized weights (activations quantized per row for the integer dot
+/// products), a sequence decoded in a batch beside another gets the logits it gets alone: the
+/// server's answers and confidence do not depend on who else is being served.
+#[test]
+fn a_sequence_batched_with_another_gets_its_own_logits() {
+    use smelt_models::{Scratch, Step};
+    let path = smelt_assets::ensure("smollm2-135m").unwrap();
+    let model = Llama::open(&path, LoadOptions::default()).unwrap();
+    let pool = ThreadPool::new(2);
+    let a: Vec<u32> = vec![504, 3575, 282, 4649, 314];
+    let b: Vec<u32> = vec![4563, 28, 827, 28, 1296, 28, 1839, 28];
+    let vocab = model.cfg.vocab;
+    // Alone: the prompt, then two decode steps.
+    let mut alone = model.session(64);
+    let mut want = vec![model.forward(&pool, &mut alone, &a, false).unwrap().to_vec()];
+    for t in [30u32, 31] {
+        want.push(model.forward(&pool, &mut alone, &[t], false).unwrap().to_vec());
+    }
+    // Beside b: prompts together, then decode steps together.
+    let (mut sa, mut sb) = (model.session(64), model.session(64));
+    let mut scratch = Scratch::default();
+    let mut got = Vec::new();
+    let inputs: [(Vec<u32>, Vec<u32>); 3] = [(a.clone(), b.clone()), (vec![30], vec![40]), (vec![31], vec![41])];
+    for (ia, ib) in &inputs {
+        let mut steps = vec![Step { sess: &mut sa, tokens: ia }, Step { sess: &mut sb, tokens: ib }];
+        let logits = model.forward_batch(&pool, &mut scratch, &mut steps).unwrap();
+        got.push(logits[..vocab].to_vec());
+    }
+    // As the server interleaves them: a's prompt alone, then a's decoding beside b's prompt.
+    let (mut sa, mut sb) = (model.session(64), model.session(64));
+    got.push(model.forward_batch(&pool, &mut scratch, &mut [Step { sess: &mut sa, tokens: &a }]).unwrap().to_vec());
+    for (ia, ib) in [(vec![30u32], b.clone()), (vec![31], vec![40])] {
+        let mut steps = vec![Step { sess: &mut sa, tokens: &ia }, Step { sess: &mut sb, tokens: &ib }];
+        got.push(model.forward_batch(&pool, &mut scratch, &mut steps).unwrap()[..vocab].to_vec());
+    }
+    let want: Vec<Vec<f32>> = want.iter().chain(&want).cloned().collect();
+    for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+        let max_err = w.iter().zip(g).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        eprintln!("step {k}: max |logit difference| alone vs batched {max_err}");
+        assert!(max_err <= 1e-3, "step {k}: {max_err}");
+    }
+}
+
+/// A session cut back to a prefix (the server's prefix reuse) and continued, alone or in a
+/// batch beside another sequence, gives the logits of a fresh one (f32 weights and cache: the
+/// paths differ only in summation order).
+#[test]
+fn a_truncated_session_continues_like_a_fresh_one() {
+    use smelt_models::{Scratch, Step};
+    let path = smelt_assets::ensure("smollm2-135m").unwrap();
+    let model = Llama::open(&path, LoadOptions { weight_type: Some(GgmlType::F32) }).unwrap();
+    let pool = ThreadPool::new(2);
+    let a: Vec<u32> = vec![504, 3575, 282, 4649, 314];
+    let b: Vec<u32> = vec![4563, 28, 827, 28, 1296, 28, 1839, 28];
+    let vocab = model.cfg.vocab;
+    let want = model.forward(&pool, &mut model.session_with(64, KvType::F32), &a, false).unwrap().to_vec();
+    let mut scratch = Scratch::default();
+    for batched in [false, true] {
+        let mut s = model.session_with(64, KvType::F32);
+        model.forward(&pool, &mut s, &a, false).unwrap();
+        model.forward(&pool, &mut s, &[30], false).unwrap();
+        model.forward(&pool, &mut s, &[31], false).unwrap();
+        s.truncate(a.len() - 1);
+        assert_eq!(s.tokens(), &a[..a.len() - 1]);
+        let last = [a[a.len() - 1]];
+        let got = if batched {
+            let mut sb = model.session_with(64, KvType::F32);
+            let mut steps = vec![Step { sess: &mut s, tokens: &last }, Step { sess: &mut sb, tokens: &b }];
+            model.forward_batch(&pool, &mut scratch, &mut steps).unwrap()[..vocab].to_vec()
+        } else {
+            model.forward(&pool, &mut s, &last, false).unwrap().to_vec()
+        };
+        let max_err = want.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(max_err <= 2e-3, "batched {batched}: max |logit difference| {max_err}");
+    }
+}

@@ -52,7 +52,7 @@ fn check_model(state: &AppState, model: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn decoder(state: &AppState) -> Result<&Decoder, ApiError> {
+fn decoder(state: &AppState) -> Result<Arc<Decoder>, ApiError> {
     state.decoder.get().ok_or_else(ApiError::loading)
 }
 

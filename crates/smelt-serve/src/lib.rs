@@ -20,6 +20,7 @@ pub mod escalate;
 pub mod generate;
 pub mod metrics;
 pub mod privacy;
+pub mod reload;
 pub mod remote;
 pub mod route_eval;
 pub mod router;
@@ -42,6 +43,27 @@ pub use api::ApiError;
 use engine::EngineHandle;
 pub use metrics::Metrics;
 pub use run::{run, Budget, PrivacyMode, RemoteOptions, ServeError, ServeOptions};
+
+/// A value that can be replaced while readers hold the old one (the decoder, swapped by a hot
+/// reload: requests that took the old one finish on it).
+pub struct Current<T>(std::sync::RwLock<Option<Arc<T>>>);
+
+impl<T> Default for Current<T> {
+    fn default() -> Self {
+        Current(std::sync::RwLock::new(None))
+    }
+}
+
+impl<T> Current<T> {
+    pub fn get(&self) -> Option<Arc<T>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `v` in place; returns the one it replaces.
+    pub fn set(&self, v: T) -> Option<Arc<T>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).replace(Arc::new(v))
+    }
+}
 
 /// A loaded decoder as the handlers see it.
 pub struct Decoder {
@@ -78,7 +100,9 @@ pub struct AppState {
     pub model_id: String,
     /// The embedding model's id, when the server has one.
     pub embed_id: Option<String>,
-    pub decoder: OnceLock<Decoder>,
+    pub decoder: Current<Decoder>,
+    /// How to load the decoder again (`POST /admin/reload`, SIGHUP); `None`: reloads refused.
+    pub reload: Option<reload::Spec>,
     pub embedder: OnceLock<embeddings::EmbedHandle>,
     /// The hybrid router, when a remote model is configured.
     pub router: Option<router::Router>,
@@ -96,7 +120,8 @@ impl AppState {
         AppState {
             model_id,
             embed_id,
-            decoder: OnceLock::new(),
+            decoder: Current::default(),
+            reload: None,
             embedder: OnceLock::new(),
             router: None,
             metrics: Arc::new(Metrics::default()),
@@ -134,6 +159,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/v1", v1)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/admin/reload", post(reload::handler).route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize)))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), read_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
@@ -144,7 +170,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Counts each answered request by route and status.
 async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req.uri().path().to_string();
-    let known = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics"];
+    let known = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics", "/admin/reload"];
     let route = if known.contains(&route.as_str()) { route } else { "other".into() };
     let resp = next.run(req).await;
     state.metrics.count_request(&route, resp.status().as_u16());

@@ -69,6 +69,9 @@ pub struct Metrics {
     /// Confidence gate verdicts: drafts that passed, drafts found unsure.
     pub confident: AtomicU64,
     pub unsure: AtomicU64,
+    /// Model reloads that switched to the new model, and those that kept the old one.
+    pub reloads: AtomicU64,
+    pub failed_reloads: AtomicU64,
 }
 
 impl Metrics {
@@ -79,6 +82,10 @@ impl Metrics {
 
     pub fn count_route(&self, target: &'static str, reason: &'static str) {
         *self.routes.lock().unwrap_or_else(|p| p.into_inner()).entry((target, reason)).or_insert(0) += 1;
+    }
+
+    pub fn count_reload(&self, ok: bool) {
+        if ok { &self.reloads } else { &self.failed_reloads }.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_confidence(&self, pass: bool) {
@@ -104,6 +111,8 @@ impl Metrics {
             ("smelt_embedded_inputs_total", "Inputs embedded.", self.embedded_inputs.load(Ordering::Relaxed)),
             ("smelt_cancelled_total", "Generations stopped because the client disconnected.", self.cancelled.load(Ordering::Relaxed)),
             ("smelt_rejected_busy_total", "Requests refused with 429 because the queue was full.", self.rejected_busy.load(Ordering::Relaxed)),
+            ("smelt_model_reloads_total", "Hot reloads that switched to the new model.", self.reloads.load(Ordering::Relaxed)),
+            ("smelt_model_reload_failures_total", "Hot reloads refused (load or self-check failed; the previous model kept serving).", self.failed_reloads.load(Ordering::Relaxed)),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use smelt_formats::GgmlType;
 use smelt_kernels::pool::ThreadPool;
-use smelt_models::{Encoder, LoadOptions, ModelError};
+use smelt_models::{Encoder, ModelError};
 
-use crate::engine::{self, EngineConfig};
 use crate::privacy::Detector;
 use crate::remote::{Remote, RemoteConfig};
 pub use crate::router::{Budget, PrivacyMode};
 use crate::router::{Complexity, Router};
 use smelt_models::classify::Head;
-use crate::{embeddings, AppState, Decoder, Limits};
+use crate::reload::{load_decoder, Spec};
+use crate::{embeddings, AppState, Limits};
 
 /// Everything `smelt serve` is asked for.
 #[derive(Clone, Debug)]
@@ -105,18 +105,19 @@ pub fn run(mut opts: ServeOptions, log: Arc<dyn Fn(&str) + Send + Sync>) -> Resu
             }
             state.router = Some(router);
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        state.reload = Some(Spec::new(opts.model.clone(), opts.as_type, opts.context, opts.slots, opts.queue, opts.threads, stop.clone()));
         let state = Arc::new(state);
         log(&format!("listening on http://{local} (OpenAI API under /v1; /health says 503 until the model is loaded)"));
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
         let loader_state = state.clone();
         let loader_log = log.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let engine_stop = stop.clone();
         std::thread::Builder::new().name("smelt-load".into()).spawn(move || {
-            if let Err(e) = load(&opts, &loader_state, &*loader_log, engine_stop) {
+            if let Err(e) = load(&opts, &loader_state, &*loader_log) {
                 let _ = failed_tx.send(e);
             }
         })?;
+        reload_on_sighup(state.clone(), log.clone());
         let server = crate::serve(listener, state.clone());
         let result = tokio::select! {
             r = server => r.map_err(ServeError::from),
@@ -126,6 +127,24 @@ pub fn run(mut opts: ServeOptions, log: Arc<dyn Fn(&str) + Send + Sync>) -> Resu
         log("stopped");
         result
     })
+}
+
+/// SIGHUP reloads the served model (as `POST /admin/reload` with no body does).
+fn reload_on_sighup(state: Arc<AppState>, log: Arc<dyn Fn(&str) + Send + Sync>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let (st, log) = (state.clone(), log.clone());
+            let _ = tokio::task::spawn_blocking(move || match crate::reload::reload(&st, None) {
+                Ok(v) => log(&format!("SIGHUP: reloaded {}", v["model"].as_str().unwrap_or("?"))),
+                Err(e) => log(&format!("SIGHUP: reload failed, the previous model keeps serving: {e}")),
+            })
+            .await;
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (state, log);
 }
 
 /// The router for `--remote`.
@@ -149,15 +168,12 @@ pub fn read_head(path: &std::path::Path) -> Result<Head, ServeError> {
     Ok(head)
 }
 
-fn load(opts: &ServeOptions, state: &AppState, log: &(dyn Fn(&str) + Send + Sync), stop: Arc<AtomicBool>) -> Result<(), ServeError> {
+fn load(opts: &ServeOptions, state: &AppState, log: &(dyn Fn(&str) + Send + Sync)) -> Result<(), ServeError> {
     let t = std::time::Instant::now();
-    let (path, loaded) = smelt_models::open(&opts.model, LoadOptions { weight_type: opts.as_type }, &mut |_| {}).map_err(|source| ServeError::Load { what: opts.model.clone(), source: Box::new(source) })?;
-    let context = opts.context.unwrap_or(loaded.model.cfg.ctx_train.min(4096));
-    let cfg = EngineConfig { slots: opts.slots, context, queue: opts.queue };
-    let tok = Arc::new(loaded.tok);
-    let (engine, _thread) = engine::start(loaded.model, tok.clone(), ThreadPool::new(opts.threads), &cfg, state.metrics.clone(), stop)?;
-    log(&format!("loaded {} in {:.1} s: {} slots of {} tokens, queue {}", path.display(), t.elapsed().as_secs_f64(), cfg.slots, engine.context, cfg.queue));
-    let _ = state.decoder.set(Decoder { engine, tok, template: loaded.template });
+    let spec = state.reload.as_ref().ok_or_else(|| ServeError::Config("no load settings".into()))?;
+    let (path, dec) = load_decoder(spec, &opts.model, state.metrics.clone())?;
+    log(&format!("loaded {} in {:.1} s: {} slots of {} tokens, queue {}", path.display(), t.elapsed().as_secs_f64(), dec.engine.slots, dec.engine.context, opts.queue));
+    state.decoder.set(dec);
     if let Some(name) = &opts.embed {
         let path = smelt_assets::resolve_model(name, &mut |_| {}).map_err(|e| ServeError::Load { what: name.clone(), source: Box::new(e.into()) })?;
         let enc = Encoder::load(&path, None).map_err(|source| ServeError::Load { what: name.clone(), source: Box::new(source) })?;

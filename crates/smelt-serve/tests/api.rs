@@ -31,7 +31,7 @@ fn state_with(as_type: Option<GgmlType>, slots: usize, queue: usize, api_key: Op
     let tok = Arc::new(loaded.tok);
     let cfg = EngineConfig { slots, context: 512, queue };
     let (engine, _) = engine::start(loaded.model, tok.clone(), ThreadPool::new(2), &cfg, state.metrics.clone(), Arc::new(AtomicBool::new(false))).unwrap();
-    assert!(state.decoder.set(Decoder { engine, tok, template: loaded.template }).is_ok());
+    assert!(state.decoder.set(Decoder { engine, tok, template: loaded.template }).is_none());
     state
 }
 
@@ -278,4 +278,56 @@ async fn embeddings_match_sentence_transformers() {
     assert_error(&call(&state, post("/v1/embeddings", json!({"model": "all-minilm-l6-v2", "input": [[1, 2, 3]]}).to_string())).await, StatusCode::BAD_REQUEST, None);
     assert_error(&call(&state, post("/v1/embeddings", json!({"model": "all-minilm-l6-v2", "input": []}).to_string())).await, StatusCode::BAD_REQUEST, None);
     assert_error(&call(&state, post("/v1/embeddings", json!({"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "int8"}).to_string())).await, StatusCode::BAD_REQUEST, None);
+}
+
+/// `POST /admin/reload`: a good file switches new requests to it while a running stream
+/// finishes on the old model; a missing file or one that fails the self-check (a NaN planted in
+/// a weight's scale) changes nothing, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_switches_models_and_rolls_back_a_bad_one() {
+    use smelt_serve::reload::Spec;
+    let path = smelt_assets::ensure("smollm2-135m").unwrap();
+    let mut st = AppState::new("smollm2-135m".into(), None, None, Limits::default());
+    st.reload = Some(Spec::new(path.display().to_string(), None, Some(256), 2, 4, 2, Arc::new(AtomicBool::new(false))));
+    let state = Arc::new(st);
+    let s2 = state.clone();
+    tokio::task::spawn_blocking(move || smelt_serve::reload::reload(&s2, None)).await.unwrap().unwrap();
+    let first = state.decoder.get().unwrap();
+    // A long stream on the first model, then a reload while it runs.
+    let body = json!({"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 48, "temperature": 0, "ignore_eos": true, "stream": true}).to_string();
+    let resp = router(state.clone()).oneshot(post("/v1/completions", body)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let stream = tokio::spawn(async move { String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap() });
+    let (status, v, _) = call(&state, post("/admin/reload", "")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "reloaded");
+    let second = state.decoder.get().unwrap();
+    assert!(!Arc::ptr_eq(&first, &second), "new requests get the new model");
+    drop(first);
+    let text = stream.await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let chunks = text.matches("\"text\":").count();
+    assert!(chunks >= 48, "the stream ran to its end on the old model: {chunks} chunks");
+    // A file that does not exist: refused, nothing changes.
+    let (status, v, _) = call(&state, post("/admin/reload", json!({"model": "/no/such/model.gguf"}).to_string())).await;
+    assert_error(&(status, v, Default::default()), StatusCode::CONFLICT, Some("reload_failed"));
+    assert!(Arc::ptr_eq(&second, &state.decoder.get().unwrap()));
+    // A file that loads but computes NaN: the self-check refuses it.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let file = smelt_formats::gguf::GgufFile::open(&path).unwrap();
+    let t = file.header.tensor("blk.0.attn_q.weight").unwrap().clone();
+    let at = (file.header.data_offset + t.offset) as usize;
+    bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes()); // the first block's scale: f16 NaN
+    let bad = std::env::temp_dir().join(format!("smelt-reload-nan-{}.gguf", std::process::id()));
+    std::fs::write(&bad, &bytes).unwrap();
+    let (status, v, _) = call(&state, post("/admin/reload", json!({"model": bad.display().to_string()}).to_string())).await;
+    let _ = std::fs::remove_file(&bad);
+    assert_error(&(status, v.clone(), Default::default()), StatusCode::CONFLICT, Some("reload_failed"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("self-check"), "{v}");
+    assert!(Arc::ptr_eq(&second, &state.decoder.get().unwrap()));
+    let (status, v, _) = call(&state, post("/v1/completions", json!({"model": "smollm2-135m", "prompt": "Hi", "max_tokens": 2}).to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let m = router(state.clone()).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let m = String::from_utf8(m.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(m.contains("smelt_model_reloads_total 2") && m.contains("smelt_model_reload_failures_total 2"), "{m}");
 }

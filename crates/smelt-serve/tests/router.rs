@@ -36,7 +36,7 @@ fn state_ctx(id: &str, remote: Option<Router>, context: usize) -> Arc<AppState> 
     let tok = Arc::new(loaded.tok);
     let cfg = EngineConfig { slots: 2, context, queue: 4 };
     let (engine, _) = engine::start(loaded.model, tok.clone(), ThreadPool::new(2), &cfg, state.metrics.clone(), Arc::new(AtomicBool::new(false))).unwrap();
-    assert!(state.decoder.set(Decoder { engine, tok, template: loaded.template }).is_ok());
+    assert!(state.decoder.set(Decoder { engine, tok, template: loaded.template }).is_none());
     state
 }
 
@@ -344,4 +344,41 @@ async fn the_confidence_gate_and_the_complexity_signal_escalate_before_anything_
     let mut bad = head.clone();
     bad.labels = vec!["easy".into(), "hard".into()];
     assert!(smelt_serve::router::Complexity::new(bad, 0.5).unwrap_err().contains("remote"));
+}
+
+/// `smelt route eval`'s collection against a real server on loopback (the same server as local
+/// and remote): both answers graded alike, and the confidence statistics it derives from the
+/// API's log-probabilities are the ones the engine's gate computes for the same request. One
+/// request at a time: with quantized weights, a token's logits depend slightly on the rows its
+/// step holds (sums in another order flip an occasional 8-bit rounding of the activations, which
+/// grows through the layers; llama.cpp's batches behave alike), so batched requests may differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_eval_measures_what_the_gate_judges() {
+    use smelt_serve::engine::{Event, Gate, GenRequest};
+    use smelt_serve::route_eval::{self, CollectOptions, Item};
+    let st = state("small", None);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(smelt_serve::serve(l, st.clone()));
+    let items: Vec<Item> = [("The capital of France is", "Paris"), ("One, two, three, four,", "five")].iter().map(|(p, a)| serde_json::from_value(json!({"prompt": p, "answer": a})).unwrap()).collect();
+    let o = CollectOptions { local: url.clone(), remote: Some(url), complexity: None, max_tokens: 3, concurrency: 1 };
+    let records = route_eval::collect(&items, &o, &|| {}).await.unwrap();
+    assert_eq!(records.len(), 2);
+    for (r, item) in records.iter().zip(&items) {
+        assert_eq!(Some(&r.local), r.remote.as_ref(), "one model, greedy: the same answer");
+        assert_eq!(r.local_ok, route_eval::grade(&r.local, &item.answer));
+        assert_eq!(r.steps.len(), 3, "{r:?}");
+        assert!(r.steps.iter().all(|s| s[0] <= 0.0 && s[1] <= 0.0 && s[0] <= s[1] + 1e-6), "{r:?}");
+        // The engine's own verdict on the same request.
+        let dec = st.decoder.get().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Gate { tokens: 2, min_mean_logprob: -1e9, min_top1: 0.0 };
+        let req = GenRequest { prompt: dec.tok.encode(item.prompt.as_deref().unwrap(), true), max_tokens: 3, stop: vec![], sampler: smelt_models::SamplerConfig::greedy(), logprobs: None, ignore_eos: false, deadline: None, events: tx, enqueued: std::time::Instant::now(), gate: Some(gate) };
+        dec.engine.submit(req, &st.metrics).unwrap();
+        let Some(Event::Confidence { confidence, pass: true }) = rx.recv().await else { panic!("the verdict comes first") };
+        let (n, mean, top1) = route_eval::draft_confidence(&r.steps, 2);
+        assert_eq!(confidence.tokens, n);
+        assert!((confidence.mean_logprob - mean).abs() < 1e-4, "{confidence:?} vs {mean}");
+        assert!((confidence.min_top1 - top1).abs() < 1e-4, "{confidence:?} vs {top1}");
+    }
 }

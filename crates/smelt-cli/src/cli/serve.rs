@@ -55,8 +55,9 @@ pub struct ServeArgs {
     #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
     pub as_type: Option<GgmlType>,
     /// A large remote model (any OpenAI-compatible server, http://HOST:PORT/v1) the router
-    /// escalates to: prompts longer than the local context, or `x-smelt-route: remote`.
-    /// Private data never goes there; when it fails, the local model answers.
+    /// escalates to: prompts longer than the local context, drafts the local model is unsure of
+    /// (--confidence-*), prompts its classifier finds hard (--complexity), or `x-smelt-route:
+    /// remote`. Private data never goes there; when it fails, the local model answers.
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
     /// The model name to ask the remote for.
@@ -92,10 +93,11 @@ pub struct ServeArgs {
     pub complexity_threshold: f32,
     /// The confidence gate: tokens the local model drafts before deciding (0: off). The draft is
     /// held back; an unsure one is dropped and the request escalates.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub confidence_tokens: usize,
-    /// Escalate when the draft's mean log-probability is below this.
-    #[arg(long, value_name = "X", default_value_t = -1.0)]
+    /// Escalate when the draft's mean log-probability is below this (the default escalated
+    /// half of the requests of the measured task: docs/BENCHMARKS.md).
+    #[arg(long, value_name = "X", default_value_t = -1.8)]
     pub confidence_logprob: f32,
     /// Escalate when any drafted token's top-1 probability is below this.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
@@ -155,7 +157,7 @@ pub struct RouteAsk {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub max_tokens: usize,
     /// Tokens the confidence statistics cover (serve's --confidence-tokens).
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub confidence_tokens: usize,
     /// Requests in flight at once.
     #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
@@ -185,7 +187,7 @@ pub struct RouteEvalArgs {
     #[arg(long, value_name = "X", default_value_t = 0.95)]
     pub target: f64,
     /// The operating point to report: serve's --confidence-logprob.
-    #[arg(long, value_name = "X", default_value_t = -1.0)]
+    #[arg(long, value_name = "X", default_value_t = -1.8)]
     pub confidence_logprob: f32,
     /// The operating point to report: serve's --confidence-top1.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
