@@ -117,6 +117,10 @@ pub enum Command {
     /// classifier, and draw each signal's cost-quality curve (quality against requests escalated).
     #[command(after_help = ROUTE_HELP)]
     Route(RouteArgs),
+    /// Report a served model's traffic over its request log, window by window: escalations,
+    /// low-confidence answers, latency and embedding drift.
+    #[command(after_help = MONITOR_HELP)]
+    Monitor(MonitorArgs),
     /// Sentence embeddings from an encoder (all-MiniLM-L6-v2 by default): one text per input
     /// line, one vector per output line (JSON) or one row of a .npy matrix.
     #[command(after_help = EMBED_HELP)]

@@ -135,6 +135,7 @@ fn run(cli: &mut Cli) -> Result<i32> {
         Command::Chat(a) => cmd::chat::run(a, &cli.global),
         Command::Serve(a) => cmd::serve::run(a, &cli.global),
         Command::Route(a) => cmd::route::run(a, &cli.global).map(|()| 0),
+        Command::Monitor(a) => cmd::route::monitor(a).map(|()| 0),
         Command::Eval(a) => cmd::eval::run_eval(a, &cli.global).map(|()| 0),
         Command::Compare(a) => cmd::eval::run_compare(a, &cli.global).map(|()| 0),
         Command::Shrink(a) => cmd::shrink::run(a, &cli.global).map(|()| 0),

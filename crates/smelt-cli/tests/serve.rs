@@ -19,8 +19,11 @@ fn status(addr: &str, path: &str) -> Option<u16> {
 
 #[test]
 fn the_openai_client_works_against_smelt_serve() {
+    let log_file = std::env::temp_dir().join(format!("smelt-serve-requests-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log_file);
     let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args(["serve", "--port", "0", "--embed", "all-minilm-l6-v2", "-P", "2", "-c", "1024", "--max-body", "1048576"])
+        .args(["serve", "--port", "0", "--embed", "all-minilm-l6-v2", "-P", "2", "-c", "1024", "--max-body", "1048576", "--drift-window", "2", "--request-log"])
+        .arg(&log_file)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -52,6 +55,14 @@ fn the_openai_client_works_against_smelt_serve() {
     assert!(o.status.success() && out.contains("ok"), "the openai client checks failed (scripts/test installs the `openai` package):\n{out}");
     assert_eq!(status(&addr, "/metrics"), Some(200));
     route_eval_against(&addr);
+    // The request log, read back by `smelt monitor`.
+    let o = Command::new(env!("CARGO_BIN_EXE_smelt")).args(["monitor", "--window", "2", "--json"]).arg(&log_file).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = w.as_array().unwrap();
+    assert!(w.len() >= 2, "{w:?}");
+    assert!(w.iter().skip(1).any(|x| x["drift"].as_f64().is_some_and(|d| d > 0.0)), "{w:?}");
+    let _ = std::fs::remove_file(&log_file);
     // SIGTERM: a clean exit.
     kill_term(child.id());
     let t = Instant::now();

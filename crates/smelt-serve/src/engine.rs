@@ -42,6 +42,15 @@ pub struct GenRequest {
     pub enqueued: Instant,
     /// Hold the first tokens back until their confidence is known (the router's draft).
     pub gate: Option<Gate>,
+    /// For the request log: the router's reason and the prompt's embedding (drift tracking).
+    pub note: Note,
+}
+
+/// What the request log records of a request besides what the engine sees.
+#[derive(Clone, Debug, Default)]
+pub struct Note {
+    pub reason: &'static str,
+    pub embedding: Option<Vec<f32>>,
 }
 
 /// The router's confidence gate: the first `tokens` generated tokens are held back, and the
@@ -188,6 +197,8 @@ struct Active {
     cached: usize,
     first_token: bool,
     judging: Option<Judging>,
+    /// Sum and count of the log-probabilities of the first `WATCH_TOKENS` tokens (monitoring).
+    watched: (f64, usize),
 }
 
 impl Active {
@@ -334,7 +345,7 @@ impl Engine {
         self.metrics.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
         self.metrics.running.fetch_add(1, Ordering::Relaxed);
         let judging = req.gate.map(|gate| Judging { gate, sum: 0.0, min_top1: 1.0, n: 0, held: Vec::new(), verdict: None });
-        slot.active = Some(Active { req, sampler, stream, pending, next: None, generated: 0, cached: reuse, first_token: true, judging });
+        slot.active = Some(Active { req, sampler, stream, pending, next: None, generated: 0, cached: reuse, first_token: true, judging, watched: (0.0, 0) });
     }
 
     /// One forward pass over every active slot, then a token for each slot that has finished
@@ -439,6 +450,10 @@ fn next_token(a: &mut Active, row: &[f32], tok: &Tokenizer, held: usize, context
     let (text, stopped) = a.stream.push(tok, id);
     let text = text.to_string();
     a.emit(Event::Token { text, logprob });
+    if a.watched.1 < crate::monitor::WATCH_TOKENS {
+        a.watched.0 += confidence_of(row, id).0 as f64;
+        a.watched.1 += 1;
+    }
     if let Some(j) = a.judging.as_mut().filter(|j| j.verdict.is_none()) {
         let (lp, top1) = confidence_of(row, id);
         j.sum += lp as f64;
@@ -472,8 +487,20 @@ fn finish_slot(slot: &mut Slot, metrics: &Metrics, finish: Option<Finish>) {
         if !a.judge(metrics) {
             return;
         }
+        // Counted and logged before `Done`, so that a client that reads /metrics after its
+        // answer sees it.
+        let seconds = a.req.enqueued.elapsed().as_secs_f64();
+        metrics.e2e.observe(seconds);
+        let mean = (a.watched.1 > 0).then(|| (a.watched.0 / a.watched.1 as f64) as f32);
+        if let Some(m) = mean {
+            metrics.count_answer(m < metrics.watch.low_logprob);
+        }
+        if metrics.watch.logging() {
+            let embedding = a.req.note.embedding.as_deref().map(crate::embeddings::encode_base64);
+            let reason = if a.req.note.reason.is_empty() { "default" } else { a.req.note.reason };
+            metrics.watch.write(&crate::monitor::LogLine { time: crate::monitor::now(), target: "local".into(), reason: reason.into(), prompt_tokens: a.req.prompt.len(), completion_tokens: a.generated, seconds, mean_logprob: mean, embedding });
+        }
         let _ = a.req.events.send(Event::Done { finish: f, prompt_tokens: a.req.prompt.len(), cached_tokens: a.cached, completion_tokens: a.generated });
-        metrics.e2e.observe(a.req.enqueued.elapsed().as_secs_f64());
     }
 }
 

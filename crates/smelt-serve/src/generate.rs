@@ -19,7 +19,7 @@ use smelt_models::Message;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::api::{self, ApiError, ChatRequest, CompletionRequest, Content, Prompt, Sampling};
-use crate::engine::{Confidence, Event, Finish, Gate, GenRequest, SubmitError, TokenLogprob};
+use crate::engine::{Confidence, Event, Finish, Gate, GenRequest, Note, SubmitError, TokenLogprob};
 use smelt_models::SamplerConfig;
 use crate::{parse_body, AppState, Decoder};
 
@@ -178,7 +178,7 @@ impl Local {
 
     /// Submits the generation and answers it, streamed or whole; with a `gate`, waits for the
     /// draft's verdict first.
-    pub async fn run(&self, state: &AppState, gate: Option<Gate>) -> Result<Outcome, ApiError> {
+    pub async fn run(&self, state: &AppState, gate: Option<Gate>, note: Note) -> Result<Outcome, ApiError> {
         let dec = decoder(state)?;
         let ctx = dec.engine.context;
         let prompt = self.prompt.clone();
@@ -200,6 +200,7 @@ impl Local {
             events: tx,
             enqueued: Instant::now(),
             gate,
+            note,
         };
         match dec.engine.submit(req, &state.metrics) {
             Ok(()) => {}
@@ -222,8 +223,8 @@ impl Local {
     }
 
     /// The answer without a gate.
-    pub async fn answer(&self, state: &AppState) -> Result<Response, ApiError> {
-        match self.run(state, None).await? {
+    pub async fn answer(&self, state: &AppState, note: Note) -> Result<Response, ApiError> {
+        match self.run(state, None, note).await? {
             Outcome::Answer(r) => Ok(r),
             Outcome::Unsure(_) => Err(ApiError::internal("an ungated request was judged")),
         }

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod escalate;
 pub mod generate;
 pub mod metrics;
+pub mod monitor;
 pub mod privacy;
 pub mod reload;
 pub mod remote;

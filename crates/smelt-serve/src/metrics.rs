@@ -72,9 +72,19 @@ pub struct Metrics {
     /// Model reloads that switched to the new model, and those that kept the old one.
     pub reloads: AtomicU64,
     pub failed_reloads: AtomicU64,
+    /// Local answers by confidence (mean log-probability of their first tokens).
+    pub low_confidence: AtomicU64,
+    pub ok_confidence: AtomicU64,
+    /// Drift tracking and the request log.
+    pub watch: crate::monitor::Watch,
 }
 
 impl Metrics {
+    /// Empty metrics watching as `watch` says (drift, request log).
+    pub fn with_watch(watch: crate::monitor::Watch) -> Metrics {
+        Metrics { watch, ..Default::default() }
+    }
+
     pub fn count_request(&self, route: &str, status: u16) {
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry((route.to_string(), status)).or_insert(0) += 1;
@@ -82,6 +92,10 @@ impl Metrics {
 
     pub fn count_route(&self, target: &'static str, reason: &'static str) {
         *self.routes.lock().unwrap_or_else(|p| p.into_inner()).entry((target, reason)).or_insert(0) += 1;
+    }
+
+    pub fn count_answer(&self, low: bool) {
+        if low { &self.low_confidence } else { &self.ok_confidence }.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_reload(&self, ok: bool) {
@@ -105,6 +119,11 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP smelt_confidence_total Drafts judged by the confidence gate, by outcome (unsure: escalated or answered again).\n# TYPE smelt_confidence_total counter");
         let _ = writeln!(out, "smelt_confidence_total{{outcome=\"confident\"}} {}\nsmelt_confidence_total{{outcome=\"unsure\"}} {}", self.confident.load(Ordering::Relaxed), self.unsure.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP smelt_answers_total Local answers by confidence (mean log-probability of the first {} tokens below {}: low).\n# TYPE smelt_answers_total counter", crate::monitor::WATCH_TOKENS, self.watch.low_logprob);
+        let _ = writeln!(out, "smelt_answers_total{{confidence=\"low\"}} {}\nsmelt_answers_total{{confidence=\"ok\"}} {}", self.low_confidence.load(Ordering::Relaxed), self.ok_confidence.load(Ordering::Relaxed));
+        if let Some(d) = self.watch.drift_distance() {
+            let _ = writeln!(out, "# HELP smelt_drift_embedding_distance 1 - cos(mean embedding of the first prompts, of the latest ones).\n# TYPE smelt_drift_embedding_distance gauge\nsmelt_drift_embedding_distance {d}");
+        }
         let counters = [
             ("smelt_prompt_tokens_total", "Prompt tokens of admitted generation requests.", self.prompt_tokens.load(Ordering::Relaxed)),
             ("smelt_generated_tokens_total", "Tokens generated.", self.generated_tokens.load(Ordering::Relaxed)),

@@ -69,6 +69,7 @@ pub fn self_check(dec: &Decoder, metrics: &Metrics) -> Result<(), String> {
         events: tx,
         enqueued: Instant::now(),
         gate: None,
+        note: Default::default(),
     };
     dec.engine.submit(req, metrics).map_err(|e| format!("the new engine refused the check: {e:?}"))?;
     loop {

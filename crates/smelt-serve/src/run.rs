@@ -39,6 +39,12 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// The remote model and the router's settings (`None`: everything is answered locally).
     pub remote: Option<RemoteOptions>,
+    /// Append one JSON line per generation request here (`smelt monitor` reads it).
+    pub request_log: Option<std::path::PathBuf>,
+    /// Prompts in the drift windows (0: no drift tracking; needs `embed`).
+    pub drift_window: usize,
+    /// Local answers under this mean log-probability count as low-confidence.
+    pub low_logprob: f32,
 }
 
 /// `--remote` and the router's settings.
@@ -105,6 +111,11 @@ pub fn run(mut opts: ServeOptions, log: Arc<dyn Fn(&str) + Send + Sync>) -> Resu
             }
             state.router = Some(router);
         }
+        if opts.drift_window > 0 && opts.embed.is_none() {
+            return Err(ServeError::Config("--drift-window needs an encoder for the prompts' embeddings: add --embed all-minilm-l6-v2".into()));
+        }
+        let watch = crate::monitor::Watch::new(opts.low_logprob, opts.drift_window, opts.request_log.as_deref()).map_err(|e| ServeError::Config(format!("cannot open the request log: {e}")))?;
+        state.metrics = Arc::new(crate::Metrics::with_watch(watch));
         let stop = Arc::new(AtomicBool::new(false));
         state.reload = Some(Spec::new(opts.model.clone(), opts.as_type, opts.context, opts.slots, opts.queue, opts.threads, stop.clone()));
         let state = Arc::new(state);

@@ -331,3 +331,46 @@ async fn hot_reload_switches_models_and_rolls_back_a_bad_one() {
     let m = String::from_utf8(m.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(m.contains("smelt_model_reloads_total 2") && m.contains("smelt_model_reload_failures_total 2"), "{m}");
 }
+
+/// Monitoring: every local answer's confidence is counted, prompts' embeddings feed the drift
+/// gauge (a window of cooking questions, then one of tax questions: the distance rises above a
+/// window of the same topic), and each request is logged for `smelt monitor`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_confidence_and_the_request_log() {
+    let log = std::env::temp_dir().join(format!("smelt-requests-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let (_, loaded) = smelt_models::open("smollm2-135m", LoadOptions::default(), &mut |_| {}).unwrap();
+    let mut st = AppState::new("smollm2-135m".into(), Some("all-minilm-l6-v2".into()), None, Limits::default());
+    st.metrics = Arc::new(smelt_serve::Metrics::with_watch(smelt_serve::monitor::Watch::new(-1.8, 2, Some(&log)).unwrap()));
+    let state = Arc::new(st);
+    let tok = Arc::new(loaded.tok);
+    let (engine, _) = engine::start(loaded.model, tok.clone(), ThreadPool::new(2), &EngineConfig { slots: 2, context: 256, queue: 4 }, state.metrics.clone(), Arc::new(AtomicBool::new(false))).unwrap();
+    state.decoder.set(Decoder { engine, tok, template: loaded.template });
+    let enc = smelt_models::Encoder::load(&smelt_assets::ensure("all-minilm-l6-v2").unwrap(), None).unwrap();
+    assert!(state.embedder.set(embeddings::start(enc, ThreadPool::new(1), 4).unwrap()).is_ok());
+    let ask = |q: &str| post("/v1/completions", json!({"model": "smollm2-135m", "prompt": q, "max_tokens": 3, "temperature": 0, "ignore_eos": true}).to_string());
+    let metric = |m: &str, name: &str| m.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok());
+    let scrape = |state: Arc<AppState>| async move {
+        let r = router(state).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    for q in ["How long should I boil an egg?", "What spices go well in a lentil soup?", "How do I keep pasta from sticking?", "Which flour is best for bread?"] {
+        assert_eq!(call(&state, ask(q)).await.0, StatusCode::OK);
+    }
+    let same = metric(&scrape(state.clone()).await, "smelt_drift_embedding_distance").expect("the gauge once both windows are full");
+    for q in ["How do I file my income tax return?", "What is the VAT rate on invoices?"] {
+        assert_eq!(call(&state, ask(q)).await.0, StatusCode::OK);
+    }
+    let m = scrape(state.clone()).await;
+    let moved = metric(&m, "smelt_drift_embedding_distance").unwrap();
+    assert!(moved > same + 0.05, "drift {same} -> {moved}");
+    let answers = metric(&m, "smelt_answers_total{confidence=\"low\"}").unwrap() + metric(&m, "smelt_answers_total{confidence=\"ok\"}").unwrap();
+    assert_eq!(answers, 6.0, "{m}");
+    let lines: Vec<smelt_serve::monitor::LogLine> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(lines.len(), 6);
+    assert!(lines.iter().all(|l| l.target == "local" && l.embedding.is_some() && l.mean_logprob.is_some_and(|c| c <= 0.0) && l.completion_tokens > 0));
+    let w = smelt_serve::monitor::windows(&lines, 2, -1.8);
+    assert_eq!(w.len(), 3);
+    assert!(w[2].drift.unwrap() > w[1].drift.unwrap() + 0.05, "{w:?}");
+}

@@ -373,7 +373,7 @@ async fn route_eval_measures_what_the_gate_judges() {
         let dec = st.decoder.get().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let gate = Gate { tokens: 2, min_mean_logprob: -1e9, min_top1: 0.0 };
-        let req = GenRequest { prompt: dec.tok.encode(item.prompt.as_deref().unwrap(), true), max_tokens: 3, stop: vec![], sampler: smelt_models::SamplerConfig::greedy(), logprobs: None, ignore_eos: false, deadline: None, events: tx, enqueued: std::time::Instant::now(), gate: Some(gate) };
+        let req = GenRequest { prompt: dec.tok.encode(item.prompt.as_deref().unwrap(), true), max_tokens: 3, stop: vec![], sampler: smelt_models::SamplerConfig::greedy(), logprobs: None, ignore_eos: false, deadline: None, events: tx, enqueued: std::time::Instant::now(), gate: Some(gate), note: Default::default() };
         dec.engine.submit(req, &st.metrics).unwrap();
         let Some(Event::Confidence { confidence, pass: true }) = rx.recv().await else { panic!("the verdict comes first") };
         let (n, mean, top1) = route_eval::draft_confidence(&r.steps, 2);

@@ -80,6 +80,14 @@ pub struct ServeArgs {
     /// At most this many remote tokens per day (past it, local answers).
     #[arg(long, value_name = "N", requires = "remote")]
     pub remote_tokens_per_day: Option<u64>,
+    /// Append one JSON line per generation request (time, route and reason, tokens, duration,
+    /// the answer's confidence, the prompt's embedding with --drift-window) for `smelt monitor`.
+    #[arg(long, value_name = "FILE")]
+    pub request_log: Option<std::path::PathBuf>,
+    /// Track drift: the first N prompts' mean embedding against the last N prompts' (needs
+    /// --embed; reported as smelt_drift_embedding_distance). 0: off.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub drift_window: usize,
     /// Longest one remote exchange may take, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
     pub remote_timeout: f64,
@@ -199,6 +207,37 @@ pub struct RouteEvalArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<std::path::PathBuf>,
     /// The whole report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub const MONITOR_HELP: &str = "Examples:
+  smelt serve --embed all-minilm-l6-v2 --drift-window 200 --request-log requests.jsonl
+  smelt monitor requests.jsonl --window 200
+  smelt monitor requests.jsonl --json | jq '.[] | select(.drift > 0.1)'
+
+Each window of N requests: its time span, the share escalated to the remote, the share of local
+answers whose first tokens' mean log-probability is under --low-confidence (a rising share: the
+model meets traffic it is unsure of), prompt length, latency p50/p99, and the embedding drift
+against the first window (1 - cosine of the windows' mean prompt embeddings; 0 is the same mix
+of topics). Windows past --drift-alert or with the low-confidence share up by more than 10
+points on the first window are flagged.";
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    /// A request log written by `smelt serve --request-log`.
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: std::path::PathBuf,
+    /// Requests per window.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub window: usize,
+    /// Local answers under this mean log-probability count as low-confidence.
+    #[arg(long, value_name = "X", default_value_t = -1.8)]
+    pub low_confidence: f32,
+    /// Flag windows whose embedding drift passes this.
+    #[arg(long, value_name = "X", default_value_t = 0.1)]
+    pub drift_alert: f64,
+    /// The windows as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }

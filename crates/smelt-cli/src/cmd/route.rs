@@ -1,5 +1,6 @@
 //! `smelt route label|eval`: the router measured on a labelled task (the work is in
-//! `smelt_serve::route_eval`; this file reads arguments and prints).
+//! `smelt_serve::route_eval`), and `smelt monitor` over a request log (`smelt_serve::monitor`);
+//! this file reads arguments and prints.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -8,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use smelt_serve::route_eval::{self, CollectOptions, Record, Report, Thresholds};
 use smelt_serve::router::Complexity;
 
-use crate::cli::{Global, RouteArgs, RouteAsk, RouteCommand};
+use crate::cli::{Global, MonitorArgs, RouteArgs, RouteAsk, RouteCommand};
 use crate::progress::Progress;
 
 pub fn run(a: &RouteArgs, global: &Global) -> Result<()> {
@@ -104,4 +105,50 @@ fn thresholds(t: &[f64; 2]) -> String {
     } else {
         format!("{:.4}, {:.4}", t[0], t[1])
     }
+}
+
+pub fn monitor(a: &MonitorArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.log).with_context(|| format!("reading {}", a.log.display()))?;
+    let mut lines = Vec::new();
+    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let line: smelt_serve::monitor::LogLine = serde_json::from_str(l).with_context(|| format!("{} line {}: not a request-log line (from smelt serve --request-log)", a.log.display(), i + 1))?;
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        bail!("{} holds no requests", a.log.display());
+    }
+    let w = smelt_serve::monitor::windows(&lines, a.window, a.low_confidence);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&w)?);
+        return Ok(());
+    }
+    println!("{} requests in windows of {}; low confidence: mean log-probability < {}", lines.len(), a.window, a.low_confidence);
+    println!("{:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8}  flags", "first", "requests", "minutes", "remote", "unsure", "prompt", "p50/p99 s", "drift");
+    let base = w[0].low_confidence_share;
+    for x in &w {
+        let mut flags = Vec::new();
+        if x.drift.is_some_and(|d| d > a.drift_alert) {
+            flags.push("drift");
+        }
+        if let (Some(b), Some(s)) = (base, x.low_confidence_share) {
+            if s > b + 0.10 {
+                flags.push("confidence falling");
+            }
+        }
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
+        println!(
+            "{:>8} {:>9} {:>9.1} {:>8} {:>8} {:>9.0} {:>4.2}/{:<4.2} {:>8}  {}",
+            x.first,
+            x.requests,
+            (x.end - x.start) / 60.0,
+            pct(Some(x.remote_share)),
+            pct(x.low_confidence_share),
+            x.mean_prompt_tokens,
+            x.p50_seconds,
+            x.p99_seconds,
+            x.drift.map_or("-".to_string(), |d| format!("{d:.4}")),
+            flags.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -49,6 +49,9 @@ pub fn run(args: &ServeArgs, global: &Global) -> Result<i32> {
         api_key,
         limits: Limits { max_body: args.max_body, timeout: Some(Duration::from_secs_f64(args.timeout)), ..Limits::default() },
         remote: remote(args)?,
+        request_log: args.request_log.clone(),
+        drift_window: args.drift_window,
+        low_logprob: args.confidence_logprob,
     };
     // Models named from the catalog are fetched here, with progress, before the port opens.
     for name in std::iter::once(&args.model).chain(&args.embed) {
