@@ -331,6 +331,41 @@ pub struct Report {
     pub at: Thresholds,
     pub at_point: Point,
     pub at_meets_target: bool,
+    /// How well each signal separates the items (AUROC: 0.5 is chance).
+    pub separation: Vec<Separation>,
+}
+
+/// A signal's AUROC for the two questions routing asks: is the local answer wrong, and does
+/// escalating help (local wrong, remote right). A signal can answer the first well and the
+/// second not at all, when the items the local model doubts are the ones the remote fails too.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Separation {
+    pub signal: String,
+    pub local_wrong: Option<f64>,
+    pub escalation_helps: Option<f64>,
+}
+
+/// The probability that a random positive item scores above a random negative one (ties count
+/// half); `None` without both kinds.
+pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (n_pos, n_neg) = (positive.iter().filter(|&&p| p).count(), positive.iter().filter(|&&p| !p).count());
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    // Rank sum of the positives, tied scores sharing their mean rank (Mann-Whitney U).
+    let (mut rank_sum, mut i) = (0.0f64, 0);
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += (i..=j).filter(|&k| positive[idx[k]]).count() as f64 * mean_rank;
+        i = j + 1;
+    }
+    Some((rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0) / (n_pos * n_neg) as f64)
 }
 
 /// How a signal scores an item, and the threshold rule that escalates it.
@@ -460,7 +495,17 @@ pub fn analyse(records: &[Record], target: f64, at: Thresholds) -> Report {
         p
     };
     let oracle = quality(records, |r| !r.local_ok && r.remote_ok);
-    Report { items: records.len(), local_quality, remote_quality, oracle, target, curves, at, at_meets_target: at_point.quality >= goal, at_point }
+    let wrong: Vec<bool> = records.iter().map(|r| !r.local_ok).collect();
+    let helps: Vec<bool> = records.iter().map(|r| !r.local_ok && r.remote_ok).collect();
+    let separation = SIGNALS
+        .iter()
+        .filter(|s| s.name != "complexity" || has_head)
+        .map(|s| {
+            let scores: Vec<f64> = records.iter().map(s.score).collect();
+            Separation { signal: s.name.into(), local_wrong: auroc(&scores, &wrong), escalation_helps: auroc(&scores, &helps) }
+        })
+        .collect();
+    Report { items: records.len(), local_quality, remote_quality, oracle, target, curves, at, at_meets_target: at_point.quality >= goal, at_point, separation }
 }
 
 /// The curves as an SVG line chart (quality against the share escalated).
@@ -541,6 +586,15 @@ mod tests {
         assert!(!grade("", "time"));
         assert!(grade("New York is", "new york"));
         assert!(!grade("New", "new york"));
+    }
+
+    #[test]
+    fn auroc_counts_ordered_pairs_and_ties() {
+        assert_eq!(auroc(&[0.1, 0.4, 0.35, 0.8], &[false, true, false, true]), Some(1.0));
+        assert_eq!(auroc(&[0.9, 0.1], &[false, true]), Some(0.0));
+        // Positives {0.5, 0.2}, negatives {0.5, 0.1}: pairs won 1 + 0.5 (tie) + 1 + 0 = 2.5 of 4.
+        assert_eq!(auroc(&[0.5, 0.2, 0.5, 0.1], &[true, true, false, false]), Some(0.625));
+        assert_eq!(auroc(&[1.0, 2.0], &[true, true]), None);
     }
 
     #[test]

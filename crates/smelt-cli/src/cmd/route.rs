@@ -91,6 +91,13 @@ fn print_report(r: &Report, records: &[Record]) {
     for c in &r.curves {
         println!("{}: {}", c.signal, c.rule);
     }
+    println!();
+    println!("separation (AUROC, 0.5 is chance): does the signal find the items ...");
+    println!("{:<24} {:>20} {:>20}", "signal", "the local gets wrong", "escalation helps");
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for s in &r.separation {
+        println!("{:<24} {:>20} {:>20}", s.signal, f(s.local_wrong), f(s.escalation_helps));
+    }
     let p = &r.at_point;
     let complexity = r.at.p_remote.map_or(String::new(), |t| format!(", p(remote) >= {t}"));
     println!();
