@@ -179,7 +179,7 @@ async fn stream_through(router: &Router, path: &str, body: Value, started: Insta
                 Err(_) => Some((Ok(Bytes::new()), (None, inc, seen, false))),
             },
             Ok(Some(Err(e))) => Some((Ok(error_event(&format!("the remote's stream broke: {e}"))), (None, inc, seen, true))),
-            Err(_) => Some((Ok(error_event("the remote stalled past the time limit")), (None, inc, seen, true))),
+            Err(_) => Some((Ok(error_event("the remote's answer ran past the time limit")), (None, inc, seen, true))),
         }
     });
     let mut r = Response::new(Body::from_stream(s));

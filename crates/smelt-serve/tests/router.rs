@@ -64,6 +64,8 @@ enum Mode {
     Stall,
     /// Headers and one SSE event, then nothing.
     StallMidStream,
+    /// SSE events without end, as fast as the socket takes them.
+    Endless,
     Ok,
 }
 
@@ -108,6 +110,12 @@ async fn stub(mode: Arc<Mutex<Mode>>, seen: Arc<Mutex<Vec<String>>>) -> String {
                         let _ = s.write_all(reply(200, "application/json", &body).as_bytes()).await;
                     }
                     Mode::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
+                    Mode::Endless => {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                        let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"la \"}}]}\n\n".repeat(64);
+                        let chunk = format!("{:x}\r\n{ev}\r\n", ev.len());
+                        while s.write_all(chunk.as_bytes()).await.is_ok() {}
+                    }
                     Mode::StallMidStream => {
                         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
                         let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
@@ -260,6 +268,18 @@ async fn every_remote_failure_falls_back_and_the_circuit_opens_and_closes() {
     assert_eq!(route(&h), "remote; reason=caller");
     assert!(body.contains("Hel") && body.contains("remote_failed") && body.trim_end().ends_with("data: [DONE]"), "{body}");
     assert!(t.elapsed() < Duration::from_secs(10));
+    // A stream that never ends: cut at the size limit (here 1 MiB) or the total time, whichever
+    // comes first, with an error event; the client's body stays bounded.
+    let mut cfg = RemoteConfig::parse(&format!("http://{addr}/v1"), "big", None).unwrap();
+    (cfg.total_timeout, cfg.retries, cfg.max_body) = (Duration::from_secs(3), 0, 1 << 20);
+    let capped = state("small", Some(Router::new(Remote::new(cfg), Detector::default(), PrivacyMode::Pin, Budget::default())));
+    *mode.lock().unwrap() = Mode::Endless;
+    let t = std::time::Instant::now();
+    let (status, _, body) = chat(&capped, "hi", Some("remote"), true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("remote_failed") && body.trim_end().ends_with("data: [DONE]"), "{}", &body[body.len().saturating_sub(300)..]);
+    assert!(body.len() < (1 << 20) + 4096, "{} bytes", body.len());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
 /// A head whose `p(remote)` is `sigmoid(bias)` for every text (zero weights): it tests the
