@@ -14,7 +14,13 @@ pub const SERVE_HELP: &str = "Examples:
 Any OpenAI client works with base_url http://HOST:PORT/v1 and the model id from GET /v1/models
 (the catalog name, the file's name, or --alias). Requests are decoded together, --parallel at a
 time (continuous batching); up to --queue more wait for a slot, and past that the server answers
-429 with Retry-After. SIGTERM or Ctrl-C stops accepting requests and lets running ones finish.";
+429 with Retry-After. SIGTERM or Ctrl-C stops accepting requests and lets running ones finish.
+
+POST /admin/reload (optionally {\"model\": PATH}) or SIGHUP loads a model beside the running one
+and switches to it once it passes a self-check; running requests finish on the old one, and a
+file that fails changes nothing. With --remote, the router escalates what the local model cannot
+do; measure its signals on your own task with `smelt route eval`, watch the traffic with
+--request-log and `smelt monitor`.";
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
