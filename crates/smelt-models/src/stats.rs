@@ -2,11 +2,11 @@
 //! Spearman correlation (Spearman = Pearson of the ranks, ties given their average rank, as
 //! `scipy.stats.spearmanr` computes it).
 
-/// `a.b / (|a| |b|)` in f64; 0 when either vector is zero.
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+/// `a.b / (|a| |b|)` in f64 (of f32 or f64 values); 0 when either vector is zero.
+pub fn cosine<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (x as f64, y as f64);
+        let (x, y): (f64, f64) = (x.into(), y.into());
         ab += x * y;
         aa += x * x;
         bb += y * y;

@@ -450,12 +450,15 @@ fn next_token(a: &mut Active, row: &[f32], tok: &Tokenizer, held: usize, context
     let (text, stopped) = a.stream.push(tok, id);
     let text = text.to_string();
     a.emit(Event::Token { text, logprob });
-    if a.watched.1 < crate::monitor::WATCH_TOKENS {
-        a.watched.0 += confidence_of(row, id).0 as f64;
+    let watching = a.watched.1 < crate::monitor::WATCH_TOKENS;
+    let judging = a.judging.as_ref().is_some_and(|j| j.verdict.is_none());
+    // One pass over the logits serves both (the first tokens only).
+    let (lp, top1) = if watching || judging { confidence_of(row, id) } else { (0.0, 1.0) };
+    if watching {
+        a.watched.0 += lp as f64;
         a.watched.1 += 1;
     }
     if let Some(j) = a.judging.as_mut().filter(|j| j.verdict.is_none()) {
-        let (lp, top1) = confidence_of(row, id);
         j.sum += lp as f64;
         j.min_top1 = j.min_top1.min(top1);
         j.n += 1;

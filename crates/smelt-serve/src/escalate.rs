@@ -24,16 +24,16 @@ use crate::AppState;
 /// and any redaction), `texts` its message or prompt texts, `local` the local answer (run only
 /// if needed).
 pub async fn answer(state: &AppState, headers: &HeaderMap, raw: Value, path: &'static str, texts: &[String], local: &Local) -> Result<Response, ApiError> {
-    // The prompt's embedding, when drift is tracked or the complexity signal needs it (a failed
-    // embedding, e.g. the worker busy, leaves both without it).
-    let wants_embedding = state.metrics.watch.drift.is_some() || state.router.as_ref().is_some_and(|r| r.complexity.is_some());
-    let embedding = if wants_embedding { crate::embeddings::embed_one(state, texts.join("\n")).await.ok() } else { None };
+    // The prompt's embedding: at once when drift is tracked, else only if the complexity signal
+    // comes to need it (a failed embedding, e.g. the worker busy, leaves both without it).
+    let embed = || crate::embeddings::embed_one(state, texts.join("\n"));
+    let mut embedding = if state.metrics.watch.drift.is_some() { embed().await.ok() } else { None };
     if let (Some(d), Some(x)) = (&state.metrics.watch.drift, &embedding) {
         d.lock().unwrap_or_else(|p| p.into_inner()).add(x);
     }
-    let note = |reason: &'static str| Note { reason, embedding: embedding.clone() };
+    let note = |reason: &'static str, embedding: &Option<Vec<f32>>| Note { reason, embedding: embedding.clone() };
     let Some(router) = &state.router else {
-        return local.answer(state, note("default")).await;
+        return local.answer(state, note("default", &embedding)).await;
     };
     let over = Override::parse(headers.get("x-smelt-route").and_then(|v| v.to_str().ok())).map_err(|e| ApiError::invalid(e, None))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -42,14 +42,17 @@ pub async fn answer(state: &AppState, headers: &HeaderMap, raw: Value, path: &'s
     let mut d = router.decide(private, over, local.prompt.len(), context);
     if d.target == Target::Local && d.reason == "default" && router.could_escalate() {
         // The content signals: the classifier first (cheap), then the draft.
-        if let (Some(cx), Some(x)) = (&router.complexity, &embedding) {
-            if cx.p_remote(x) >= cx.threshold {
+        if let Some(cx) = &router.complexity {
+            if embedding.is_none() {
+                embedding = embed().await.ok();
+            }
+            if embedding.as_ref().is_some_and(|x| cx.p_remote(x) >= cx.threshold) {
                 d = router.escalate("complexity", private);
             }
         }
         if d.target == Target::Local && d.reason == "default" {
             if let Some(gate) = router.confidence {
-                match local.run(state, Some(gate), note("default")).await? {
+                match local.run(state, Some(gate), note("default", &embedding)).await? {
                     Outcome::Answer(r) => {
                         state.metrics.count_route("local", "default");
                         return Ok(tag(r, &d, None));
@@ -61,7 +64,7 @@ pub async fn answer(state: &AppState, headers: &HeaderMap, raw: Value, path: &'s
     }
     state.metrics.count_route(d.target.label(), d.reason);
     if d.target == Target::Local {
-        return Ok(tag(local.answer(state, note(d.reason)).await.unwrap_or_else(IntoResponse::into_response), &d, None));
+        return Ok(tag(local.answer(state, note(d.reason, &embedding)).await.unwrap_or_else(IntoResponse::into_response), &d, None));
     }
     let mut body = raw;
     if d.redact {
@@ -85,7 +88,7 @@ pub async fn answer(state: &AppState, headers: &HeaderMap, raw: Value, path: &'s
             // Graceful degradation: the local model answers, and says why.
             state.metrics.count_route("local", "fallback");
             let d = Decision { target: Target::Local, ..d };
-            Ok(tag(local.answer(state, note("fallback")).await.unwrap_or_else(IntoResponse::into_response), &d, Some(e.label())))
+            Ok(tag(local.answer(state, note("fallback", &embedding)).await.unwrap_or_else(IntoResponse::into_response), &d, Some(e.label())))
         }
     }
 }

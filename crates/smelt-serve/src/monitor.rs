@@ -16,6 +16,7 @@ use std::io::Write;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use smelt_models::stats::cosine;
 
 /// Tokens whose confidence every local answer reports.
 pub const WATCH_TOKENS: usize = 2;
@@ -87,21 +88,6 @@ impl Drift {
             cur.iter_mut().zip(x).for_each(|(c, &v)| *c += v as f64);
         }
         Some(1.0 - cosine(&self.reference, &cur))
-    }
-}
-
-/// Cosine of two vectors (0 when either is zero).
-pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        0.0
-    } else {
-        ab / (aa.sqrt() * bb.sqrt())
     }
 }
 

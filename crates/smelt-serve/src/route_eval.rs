@@ -348,23 +348,12 @@ pub struct Separation {
 /// The probability that a random positive item scores above a random negative one (ties count
 /// half); `None` without both kinds.
 pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     let (n_pos, n_neg) = (positive.iter().filter(|&&p| p).count(), positive.iter().filter(|&&p| !p).count());
     if n_pos == 0 || n_neg == 0 {
         return None;
     }
-    // Rank sum of the positives, tied scores sharing their mean rank (Mann-Whitney U).
-    let (mut rank_sum, mut i) = (0.0f64, 0);
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += (i..=j).filter(|&k| positive[idx[k]]).count() as f64 * mean_rank;
-        i = j + 1;
-    }
+    // Mann-Whitney U from the positives' rank sum (tied scores share their mean rank).
+    let rank_sum: f64 = smelt_models::stats::ranks(scores).iter().zip(positive).filter(|(_, &p)| p).map(|(r, _)| r).sum();
     Some((rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0) / (n_pos * n_neg) as f64)
 }
 
