@@ -363,12 +363,17 @@ impl RefLogprobs {
             };
             let z = &all[self.first * v..(chunk.len() - 1) * v];
             let targets = &chunk[self.first + 1..];
-            let sum = Mutex::new(0.0f64);
+            // Partial sums keyed by their first position and added in that order: the result
+            // does not depend on which thread finished first.
+            let parts = Mutex::new(Vec::new());
             pool.for_chunks(targets.len(), 8, &|r| {
+                let first = r.start;
                 let s: f64 = r.map(|j| score(&z[j * v..(j + 1) * v], Some((&lp[j * v..(j + 1) * v], tops[j])), targets[j] as usize).kld).sum();
-                *sum.lock().unwrap_or_else(|e| e.into_inner()) += s;
+                parts.lock().unwrap_or_else(|e| e.into_inner()).push((first, s));
             });
-            total += sum.into_inner().unwrap_or_else(|e| e.into_inner());
+            let mut parts = parts.into_inner().unwrap_or_else(|e| e.into_inner());
+            parts.sort_by_key(|&(first, _)| first);
+            total += parts.iter().map(|&(_, s)| s).sum::<f64>();
         }
         Ok(total / self.tokens().max(1) as f64)
     }

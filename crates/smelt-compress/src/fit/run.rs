@@ -298,6 +298,8 @@ pub fn fit(src: &Source, model: &mut Llama, settings: &FitSettings, out: &Path, 
     let file = src.file;
     let mut chosen = analysis.choose(settings.goal)?;
     let mut awq_check = None;
+    // The chosen mix's KLD when the AWQ check already measured it (same mix, same choices).
+    let mut known = None;
     if let Some(FitAwq { ty: None, .. }) = settings.awq {
         let mut other = rescale(src, model, &mut analysis, &chosen, settings, pool, progress)?;
         if !other.is_empty() {
@@ -314,8 +316,10 @@ pub fn fit(src: &Source, model: &mut Llama, settings: &FitSettings, out: &Path, 
             if with < without {
                 swap(&mut analysis, &mut other);
                 chosen = scaled_mix;
+                known = Some(with);
             } else {
                 analysis.scaling = None;
+                known = Some(without);
             }
         }
     }
@@ -327,7 +331,10 @@ pub fn fit(src: &Source, model: &mut Llama, settings: &FitSettings, out: &Path, 
     picks.dedup();
     let total = picks.len() + 1;
     progress(Stage::Check, 0, total, "chosen mix");
-    let measured_kld = measure(model, choices, &chosen, reference, pool)?;
+    let measured_kld = match known {
+        Some(k) => k,
+        None => measure(model, choices, &chosen, reference, pool)?,
+    };
     let mut front: Vec<FrontPoint> = all.iter().map(|m| FrontPoint { file_bytes: m.bytes + fixed, predicted_kld: m.loss, measured_kld: None }).collect();
     for (i, &k) in picks.iter().enumerate() {
         progress(Stage::Check, i + 1, total, "front");
