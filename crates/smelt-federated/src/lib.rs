@@ -1,0 +1,24 @@
+//! Federated learning with a Flower server: smelt as a Flower client.
+//!
+//! - [`client`]: joins a server's `FlowerService/Join` stream and answers its instructions;
+//! - [`trainable`]: the interface of what a federation trains; [`head`] is the classification
+//!   head on frozen embeddings;
+//! - [`config`]: the server's fit settings, typed; [`npy`]: the tensors' wire format;
+//! - [`privacy`]: update clipping and noise, and the Rényi-DP accountant.
+
+pub mod client;
+pub mod config;
+mod error;
+pub mod head;
+pub mod npy;
+pub mod privacy;
+pub mod trainable;
+
+pub use error::FedError;
+
+/// The Flower messages and the `FlowerService` client, generated from
+/// `proto/flower_transport.proto` by tonic-prost-build (`scripts/gen-proto`).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    include!("proto/flwr.proto.rs");
+}
