@@ -7,9 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use smelt_formats::GgmlType;
 
 mod compress;
+mod federated;
 mod serve;
 mod train;
 pub use compress::*;
+pub use federated::*;
 pub use serve::*;
 pub use train::*;
 
@@ -129,6 +131,8 @@ pub enum Command {
     /// regression with L2), predict, evaluate (accuracy, precision, recall, F1).
     #[command(after_help = CLASSIFY_HELP)]
     Classify(ClassifyArgs),
+    /// Federated learning with a Flower server: train on local data, send only model updates.
+    Federated(FederatedArgs),
     /// Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench; for an
     /// encoder, sentences/s and tokens/s at batch 1 and 32 (tokenization included).
     #[command(after_help = "Examples:\n  smelt bench -m smollm2-135m\n  smelt bench -m model.gguf -p 512 -n 128 -r 5 --format json\n  smelt bench -m smollm2-135m --as q4_0 -t 1\n  smelt bench -m all-minilm-l6-v2 --texts sentences.txt --batch 1,32 -o bench.csv")]

@@ -130,6 +130,7 @@ fn run(cli: &mut Cli) -> Result<i32> {
         Command::Models(a) => cmd::pull::models(a).map(|()| 0),
         Command::Embed(a) => cmd::embed::run(a, &cli.global).map(|()| 0),
         Command::Classify(a) => cmd::classify::run(a, &cli.global).map(|()| 0),
+        Command::Federated(a) => cmd::federated::run(a, &cli.global).map(|()| 0),
         Command::Bench(a) => cmd::bench::run(a, &cli.global).map(|()| 0),
         Command::Run(a) => cmd::run::run(a, &cli.global),
         Command::Chat(a) => cmd::chat::run(a, &cli.global),

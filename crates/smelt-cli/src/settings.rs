@@ -157,6 +157,14 @@ pub const SETTINGS: &[Setting] = &[
     // Classification heads.
     of("l2", Ty::F32, Bound::float("l2", 0.0, 1e6)),
     int("max_iter", &[], 1, 10_000_000),
+    // Federated learning.
+    of("connect_for", Ty::F64, Bound::float("connect_for", 0.0, 1e7)),
+    int("max_message_mb", &["client"], 1, 1 << 14),
+    of("max_norm", Ty::F64, Bound::positive("max_norm", 1e30)),
+    of("dp_clip", Ty::F64, Bound::positive("dp_clip", 1e12)),
+    of("dp_noise", Ty::F64, Bound::float("dp_noise", 0.0, 1e6)),
+    of("dp_delta", Ty::F64, Bound::float("dp_delta", 1e-30, 0.5)),
+    of("dp_sample_rate", Ty::F64, Bound::float("dp_sample_rate", 1e-9, 1.0)),
 ];
 
 /// The setting of option `id` in subcommand `cmd`, if it is numeric.

@@ -68,7 +68,7 @@ pub struct Exchange {
     pub round: u64,
     pub num_examples: usize,
     pub loss: Option<f64>,
-    pub metrics: Vec<(String, f64)>,
+    pub metrics: std::collections::BTreeMap<String, f64>,
     /// Wire sizes of the instruction and the answer.
     pub bytes_in: usize,
     pub bytes_out: usize,
@@ -223,7 +223,7 @@ pub fn check(p: Option<&Parameters>, shapes: &[Vec<usize>], max_norm: f64) -> Re
 fn answer(task: &mut dyn Trainable, opts: &ClientOptions, state: &mut State, msg: ServerMessage, summary: &mut Summary, log: &mut (dyn FnMut(&str) + Send)) -> (Option<ClientMessage>, Option<u64>) {
     let bytes_in = msg.encoded_len();
     let (t0, cpu0) = (Instant::now(), smelt_eval::energy::cpu_seconds());
-    let mut x = Exchange { kind: "", round: state.fits, num_examples: 0, loss: None, metrics: Vec::new(), bytes_in, bytes_out: 0, seconds: 0.0, cpu_seconds: 0.0, refused: None, update_norm: None };
+    let mut x = Exchange { kind: "", round: state.fits, num_examples: 0, loss: None, metrics: Default::default(), bytes_in, bytes_out: 0, seconds: 0.0, cpu_seconds: 0.0, refused: None, update_norm: None };
     let out = match msg.msg {
         Some(In::ReconnectIns(r)) => {
             let seconds = r.seconds.max(0) as u64;
@@ -280,7 +280,7 @@ fn answer(task: &mut dyn Trainable, opts: &ClientOptions, state: &mut State, msg
             x.round,
             x.num_examples,
             x.loss.map_or(String::new(), |l| format!(", loss {l:.4}")),
-            x.metrics.iter().find(|(k, _)| k == "accuracy").map_or(String::new(), |(_, a)| format!(", accuracy {a:.4}")),
+            x.metrics.get("accuracy").map_or(String::new(), |a| format!(", accuracy {a:.4}")),
             x.seconds,
             x.bytes_in,
             x.bytes_out
@@ -293,7 +293,7 @@ fn answer(task: &mut dyn Trainable, opts: &ClientOptions, state: &mut State, msg
 fn record(x: &mut Exchange, o: &Outcome) {
     x.num_examples = o.num_examples;
     x.loss = Some(o.loss);
-    x.metrics = o.metrics.clone();
+    x.metrics = o.metrics.iter().cloned().collect();
 }
 
 /// A fit instruction: config and parameters checked, local training, privacy, the answer.
@@ -338,4 +338,11 @@ fn fit(task: &mut dyn Trainable, opts: &ClientOptions, state: &mut State, params
         }
     }
     cm::FitRes { status: ok(), parameters: parameters(&sent), num_examples: outcome.num_examples as i64, metrics: metrics(&outcome.metrics) }
+}
+
+/// [`run`] on a runtime of its own (one worker thread: the training runs on it), for callers
+/// that are not async.
+pub fn run_blocking(task: &mut dyn Trainable, opts: &ClientOptions, log: &mut (dyn FnMut(&str) + Send)) -> Result<Summary, FedError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| FedError::Stream(format!("cannot start the network runtime: {e}")))?;
+    rt.block_on(run(task, opts, log))
 }

@@ -26,7 +26,7 @@ fn pool(global: &Global) -> ThreadPool {
     global.pool()
 }
 
-fn load_encoder(model: &str, int8: Option<&Int8Spec>, pool: &ThreadPool, quiet: bool) -> Result<Encoder> {
+pub(crate) fn load_encoder(model: &str, int8: Option<&Int8Spec>, pool: &ThreadPool, quiet: bool) -> Result<Encoder> {
     let path = crate::resolve_model(model, quiet)?;
     let mut enc = Encoder::load(&path, None).with_context(|| format!("loading {}", path.display()))?;
     if let Some(spec) = int8 {
@@ -36,7 +36,7 @@ fn load_encoder(model: &str, int8: Option<&Int8Spec>, pool: &ThreadPool, quiet: 
 }
 
 /// Embeddings of `texts` with a progress bar.
-fn embed(enc: &Encoder, pool: &ThreadPool, texts: &[&str], quiet: bool) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn embed(enc: &Encoder, pool: &ThreadPool, texts: &[&str], quiet: bool) -> Result<Vec<Vec<f32>>> {
     let mut bar = Progress::new("embedding", texts.len() as u64, false, quiet);
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(512) {

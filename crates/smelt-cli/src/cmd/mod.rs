@@ -11,6 +11,7 @@ pub mod eval;
 pub mod eval_quality;
 pub mod finetune;
 pub mod finetune_pairs;
+pub mod federated;
 pub mod fit;
 pub mod imatrix;
 pub mod inspect;
