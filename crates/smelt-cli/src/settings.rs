@@ -165,6 +165,12 @@ pub const SETTINGS: &[Setting] = &[
     of("dp_noise", Ty::F64, Bound::float("dp_noise", 0.0, 1e6)),
     of("dp_delta", Ty::F64, Bound::float("dp_delta", 1e-30, 0.5)),
     of("dp_sample_rate", Ty::F64, Bound::float("dp_sample_rate", 1e-9, 1.0)),
+    of("dp_epsilon", Ty::F64, Bound::positive("dp_epsilon", 1e6)),
+    of("test_share", Ty::F64, Bound::float("test_share", 0.01, 0.9)),
+    int("clients", &["simulate"], 1, 1000),
+    int("rounds", &["simulate"], 1, 100_000),
+    int("local_epochs", &["simulate"], 1, 1000),
+    of("proximal_mu", Ty::F64, Bound::float("proximal_mu", 0.0, 1e6)),
 ];
 
 /// The setting of option `id` in subcommand `cmd`, if it is numeric.

@@ -145,3 +145,42 @@ fn bad_local_data_and_an_absent_server_are_clear_errors() {
     let o = smelt(&["federated", "client", "-q", "--server", &addr, "--data", s(&data), "--labels", LABELS, "--dp-noise", "1"]);
     assert_eq!(o.status.code(), Some(2), "--dp-noise needs --dp-clip");
 }
+
+/// `smelt federated simulate` on a tiny task: a real Flower server and three clients, the report
+/// as JSON and HTML with all three curves; bad settings are refused before anything starts.
+#[test]
+fn simulate_writes_the_three_curves() {
+    let d = dir("sim");
+    let data = d.join("all.jsonl");
+    write_data(&data, 0, 1);
+    let html = d.join("fed.html");
+    let o = smelt(&["federated", "simulate", "-q", "--data", s(&data), "--test-share", "0.25", "--clients", "3", "--rounds", "2", "--split", "iid", "--batch-size", "4", "--local-epochs", "5", "--json", "-o", s(&html), "--dp-clip", "1", "--dp-epsilon", "50"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["train_examples"].as_u64(), v["test_examples"].as_u64()), (Some(12), Some(4)));
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for r in rounds {
+        for k in ["federated_accuracy", "centralized_accuracy", "local_only_accuracy", "fit_bytes_per_client"] {
+            assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k}: {r}");
+        }
+    }
+    assert_eq!(v["client_label_counts"].as_array().unwrap().iter().map(|c| c.as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum::<u64>()).sum::<u64>(), 12);
+    let eps = v["epsilon"].as_f64().unwrap();
+    assert!(eps <= 50.0 + 1e-6 && eps > 10.0, "each client kept within --dp-epsilon: {eps}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("centralized") && page.contains("local-only"));
+
+    for (args, words) in [
+        (vec!["--split", "dirichlet:0"], "dirichlet"),
+        (vec!["--malicious", "3:label-flip"], "honest"),
+        (vec!["--malicious", "1:poison"], "label-flip"),
+        (vec!["--clients", "0"], "clients"),
+    ] {
+        let mut all = vec!["federated", "simulate", "-q", "--data", s(&data), "--clients", "3"];
+        all.extend(args);
+        let o = smelt(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(words), "{all:?}: {err}");
+    }
+}

@@ -68,6 +68,17 @@ pub fn cpu_seconds() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// Seconds of CPU the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): the cost of work done
+/// on this thread alone while others run beside it.
+pub fn thread_cpu_seconds() -> f64 {
+    // SAFETY: clock_gettime fills the timespec we own.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 /// A package-level powercap zone: its counter file and wrap range.
 #[derive(Clone, Debug)]
 struct Zone {

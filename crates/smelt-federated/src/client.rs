@@ -73,6 +73,7 @@ pub struct Exchange {
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub seconds: f64,
+    /// CPU seconds of the thread that answered (training and encoding; the network aside).
     pub cpu_seconds: f64,
     /// Why the instruction was refused, if it was.
     pub refused: Option<String>,
@@ -222,7 +223,7 @@ pub fn check(p: Option<&Parameters>, shapes: &[Vec<usize>], max_norm: f64) -> Re
 /// Answers one instruction: the reply, and `Some(seconds)` when the client must leave.
 fn answer(task: &mut dyn Trainable, opts: &ClientOptions, state: &mut State, msg: ServerMessage, summary: &mut Summary, log: &mut (dyn FnMut(&str) + Send)) -> (Option<ClientMessage>, Option<u64>) {
     let bytes_in = msg.encoded_len();
-    let (t0, cpu0) = (Instant::now(), smelt_eval::energy::cpu_seconds());
+    let (t0, cpu0) = (Instant::now(), smelt_eval::energy::thread_cpu_seconds());
     let mut x = Exchange { kind: "", round: state.fits, num_examples: 0, loss: None, metrics: Default::default(), bytes_in, bytes_out: 0, seconds: 0.0, cpu_seconds: 0.0, refused: None, update_norm: None };
     let out = match msg.msg {
         Some(In::ReconnectIns(r)) => {
@@ -271,7 +272,7 @@ fn answer(task: &mut dyn Trainable, opts: &ClientOptions, state: &mut State, msg
     let reply = ClientMessage { msg: Some(out) };
     x.bytes_out = reply.encoded_len();
     x.seconds = t0.elapsed().as_secs_f64();
-    x.cpu_seconds = smelt_eval::energy::cpu_seconds() - cpu0;
+    x.cpu_seconds = smelt_eval::energy::thread_cpu_seconds() - cpu0;
     match &x.refused {
         Some(why) => log(&format!("{} refused: {why}", x.kind)),
         None => log(&format!(

@@ -5,6 +5,8 @@
 //!   head on frozen embeddings;
 //! - [`config`]: the server's fit settings, typed; [`npy`]: the tensors' wire format;
 //! - [`privacy`]: update clipping and noise, and the Rényi-DP accountant.
+//! - [`simulate`]: a real Flower server and N clients on loopback, against centralized and
+//!   local-only training.
 
 pub mod client;
 pub mod config;
@@ -12,6 +14,7 @@ mod error;
 pub mod head;
 pub mod npy;
 pub mod privacy;
+pub mod simulate;
 pub mod trainable;
 
 pub use error::FedError;

@@ -24,7 +24,7 @@ use smelt_train::order::SplitMix64;
 use crate::npy::Tensor;
 
 /// Clipping and noise of a client's update.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct UpdatePrivacy {
     /// The clipping norm `C`.
     pub clip: f64,

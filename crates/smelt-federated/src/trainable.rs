@@ -34,6 +34,11 @@ pub trait Trainable: Send {
     /// Trains on the local data from the current parameters; `seed` fixes the example order.
     /// With `cfg.proximal_mu > 0` the objective gains FedProx's `(mu/2) |w - w_start|^2`.
     fn fit(&mut self, cfg: &FitConfig, seed: u64) -> Result<Outcome, FedError>;
+    /// The example-level (epsilon at `delta`) its local training has spent so far, when it
+    /// trains privately.
+    fn epsilon(&self, _delta: f64) -> Option<f64> {
+        None
+    }
     /// Loss and metrics of the current parameters on the local evaluation data.
     fn evaluate(&self) -> Result<Outcome, FedError>;
 }

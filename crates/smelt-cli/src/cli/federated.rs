@@ -26,6 +26,97 @@ pub enum FederatedCommand {
     /// Join a Flower server and train on local data: only model updates leave this machine.
     #[command(after_help = FEDERATED_HELP)]
     Client(FederatedClientArgs),
+    /// Run a federation on this machine: a real Flower server and N smelt clients on loopback,
+    /// the data split among them, against centralized and local-only training.
+    #[command(after_help = SIMULATE_HELP)]
+    Simulate(FederatedSimulateArgs),
+}
+
+pub const SIMULATE_HELP: &str = "Examples:
+  smelt federated simulate --data bbc/train.jsonl --test bbc/test.jsonl -o fed.html
+  smelt federated simulate --data train.jsonl --clients 10 --rounds 20 --split dirichlet:0.1 --strategy fedprox
+  smelt federated simulate --data train.jsonl --malicious 2:label-flip --strategy fedmedian --json
+  smelt federated simulate --data train.jsonl --dp-clip 1 --dp-epsilon 8      # DP-SGD in each client
+
+Every client evaluates the server's model on the whole test split each round, so the federated
+curve is the global model's test accuracy. Centralized and local-only training use the same
+model, batch size, step and epochs (rounds x local epochs). The Flower server runs from --python,
+$SMELT_FLOWER_PYTHON, or a venv smelt makes once under $SMELT_HOME/flwr-venv (flwr 1.41.0).";
+
+#[derive(Args, Debug)]
+pub struct FederatedSimulateArgs {
+    /// Training data: JSON lines with "text" and "label", split among the clients.
+    #[arg(long, value_name = "DATA.jsonl")]
+    pub data: PathBuf,
+    /// Test data (same form); default: a seeded --test-share of --data held out.
+    #[arg(long, value_name = "FILE")]
+    pub test: Option<PathBuf>,
+    /// Share of --data held out for testing when --test is not given.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.2)]
+    pub test_share: f64,
+    /// Sentence encoder.
+    #[arg(long, short, value_name = "ENCODER", default_value = "all-minilm-l6-v2")]
+    pub model: String,
+    /// Clients in the federation (all train every round).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub clients: usize,
+    /// Federated rounds.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub rounds: usize,
+    /// How the data is dealt: `iid`, or `dirichlet:ALPHA` (non-IID by label; smaller is more skewed).
+    #[arg(long, value_name = "HOW", default_value = "dirichlet:0.5")]
+    pub split: smelt_federated::simulate::Split,
+    /// Epochs over its data each client trains per round.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub local_epochs: usize,
+    /// Examples per gradient step.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub batch_size: usize,
+    /// Step size (default: the head's safe step, 1 / smoothness).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f32>,
+    /// L2 penalty of the head.
+    #[arg(long, value_name = "X", default_value_t = 1e-3)]
+    pub l2: f32,
+    /// Flower's aggregation: fedavg, fedprox, fedmedian, trimmed (FedTrimmedAvg), krum.
+    #[arg(long, value_name = "NAME", default_value = "fedavg", value_parser = ["fedavg", "fedprox", "fedmedian", "trimmed", "krum"])]
+    pub strategy: String,
+    /// FedProx's mu (with --strategy fedprox).
+    #[arg(long, value_name = "MU", default_value_t = 0.01)]
+    pub proximal_mu: f64,
+    /// Attackers among the clients: N:label-flip or N:scale:FACTOR.
+    #[arg(long, value_name = "N:ATTACK")]
+    pub malicious: Option<String>,
+    /// What privacy protects: `example` (DP-SGD: each local example's gradient clipped to
+    /// --dp-clip and noised, every step) or `client` (the whole update clipped and noised before
+    /// it is sent).
+    #[arg(long, value_name = "UNIT", default_value = "example", value_parser = ["example", "client"])]
+    pub dp_unit: String,
+    /// Differential privacy: the clipping norm (see --dp-unit).
+    #[arg(long, value_name = "C")]
+    pub dp_clip: Option<f64>,
+    /// Noise multiplier (noise standard deviation over --dp-clip).
+    #[arg(long, value_name = "SIGMA", requires = "dp_clip", conflicts_with = "dp_epsilon")]
+    pub dp_noise: Option<f64>,
+    /// Instead of --dp-noise: the smallest noise that keeps each client (or each example) within
+    /// this epsilon over the whole run.
+    #[arg(long, value_name = "EPSILON", requires = "dp_clip")]
+    pub dp_epsilon: Option<f64>,
+    /// The delta of (epsilon, delta).
+    #[arg(long, value_name = "DELTA", default_value_t = 1e-5)]
+    pub dp_delta: f64,
+    /// Python with flwr 1.41 for the server.
+    #[arg(long, value_name = "PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Seed of the split, the example order and the noise.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Write the report: .json, or .html with the curves.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -63,18 +154,23 @@ pub struct FederatedClientArgs {
     /// Seed of the local example order and the privacy noise.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
-    /// Client-level privacy: clip each update (local parameters minus the server's) to this L2
-    /// norm before it is sent.
+    /// What privacy protects: `example` (DP-SGD: each local example's gradient clipped to
+    /// --dp-clip and noised, every step) or `client` (the whole update clipped and noised before
+    /// it is sent).
+    #[arg(long, value_name = "UNIT", default_value = "example", value_parser = ["example", "client"])]
+    pub dp_unit: String,
+    /// Differential privacy: the clipping norm (of each example's gradient, or of the update;
+    /// see --dp-unit).
     #[arg(long, value_name = "C")]
     pub dp_clip: Option<f64>,
-    /// Gaussian noise added to the clipped update: standard deviation this times --dp-clip.
+    /// Gaussian noise: standard deviation this times --dp-clip.
     #[arg(long, value_name = "SIGMA", requires = "dp_clip", default_value_t = 0.0)]
     pub dp_noise: f64,
     /// The delta of the (epsilon, delta) reported for the updates sent.
     #[arg(long, value_name = "DELTA", default_value_t = 1e-5)]
     pub dp_delta: f64,
-    /// The share of rounds this client is sampled in (the server's fraction_fit), for the
-    /// privacy accountant.
+    /// With --dp-unit client: the share of rounds this client is sampled in (the server's
+    /// fraction_fit), for the privacy accountant.
     #[arg(long, value_name = "Q", default_value_t = 1.0)]
     pub dp_sample_rate: f64,
     /// Save every parameter set sent to the server here (fit-ROUND-TENSOR.npy), to audit what left.

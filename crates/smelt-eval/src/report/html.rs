@@ -101,17 +101,34 @@ fn plots(record: &Record, best: Option<usize>) -> Vec<String> {
 /// A training run's page: the settings and results as a table of `(name, value)` rows, and the
 /// loss curves (training loss per step, validation loss per evaluation) on a log scale.
 pub fn training_html(title: &str, rows: &[(String, String)], train: &[(f64, f64)], val: &[(f64, f64)]) -> String {
+    let mut series = vec![("training loss".to_string(), train.to_vec())];
+    if !val.is_empty() {
+        series.push(("validation loss".to_string(), val.to_vec()));
+    }
+    curves_html(title, rows, &[Plot { title: "Loss", x_label: "step", y_label: "loss", series, log_y: true }])
+}
+
+/// One line plot of a page: named series of `(x, y)` points.
+pub struct Plot<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+    pub log_y: bool,
+}
+
+/// A page of a table of `(name, value)` rows and line plots (training runs, federated
+/// simulations).
+pub fn curves_html(title: &str, rows: &[(String, String)], plots: &[Plot]) -> String {
     let mut out = String::new();
     let _ = write!(out, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head><body><h1>{t}</h1><table><tbody>", t = esc(title));
     for (k, v) in rows {
         let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
     }
     out.push_str("</tbody></table><div class=\"plots\">");
-    let mut series = vec![("training loss".to_string(), train.to_vec())];
-    if !val.is_empty() {
-        series.push(("validation loss".to_string(), val.to_vec()));
+    for p in plots {
+        out.push_str(&lines(p.title, p.x_label, p.y_label, &p.series, p.log_y));
     }
-    out.push_str(&lines("Loss", "step", "loss", &series, true));
     out.push_str("</div></body></html>\n");
     out
 }

@@ -5,7 +5,7 @@ mod html;
 mod svg;
 mod text;
 
-pub use html::{html, training_html};
+pub use html::{curves_html, html, training_html, Plot};
 pub use text::{csv, markdown, table};
 
 use crate::record::{ModelResult, Record};
