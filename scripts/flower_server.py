@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--dp-clip", type=float, default=0.0, help="wrap the strategy in Flower's DifferentialPrivacyServerSideFixedClipping with this clipping norm")
     ap.add_argument("--dp-noise", type=float, default=0.0)
     ap.add_argument("--round-timeout", type=float, default=600.0)
+    ap.add_argument("--certificates", nargs=3, metavar=("CA", "CERT", "KEY"), help="serve over TLS with these PEM files (root CA, server certificate, server key)")
     ap.add_argument("--out", required=True, help="JSON file for the record")
     a = ap.parse_args()
 
@@ -108,6 +109,7 @@ def main():
         server_address=a.address,
         config=fl.server.ServerConfig(num_rounds=a.rounds, round_timeout=a.round_timeout),
         strategy=strategy,
+        certificates=tuple(open(p, "rb").read() for p in a.certificates) if a.certificates else None,
     )
     finite = lambda v: v if isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v)) else None
     record = {

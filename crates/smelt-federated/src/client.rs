@@ -10,7 +10,8 @@
 //! client's shapes, finite, with a norm below [`ClientOptions::max_norm`]; config values are
 //! typed ([`FitConfig`]); a message over [`ClientOptions::max_message_bytes`] ends the stream.
 //! A refused instruction is answered with a non-OK status (the server counts a failure) and the
-//! client stays connected.
+//! client stays connected. With a root certificate the stream runs over TLS (rustls), as with
+//! Flower's `start_server(certificates=...)`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::{round_of, FitConfig};
 use crate::npy::{self, Tensor};
@@ -51,11 +52,16 @@ pub struct ClientOptions {
     pub privacy: Option<UpdatePrivacy>,
     /// Write every parameter set sent to the server here (`fit-R-T.npy`), to audit what left.
     pub save_sent: Option<PathBuf>,
+    /// Connect with TLS, trusting this root certificate (PEM bytes, what Flower calls
+    /// `root_certificates`).
+    pub root_cert: Option<Vec<u8>>,
+    /// The name the server's certificate must carry (default: the host of `server`).
+    pub tls_domain: Option<String>,
 }
 
 impl ClientOptions {
     pub fn new(server: impl Into<String>) -> ClientOptions {
-        ClientOptions { server: server.into(), connect_for: Duration::from_secs(60), max_message_bytes: 64 << 20, max_norm: 1e6, seed: 0, privacy: None, save_sent: None }
+        ClientOptions { server: server.into(), connect_for: Duration::from_secs(60), max_message_bytes: 64 << 20, max_norm: 1e6, seed: 0, privacy: None, save_sent: None, root_cert: None, tls_domain: None }
     }
 }
 
@@ -94,6 +100,8 @@ pub struct Summary {
 pub async fn run(task: &mut dyn Trainable, opts: &ClientOptions, log: &mut (dyn FnMut(&str) + Send)) -> Result<Summary, FedError> {
     let mut summary = Summary::default();
     let mut state = State { fits: 0, warned: Vec::new(), rng_seed: opts.seed };
+    // Since when joins have been failing (the same window as connecting).
+    let mut failing_since: Option<Instant> = None;
     loop {
         let channel = connect(opts, log).await?;
         summary.connections += 1;
@@ -102,11 +110,16 @@ pub async fn run(task: &mut dyn Trainable, opts: &ClientOptions, log: &mut (dyn 
         let mut inbound = match client.join(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= opts.connect_for {
+                    return Err(unreachable(opts, format!("the stream could not start ({}), for {:.0} s", s.message(), since.elapsed().as_secs_f64())));
+                }
                 log(&format!("the server refused the stream ({}): retrying", s.message()));
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
+        failing_since = None;
         log(&format!("joined {}", opts.server));
         let ended = loop {
             let msg = match inbound.message().await {
@@ -149,11 +162,29 @@ struct State {
     rng_seed: u64,
 }
 
+/// The error for a server that cannot be joined, with the likeliest fix.
+fn unreachable(opts: &ClientOptions, why: String) -> FedError {
+    let hint = if why.contains("certificate") || why.contains("tls") || why.contains("TLS") {
+        "check --root-cert (the CA that signed the server's certificate) and --tls-domain (a name the certificate carries)"
+    } else if opts.root_cert.is_none() && why.contains("stream") {
+        "if the server uses TLS, give its root certificate with --root-cert"
+    } else {
+        "is it started, and is the address HOST:PORT?"
+    };
+    FedError::Unreachable { server: opts.server.clone(), why, hint }
+}
+
 /// Connects, retrying with backoff (0.2 s doubling to 5 s) for `opts.connect_for`.
 async fn connect(opts: &ClientOptions, log: &mut (dyn FnMut(&str) + Send)) -> Result<Channel, FedError> {
-    let unreachable = |why: String| FedError::Unreachable { server: opts.server.clone(), why };
-    let uri = if opts.server.contains("://") { opts.server.clone() } else { format!("http://{}", opts.server) };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| unreachable(format!("not an address: {e}")))?.connect_timeout(Duration::from_secs(5));
+    let unreachable = |why: String| unreachable(opts, why);
+    let scheme = if opts.root_cert.is_some() { "https" } else { "http" };
+    let uri = if opts.server.contains("://") { opts.server.clone() } else { format!("{scheme}://{}", opts.server) };
+    let mut endpoint = Endpoint::from_shared(uri).map_err(|e| unreachable(format!("not an address: {e}")))?.connect_timeout(Duration::from_secs(5));
+    if let Some(pem) = &opts.root_cert {
+        let host = opts.server.rsplit_once(':').map_or(opts.server.as_str(), |(h, _)| h).trim_start_matches("https://").trim_matches(['[', ']']);
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(opts.tls_domain.clone().unwrap_or_else(|| host.to_string()));
+        endpoint = endpoint.tls_config(tls).map_err(|e| unreachable(format!("TLS settings: {e}")))?;
+    }
     let start = Instant::now();
     let mut wait = Duration::from_millis(200);
     let mut said = false;

@@ -11,8 +11,8 @@ pub enum FedError {
     Parameters(String),
     #[error("local data: {0}")]
     Data(String),
-    #[error("cannot reach the Flower server at {server}: {why} (is it started, and is the address HOST:PORT?)")]
-    Unreachable { server: String, why: String },
+    #[error("cannot reach the Flower server at {server}: {why} ({hint})")]
+    Unreachable { server: String, why: String, hint: &'static str },
     #[error("the connection to the Flower server failed: {0}")]
     Stream(String),
     #[error("{0}")]

@@ -209,3 +209,66 @@ fn an_unreachable_server_is_a_clear_error_after_the_wait() {
     assert!(t0.elapsed() >= Duration::from_millis(700), "gave up at once");
     assert!(lines.iter().any(|l| l.contains("waiting for the server")), "{lines:#?}");
 }
+
+/// Flower's robust strategies and its server-side DP wrapper take smelt's answers unchanged:
+/// every round completes with no failed fit and the clients leave when the run ends.
+#[test]
+fn flower_strategies_and_server_side_dp_work_unchanged() {
+    for (name, extra) in [("fedmedian", vec![]), ("trimmed", vec![]), ("krum", vec!["--malicious", "0"]), ("fedprox", vec![]), ("fedavg", vec!["--dp-clip", "5", "--dp-noise", "0.1"])] {
+        let d = dir(&format!("strategy-{name}-{}", extra.len()));
+        let port = free_port();
+        let out = d.join("run.json");
+        let mut args = vec![repo().join("scripts/flower_server.py").to_str().unwrap().to_string()];
+        args.extend(["--address", &format!("127.0.0.1:{port}"), "--clients", "3", "--rounds", "2", "--strategy", name, "--out", out.to_str().unwrap()].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let server = start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let handles: Vec<_> = (0..3).map(|i| spawn_client(task(20 + 5 * i, i as f32), ClientOptions::new(format!("127.0.0.1:{port}")))).collect();
+        let logs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let err = finish(server);
+        for (r, lines) in &logs {
+            let s = r.as_ref().unwrap_or_else(|e| panic!("{name}: {e}\n{lines:#?}\n{err}"));
+            assert_eq!(s.ended, "the server ended the run", "{name}");
+            assert_eq!(s.exchanges.iter().filter(|x| x.kind == "fit" && x.refused.is_none()).count(), 2, "{name}: {lines:#?}");
+        }
+        let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let rounds = rec["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 2, "{name}");
+        assert!(rounds.iter().all(|r| r["failures"] == 0 && r["aggregated"].is_array()), "{name}: {rec}");
+        assert_eq!(rec["history"]["metrics_distributed"]["accuracy"].as_array().map(Vec::len), Some(2), "{name}");
+    }
+}
+
+/// With the server's root certificate the client joins a Flower server that serves TLS; without
+/// it (plain HTTP/2 to a TLS port), or trusting another CA, it cannot join and says so.
+#[test]
+fn tls_with_the_servers_root_certificate() {
+    let d = dir("tls");
+    let o = Command::new(python()).arg(repo().join("crates/smelt-federated/tests/make_certs.py")).arg(&d).output().expect("run python");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let other = d.join("other");
+    let o = Command::new(python()).arg(repo().join("crates/smelt-federated/tests/make_certs.py")).arg(&other).output().unwrap();
+    assert!(o.status.success());
+    let port = free_port();
+    let out = d.join("run.json");
+    let p = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let server = start(&[repo().join("scripts/flower_server.py").to_str().unwrap(), "--address", &format!("127.0.0.1:{port}"), "--clients", "1", "--rounds", "1", "--out", out.to_str().unwrap(), "--certificates", &p("ca.pem"), &p("server.pem"), &p("server.key")]);
+    // Refused first: a client that trusts another CA, and one without TLS.
+    let mut wrong = ClientOptions::new(format!("127.0.0.1:{port}"));
+    wrong.root_cert = Some(std::fs::read(other.join("ca.pem")).unwrap());
+    wrong.connect_for = Duration::from_secs(3);
+    let (r, _) = spawn_client(task(10, 0.0), wrong).join().unwrap();
+    let e = r.expect_err("a certificate from another CA was accepted").to_string();
+    assert!(e.contains("certificate") && e.contains("--root-cert"), "{e}");
+    let mut plain = ClientOptions::new(format!("127.0.0.1:{port}"));
+    plain.connect_for = Duration::from_secs(3);
+    let (r, _) = spawn_client(task(10, 0.0), plain).join().unwrap();
+    let e = r.expect_err("plain HTTP/2 joined a TLS server").to_string();
+    assert!(e.contains("--root-cert"), "{e}");
+    let mut opts = ClientOptions::new(format!("127.0.0.1:{port}"));
+    opts.root_cert = Some(std::fs::read(d.join("ca.pem")).unwrap());
+    opts.tls_domain = Some("localhost".into());
+    let (r, lines) = spawn_client(task(10, 0.0), opts).join().unwrap();
+    let err = finish(server);
+    let s = r.unwrap_or_else(|e| panic!("{e}\n{lines:#?}\n{err}"));
+    assert_eq!(s.exchanges.iter().filter(|x| x.kind == "fit").count(), 1);
+}

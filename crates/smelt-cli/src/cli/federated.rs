@@ -145,6 +145,13 @@ pub struct FederatedClientArgs {
     /// Seconds to keep trying to reach the server (at the start and after a dropped stream).
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub connect_for: f64,
+    /// Connect with TLS, trusting this root certificate (PEM; the CA of the server's certificate,
+    /// Flower's `root_certificates`).
+    #[arg(long, value_name = "CA.pem")]
+    pub root_cert: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --server).
+    #[arg(long, value_name = "NAME", requires = "root_cert")]
+    pub tls_domain: Option<String>,
     /// Largest message accepted from the server, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub max_message_mb: usize,

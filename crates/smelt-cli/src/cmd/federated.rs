@@ -64,6 +64,8 @@ fn client(a: &FederatedClientArgs, global: &Global) -> Result<()> {
     opts.max_norm = a.max_norm;
     opts.seed = a.seed;
     opts.save_sent = a.save_sent.clone();
+    opts.root_cert = a.root_cert.as_ref().map(|p| std::fs::read(p).with_context(|| format!("reading --root-cert {}", p.display()))).transpose()?;
+    opts.tls_domain = a.tls_domain.clone();
     opts.privacy = (a.dp_unit == "client").then_some(a.dp_clip).flatten().map(|clip| UpdatePrivacy { clip, noise_multiplier: a.dp_noise });
     let quiet = global.quiet;
     if !quiet {
