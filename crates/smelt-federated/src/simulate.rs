@@ -225,6 +225,13 @@ fn subset(e: &Examples, idx: &[usize]) -> Examples {
     Examples { x: idx.iter().map(|&i| e.x[i].clone()).collect(), y: idx.iter().map(|&i| e.y[i]).collect() }
 }
 
+/// What a simulated client's thread returns: its run, and its DP-SGD epsilon and noise.
+struct ClientEnd {
+    summary: Summary,
+    epsilon: Option<f64>,
+    sigma: f64,
+}
+
 /// A client that scales its update by `factor` before sending it.
 struct Scaled {
     inner: HeadTask,
@@ -378,7 +385,7 @@ pub fn simulate(labels: &[String], train: &Examples, test: &Examples, opts: &Sim
             copts.privacy = opts.privacy;
             copts.connect_for = Duration::from_secs(120);
             let delta = opts.delta;
-            std::thread::spawn(move || -> Result<(Summary, Option<f64>, f64), FedError> {
+            std::thread::spawn(move || -> Result<ClientEnd, FedError> {
                 let mut quiet = |_: &str| {};
                 let mut task = task?;
                 let sigma = task.dp_sgd().map_or(0.0, |d| d.noise_multiplier);
@@ -391,20 +398,20 @@ pub fn simulate(labels: &[String], train: &Examples, test: &Examples, opts: &Sim
                     }
                     _ => client::run_blocking(&mut task, &copts, &mut quiet),
                 }?;
-                Ok((summary, task.epsilon(delta), sigma))
+                Ok(ClientEnd { summary, epsilon: task.epsilon(delta), sigma })
             })
         })
         .collect();
-    let summaries: Vec<Result<(Summary, Option<f64>, f64), FedError>> = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(FedError::Stream("a client thread panicked".into())))).collect();
+    let summaries: Vec<Result<ClientEnd, FedError>> = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(FedError::Stream("a client thread panicked".into())))).collect();
     let status = server.wait().map_err(|e| FedError::Settings(format!("waiting for the server: {e}")))?;
     let server_err = server_log.join().unwrap_or_default();
     if !status.success() {
         return Err(FedError::Settings(format!("the Flower server failed ({status}): {}", server_err.lines().rev().take(5).collect::<Vec<_>>().join(" | "))));
     }
-    let done: Vec<(Summary, Option<f64>, f64)> = summaries.into_iter().collect::<Result<_, _>>()?;
-    let sgd_epsilon = done.iter().filter_map(|d| d.1).fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
-    let noise_multipliers: Vec<f64> = done.iter().map(|d| d.2).collect();
-    let summaries: Vec<Summary> = done.into_iter().map(|d| d.0).collect();
+    let done: Vec<ClientEnd> = summaries.into_iter().collect::<Result<_, _>>()?;
+    let sgd_epsilon = done.iter().filter_map(|d| d.epsilon).fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
+    let noise_multipliers: Vec<f64> = done.iter().map(|d| d.sigma).collect();
+    let summaries: Vec<Summary> = done.into_iter().map(|d| d.summary).collect();
     let server_seconds = started.elapsed().as_secs_f64();
     let rec: serde_json::Value = std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok()).ok_or_else(|| FedError::Settings(format!("the server wrote no record at {}", record.display())))?;
 
