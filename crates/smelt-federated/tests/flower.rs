@@ -59,6 +59,15 @@ fn spawn_client(mut t: HeadTask, opts: ClientOptions) -> std::thread::JoinHandle
     })
 }
 
+/// Waits (up to a minute) until something listens on `port`, for clients with short windows.
+fn wait_listening(port: u16) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the server did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -253,6 +262,7 @@ fn tls_with_the_servers_root_certificate() {
     let p = |f: &str| d.join(f).to_str().unwrap().to_string();
     let server = start(&[repo().join("scripts/flower_server.py").to_str().unwrap(), "--address", &format!("127.0.0.1:{port}"), "--clients", "1", "--rounds", "1", "--out", out.to_str().unwrap(), "--certificates", &p("ca.pem"), &p("server.pem"), &p("server.key")]);
     // Refused first: a client that trusts another CA, and one without TLS.
+    wait_listening(port);
     let mut wrong = ClientOptions::new(format!("127.0.0.1:{port}"));
     wrong.root_cert = Some(std::fs::read(other.join("ca.pem")).unwrap());
     wrong.connect_for = Duration::from_secs(3);
@@ -271,4 +281,24 @@ fn tls_with_the_servers_root_certificate() {
     let err = finish(server);
     let s = r.unwrap_or_else(|e| panic!("{e}\n{lines:#?}\n{err}"));
     assert_eq!(s.exchanges.iter().filter(|x| x.kind == "fit").count(), 1);
+}
+
+/// A server that ends the stream mid-run without a goodbye and goes away: the client says so,
+/// tries to reconnect for its window, then stops with a clear error (no panic, no hang).
+#[test]
+fn a_server_that_vanishes_mid_run_is_a_clear_error() {
+    let d = dir("vanish");
+    let port = free_port();
+    let out = d.join("answers.json");
+    let server = start(&[repo().join("crates/smelt-federated/tests/malformed_server.py").to_str().unwrap(), &port.to_string(), out.to_str().unwrap(), "0", "close"]);
+    // The client's window is short, so wait here until the server listens.
+    wait_listening(port);
+    let mut opts = ClientOptions::new(format!("127.0.0.1:{port}"));
+    opts.connect_for = Duration::from_secs(2);
+    let (r, lines) = spawn_client(task(20, 0.0), opts).join().unwrap();
+    finish(server);
+    let e = r.expect_err("the server is gone");
+    assert!(matches!(e, FedError::Unreachable { .. }), "{e}");
+    assert!(lines.iter().any(|l| l.contains("get_parameters")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("reconnecting")), "{lines:#?}");
 }

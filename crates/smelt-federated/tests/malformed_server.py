@@ -3,7 +3,10 @@ instructions a client must refuse (wrong shapes, NaN, a wrong tensor type, bad c
 records the answers, then one message over the client's size limit. Uses Flower's own generated
 gRPC classes (flwr 1.41).
 
-    python malformed_server.py PORT OUT.json HUGE_BYTES
+    python malformed_server.py PORT OUT.json HUGE_BYTES [close]
+
+With `close`, the server asks for parameters, then ends the stream mid-run without a goodbye and
+stops listening.
 """
 import io
 import json
@@ -17,6 +20,7 @@ from flwr.proto import transport_pb2 as pb
 from flwr.proto import transport_pb2_grpc as rpc
 
 port, out, huge = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+close = len(sys.argv) > 4 and sys.argv[4] == "close"
 done = threading.Event()
 answers = []
 
@@ -54,6 +58,8 @@ class Hostile(rpc.FlowerServiceServicer):
             # float64 arrays are read too (converted to float32).
             ("good_evaluate", pb.ServerMessage(evaluate_ins=pb.ServerMessage.EvaluateIns(parameters=params([w.astype(np.float64), b.astype(np.float64)])))),
         ]
+        if close:
+            steps = steps[:1]
         for name, msg in steps:
             yield msg
             res = next(request_iterator)
@@ -64,6 +70,9 @@ class Hostile(rpc.FlowerServiceServicer):
                             "tensors": len(inner.parameters.tensors) if kind in ("fit_res", "get_parameters_res") else 0})
         with open(out, "w") as f:
             json.dump(answers, f)
+        if close:
+            done.set()
+            return
         # Over the client's limit: its stream must end cleanly (the server stops when it does).
         context.add_callback(done.set)
         yield pb.ServerMessage(fit_ins=pb.ServerMessage.FitIns(parameters=pb.Parameters(tensors=[b"\0" * huge], tensor_type="numpy.ndarray")))
