@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--proximal-mu", type=float, default=0.1, help="FedProx's mu (fedprox only)")
     ap.add_argument("--malicious", type=int, default=0, help="clients Krum assumes malicious")
+    ap.add_argument("--krum-keep", type=int, default=0, help="Multi-Krum: average this many best-scored updates (0: plain Krum keeps one)")
     ap.add_argument("--extra-config", default="{}", help="JSON object added to every fit config (tests send unknown keys)")
     ap.add_argument("--dp-clip", type=float, default=0.0, help="wrap the strategy in Flower's DifferentialPrivacyServerSideFixedClipping with this clipping norm")
     ap.add_argument("--dp-noise", type=float, default=0.0)
@@ -76,6 +77,7 @@ def main():
         common["proximal_mu"] = a.proximal_mu
     if a.strategy == "krum":
         common["num_malicious_clients"] = a.malicious
+        common["num_clients_to_keep"] = a.krum_keep
 
     class Recording(base):
         def aggregate_fit(self, server_round, results, failures):

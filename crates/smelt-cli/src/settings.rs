@@ -170,6 +170,7 @@ pub const SETTINGS: &[Setting] = &[
     int("clients", &["simulate"], 1, 1000),
     int("rounds", &["simulate"], 1, 100_000),
     int("local_epochs", &["simulate"], 1, 1000),
+    int("krum_keep", &["simulate"], 0, 1000),
     of("proximal_mu", Ty::F64, Bound::float("proximal_mu", 0.0, 1e6)),
 ];
 

@@ -97,6 +97,8 @@ pub struct SimOptions {
     /// Flower strategy: fedavg, fedprox, fedmedian, trimmed, krum.
     pub strategy: String,
     pub proximal_mu: f64,
+    /// Multi-Krum: how many best-scored updates Krum averages (0: plain Krum keeps one).
+    pub krum_keep: usize,
     /// The first `n` clients attack.
     pub malicious: Option<(usize, Attack)>,
     /// Client-level privacy: each update clipped and noised before it leaves.
@@ -343,7 +345,7 @@ pub fn simulate(labels: &[String], train: &Examples, test: &Examples, opts: &Sim
     let mut cmd = Command::new(&opts.python);
     cmd.arg(&script).args(["--address", &addr, "--clients", &opts.clients.to_string(), "--rounds", &opts.rounds.to_string()]);
     cmd.args(["--local-epochs", &opts.local_epochs.to_string(), "--batch-size", &opts.batch_size.to_string(), "--strategy", &opts.strategy]);
-    cmd.args(["--proximal-mu", &opts.proximal_mu.to_string(), "--malicious", &attackers.to_string()]);
+    cmd.args(["--proximal-mu", &opts.proximal_mu.to_string(), "--malicious", &attackers.to_string(), "--krum-keep", &opts.krum_keep.to_string()]);
     if let Some(lr) = opts.lr {
         cmd.args(["--extra-config", &format!("{{\"lr\": {lr}}}")]);
     }

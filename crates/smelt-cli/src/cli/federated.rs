@@ -84,6 +84,10 @@ pub struct FederatedSimulateArgs {
     /// FedProx's mu (with --strategy fedprox).
     #[arg(long, value_name = "MU", default_value_t = 0.01)]
     pub proximal_mu: f64,
+    /// With --strategy krum: average this many best-scored updates (Multi-Krum; 0: plain Krum
+    /// keeps one).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub krum_keep: usize,
     /// Attackers among the clients: N:label-flip or N:scale:FACTOR.
     #[arg(long, value_name = "N:ATTACK")]
     pub malicious: Option<String>,

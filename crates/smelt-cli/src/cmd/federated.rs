@@ -203,6 +203,7 @@ fn simulate(a: &FederatedSimulateArgs, global: &Global) -> Result<()> {
         seed: a.seed,
         strategy: a.strategy.clone(),
         proximal_mu: if a.strategy == "fedprox" { a.proximal_mu } else { 0.0 },
+        krum_keep: a.krum_keep,
         malicious,
         privacy: a.dp_clip.filter(|_| client_level).map(|clip| UpdatePrivacy { clip, noise_multiplier: if let Noise::Multiplier(s) = noise { s } else { 0.0 } }),
         dp_sgd: a.dp_clip.filter(|_| !client_level).map(|clip| (clip, noise)),
