@@ -22,6 +22,14 @@ pub(crate) fn read_labelled(path: &Path) -> Result<Vec<Labelled>> {
     smelt_formats::texts::parse_labelled(&read_all(input)?).with_context(|| format!("reading {}", input_name(input)))
 }
 
+/// The distinct labels of a labelled set, sorted (a head's label order).
+pub(crate) fn labels_of(data: &[Labelled]) -> Vec<String> {
+    let mut labels: Vec<String> = data.iter().map(|e| e.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
 fn pool(global: &Global) -> ThreadPool {
     global.pool()
 }
@@ -70,9 +78,7 @@ fn train(a: &ClassifyTrainArgs, global: &Global) -> Result<()> {
         bail!("heads record only whether the whole encoder ran in int8: use --int8 or --int8 all");
     }
     let data = read_labelled(&a.data)?;
-    let mut labels: Vec<String> = data.iter().map(|e| e.label.clone()).collect();
-    labels.sort();
-    labels.dedup();
+    let labels = labels_of(&data);
     if labels.len() < 2 {
         bail!("{}: every example has the label {:?}; a classifier needs at least two", a.data.display(), labels[0]);
     }

@@ -147,9 +147,7 @@ fn refs(v: &[String]) -> Vec<&str> {
 fn read_task(dir: &Path) -> Result<Task> {
     let read = |f: &str| super::classify::read_labelled(&dir.join(f)).with_context(|| format!("{}: a task folder holds train.jsonl and test.jsonl", dir.display()));
     let (tr, te) = (read("train.jsonl")?, read("test.jsonl")?);
-    let mut labels: Vec<String> = tr.iter().map(|e| e.label.clone()).collect();
-    labels.sort();
-    labels.dedup();
+    let labels = super::classify::labels_of(&tr);
     let idx = |l: &str| labels.iter().position(|x| x == l).with_context(|| format!("{}: test label {l:?} is not among the training labels", dir.display()));
     let train = (tr.iter().map(|e| e.text.clone()).collect(), tr.iter().map(|e| idx(&e.label)).collect::<Result<_>>()?);
     let test = (te.iter().map(|e| e.text.clone()).collect(), te.iter().map(|e| idx(&e.label)).collect::<Result<_>>()?);

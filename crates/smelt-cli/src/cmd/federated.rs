@@ -9,7 +9,7 @@ use smelt_federated::client::{self, ClientOptions, Summary};
 use smelt_federated::head::{DpSgd, Examples, HeadTask};
 use smelt_federated::privacy::{self, UpdatePrivacy};
 
-use super::classify::{embed, load_encoder, read_labelled};
+use super::classify::{embed, labels_of, load_encoder, read_labelled};
 use crate::cli::{FederatedArgs, FederatedClientArgs, FederatedCommand, FederatedSimulateArgs, Global};
 
 pub fn run(a: &FederatedArgs, global: &Global) -> Result<()> {
@@ -124,14 +124,6 @@ fn print_summary(s: &Summary, dp: Option<serde_json::Value>, as_json: bool) -> R
         }
     }
     Ok(())
-}
-
-/// Labels of a labelled file in first-seen order, sorted (the federation's shared order).
-fn labels_of(data: &[smelt_formats::texts::Labelled]) -> Vec<String> {
-    let mut l: Vec<String> = data.iter().map(|e| e.label.clone()).collect();
-    l.sort();
-    l.dedup();
-    l
 }
 
 fn simulate(a: &FederatedSimulateArgs, global: &Global) -> Result<()> {
