@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import flwr as fl
-from flwr.common import parameters_to_ndarrays
+from flwr.common import FitRes, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
 
@@ -39,11 +39,13 @@ def main():
     ap.add_argument("--proximal-mu", type=float, default=0.1, help="FedProx's mu (fedprox only)")
     ap.add_argument("--malicious", type=int, default=0, help="clients Krum assumes malicious")
     ap.add_argument("--krum-keep", type=int, default=0, help="Multi-Krum: average this many best-scored updates (0: plain Krum keeps one)")
+    ap.add_argument("--bucket", type=int, default=0, help="bucketing (Karimireddy, He and Jaggi, ICLR 2022): each round, shuffle the results, average them in groups of this many (example-weighted), and give the robust strategy the group means (0 or 1: off)")
     ap.add_argument("--extra-config", default="{}", help="JSON object added to every fit config (tests send unknown keys)")
     ap.add_argument("--dp-clip", type=float, default=0.0, help="wrap the strategy in Flower's DifferentialPrivacyServerSideFixedClipping with this clipping norm")
     ap.add_argument("--dp-noise", type=float, default=0.0)
     ap.add_argument("--round-timeout", type=float, default=600.0)
     ap.add_argument("--certificates", nargs=3, metavar=("CA", "CERT", "KEY"), help="serve over TLS with these PEM files (root CA, server certificate, server key)")
+    ap.add_argument("--record-values", type=int, default=0, help="record only each tensor's shape and its first N values, flattened (0: every tensor whole, as nested lists)")
     ap.add_argument("--out", required=True, help="JSON file for the record")
     a = ap.parse_args()
 
@@ -79,18 +81,39 @@ def main():
         common["num_malicious_clients"] = a.malicious
         common["num_clients_to_keep"] = a.krum_keep
 
+    def recorded(arrays):
+        if a.record_values <= 0:
+            return [x.tolist() for x in arrays]
+        return [{"shape": list(x.shape), "values": x.ravel()[:a.record_values].tolist()} for x in arrays]
+
+    def buckets(server_round, results):
+        """The results shuffled (seeded by the round) and averaged in groups of --bucket."""
+        if a.bucket <= 1 or len(results) <= 1:
+            return results
+        order = np.random.default_rng(1000 + server_round).permutation(len(results))
+        merged = []
+        for start in range(0, len(order), a.bucket):
+            group = [results[i] for i in order[start:start + a.bucket]]
+            n = sum(r.num_examples for _, r in group)
+            arrays = [parameters_to_ndarrays(r.parameters) for _, r in group]
+            mean = [sum(r.num_examples * x[k] for (_, r), x in zip(group, arrays)) / n for k in range(len(arrays[0]))]
+            first = group[0][1]
+            fit = FitRes(status=first.status, parameters=ndarrays_to_parameters(mean), num_examples=n, metrics=first.metrics)
+            merged.append((group[0][0], fit))
+        return merged
+
     class Recording(base):
         def aggregate_fit(self, server_round, results, failures):
-            params, metrics = super().aggregate_fit(server_round, results, failures)
+            params, metrics = super().aggregate_fit(server_round, buckets(server_round, results), failures)
             rounds.append({
                 "round": server_round,
                 "failures": len(failures),
                 "clients": [
                     {"num_examples": r.num_examples, "metrics": dict(r.metrics),
-                     "parameters": [x.tolist() for x in parameters_to_ndarrays(r.parameters)]}
+                     "parameters": recorded(parameters_to_ndarrays(r.parameters))}
                     for _, r in results
                 ],
-                "aggregated": None if params is None else [x.tolist() for x in parameters_to_ndarrays(params)],
+                "aggregated": None if params is None else recorded(parameters_to_ndarrays(params)),
             })
             return params, metrics
 

@@ -129,7 +129,7 @@ pub const SETTINGS: &[Setting] = &[
     int("stride", &[], 1, MAX_TOKENS),
     // Training (distill).
     int("max_sentences", &["distill"], 1, 1 << 32),
-    int("ctx", &["distill", "finetune", "qat"], 2, MAX_TOKENS),
+    int("ctx", &["distill", "finetune", "qat", "client"], 2, MAX_TOKENS),
     of("kl_weight", Ty::F32, Bound::float("kl_weight", 0.0, 1e6)),
     of("ce_weight", Ty::F32, Bound::float("ce_weight", 0.0, 1e6)),
     of("cos_weight", Ty::F32, Bound::float("cos_weight", 0.0, 1e6)),
@@ -148,12 +148,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting { id: "checkpoint_every", commands: &["distill", "finetune", "qat"], ty: Ty::U64, bound: Bound::int("checkpoint_every", 0, 1 << 40) },
     of("max_minutes", Ty::F64, Bound::float("max_minutes", 1e-3, 1e7)),
     // LoRA (finetune, merge, run, chat, eval) and encoder fine-tuning (classify train).
-    int("lora_rank", &["finetune"], 1, 1 << 16),
+    int("lora_rank", &["finetune", "client"], 1, 1 << 16),
     Setting { id: "scale", commands: &["finetune"], ty: Ty::F32, bound: Bound::float("scale", 1e-6, 1e6) },
     of("lora_alpha", Ty::F32, Bound::float("lora_alpha", 0.0, 1e6)),
     of("lora_scale", Ty::F32, Bound::float("lora_scale", 0.0, 1e6)),
     Setting { id: "scale", commands: &["merge"], ty: Ty::F32, bound: Bound::float("scale", 0.0, 1e6) },
-    int("train_layers", &["train"], 0, 1 << 16),
+    int("train_layers", &["train", "client"], 0, 1 << 16),
     // Classification heads.
     of("l2", Ty::F32, Bound::float("l2", 0.0, 1e6)),
     int("max_iter", &[], 1, 10_000_000),
@@ -171,6 +171,7 @@ pub const SETTINGS: &[Setting] = &[
     int("rounds", &["simulate"], 1, 100_000),
     int("local_epochs", &["simulate"], 1, 1000),
     int("krum_keep", &["simulate"], 0, 1000),
+    int("bucket", &["simulate"], 0, 1000),
     of("proximal_mu", Ty::F64, Bound::float("proximal_mu", 0.0, 1e6)),
 ];
 

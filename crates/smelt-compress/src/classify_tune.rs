@@ -58,6 +58,8 @@ impl<'a> EncoderClassifier<'a> {
         if let Some((_, y)) = train.iter().chain(&val).find(|(_, y)| *y as usize >= c) {
             return Err(bad(format!("label index {y} outside the head's {c} labels")));
         }
+        // Nothing below the trained layers needs a gradient: the backward stops there.
+        model.trained_from = n_layers - train_layers;
         let trained_layer = |name: &str| (n_layers - train_layers..n_layers).any(|i| name.contains(&format!("encoder.layer.{i}.")));
         let frozen: Vec<Range<usize>> = model.params.slots.iter().filter(|s| !trained_layer(&s.name)).map(|s| s.range.clone()).collect();
         let mut decay: Vec<Range<usize>> = model.matrices().into_iter().filter(|r| !frozen.contains(r)).collect();
@@ -124,6 +126,32 @@ impl<'a> EncoderClassifier<'a> {
     pub fn accuracy(&self, examples: &[(Vec<u32>, u32)]) -> Result<f64, CompressError> {
         let pred = self.predict(examples)?;
         Ok(pred.iter().zip(examples).filter(|(p, (_, y))| **p == *y as usize).count() as f64 / examples.len().max(1) as f64)
+    }
+
+    /// `(mean cross-entropy, accuracy)` on `examples` (the cross-entropy without the L2 term),
+    /// in batches of 32.
+    pub fn score(&self, examples: &[(Vec<u32>, u32)]) -> Result<(f64, f64), CompressError> {
+        let c = self.classes;
+        let (mut nll, mut right) = (0f64, 0usize);
+        for chunk in examples.chunks(32) {
+            let refs: Vec<&(Vec<u32>, u32)> = chunk.iter().collect();
+            let (_, z, _) = self.run(&refs, None)?;
+            for (row, (_, y)) in z.chunks_exact(c).zip(chunk) {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let lse = max as f64 + row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln();
+                nll += lse - row[*y as usize] as f64;
+                let best = row.iter().enumerate().fold(0, |b, (k, v)| if *v > row[b] { k } else { b });
+                right += usize::from(best == *y as usize);
+            }
+        }
+        let n = examples.len().max(1) as f64;
+        Ok((nll / n, right as f64 / n))
+    }
+
+    /// Parameter slots of the trained layers and the head, in the encoder's order: what a
+    /// federation exchanges.
+    pub fn trained_slots(&self) -> Vec<smelt_models::backward::Slot> {
+        self.model.params.slots.iter().filter(|s| !self.frozen.contains(&s.range)).cloned().collect()
     }
 
     /// The head as trained (the given one's metadata with the new weights).

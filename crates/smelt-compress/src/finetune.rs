@@ -133,9 +133,10 @@ impl<'a> Finetune<'a> {
         Ok(Finetune { model, train, val, pool, decay })
     }
 
-    /// `(sum of -log p over trained positions, their count)` of `batch`, and its gradient added to
-    /// `grads` (scaled to the mean) when given.
-    fn nll(&self, batch: &[&Example], grads: Option<&mut [f32]>) -> Result<(f64, usize, usize), CompressError> {
+    /// `(sum of -log p over trained positions, their count, tokens run, positions whose most
+    /// likely token is the target)` of `batch`, and its gradient added to `grads` (scaled to the
+    /// mean) when given.
+    fn nll(&self, batch: &[&Example], grads: Option<&mut [f32]>) -> Result<(f64, usize, usize, usize), CompressError> {
         let v = self.model.cfg.vocab;
         let refs: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
         let acts = self.model.forward(self.pool, &refs)?;
@@ -149,11 +150,12 @@ impl<'a> Finetune<'a> {
             }
         }
         if rows.is_empty() {
-            return Ok((0.0, 0, acts.tokens()));
+            return Ok((0.0, 0, acts.tokens(), 0));
         }
         let z: Vec<f32> = rows.iter().flat_map(|r| acts.logits[r * v..(r + 1) * v].iter().copied()).collect();
         let mut g = vec![0f32; z.len()];
         let ce = cross_entropy(&z, &ids, v, &mut g).ok_or_else(|| bad("a target token outside the vocabulary".into()))?;
+        let right = z.chunks_exact(v).zip(&ids).filter(|(row, &id)| row.iter().enumerate().fold(0, |b, (k, x)| if *x > row[b] { k } else { b }) == id as usize).count();
         if let Some(grads) = grads {
             let mut dz = vec![0f32; acts.logits.len()];
             for (r, gr) in rows.iter().zip(g.chunks_exact(v)) {
@@ -161,19 +163,26 @@ impl<'a> Finetune<'a> {
             }
             self.model.backward(self.pool, &acts, &dz, &[], grads)?;
         }
-        Ok((ce as f64 * rows.len() as f64, rows.len(), acts.tokens()))
+        Ok((ce as f64 * rows.len() as f64, rows.len(), acts.tokens(), right))
     }
 
     /// Mean next-token loss (nats) over the trained positions of the validation examples;
     /// `exp` of it is their perplexity.
     pub fn val_loss(&self) -> Result<f64, CompressError> {
-        let (mut sum, mut n) = (0f64, 0usize);
+        Ok(self.val_score()?.0)
+    }
+
+    /// Mean next-token loss (nats) and top-1 accuracy (the most likely token is the next one)
+    /// over the trained positions of the validation examples; NaN for both when there are none.
+    pub fn val_score(&self) -> Result<(f64, f64), CompressError> {
+        let (mut sum, mut n, mut right) = (0f64, 0usize, 0usize);
         for e in &self.val {
-            let (s, k, _) = self.nll(&[e], None)?;
+            let (s, k, _, r) = self.nll(&[e], None)?;
             sum += s;
             n += k;
+            right += r;
         }
-        Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+        Ok(if n == 0 { (f64::NAN, f64::NAN) } else { (sum / n as f64, right as f64 / n as f64) })
     }
 }
 
@@ -192,7 +201,7 @@ impl Objective for Finetune<'_> {
     }
     fn grad(&mut self, batch: &[usize], grads: &mut [f32]) -> Result<StepStats, TrainError> {
         let exs: Vec<&Example> = batch.iter().map(|&i| &self.train[i]).collect();
-        crate::distill::step_result(self.nll(&exs, Some(grads)).map(|(sum, n, tokens)| StepStats { loss: sum / n.max(1) as f64, tokens: tokens as u64 }))
+        crate::distill::step_result(self.nll(&exs, Some(grads)).map(|(sum, n, tokens, _)| StepStats { loss: sum / n.max(1) as f64, tokens: tokens as u64 }))
     }
     fn validate(&mut self) -> Result<f64, TrainError> {
         if self.val.is_empty() {

@@ -80,7 +80,12 @@ pub struct Exchange {
     pub bytes_out: usize,
     pub seconds: f64,
     /// CPU seconds of the thread that answered (training and encoding; the network aside).
+    /// Tasks that train on a thread pool (encoder layers, LoRA) also use its workers: see
+    /// `process_cpu_seconds`.
     pub cpu_seconds: f64,
+    /// CPU seconds of the whole process over the exchange (pool workers included; clients that
+    /// share a process, as in a simulation, are counted together).
+    pub process_cpu_seconds: f64,
     /// Why the instruction was refused, if it was.
     pub refused: Option<String>,
     /// The update's norm before clipping, when privacy is on.
@@ -254,8 +259,8 @@ pub fn check(p: Option<&Parameters>, shapes: &[Vec<usize>], max_norm: f64) -> Re
 /// Answers one instruction: the reply, and `Some(seconds)` when the client must leave.
 fn answer(task: &mut dyn Trainable, opts: &ClientOptions, state: &mut State, msg: ServerMessage, summary: &mut Summary, log: &mut (dyn FnMut(&str) + Send)) -> (Option<ClientMessage>, Option<u64>) {
     let bytes_in = msg.encoded_len();
-    let (t0, cpu0) = (Instant::now(), smelt_eval::energy::thread_cpu_seconds());
-    let mut x = Exchange { kind: "", round: state.fits, num_examples: 0, loss: None, metrics: Default::default(), bytes_in, bytes_out: 0, seconds: 0.0, cpu_seconds: 0.0, refused: None, update_norm: None };
+    let (t0, cpu0, proc0) = (Instant::now(), smelt_eval::energy::thread_cpu_seconds(), smelt_eval::energy::cpu_seconds());
+    let mut x = Exchange { kind: "", round: state.fits, num_examples: 0, loss: None, metrics: Default::default(), bytes_in, bytes_out: 0, seconds: 0.0, cpu_seconds: 0.0, process_cpu_seconds: 0.0, refused: None, update_norm: None };
     let out = match msg.msg {
         Some(In::ReconnectIns(r)) => {
             let seconds = r.seconds.max(0) as u64;
@@ -304,6 +309,7 @@ fn answer(task: &mut dyn Trainable, opts: &ClientOptions, state: &mut State, msg
     x.bytes_out = reply.encoded_len();
     x.seconds = t0.elapsed().as_secs_f64();
     x.cpu_seconds = smelt_eval::energy::thread_cpu_seconds() - cpu0;
+    x.process_cpu_seconds = smelt_eval::energy::cpu_seconds() - proc0;
     match &x.refused {
         Some(why) => log(&format!("{} refused: {why}", x.kind)),
         None => log(&format!(

@@ -2,7 +2,7 @@
 //!
 //! - [`client`]: joins a server's `FlowerService/Join` stream and answers its instructions;
 //! - [`trainable`]: the interface of what a federation trains; [`head`] is the classification
-//!   head on frozen embeddings;
+//!   head on frozen embeddings; [`tuned`] the encoder's last layers and LoRA adapters;
 //! - [`config`]: the server's fit settings, typed; [`npy`]: the tensors' wire format;
 //! - [`privacy`]: update clipping and noise, and the Rényi-DP accountant.
 //! - [`simulate`]: a real Flower server and N clients on loopback, against centralized and
@@ -16,6 +16,7 @@ pub mod npy;
 pub mod privacy;
 pub mod simulate;
 pub mod trainable;
+pub mod tuned;
 
 pub use error::FedError;
 

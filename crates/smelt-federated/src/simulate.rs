@@ -99,6 +99,9 @@ pub struct SimOptions {
     pub proximal_mu: f64,
     /// Multi-Krum: how many best-scored updates Krum averages (0: plain Krum keeps one).
     pub krum_keep: usize,
+    /// Bucketing (Karimireddy, He and Jaggi 2022): the server averages the shuffled updates in
+    /// groups of this many before the robust strategy sees them (0 or 1: off).
+    pub bucket: usize,
     /// The first `n` clients attack.
     pub malicious: Option<(usize, Attack)>,
     /// Client-level privacy: each update clipped and noised before it leaves.
@@ -345,7 +348,7 @@ pub fn simulate(labels: &[String], train: &Examples, test: &Examples, opts: &Sim
     let mut cmd = Command::new(&opts.python);
     cmd.arg(&script).args(["--address", &addr, "--clients", &opts.clients.to_string(), "--rounds", &opts.rounds.to_string()]);
     cmd.args(["--local-epochs", &opts.local_epochs.to_string(), "--batch-size", &opts.batch_size.to_string(), "--strategy", &opts.strategy]);
-    cmd.args(["--proximal-mu", &opts.proximal_mu.to_string(), "--malicious", &attackers.to_string(), "--krum-keep", &opts.krum_keep.to_string()]);
+    cmd.args(["--proximal-mu", &opts.proximal_mu.to_string(), "--malicious", &attackers.to_string(), "--krum-keep", &opts.krum_keep.to_string(), "--bucket", &opts.bucket.to_string()]);
     if let Some(lr) = opts.lr {
         cmd.args(["--extra-config", &format!("{{\"lr\": {lr}}}")]);
     }

@@ -97,10 +97,21 @@ fn finish(mut s: Server) -> String {
 /// server decoded them with numpy), and the History holds the clients' metrics.
 #[test]
 fn fedavg_with_a_real_flower_server_averages_what_the_clients_sent() {
-    let d = dir("fedavg");
+    fedavg_round_trip("0");
+}
+
+/// The server's bucketing (`--bucket 2`: both clients in one bucket, averaged by example
+/// counts before FedAvg) leaves FedAvg's weighted mean unchanged.
+#[test]
+fn bucketed_fedavg_still_averages_what_the_clients_sent() {
+    fedavg_round_trip("2");
+}
+
+fn fedavg_round_trip(bucket: &str) {
+    let d = dir(&format!("fedavg-bucket{bucket}"));
     let port = free_port();
     let out = d.join("run.json");
-    let server = start(&[repo().join("scripts/flower_server.py").to_str().unwrap(), "--address", &format!("127.0.0.1:{port}"), "--clients", "2", "--rounds", "2", "--local-epochs", "2", "--batch-size", "8", "--out", out.to_str().unwrap()]);
+    let server = start(&[repo().join("scripts/flower_server.py").to_str().unwrap(), "--address", &format!("127.0.0.1:{port}"), "--clients", "2", "--rounds", "2", "--local-epochs", "2", "--batch-size", "8", "--bucket", bucket, "--out", out.to_str().unwrap()]);
     let sizes = [30usize, 50];
     let handles: Vec<_> = sizes
         .iter()

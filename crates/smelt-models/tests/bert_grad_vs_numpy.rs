@@ -77,6 +77,33 @@ fn encoder_gradients_match_numpy() {
     check_against(&model, &case, case["loss"].as_f64().unwrap(), "grads.safetensors");
 }
 
+/// Training only the top layer (`trained_from = 1`, as a classifier that tunes its last layer
+/// does): the backward stops there, the top layer's gradients are still numpy's (the fixture's
+/// hidden-state loss is on layer 0, below it), and nothing below gets a gradient.
+#[test]
+fn a_backward_that_stops_below_the_trained_layers_matches_numpy_above() {
+    let mut model = BertTrain::from_dir(&fixture()).unwrap();
+    model.trained_from = 1;
+    let case = case("case.json");
+    assert_eq!(case["hidden_layer"].as_u64(), Some(0), "the fixture's hidden loss must sit below the trained layer");
+    let reference = SafetensorsFile::open(fixture().join("grads.safetensors")).unwrap();
+    let (_, grads) = loss_and_grads(&model, &ThreadPool::new(2), &case);
+    let mut top = 0;
+    for slot in &model.params.slots {
+        let got = &grads[slot.range.clone()];
+        if slot.name.contains("encoder.layer.1.") {
+            let want = reference.tensor_f32(&slot.name, Some(&slot.shape)).unwrap();
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+            let err = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+            assert!(scale > 0.0 && err <= GRAD_TOL * scale + GRAD_FLOOR, "{}: max error {err:.3e}, largest gradient {scale:.3e}", slot.name);
+            top += 1;
+        } else {
+            assert!(got.iter().all(|&g| g == 0.0), "{} is below the trained layers but got a gradient", slot.name);
+        }
+    }
+    assert_eq!(top, 16, "every tensor of layer 1 checked");
+}
+
 /// Quantization-aware training of the int8 path: the fixture's matrices fake-quantized by
 /// smelt's int8 quantizer (the one inference uses) equal numpy's round trip bit for bit, and the
 /// forward with fake-quantized inputs and its straight-through backward give numpy's loss and

@@ -8,12 +8,23 @@ pub const FEDERATED_HELP: &str = "Examples:
   smelt federated client --server 10.0.0.5:8080 --data local.jsonl --labels business,sport,tech
   smelt federated client --server 127.0.0.1:8080 --data local.jsonl --labels neg,pos \\
       --dp-clip 1 --dp-noise 1.1 --save-sent sent/ --head-out head.json --json
+  smelt federated client --server 127.0.0.1:8080 --task encoder-layers --train-layers 1 \\
+      --data local.jsonl --labels neg,pos --head-out head.json     # also writes head.json.encoder/
+  smelt federated client --server 127.0.0.1:8080 --task lora --data notes.txt \\
+      --lora-rank 8 --adapter-out adapter.gguf                      # SmolLM2 by default
 
 The client joins a Flower server (flwr 1.x, the `flwr.server.start_server` gRPC stream) and
-answers its instructions: it trains a classification head on the embeddings of its local data
-(`smelt classify`'s logistic regression) and sends back only the head's parameters. The server's
-fit config may set `local_epochs`, `batch_size`, `lr` and `proximal_mu` (FedProx); other keys are
-logged and ignored. Every client of a federation must be given the same --labels, in the same order.";
+answers its instructions; only the trained tensors leave this machine:
+  classify        a classification head on frozen sentence embeddings (`smelt classify`'s
+                  logistic regression); the head travels (labels x dims + labels floats)
+  encoder-layers  the encoder's last --train-layers layers and a head (from --init-head, e.g.
+                  the head a classify federation brought home, else zeros), trained together
+                  by AdamW; those layers and the head travel
+  lora            LoRA adapters over a frozen GGUF decoder, trained on local text (.txt) or chat
+                  (.jsonl, the answers trained) by the next-token loss; only the adapters travel
+The server's fit config may set `local_epochs`, `batch_size`, `lr` and `proximal_mu` (FedProx);
+other keys are logged and ignored. Every client of a federation must use the same model, task
+and settings, and for classification the same --labels in the same order.";
 
 #[derive(Args, Debug)]
 pub struct FederatedArgs {
@@ -88,6 +99,12 @@ pub struct FederatedSimulateArgs {
     /// keeps one).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub krum_keep: usize,
+    /// Bucketing for the robust strategies (Karimireddy, He and Jaggi 2022): the server
+    /// shuffles each round's updates and averages them in groups of this many before the
+    /// strategy aggregates the group means; lowers the spread that non-IID clients give
+    /// FedMedian and Krum (0: off).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub bucket: usize,
     /// Attackers among the clients: N:label-flip or N:scale:FACTOR.
     #[arg(long, value_name = "N:ATTACK")]
     pub malicious: Option<String>,
@@ -128,21 +145,56 @@ pub struct FederatedClientArgs {
     /// The Flower server's HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub server: String,
-    /// What to train: `classify` (a classification head on frozen sentence embeddings).
-    #[arg(long, value_name = "TASK", default_value = "classify", value_parser = ["classify"])]
+    /// What to train: `classify` (a head on frozen sentence embeddings), `encoder-layers` (the
+    /// encoder's last layers and a head) or `lora` (adapters over a decoder).
+    #[arg(long, value_name = "TASK", default_value = "classify", value_parser = ["classify", "encoder-layers", "lora"])]
     pub task: String,
-    /// Sentence encoder that embeds the local texts.
-    #[arg(long, short, value_name = "ENCODER", default_value = "all-minilm-l6-v2")]
-    pub model: String,
-    /// Local training data: JSON lines with "text" and "label".
-    #[arg(long, value_name = "LOCAL.jsonl")]
+    /// The model: a sentence encoder (default all-minilm-l6-v2) or, for lora, a GGUF decoder
+    /// (default smollm2-135m).
+    #[arg(long, short, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Local training data: JSON lines with "text" and "label"; for lora plain text (.txt) or
+    /// chat JSON lines (.jsonl).
+    #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
-    /// Local evaluation data (same form); default: the training data.
+    /// Local evaluation data (same form); default: the training data (lora: every 50th chunk
+    /// of it, held out).
     #[arg(long, value_name = "FILE")]
     pub eval_data: Option<PathBuf>,
-    /// Every label of the federation, comma-separated, in the order all clients share.
-    #[arg(long, value_name = "A,B,...", value_delimiter = ',', required = true)]
+    /// Every label of the federation, comma-separated, in the order all clients share
+    /// (classify and encoder-layers).
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// encoder-layers: how many of the encoder's last layers train (0: the head alone).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub train_layers: usize,
+    /// encoder-layers: start the head from this `smelt classify` head file (for example one
+    /// brought home by a `--task classify` federation on the same labels) instead of zeros.
+    #[arg(long, value_name = "HEAD.json")]
+    pub init_head: Option<PathBuf>,
+    /// encoder-layers: tokens per text, [CLS] and [SEP] included (longer texts are cut).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_length: usize,
+    /// encoder-layers and lora: AdamW's learning rate when the server's fit config sends no
+    /// `lr` (default 5e-5 for encoder-layers, 1e-3 for lora).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f32>,
+    /// lora: rank r of each adapter.
+    #[arg(long, value_name = "R", default_value_t = 8)]
+    pub lora_rank: usize,
+    /// lora: alpha (the adapters' term is scaled by alpha / r; default r).
+    #[arg(long, value_name = "X")]
+    pub lora_alpha: Option<f32>,
+    /// lora: the block matrices that get adapters.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "attn_q,attn_v")]
+    pub lora_targets: Vec<String>,
+    /// lora: tokens per training chunk (text) or most tokens per conversation (chat).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub ctx: usize,
+    /// lora: write the adapter as last set by the server or trained here (llama.cpp's adapter
+    /// GGUF: `smelt run --lora`, `llama-cli --lora`).
+    #[arg(long, value_name = "FILE")]
+    pub adapter_out: Option<PathBuf>,
     /// L2 penalty of the head.
     #[arg(long, value_name = "X", default_value_t = 1e-3)]
     pub l2: f32,
@@ -187,7 +239,8 @@ pub struct FederatedClientArgs {
     /// Save every parameter set sent to the server here (fit-ROUND-TENSOR.npy), to audit what left.
     #[arg(long, value_name = "DIR")]
     pub save_sent: Option<PathBuf>,
-    /// Write the head as last set by the server or trained here (a `smelt classify` head file).
+    /// Write the head as last set by the server or trained here (a `smelt classify` head file;
+    /// with encoder-layers the encoder goes to FILE.encoder/ beside it).
     #[arg(long, value_name = "FILE")]
     pub head_out: Option<PathBuf>,
     /// Print the run's summary as JSON (every exchange: round, examples, loss, metrics, bytes, CPU time).

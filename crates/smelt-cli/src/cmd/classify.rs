@@ -55,7 +55,7 @@ pub(crate) fn embed(enc: &Encoder, pool: &ThreadPool, texts: &[&str], quiet: boo
     Ok(out)
 }
 
-fn read_head(path: &Path) -> Result<Head> {
+pub(crate) fn read_head(path: &Path) -> Result<Head> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let head: Head = serde_json::from_str(&text).with_context(|| format!("{} is not a smelt classifier head", path.display()))?;
     head.validate().with_context(|| path.display().to_string())?;

@@ -21,7 +21,7 @@ use crate::cli::{FinetuneArgs, Global};
 
 /// Examples of one data file: chat JSON lines (`.jsonl`, one conversation per line, every 50th
 /// held out unless `hold_out` is false) or text (chunks of `ctx`).
-fn read_examples(path: &Path, tok: &Tokenizer, template: &ChatTemplate, ctx: usize, hold_out: bool) -> Result<(Vec<Example>, Vec<Example>)> {
+pub(crate) fn read_examples(path: &Path, tok: &Tokenizer, template: &ChatTemplate, ctx: usize, hold_out: bool) -> Result<(Vec<Example>, Vec<Example>)> {
     let text = super::read_utf8(path)?;
     let is_chat = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
     if !is_chat {

@@ -12,6 +12,7 @@ pub mod eval_quality;
 pub mod finetune;
 pub mod finetune_pairs;
 pub mod federated;
+pub mod federated_client;
 pub mod fit;
 pub mod imatrix;
 pub mod inspect;

@@ -78,6 +78,9 @@ pub struct BertTrain {
     /// Per layer, per matrix kind ([`crate::int8::KINDS`]: qkv, o, up, down), how its input is
     /// fake-quantized; empty (the default) or `None` entries leave inputs in f32.
     pub act_quant: Vec<[Option<ActQuant>; 4]>,
+    /// The backward stops below this layer: layers `0..trained_from` and the embeddings get no
+    /// gradient (their entries of `grads` are left as they are). 0 (the default) trains all.
+    pub trained_from: usize,
 }
 
 /// How the int8 path quantizes one matrix's input at run time: per row, after multiplying by the
@@ -198,7 +201,7 @@ impl BertTrain {
                 ln2: (take(&n("output.LayerNorm.weight"), &[d])?, take(&n("output.LayerNorm.bias"), &[d])?),
             });
         }
-        Ok(BertTrain { cfg, heads, params: p, prefix: prefix.to_string(), word, position, token_type, ln_emb, layers, recompute: false, act_quant: Vec::new() })
+        Ok(BertTrain { cfg, heads, params: p, prefix: prefix.to_string(), word, position, token_type, ln_emb, layers, recompute: false, act_quant: Vec::new(), trained_from: 0 })
     }
 
     /// A student of the layers `keep` (ascending, each below the layer count), renumbered from
@@ -373,6 +376,9 @@ impl BertTrain {
         }
         let mut dx = d_out.to_vec();
         for (li, (l, kept)) in self.layers.iter().zip(&a.layers).enumerate().rev() {
+            if li < self.trained_from {
+                return Ok(());
+            }
             let fresh;
             let la = if self.recompute {
                 fresh = self.layer_forward(pool, li, kept.x.clone(), &a.starts, true)?.0;
@@ -411,6 +417,9 @@ impl BertTrain {
                 par_linear_backward(pool, la.input(0, &la.x), self.w(w), dy, (t, d, qw), Some(&mut tmp), grads, w, Some(b));
                 dx.iter_mut().zip(&tmp).for_each(|(a, b)| *a += *b);
             }
+        }
+        if self.trained_from > 0 {
+            return Ok(());
         }
         // x_0 = LayerNorm(word[id] + position[i] + token_type[0])
         let mut de = vec![0f32; t * d];
