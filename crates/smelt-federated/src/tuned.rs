@@ -112,15 +112,14 @@ fn local_fit(obj: &mut dyn Objective, slots: &[Slot], cfg: &FitConfig, seed: u64
         threads: local.threads.max(1),
         max_seconds: None,
     };
-    let start = obj.params().to_vec();
-    let mut prox = Prox { start: start.clone(), ranges: slots.iter().map(|s| s.range.clone()).collect(), mu: cfg.proximal_mu as f32, inner: obj };
+    let mut prox = Prox { start: obj.params().to_vec(), ranges: slots.iter().map(|s| s.range.clone()).collect(), mu: cfg.proximal_mu as f32, inner: obj };
     let mut sum = 0f64;
     let run = Trainer { cfg: tc, log: None, stop: None }.run(&mut prox, &mut |p| sum += p.loss);
     match run {
         Ok(o) => Ok((n, sum / o.steps.max(1) as f64)),
         Err(e) => {
             // A diverged fit leaves the parameters the server sent.
-            prox.inner.params_mut().copy_from_slice(&start);
+            prox.inner.params_mut().copy_from_slice(&prox.start);
             Err(FedError::Settings(format!("local training failed: {e} (send a smaller `lr`)")))
         }
     }
