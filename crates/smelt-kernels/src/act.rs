@@ -81,11 +81,7 @@ impl ActFormat {
                 // Lengths are checked by `convert_rows`.
                 let _ = quant::quantize(GgmlType::Q8_K, x, out);
             }
-            ActFormat::Q8Sum => {
-                for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(40)) {
-                    ob.copy_from_slice(bytemuck::bytes_of(&quantize_q8sum(xb)));
-                }
-            }
+            ActFormat::Q8Sum => quantize_q8sum_row(x, out),
         }
     }
 
@@ -123,6 +119,79 @@ pub fn quantize_q8sum(x: &[f32]) -> BlockQ8Sum {
     let qs: [i8; QK] = std::array::from_fn(|j| (x[j] * id).round() as i8);
     let sum: i32 = qs.iter().map(|&q| q as i32).sum();
     BlockQ8Sum { d, s: d * sum as f32, qs }
+}
+
+/// [`quantize_q8sum`] over a row of whole blocks (`x.len()` a multiple of 32, `out` 40 bytes a
+/// block), with the best kernel of this machine; every ISA writes the same bytes.
+pub fn quantize_q8sum_row(x: &[f32], out: &mut [u8]) {
+    assert!(x.len().is_multiple_of(QK) && out.len() == x.len() / QK * 40, "quantize_q8sum_row: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::best() == crate::cpu::Isa::Avx2 {
+        // SAFETY: AVX2 detected; lengths asserted.
+        return unsafe { avx2::quantize_q8sum_row(x, out) };
+    }
+    quantize_q8sum_row_scalar(x, out)
+}
+
+/// Scalar twin of [`quantize_q8sum_row`].
+pub fn quantize_q8sum_row_scalar(x: &[f32], out: &mut [u8]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(40)) {
+        ob.copy_from_slice(bytemuck::bytes_of(&quantize_q8sum(xb)));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `round(v)` half away from zero as Rust's `f32::round`, then `as i8`'s saturation (NaN
+    /// to 0): truncate, add the sign where the dropped fraction is at least a half (`v - t` is
+    /// exact), clamp to -128..=127.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn round_i8(v: __m256) -> __m256i {
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let sign = _mm256_and_ps(v, _mm256_set1_ps(-0.0));
+        let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(v, t));
+        let half = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+        let r = _mm256_add_ps(t, _mm256_and_ps(half, _mm256_or_ps(sign, _mm256_set1_ps(1.0))));
+        // NaN -> 0 (an ordered self-compare is false only for NaN), then the i8 range.
+        let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+        let r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-128.0)), _mm256_set1_ps(127.0));
+        _mm256_cvttps_epi32(r)
+    }
+
+    /// The blocks of [`super::quantize_q8sum`], eight lanes at a time: the same `amax`, `d`,
+    /// `1 / d`, products, rounding and sum, so the bytes are identical.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `x.len()` a multiple of 32, `out` 40 bytes per block.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_q8sum_row(x: &[f32], out: &mut [u8]) {
+        let abs = _mm256_set1_ps(-0.0);
+        for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(40)) {
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
+            let m = v.iter().fold(_mm256_setzero_ps(), |m, &x| _mm256_max_ps(_mm256_andnot_ps(abs, x), m));
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            // `f32::max` ignores NaN, as the scalar fold does (vmaxps returns its second operand).
+            let amax = lanes.iter().fold(0.0f32, |a, &b| a.max(b));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let q: [__m256i; 4] = std::array::from_fn(|i| round_i8(_mm256_mul_ps(v[i], id)));
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+            let total = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b01)));
+            // i32 -> i16 -> i8 (no saturation: already in range); the permute undoes the packs'
+            // 128-bit lane interleaving.
+            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            ob[..4].copy_from_slice(&d.to_le_bytes());
+            ob[4..8].copy_from_slice(&(d * total as f32).to_le_bytes());
+            _mm256_storeu_si256(ob.as_mut_ptr().add(8) as *mut __m256i, bytes);
+        }
+    }
 }
 
 /// Converts `rows` rows of `cols` activations (`x`, row-major) to `fmt`, into `out` (resized;
@@ -167,6 +236,29 @@ pub fn convert_rows_pool(pool: &crate::pool::ThreadPool, fmt: ActFormat, x: &[f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8sum_row_kernels_write_the_same_bytes() {
+        // Ties (x / d = k + 0.5 exactly), values just below a tie, zeros, a lone outlier,
+        // an all-zero block, infinities and NaN.
+        let mut x: Vec<f32> = (0..32 * 9).map(|i| ((i * 7919 % 257) as f32 - 128.0) * 0.37).collect();
+        x[32..64].iter_mut().enumerate().for_each(|(j, v)| *v = (j as f32 - 15.5) * 2.0);
+        x[64] = 127.0;
+        x[65..96].iter_mut().enumerate().for_each(|(j, v)| *v = j as f32 + 0.5);
+        x[96..128].fill(0.0);
+        x[128] = 1e-3;
+        x[129] = 0.49999997e-3;
+        x[160] = f32::INFINITY;
+        x[192] = f32::NAN;
+        x[224] = -f32::INFINITY;
+        x[256] = f32::MIN_POSITIVE;
+        let (mut a, mut b) = (vec![0u8; 9 * 40], vec![1u8; 9 * 40]);
+        quantize_q8sum_row_scalar(&x, &mut a);
+        quantize_q8sum_row(&x, &mut b);
+        for (blk, (ba, bb)) in a.chunks(40).zip(b.chunks(40)).enumerate() {
+            assert_eq!(ba, bb, "block {blk}");
+        }
+    }
 
     #[test]
     fn q8sum_round_trips_within_half_a_step() {

@@ -177,31 +177,77 @@ pub fn gemm_quantized(pool: &ThreadPool, k: &DotKernel, w: &QMatrix, x_act: &[u8
         return Err(KernelError::Shape(format!("activations {} bytes for {m} rows of {act_row}", x_act.len())));
     }
     let out = Disjoint::new(y);
+    pool.for_chunks(w.rows, rows_per_task(w.rows, pool.n_threads()), &|r| {
+        // SAFETY: lengths checked above; each task writes its own columns `r` of every row.
+        unsafe { quantized_rows(k, w, r, x_act, act_row, m, &out) };
+    });
+    Ok(())
+}
+
+/// Weight rows `r` of `w` dotted with all `m` activation rows (converted, `act_row` bytes each):
+/// `Y[t, j] = x_t . W_j` into `out` (`m` rows of `w.rows`). With a tile kernel, up to
+/// [`TILE_X`] activation rows per pass over the weights, each block unpacked once for all; the
+/// task's weight rows stay in cache while the activation rows pass over them.
+///
+/// # Safety
+/// `x_act` holds `m` rows of `act_row = k.act.row_bytes(w.cols)` bytes, `out` `m` rows of
+/// `w.rows`, `k.weight == w.ty`, and no one else writes columns `r` of `out` during the call.
+unsafe fn quantized_rows(k: &DotKernel, w: &QMatrix, r: std::ops::Range<usize>, x_act: &[u8], act_row: usize, m: usize, out: &Disjoint<f32>) {
     let (rows, rb) = (w.rows, w.row_bytes);
-    pool.for_chunks(rows, rows_per_task(rows, pool.n_threads()), &|r| {
-        // This task's weight rows stay in cache while every activation row passes over them.
-        let wr = &w.data[r.start * rb..r.end * rb];
-        if k.has_tile() && m > 1 {
-            // Up to TILE_X activation rows per pass: each weight block unpacked once for all.
-            let mut t = 0;
-            while t < m {
-                let mx = (m - t).min(TILE_X);
-                let xs: [&[u8]; TILE_X] = std::array::from_fn(|j| &x_act[(t + j.min(mx - 1)) * act_row..(t + j.min(mx - 1) + 1) * act_row]);
-                let mut outs: [&mut [f32]; TILE_X] = Default::default();
-                for (j, o) in outs.iter_mut().enumerate().take(mx) {
-                    // SAFETY: each task writes its own columns `r` of every output row.
-                    *o = unsafe { out.slice((t + j) * rows + r.start..(t + j) * rows + r.end) };
-                }
-                // SAFETY: lengths checked above; mx <= TILE_X rows, outputs of equal length.
-                unsafe { k.call_tile(w.cols, wr, rb, &xs[..mx], &mut outs[..mx]) };
-                t += mx;
+    let wr = &w.data[r.start * rb..r.end * rb];
+    if k.has_tile() && m > 1 {
+        let mut t = 0;
+        while t < m {
+            let mx = (m - t).min(TILE_X);
+            let xs: [&[u8]; TILE_X] = std::array::from_fn(|j| &x_act[(t + j.min(mx - 1)) * act_row..(t + j.min(mx - 1) + 1) * act_row]);
+            let mut outs: [&mut [f32]; TILE_X] = Default::default();
+            for (j, o) in outs.iter_mut().enumerate().take(mx) {
+                *o = out.slice((t + j) * rows + r.start..(t + j) * rows + r.end);
             }
-            return;
+            k.call_tile(w.cols, wr, rb, &xs[..mx], &mut outs[..mx]);
+            t += mx;
         }
-        for t in 0..m {
-            // SAFETY: each task writes its own columns `r` of every output row; lengths checked.
-            unsafe { k.call_rows(w.cols, wr, rb, &x_act[t * act_row..(t + 1) * act_row], out.slice(t * rows + r.start..t * rows + r.end)) };
+        return;
+    }
+    for t in 0..m {
+        k.call_rows(w.cols, wr, rb, &x_act[t * act_row..(t + 1) * act_row], out.slice(t * rows + r.start..t * rows + r.end));
+    }
+}
+
+/// `Y_j = X W_j^T` for several matrices that read the same `m` activation rows (attention's Q,
+/// K and V; the FFN's gate and up), `ys[j]` being `m` rows of `ws[j].rows`. Below
+/// [`DEQUANT_GEMM_MIN_ROWS`] rows (several sequences decoding together) with quantized weights
+/// of one activation format, the rows are converted once and all matrices' rows go out in one
+/// dispatch; otherwise one [`gemm`] each.
+pub fn gemm_multi(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], scratch: &mut Vec<u8>) -> Result<(), KernelError> {
+    if ws.len() != ys.len() || ws.is_empty() {
+        return Err(KernelError::Shape(format!("{} matrices, {} outputs", ws.len(), ys.len())));
+    }
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        if w.cols != ws[0].cols || x.len() != m * w.cols || y.len() != m * w.rows {
+            return Err(KernelError::Shape(format!("W is {} x {}, X has {} values for {m} rows, Y has {}", w.rows, w.cols, x.len(), y.len())));
         }
+    }
+    let float = ws.iter().any(|w| matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) || (m >= DEQUANT_GEMM_MIN_ROWS && w.ty.can_dequantize()));
+    let kernels: Vec<DotKernel> = ws.iter().map(|w| kernel_for(w.ty)).collect::<Result<_, _>>()?;
+    if m == 0 || float || !kernels.windows(2).all(|k| k[0].act == k[1].act) {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            gemm(pool, w, x, m, y, scratch)?;
+        }
+        return Ok(());
+    }
+    crate::act::convert_rows_pool(pool, kernels[0].act, x, ws[0].cols, scratch)?;
+    let act_row = kernels[0].act.row_bytes(ws[0].cols)?;
+    let total: usize = ws.iter().map(|w| w.rows).sum();
+    let chunk = rows_per_task(total, pool.n_threads());
+    // Chunks never straddle two matrices: (matrix, row range) per task.
+    let tasks: Vec<(usize, std::ops::Range<usize>)> = ws.iter().enumerate().flat_map(|(i, w)| (0..w.rows).step_by(chunk).map(move |r| (i, r..(r + chunk).min(w.rows)))).collect();
+    let sinks: Vec<Disjoint<f32>> = ys.iter_mut().map(|y| Disjoint::new(y)).collect();
+    let x_act: &[u8] = scratch;
+    pool.run(tasks.len(), &|t| {
+        let (i, r) = &tasks[t];
+        // SAFETY: lengths checked above; the tasks cover disjoint rows of each matrix.
+        unsafe { quantized_rows(&kernels[*i], ws[*i], r.clone(), x_act, act_row, m, &sinks[*i]) };
     });
     Ok(())
 }

@@ -4,6 +4,8 @@
 //!
 //! - [`attn_scores`]: `s_j = scale * q . k_j` for `j < n`, `k_j` at `k[j * stride..]`;
 //! - [`attn_mix`]: `out = sum_j p_j v_j`, `v_j` at `v[j * stride..]`.
+//! - over an f16 cache, [`attn_scores_f16_group`] / [`attn_mix_f16_group`] do the query heads
+//!   that share a key/value head together, reading and widening each key and value once.
 //!
 //! For head sizes of 32, 64 and 128 the AVX2 kernels keep the query (or the output) in registers
 //! and reduce four scores at once, instead of a call and a horizontal sum per position.
@@ -196,6 +198,91 @@ mod avx2 {
         }
     }
 
+    /// Keys (or values) ahead of the one being read that the grouped kernels prefetch.
+    const PREFETCH_KEYS: usize = 12;
+
+    /// [`attn_scores_f16`] for the `G` query heads of one key/value group: `q` holds `G`
+    /// queries of `8 N` (head after head), `out` `G` rows of `n` scores. Each key chunk is
+    /// loaded and widened once for all `G` heads; every (key, head) sum takes its products in
+    /// the one-head kernel's order, so the scores are bit-identical to `G` calls of it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attn_scores_f16_group<const N: usize, const G: usize>(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32, out: &mut [f32]) {
+        let (qp, kp, op) = (q.as_ptr(), k.as_ptr(), out.as_mut_ptr());
+        let (d, sc) = (8 * N, _mm_set1_ps(scale));
+        let mut j = 0;
+        while j + 4 <= n {
+            // The cache of a long context comes from memory, not from cache: ask for the
+            // keys a few steps ahead (a hint; never faults past the end).
+            for t in 0..4 {
+                let ahead = kp.wrapping_add((j + t + PREFETCH_KEYS) * stride) as *const i8;
+                for line in 0..(2 * N).div_ceil(64 / 8) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+                }
+            }
+            let mut acc = [[_mm256_setzero_ps(); 4]; G];
+            for i in 0..N {
+                for t in 0..4 {
+                    let kv = load_h(kp.add((j + t) * stride + 8 * i));
+                    for (g, a) in acc.iter_mut().enumerate() {
+                        a[t] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(g * d + 8 * i)), kv, a[t]);
+                    }
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                _mm_storeu_ps(op.add(g * n + j), _mm_mul_ps(hsum4(a[0], a[1], a[2], a[3]), sc));
+            }
+            j += 4;
+        }
+        while j < n {
+            let mut acc = [_mm256_setzero_ps(); G];
+            for i in 0..N {
+                let kv = load_h(kp.add(j * stride + 8 * i));
+                for (g, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(g * d + 8 * i)), kv, *a);
+                }
+            }
+            let z = _mm256_setzero_ps();
+            for (g, a) in acc.iter().enumerate() {
+                *op.add(g * n + j) = _mm_cvtss_f32(hsum4(*a, z, z, z)) * scale;
+            }
+            j += 1;
+        }
+    }
+
+    /// [`attn_mix_f16`] for the `G` query heads of one key/value group: `p` holds `G` rows of
+    /// `n` weights, `out` `G` outputs of `8 N` (head after head). The head is done `C` chunks of
+    /// 8 at a time (`G x C` accumulators in registers); each value chunk is widened once for
+    /// all `G` heads; the sums are bit-identical to `G` calls of the one-head kernel.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attn_mix_f16_group<const N: usize, const G: usize, const C: usize>(p: &[f32], n: usize, v: &[u16], stride: usize, out: &mut [f32]) {
+        let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), out.as_mut_ptr());
+        let d = 8 * N;
+        let mut c0 = 0;
+        while c0 < N {
+            let mut acc = [[_mm256_setzero_ps(); C]; G];
+            for j in 0..n {
+                let row = vp.add(j * stride + 8 * c0);
+                let ahead = row.wrapping_add(PREFETCH_KEYS * stride) as *const i8;
+                for line in 0..(2 * C).div_ceil(64 / 8) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+                }
+                let w: [__m256; G] = std::array::from_fn(|g| _mm256_set1_ps(*pp.add(g * n + j)));
+                for i in 0..C {
+                    let x = load_h(row.add(8 * i));
+                    for (a, wg) in acc.iter_mut().zip(&w) {
+                        a[i] = _mm256_fmadd_ps(*wg, x, a[i]);
+                    }
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                for (i, ai) in a.iter().enumerate() {
+                    _mm256_storeu_ps(op.add(g * d + 8 * (c0 + i)), *ai);
+                }
+            }
+            c0 += C;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
         let n = src.len().min(dst.len());
@@ -373,6 +460,59 @@ pub fn attn_mix_f16(p: &[f32], v: &[u16], stride: usize, out: &mut [f32]) {
     attn_mix_f16_scalar(p, v, stride, out)
 }
 
+/// [`attn_scores_f16`] for `g` query heads that share one key/value head (grouped-query
+/// attention): `q` holds the `g` queries (`g * d` values, head after head), `out` `g` rows of
+/// `n` scores. Each key is read and widened once for the group instead of once per head; the
+/// scores equal `g` calls of [`attn_scores_f16`] bit for bit.
+pub fn attn_scores_f16_group(q: &[f32], g: usize, k: &[u16], stride: usize, n: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len().checked_div(g).unwrap_or(0);
+    assert!(g > 0 && q.len() == g * d && out.len() >= g * n && (n == 0 || k.len() >= (n - 1) * stride + d) && stride >= d, "attn_scores_f16_group: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if cpu::best() == Isa::Avx2 {
+        // SAFETY: bounds asserted above; AVX2 and F16C detected.
+        unsafe {
+            match (d, g) {
+                (32, 2) => return avx2::attn_scores_f16_group::<4, 2>(q, k, stride, n, scale, out),
+                (32, 3) => return avx2::attn_scores_f16_group::<4, 3>(q, k, stride, n, scale, out),
+                (64, 2) => return avx2::attn_scores_f16_group::<8, 2>(q, k, stride, n, scale, out),
+                (64, 3) => return avx2::attn_scores_f16_group::<8, 3>(q, k, stride, n, scale, out),
+                (128, 2) => return avx2::attn_scores_f16_group::<16, 2>(q, k, stride, n, scale, out),
+                (128, 3) => return avx2::attn_scores_f16_group::<16, 3>(q, k, stride, n, scale, out),
+                _ => {}
+            }
+        }
+    }
+    for (h, qh) in q.chunks_exact(d).enumerate() {
+        attn_scores_f16(qh, k, stride, n, scale, &mut out[h * n..(h + 1) * n]);
+    }
+}
+
+/// [`attn_mix_f16`] for `g` query heads that share one key/value head: `p` holds `g` rows of
+/// `n` weights, `out` the `g` outputs (head after head). Each value is widened once for the
+/// group; the outputs equal `g` calls of [`attn_mix_f16`] bit for bit.
+pub fn attn_mix_f16_group(p: &[f32], g: usize, n: usize, v: &[u16], stride: usize, out: &mut [f32]) {
+    let d = out.len().checked_div(g).unwrap_or(0);
+    assert!(g > 0 && out.len() == g * d && p.len() >= g * n && (n == 0 || v.len() >= (n - 1) * stride + d) && stride >= d, "attn_mix_f16_group: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if cpu::best() == Isa::Avx2 {
+        // SAFETY: bounds asserted above; AVX2 and F16C detected.
+        unsafe {
+            match (d, g) {
+                (32, 2) => return avx2::attn_mix_f16_group::<4, 2, 4>(p, n, v, stride, out),
+                (32, 3) => return avx2::attn_mix_f16_group::<4, 3, 4>(p, n, v, stride, out),
+                (64, 2) => return avx2::attn_mix_f16_group::<8, 2, 4>(p, n, v, stride, out),
+                (64, 3) => return avx2::attn_mix_f16_group::<8, 3, 4>(p, n, v, stride, out),
+                (128, 2) => return avx2::attn_mix_f16_group::<16, 2, 4>(p, n, v, stride, out),
+                (128, 3) => return avx2::attn_mix_f16_group::<16, 3, 4>(p, n, v, stride, out),
+                _ => {}
+            }
+        }
+    }
+    for (h, o) in out.chunks_exact_mut(d).enumerate() {
+        attn_mix_f16(&p[h * n..(h + 1) * n], v, stride, o);
+    }
+}
+
 /// f32 -> f16 bits, round to nearest even (bit-identical to the scalar twin).
 pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
@@ -441,6 +581,36 @@ mod tests {
                 attn_mix_f16_scalar(&p, &k, stride, &mut o2);
                 for (g, w) in o1.iter().zip(&o2) {
                     assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "d={d} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_f16_attention_equals_one_head_at_a_time() {
+        // Bit for bit against the one-head kernels (the same products in the same order), and
+        // so within their tolerance of the scalar twins; g = 4 and d = 24 take the fallback.
+        for d in [32usize, 64, 128, 24] {
+            for g in [1usize, 2, 3, 4] {
+                for n in [0usize, 1, 4, 6, 37] {
+                    let stride = 3 * d + 8;
+                    let q: Vec<f32> = (0..g * d).map(|i| (i as f32 * 0.31).cos()).collect();
+                    let kf: Vec<f32> = (0..n.max(1) * stride).map(|i| (i as f32 * 0.013).sin() * 3.0).collect();
+                    let mut k = vec![0u16; kf.len()];
+                    f32_to_f16_scalar(&kf, &mut k);
+                    let (mut got, mut want) = (vec![7.0; g * n], vec![7.0; g * n]);
+                    attn_scores_f16_group(&q, g, &k, stride, n, 0.125, &mut got);
+                    for h in 0..g {
+                        attn_scores_f16(&q[h * d..(h + 1) * d], &k, stride, n, 0.125, &mut want[h * n..(h + 1) * n]);
+                    }
+                    assert_eq!(got, want, "scores d={d} g={g} n={n}");
+                    let p: Vec<f32> = (0..g * n).map(|j| 1.0 / (j + 2) as f32).collect();
+                    let (mut o1, mut o2) = (vec![9.0; g * d], vec![9.0; g * d]);
+                    attn_mix_f16_group(&p, g, n, &k, stride, &mut o1);
+                    for h in 0..g {
+                        attn_mix_f16(&p[h * n..(h + 1) * n], &k, stride, &mut o2[h * d..(h + 1) * d]);
+                    }
+                    assert_eq!(o1, o2, "mix d={d} g={g} n={n}");
                 }
             }
         }

@@ -5,7 +5,7 @@ use smelt_formats::quant::quantize_to_vec;
 use smelt_formats::GgmlType;
 use smelt_kernels::act::convert_rows;
 use smelt_kernels::dot::{activation_type, exact_f64};
-use smelt_kernels::matmul::{gemm, gemv, QMatrix, DEQUANT_GEMM_MIN_ROWS};
+use smelt_kernels::matmul::{gemm, gemm_multi, gemv, QMatrix, DEQUANT_GEMM_MIN_ROWS};
 use smelt_kernels::pool::ThreadPool;
 use smelt_kernels::tolerance::MATMUL;
 
@@ -81,6 +81,37 @@ fn gemv_and_gemm_match_f64_on_every_type() {
             }
         }
     }
+}
+
+#[test]
+fn gemm_multi_matches_the_f64_products_of_each_matrix() {
+    // Q, K and V of different heights (one chunk straddling nothing), the same activation
+    // rows; a type pair with two activation formats and a float matrix take the fallback.
+    let pool = ThreadPool::new(2);
+    let mut scratch = Vec::new();
+    for tys in [[GgmlType::Q4_0; 3], [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::IQ4_NL], [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_K], [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::F16]] {
+        let cols = 512;
+        let heights = [96, 32, 33];
+        let ws: Vec<Vec<u8>> = tys.iter().zip(heights).map(|(&ty, rows)| quantize_to_vec(ty, &signal(rows * cols, rows as u32 + 7)).unwrap()).collect();
+        let mats: Vec<QMatrix> = tys.iter().zip(heights).zip(&ws).map(|((&ty, rows), w)| QMatrix::new(ty, rows, cols, w).unwrap()).collect();
+        for m in [1, 2, 5, 8, 16] {
+            let x = signal(m * cols, 77 + m as u32);
+            let mut ys: Vec<Vec<f32>> = heights.iter().map(|&r| vec![f32::NAN; m * r]).collect();
+            let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| &mut y[..]).collect();
+            gemm_multi(&pool, &mats.iter().collect::<Vec<_>>(), &x, m, &mut outs, &mut scratch).unwrap();
+            for (j, ((&ty, rows), w)) in tys.iter().zip(heights).zip(&ws).enumerate() {
+                let (want, scale) = expected(ty, w, rows, cols, &x, m);
+                for i in 0..m * rows {
+                    MATMUL.check(ys[j][i], want[i] as f32, scale[i] as f32).unwrap_or_else(|e| panic!("gemm_multi {tys:?} matrix {j} m={m} [{i}]: {e}"));
+                }
+            }
+        }
+    }
+    let w = vec![0u8; 18 * 4];
+    let mat = QMatrix::new(GgmlType::Q4_0, 2, 64, &w).unwrap();
+    let (mut a, mut b) = (vec![0.0; 4], vec![0.0; 3]);
+    assert!(gemm_multi(&pool, &[&mat, &mat], &[0.0; 128], 2, &mut [&mut a, &mut b], &mut scratch).is_err());
+    assert!(gemm_multi(&pool, &[&mat], &[0.0; 128], 2, &mut [&mut a, &mut b[..]], &mut scratch).is_err());
 }
 
 #[test]

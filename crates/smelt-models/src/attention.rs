@@ -198,11 +198,38 @@ fn attend_head(h: Heads, hh: usize, qh: &[f32], kv: LayerView, n_ctx: usize, sca
 /// `seqs[i].0` of `q` (rows at stride `q_stride`, the last token of sequence `i`) attends over
 /// `seqs[i].1`, whose first `seqs[i].2` tokens it sees; the result goes to the same row of
 /// `out` (at stride `n_heads * d_head`). One pool task per (sequence, head), so a step of many
-/// sequences is one dispatch, not one per sequence.
+/// sequences is one dispatch, not one per sequence; over an f16 cache with several sequences,
+/// one task per (sequence, key/value head) instead, whose query heads read each cached key and
+/// value once (the results are bit-identical).
 pub fn attend_one_each(pool: &ThreadPool, h: Heads, q: &[f32], q_stride: usize, seqs: &[(usize, LayerView, usize)], out: &mut [f32]) {
     let scale = 1.0 / (h.d_head as f32).sqrt();
     let d = h.n_heads * h.d_head;
     let sink = Disjoint::new(out);
+    let (g, f16) = (h.group(), seqs.first().is_some_and(|s| matches!(s.1, LayerView::F16(..))));
+    // Enough group tasks to keep every thread busy: a lone sequence keeps one task per head.
+    if f16 && g > 1 && seqs.len() * h.n_kv >= 4 * pool.threads_here() {
+        let row = h.n_kv * h.d_head;
+        pool.run(seqs.len() * h.n_kv, &|task| {
+            let (i, kvh) = (task / h.n_kv, task % h.n_kv);
+            let (t, kv, n_ctx) = seqs[i];
+            let heads = t * q_stride + kvh * g * h.d_head..t * q_stride + (kvh + 1) * g * h.d_head;
+            // SAFETY: each (row, key/value head) task writes its own group's heads.
+            let o = unsafe { sink.slice(t * d + kvh * g * h.d_head..t * d + (kvh + 1) * g * h.d_head) };
+            match kv {
+                LayerView::F16(k, v) => with_scores(g * n_ctx, |s| {
+                    vec::attn_scores_f16_group(&q[heads], g, &k[kvh * h.d_head..], row, n_ctx, scale, s);
+                    s.chunks_exact_mut(n_ctx.max(1)).for_each(math::softmax);
+                    vec::attn_mix_f16_group(s, g, n_ctx, &v[kvh * h.d_head..], row, o);
+                }),
+                LayerView::F32(..) => {
+                    for (j, (qh, oh)) in q[heads].chunks_exact(h.d_head).zip(o.chunks_exact_mut(h.d_head)).enumerate() {
+                        attend_head(h, kvh * g + j, qh, kv, n_ctx, scale, oh);
+                    }
+                }
+            }
+        });
+        return;
+    }
     pool.run(seqs.len() * h.n_heads, &|task| {
         let (i, hh) = (task / h.n_heads, task % h.n_heads);
         let (t, kv, n_ctx) = seqs[i];

@@ -26,7 +26,7 @@ use smelt_formats::gguf::{GgufArray, GgufHeader};
 use smelt_formats::hf_config::{load_config, HfConfig};
 use smelt_formats::safetensors::SafetensorsFile;
 use smelt_formats::{GgmlType, GgufFile};
-use smelt_kernels::matmul::gemv_multi;
+use smelt_kernels::matmul::{gemm_multi, gemv_multi};
 use smelt_kernels::pool::ThreadPool;
 
 use crate::attention::{attend, attend_one_each, Heads, KvCache, KvType};
@@ -600,9 +600,11 @@ impl Llama {
                 layer.wk.finish_rows(&b.h, 1, &mut b.k[..kvd]);
                 layer.wv.finish_rows(&b.h, 1, &mut b.v[..kvd]);
             } else {
-                layer.wq.apply(pool, &b.h[..m * d], m, &mut b.q[..m * qd], &mut b.scratch)?;
-                layer.wk.apply(pool, &b.h[..m * d], m, &mut b.k[..m * kvd], &mut b.scratch)?;
-                layer.wv.apply(pool, &b.h[..m * d], m, &mut b.v[..m * kvd], &mut b.scratch)?;
+                let ws = [&layer.wq.matrix()?, &layer.wk.matrix()?, &layer.wv.matrix()?];
+                gemm_multi(pool, &ws, &b.h[..m * d], m, &mut [&mut b.q[..m * qd], &mut b.k[..m * kvd], &mut b.v[..m * kvd]], &mut b.scratch)?;
+                layer.wq.finish_rows(&b.h, m, &mut b.q[..m * qd]);
+                layer.wk.finish_rows(&b.h, m, &mut b.k[..m * kvd]);
+                layer.wv.finish_rows(&b.h, m, &mut b.v[..m * kvd]);
             }
             let (cos, sin) = (&b.cos, &b.sin);
             let rope = |t: usize, row: &mut [f32]| self.rope.apply(row, c.head_dim, &cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
@@ -635,8 +637,10 @@ impl Llama {
                 layer.gate.finish_rows(&b.h, 1, &mut b.g[..ffn]);
                 layer.up.finish_rows(&b.h, 1, &mut b.u[..ffn]);
             } else {
-                layer.gate.apply(pool, &b.h[..m * d], m, &mut b.g[..m * ffn], &mut b.scratch)?;
-                layer.up.apply(pool, &b.h[..m * d], m, &mut b.u[..m * ffn], &mut b.scratch)?;
+                let ws = [&layer.gate.matrix()?, &layer.up.matrix()?];
+                gemm_multi(pool, &ws, &b.h[..m * d], m, &mut [&mut b.g[..m * ffn], &mut b.u[..m * ffn]], &mut b.scratch)?;
+                layer.gate.finish_rows(&b.h, m, &mut b.g[..m * ffn]);
+                layer.up.finish_rows(&b.h, m, &mut b.u[..m * ffn]);
             }
             let u = &b.u;
             ops::par_rows(pool, &mut b.g[..m * ffn], m, &|t, g| ops::silu_mul_in_place(g, &u[t * ffn..(t + 1) * ffn]));

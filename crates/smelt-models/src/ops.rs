@@ -4,12 +4,22 @@
 
 use smelt_kernels::pool::{Disjoint, ThreadPool};
 
+/// Below this many values [`par_rows`] runs on the calling thread: a norm or a residual add of
+/// a few decoding sequences takes about as long as a dispatch to the pool (a decoding step of 8
+/// sequences made 22 dispatches a layer, 10 of them for such rows).
+const INLINE_VALUES: usize = 8192;
+
 /// Calls `f(t, row_t)` for the `m` rows of `out` (`out.len() / m` values each), in parallel
-/// when there is more than one row.
+/// when there is more than one row and more than [`INLINE_VALUES`] values.
 pub fn par_rows(pool: &ThreadPool, out: &mut [f32], m: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     let len = out.len() / m.max(1);
     if m <= 1 {
         f(0, out);
+        return;
+    }
+    if out.len() < INLINE_VALUES {
+        // A few decoding sequences' norms or residuals: less work than waking the pool.
+        out.chunks_exact_mut(len.max(1)).enumerate().for_each(|(t, row)| f(t, row));
         return;
     }
     let sink = Disjoint::new(out);
