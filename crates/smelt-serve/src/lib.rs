@@ -26,6 +26,7 @@ pub mod remote;
 pub mod route_eval;
 pub mod router;
 pub mod run;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

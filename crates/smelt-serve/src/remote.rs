@@ -1,6 +1,6 @@
-//! The large remote model the router escalates to: any OpenAI-compatible server over plain
-//! HTTP (a second `smelt serve`, llama-server, vLLM, a gateway on the same network), reached
-//! with bounded time at every stage and guarded by a circuit breaker.
+//! The large remote model the router escalates to: any OpenAI-compatible server over HTTP or
+//! HTTPS (a second `smelt serve`, llama-server, vLLM, a gateway, a hosted API; TLS in
+//! [`crate::tls`]), reached with bounded time at every stage and guarded by a circuit breaker.
 //!
 //! - Timeouts: connecting, the response headers ("first byte"), and the whole exchange.
 //! - Retries: a failed attempt (refused connection, timeout, 5xx, 429) is retried up to
@@ -24,8 +24,12 @@ use serde_json::Value;
 /// Where the remote is and how to talk to it.
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
-    /// Host and port (`127.0.0.1:8081`).
+    /// Host and port (`127.0.0.1:8081`; 80 or 443 when the URL gives none).
     pub authority: String,
+    /// The `Host` header: the host (and port) as the URL wrote them.
+    pub host_header: String,
+    /// TLS settings for an `https://` remote.
+    pub tls: Option<crate::tls::Tls>,
     /// The path before `/chat/completions` (`/v1`).
     pub base_path: String,
     /// The model name the remote is asked for.
@@ -44,23 +48,45 @@ pub struct RemoteConfig {
 }
 
 impl RemoteConfig {
-    /// Parses `http://host:port/v1` (https is refused with a clear message: TLS is not built
-    /// in; put a local TLS proxy in front). Defaults for everything else.
+    /// Parses `http://host:port/v1` or `https://host/v1` (the system's trusted roots check
+    /// the certificate). Defaults for everything else.
     pub fn parse(url: &str, model: &str, key: Option<String>) -> Result<RemoteConfig, String> {
-        let rest = match url.strip_prefix("http://") {
-            Some(r) => r,
-            None if url.starts_with("https://") => return Err(format!("--remote {url}: https is not supported yet; run a TLS proxy (stunnel, nginx) locally and give its http:// address")),
-            None => return Err(format!("--remote {url}: give an http://HOST:PORT/v1 address")),
+        RemoteConfig::parse_with_ca(url, model, key, None)
+    }
+
+    /// [`RemoteConfig::parse`], an `https://` remote's certificate checked against the
+    /// certificates of `ca` (a PEM file) instead of the system's roots.
+    pub fn parse_with_ca(url: &str, model: &str, key: Option<String>, ca: Option<&std::path::Path>) -> Result<RemoteConfig, String> {
+        let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => return Err(format!("--remote {url}: give an http://HOST:PORT/v1 or https://HOST/v1 address")),
         };
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        if authority.is_empty() {
+        if ca.is_some() && !https {
+            return Err(format!("--remote-ca is for an https:// remote; {url} is plain HTTP"));
+        }
+        let (host_header, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        // The host without the port (an IPv6 address keeps its brackets here).
+        let host = match host_header.rsplit_once(':') {
+            Some((h, port)) if !port.contains(']') => {
+                if port.parse::<u16>().is_err() {
+                    return Err(format!("--remote {url}: {port:?} is not a port"));
+                }
+                h
+            }
+            _ => host_header,
+        };
+        if host.is_empty() {
             return Err(format!("--remote {url}: no host"));
         }
-        let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+        let authority = if host.len() < host_header.len() { host_header.to_string() } else { format!("{host}:{}", if https { 443 } else { 80 }) };
+        let tls = if https { Some(crate::tls::client(host, ca).map_err(|e| format!("--remote {url}: {e}"))?) } else { None };
         let base_path = format!("/{}", path.trim_end_matches('/'));
         let base_path = if base_path == "/" { String::new() } else { base_path };
         Ok(RemoteConfig {
             authority,
+            host_header: host_header.to_string(),
+            tls,
             base_path,
             model: model.to_string(),
             key,
@@ -211,14 +237,20 @@ impl Remote {
             .await
             .map_err(|_| RemoteError::Timeout("connect"))?
             .map_err(|e| RemoteError::Connect(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| RemoteError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = match &c.tls {
+            None => open(stream).await?,
+            Some(t) => {
+                let tls = tokio::time::timeout(c.connect_timeout, t.connector.connect(t.name.clone(), stream))
+                    .await
+                    .map_err(|_| RemoteError::Timeout("connect"))?
+                    .map_err(|e| RemoteError::Connect(format!("TLS with {} (trusting {}): {e}", c.host_header, t.roots)))?;
+                open(tls).await?
+            }
+        };
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", c.base_path))
-            .header("host", &c.authority)
+            .header("host", &c.host_header)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream");
         if let Some(k) = &c.key {
@@ -273,6 +305,18 @@ impl Remote {
     }
 }
 
+/// An HTTP/1 connection over `io` (a TCP or TLS stream); the connection runs on its own task.
+async fn open<IO>(io: IO) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, RemoteError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| RemoteError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 /// Reads a body up to `max` bytes within `time`.
 pub async fn read_limited(body: Incoming, max: usize, time: Duration) -> Result<Bytes, RemoteError> {
     let collected = tokio::time::timeout(time, Limited::new(body, max).collect()).await.map_err(|_| RemoteError::Timeout("total"))?;
@@ -284,13 +328,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_parse_and_https_is_refused_clearly() {
+    fn urls_parse_with_their_default_ports() {
         let c = RemoteConfig::parse("http://127.0.0.1:8081/v1", "big", None).unwrap();
-        assert_eq!((c.authority.as_str(), c.base_path.as_str()), ("127.0.0.1:8081", "/v1"));
+        assert_eq!((c.authority.as_str(), c.host_header.as_str(), c.base_path.as_str()), ("127.0.0.1:8081", "127.0.0.1:8081", "/v1"));
+        assert!(c.tls.is_none());
         let c = RemoteConfig::parse("http://gateway/", "big", None).unwrap();
-        assert_eq!((c.authority.as_str(), c.base_path.as_str()), ("gateway:80", ""));
-        assert!(RemoteConfig::parse("https://api.example/v1", "m", None).unwrap_err().contains("TLS proxy"));
+        assert_eq!((c.authority.as_str(), c.host_header.as_str(), c.base_path.as_str()), ("gateway:80", "gateway", ""));
+        let c = RemoteConfig::parse("http://[::1]:9/v1", "big", None).unwrap();
+        assert_eq!(c.authority, "[::1]:9");
         assert!(RemoteConfig::parse("ftp://x", "m", None).is_err());
+        assert!(RemoteConfig::parse("http://host:http/v1", "m", None).unwrap_err().contains("not a port"));
+        assert!(RemoteConfig::parse("http:///v1", "m", None).unwrap_err().contains("no host"));
+        let err = RemoteConfig::parse_with_ca("http://h/v1", "m", None, Some(std::path::Path::new("ca.pem"))).unwrap_err();
+        assert!(err.contains("https"), "{err}");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct RemoteOptions {
     pub url: String,
     pub model: String,
     pub key: Option<String>,
+    /// A PEM file of the certificates an `https://` remote's must chain to (default: the
+    /// system's trusted roots).
+    pub ca: Option<std::path::PathBuf>,
     pub privacy: PrivacyMode,
     /// `(name, regex)` patterns added to the privacy detector.
     pub patterns: Vec<(String, String)>,
@@ -160,7 +163,7 @@ fn reload_on_sighup(state: Arc<AppState>, log: Arc<dyn Fn(&str) + Send + Sync>) 
 
 /// The router for `--remote`.
 pub fn router(r: &RemoteOptions) -> Result<Router, ServeError> {
-    let mut cfg = RemoteConfig::parse(&r.url, &r.model, r.key.clone()).map_err(ServeError::Config)?;
+    let mut cfg = RemoteConfig::parse_with_ca(&r.url, &r.model, r.key.clone(), r.ca.as_deref()).map_err(ServeError::Config)?;
     cfg.total_timeout = r.timeout;
     cfg.first_byte_timeout = cfg.first_byte_timeout.min(r.timeout);
     let detector = Detector::with_patterns(&r.patterns).map_err(|e| ServeError::Config(e.to_string()))?;

@@ -75,58 +75,92 @@ async fn stub(mode: Arc<Mutex<Mode>>, seen: Arc<Mutex<Vec<String>>>) -> String {
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            let (mode, seen) = (mode.clone(), seen.clone());
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(answer(s, mode.clone(), seen.clone()));
+        }
+    });
+    addr
+}
+
+/// The stub over TLS, with the certificate `tests/tls/make_certs.py` made for `localhost` and
+/// 127.0.0.1; a connection whose handshake fails is dropped before anything is recorded.
+async fn tls_stub(mode: Arc<Mutex<Mode>>, seen: Arc<Mutex<Vec<String>>>) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let chain = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let (acceptor, mode, seen) = (acceptor.clone(), mode.clone(), seen.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then Content-Length bytes of body.
-                loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())).unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            seen.lock().unwrap().push(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string());
-                            break;
-                        }
-                    }
-                }
-                let m = *mode.lock().unwrap();
-                let reply = |status: u16, ctype: &str, body: &str| format!("HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                match m {
-                    Mode::Status(code) => {
-                        let _ = s.write_all(reply(code, "application/json", r#"{"error":{"message":"no"}}"#).as_bytes()).await;
-                    }
-                    Mode::Garbage => {
-                        let _ = s.write_all(reply(200, "application/json", "{\"choices\": [tru").as_bytes()).await;
-                    }
-                    Mode::Ok => {
-                        let body = json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "from the stub"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}}).to_string();
-                        let _ = s.write_all(reply(200, "application/json", &body).as_bytes()).await;
-                    }
-                    Mode::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
-                    Mode::Endless => {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
-                        let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"la \"}}]}\n\n".repeat(64);
-                        let chunk = format!("{:x}\r\n{ev}\r\n", ev.len());
-                        while s.write_all(chunk.as_bytes()).await.is_ok() {}
-                    }
-                    Mode::StallMidStream => {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
-                        let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
-                        let _ = s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).await;
-                        tokio::time::sleep(Duration::from_secs(30)).await;
-                    }
+                if let Ok(s) = acceptor.accept(s).await {
+                    answer(s, mode, seen).await;
                 }
             });
         }
     });
     addr
+}
+
+/// Reads one request from `s`, records its body, answers as `mode` says.
+async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, mode: Arc<Mutex<Mode>>, seen: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Headers, then Content-Length bytes of body.
+    loop {
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())).unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                seen.lock().unwrap().push(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string());
+                break;
+            }
+        }
+    }
+    let m = *mode.lock().unwrap();
+    let reply = |status: u16, ctype: &str, body: &str| format!("HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+    match m {
+        Mode::Status(code) => {
+            let _ = s.write_all(reply(code, "application/json", r#"{"error":{"message":"no"}}"#).as_bytes()).await;
+        }
+        Mode::Garbage => {
+            let _ = s.write_all(reply(200, "application/json", "{\"choices\": [tru").as_bytes()).await;
+        }
+        Mode::Ok => {
+            let body = json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "from the stub"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}}).to_string();
+            let _ = s.write_all(reply(200, "application/json", &body).as_bytes()).await;
+        }
+        Mode::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
+        Mode::Endless => {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
+            let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"la \"}}]}\n\n".repeat(64);
+            let chunk = format!("{:x}\r\n{ev}\r\n", ev.len());
+            while s.write_all(chunk.as_bytes()).await.is_ok() {}
+        }
+        Mode::StallMidStream => {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
+            let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+            let _ = s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    }
+    let _ = s.shutdown().await;
 }
 
 async fn chat(state: &Arc<AppState>, content: &str, route: Option<&str>, stream: bool) -> (StatusCode, axum::http::HeaderMap, String) {
@@ -280,6 +314,38 @@ async fn every_remote_failure_falls_back_and_the_circuit_opens_and_closes() {
     assert!(body.contains("remote_failed") && body.trim_end().ends_with("data: [DONE]"), "{}", &body[body.len().saturating_sub(300)..]);
     assert!(body.len() < (1 << 20) + 4096, "{} bytes", body.len());
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_remote_is_reached_only_with_a_certificate_it_can_check() {
+    let mode = Arc::new(Mutex::new(Mode::Ok));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = tls_stub(mode.clone(), seen.clone()).await;
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let https = |host: &str, ca: &str| {
+        let mut cfg = RemoteConfig::parse_with_ca(&format!("https://{host}:{port}/v1"), "big", Some("key".into()), Some(&certs.join(ca))).unwrap();
+        (cfg.retries, cfg.failures, cfg.first_byte_timeout) = (0, 5, Duration::from_secs(10));
+        Router::new(Remote::new(cfg), Detector::default(), PrivacyMode::Pin, Budget::default())
+    };
+    // The authority that signed the server's certificate, the server by name and by address.
+    for host in ["localhost", "127.0.0.1"] {
+        let small = state("small", Some(https(host, "ca.pem")));
+        let (status, h, body) = chat(&small, "hi", Some("remote"), false).await;
+        assert_eq!((status, route(&h).as_str()), (StatusCode::OK, "remote; reason=caller"), "{host}: {body}");
+        assert!(body.contains("from the stub"), "{body}");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 2, "both requests went over TLS");
+    // Someone else's authority: the handshake fails, nothing is sent, the local model answers.
+    let small = state("small", Some(https("localhost", "other-ca.pem")));
+    let (status, h, body) = chat(&small, "hi", Some("remote"), false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(route(&h).starts_with("local"), "{}", route(&h));
+    assert_eq!(h.get("x-smelt-fallback").map(|v| v.to_str().unwrap()), Some("connect"));
+    assert_eq!(seen.lock().unwrap().len(), 2, "nothing reached a server whose certificate did not check");
+    // The settings refuse what cannot work before anything runs.
+    assert!(RemoteConfig::parse_with_ca("https://localhost/v1", "m", None, Some(&certs.join("server.key"))).unwrap_err().contains("no usable certificate"));
+    assert!(RemoteConfig::parse_with_ca(&format!("http://127.0.0.1:{port}/v1"), "m", None, Some(&certs.join("ca.pem"))).is_err());
 }
 
 /// A head whose `p(remote)` is `sigmoid(bias)` for every text (zero weights): it tests the

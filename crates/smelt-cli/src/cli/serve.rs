@@ -60,7 +60,8 @@ pub struct ServeArgs {
     /// Run the weights converted to this type in memory.
     #[arg(long = "as", value_name = "TYPE", value_parser = parse_target)]
     pub as_type: Option<GgmlType>,
-    /// A large remote model (any OpenAI-compatible server, http://HOST:PORT/v1) the router
+    /// A large remote model (any OpenAI-compatible server, http://HOST:PORT/v1 or
+    /// https://HOST/v1, its certificate checked against the system's roots) the router
     /// escalates to: prompts longer than the local context, drafts the local model is unsure of
     /// (--confidence-*), prompts its classifier finds hard (--complexity), or `x-smelt-route:
     /// remote`. Private data never goes there; when it fails, the local model answers.
@@ -72,6 +73,10 @@ pub struct ServeArgs {
     /// The environment variable holding the remote's API key.
     #[arg(long, value_name = "VAR", requires = "remote")]
     pub remote_key_env: Option<String>,
+    /// Trust only the certificates in this PEM file for an https:// remote (a private
+    /// gateway's own authority) instead of the system's roots.
+    #[arg(long, value_name = "FILE", requires = "remote")]
+    pub remote_ca: Option<std::path::PathBuf>,
     /// Private data (emails, phone and card numbers, IBANs, national ids, keys and tokens,
     /// addresses): `pin` keeps such requests local, `redact` replaces the data by placeholders
     /// before escalating.

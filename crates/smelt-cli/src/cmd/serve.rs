@@ -24,6 +24,7 @@ fn remote(args: &ServeArgs) -> Result<Option<RemoteOptions>> {
         url: url.clone(),
         model: args.remote_model.clone().unwrap_or_else(|| "default".into()),
         key,
+        ca: args.remote_ca.clone(),
         privacy: if args.privacy == "redact" { PrivacyMode::Redact } else { PrivacyMode::Pin },
         patterns,
         budget: Budget { requests_per_minute: args.remote_rpm, tokens_per_day: args.remote_tokens_per_day },
