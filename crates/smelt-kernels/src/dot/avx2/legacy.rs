@@ -103,9 +103,7 @@ unsafe fn rows<const OFFSET: bool>(
 /// sequences decoded together): each weight block is unpacked once (`unpack(wb) -> (a, q, c)`,
 /// the block's scale, its 32 quants as bytes, its offset) and multiplied with every activation
 /// row (`dot(q, y)`, 8 x i32), so the unpacking, the scale conversions and the weight loads are
-/// paid once per `MX` rows instead of once per row. With four activation rows, weight rows go
-/// in pairs through [`pair4`] (one conversion and one FMA per block for all eight products);
-/// otherwise, and for a last odd row, one row at a time as follows. The activation blocks' scales and sums are
+/// paid once per `MX` rows instead of once per row. The activation blocks' scales and sums are
 /// first gathered block by block into 4-wide vectors (`[dx_0..dx_3]`, `[sx_0..sx_3]`), so that
 /// `a dx_j` for all rows is one multiply and the offsets `c sx_j` one FMA per block; lane `j` is
 /// then broadcast for row `j`. One accumulator per activation row; the next weight row is
@@ -140,23 +138,7 @@ unsafe fn tile<const OFFSET: bool, const MX: usize>(
     }
     let sp = scales.as_ptr();
     let lane: [__m256i; MX] = std::array::from_fn(|j| _mm256_set1_epi32(j as i32));
-    let rows = outs[0].len();
-    let mut r0 = 0;
-    if MX == 4 {
-        let xp4: [*const u8; 4] = std::array::from_fn(|j| xp[j.min(MX - 1)]);
-        while r0 + 2 <= rows {
-            let (w0, w1) = (wp.add(r0 * stride), wp.add((r0 + 1) * stride));
-            let v = pair4::<OFFSET>(k, bb, nb, w0, w1, stride, &xp4, sp, &unpack, &dot);
-            let mut y = [0.0f32; 8];
-            _mm256_storeu_ps(y.as_mut_ptr(), v);
-            for (j, o) in outs.iter_mut().enumerate().take(4) {
-                o[r0] = y[j];
-                o[r0 + 1] = y[4 + j];
-            }
-            r0 += 2;
-        }
-    }
-    for r in r0..rows {
+    for r in 0..outs[0].len() {
         let w0 = wp.add(r * stride);
         let mut acc = [_mm256_setzero_ps(); MX];
         let mut off = _mm_setzero_ps();
@@ -181,55 +163,6 @@ unsafe fn tile<const OFFSET: bool, const MX: usize>(
             outs[j][r] = hsum(acc[j]) + k * offs[j];
         }
     }
-}
-
-/// Two weight rows `w0`, `w1` against four activation rows, for [`tile`]: returns
-/// `[x_0 . w0, .., x_3 . w0, x_0 . w1, .., x_3 . w1]`. Per block the eight integer dot products
-/// (8 x i32 each) are reduced and transposed into one vector whose lane is the (weight row,
-/// activation row) pair (`hadd` twice per weight row, then the 128-bit halves of the two rows
-/// added crosswise), converted once and scaled by the outer product `[a_0 dx_j | a_1 dx_j]` in
-/// one FMA; the offsets `[c_0 sx_j | c_1 sx_j]` likewise. A block's integer sum is exact in f32
-/// (at most 32 x 255 x 127 < 2^24), so each block adds one rounded product.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pair4<const OFFSET: bool>(
-    k: f32,
-    bb: usize,
-    nb: usize,
-    w0: *const u8,
-    w1: *const u8,
-    stride: usize,
-    xp: &[*const u8; 4],
-    sp: *const f32,
-    unpack: &impl Fn(*const u8) -> (f32, __m256i, f32),
-    dot: &impl Fn(__m256i, __m256i) -> __m256i,
-) -> __m256 {
-    let (mut acc, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for i in 0..nb {
-        if i % 2 == 0 {
-            // The same place in the next pair of rows (hints: never dereferenced).
-            super::prefetch_at(w0.wrapping_add(2 * stride + bb * i));
-            super::prefetch_at(w1.wrapping_add(2 * stride + bb * i));
-        }
-        let (a0, q0, c0) = unpack(w0.add(bb * i));
-        let (a1, q1, c1) = unpack(w1.add(bb * i));
-        let y: [__m256i; 4] = std::array::from_fn(|j| xq(xp[j].add(XB * i)));
-        let reduce = |q: __m256i| {
-            let s01 = _mm256_hadd_epi32(dot(q, y[0]), dot(q, y[1]));
-            let s23 = _mm256_hadd_epi32(dot(q, y[2]), dot(q, y[3]));
-            _mm256_hadd_epi32(s01, s23)
-        };
-        let (h0, h1) = (reduce(q0), reduce(q1));
-        let sums = _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(h0, h1), _mm256_permute2x128_si256::<0x31>(h0, h1));
-        let pick = |v0: f32, v1: f32| _mm256_blend_ps::<0xF0>(_mm256_set1_ps(v0), _mm256_set1_ps(v1));
-        let dx = _mm256_broadcast_ps(&*(sp.add(8 * i) as *const __m128));
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(pick(a0, a1), dx), _mm256_cvtepi32_ps(sums), acc);
-        if OFFSET {
-            off = _mm256_fmadd_ps(pick(c0, c1), _mm256_broadcast_ps(&*(sp.add(8 * i + 4) as *const __m128)), off);
-        }
-    }
-    _mm256_fmadd_ps(_mm256_set1_ps(k), off, acc)
 }
 
 /// Defines `tile_NAME` (see [`tile`]) from a block unpacking and a byte dot product, for 1 to
