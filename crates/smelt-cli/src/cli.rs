@@ -568,6 +568,11 @@ pub struct BenchArgs {
     /// Repetitions per test (after one warm-up).
     #[arg(short, long, value_name = "N", default_value_t = 5)]
     pub repetitions: usize,
+    /// Decoders: tokens already in the context before each test (processed first, not timed),
+    /// as llama-bench's `-d`: `tg128 @ d512` decodes with 512 earlier tokens to attend to, as a
+    /// server does after a prompt.
+    #[arg(short = 'd', long, value_name = "N", default_value_t = 0)]
+    pub depth: usize,
     /// What to print on stdout.
     #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
     pub format: BenchFormat,

@@ -120,6 +120,7 @@ pub const SETTINGS: &[Setting] = &[
     int("prompt", &["bench"], 0, MAX_TOKENS),
     int("gen", &["bench"], 0, MAX_TOKENS),
     int("repetitions", &["bench"], 1, 10_000),
+    int("depth", &["bench"], 0, MAX_TOKENS),
     int("batches", &["bench"], 1, 1 << 16),
     // Encoders.
     int("batch_size", &[], 1, 1 << 16),

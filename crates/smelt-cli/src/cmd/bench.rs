@@ -44,16 +44,26 @@ impl Rng {
     }
 }
 
-fn prompt(model: &Llama, pool: &ThreadPool, n: usize, rng: &mut Rng) -> Result<f64> {
-    let tokens: Vec<u32> = (0..n).map(|_| rng.token(model.cfg.vocab)).collect();
-    let mut sess = model.session(n + 1);
+/// A session of `depth + n + 1` tokens holding `depth` random tokens (not timed), and them.
+fn context(model: &Llama, pool: &ThreadPool, depth: usize, n: usize, rng: &mut Rng) -> Result<(smelt_models::Session, Vec<u32>)> {
+    let mut sess = model.session(depth + n + 1);
+    let earlier: Vec<u32> = (0..depth).map(|_| rng.token(model.cfg.vocab)).collect();
+    if depth > 0 {
+        smelt_models::generate::prefill(model, pool, &mut sess, &earlier)?;
+    }
+    Ok((sess, earlier))
+}
+
+fn prompt(model: &Llama, pool: &ThreadPool, n: usize, depth: usize, rng: &mut Rng) -> Result<f64> {
+    let (mut sess, mut tokens) = context(model, pool, depth, n, rng)?;
+    tokens.extend((0..n).map(|_| rng.token(model.cfg.vocab)));
     let t = Instant::now();
     smelt_models::generate::prefill(model, pool, &mut sess, &tokens)?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-fn generate(model: &Llama, pool: &ThreadPool, n: usize, rng: &mut Rng) -> Result<f64> {
-    let mut sess = model.session(n + 1);
+fn generate(model: &Llama, pool: &ThreadPool, n: usize, depth: usize, rng: &mut Rng) -> Result<f64> {
+    let (mut sess, _) = context(model, pool, depth, n, rng)?;
     let t = Instant::now();
     for _ in 0..n {
         let tok = rng.token(model.cfg.vocab);
@@ -73,6 +83,9 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
     check_output(args)?;
     let path = crate::resolve_model(&args.model, global.quiet)?;
     if super::bench_encoder::is_encoder(&path) {
+        if args.depth > 0 {
+            bail!("--depth is for decoders (tokens already in the context); {} is an encoder", path.display());
+        }
         return super::bench_encoder::run(args, global, &path);
     }
     let model = smelt_models::load(&path, LoadOptions { weight_type: args.as_type }).with_context(|| format!("loading {}", path.display()))?.model;
@@ -83,11 +96,13 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
     let weight_type = model.layers.first().map(|l| l.wq.ty.name().to_string()).unwrap_or_default();
     let model_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut tests: Vec<(String, usize, bool)> = Vec::new();
-    tests.extend(args.prompt.iter().filter(|&&n| n > 0).map(|&n| (format!("pp{n}"), n, true)));
-    tests.extend(args.gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}"), n, false)));
+    let at = if args.depth > 0 { format!(" @ d{}", args.depth) } else { String::new() };
+    tests.extend(args.prompt.iter().filter(|&&n| n > 0).map(|&n| (format!("pp{n}{at}"), n, true)));
+    tests.extend(args.gen.iter().filter(|&&n| n > 0).map(|&n| (format!("tg{n}{at}"), n, false)));
+    let depth = args.depth;
     let mut records = Vec::new();
     for (name, n, is_prompt) in tests {
-        let once = |rng: &mut Rng| if is_prompt { prompt(&model, &pool, n, rng) } else { generate(&model, &pool, n, rng) };
+        let once = |rng: &mut Rng| if is_prompt { prompt(&model, &pool, n, depth, rng) } else { generate(&model, &pool, n, depth, rng) };
         once(&mut rng)?; // warm-up
         let mut samples = Vec::with_capacity(args.repetitions);
         for _ in 0..args.repetitions.max(1) {
