@@ -127,7 +127,7 @@ pub fn quantize_q8sum_row(x: &[f32], out: &mut [u8]) {
     assert!(x.len().is_multiple_of(QK) && out.len() == x.len() / QK * 40, "quantize_q8sum_row: lengths");
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::best() == crate::cpu::Isa::Avx2 {
-        // SAFETY: AVX2 detected; lengths asserted.
+        // SAFETY: the AVX2 level (AVX2, FMA, F16C) detected; lengths asserted.
         return unsafe { avx2::quantize_q8sum_row(x, out) };
     }
     quantize_q8sum_row_scalar(x, out)
@@ -148,7 +148,7 @@ mod avx2 {
     /// to 0): truncate, add the sign where the dropped fraction is at least a half (`v - t` is
     /// exact), clamp to -128..=127.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn round_i8(v: __m256) -> __m256i {
         let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
         let sign = _mm256_and_ps(v, _mm256_set1_ps(-0.0));
@@ -165,8 +165,9 @@ mod avx2 {
     /// `1 / d`, products, rounding and sum, so the bytes are identical.
     ///
     /// # Safety
-    /// AVX2 and FMA present; `x.len()` a multiple of 32, `out` 40 bytes per block.
-    #[target_feature(enable = "avx2,fma")]
+    /// AVX2, FMA and F16C present (the AVX2 level); `x.len()` a multiple of 32, `out` 40 bytes
+    /// per block.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn quantize_q8sum_row(x: &[f32], out: &mut [u8]) {
         let abs = _mm256_set1_ps(-0.0);
         for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(40)) {
@@ -179,10 +180,7 @@ mod avx2 {
             let d = amax / 127.0;
             let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
             let q: [__m256i; 4] = std::array::from_fn(|i| round_i8(_mm256_mul_ps(v[i], id)));
-            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-            let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
-            let total = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b01)));
+            let total = crate::dot::avx2::hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
             // i32 -> i16 -> i8 (no saturation: already in range); the permute undoes the packs'
             // 128-bit lane interleaving.
             let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
