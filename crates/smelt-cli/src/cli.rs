@@ -20,8 +20,9 @@ pub use train::*;
     name = "smelt",
     version,
     about = "Make small models smaller and faster, prove what they kept, run them anywhere.",
-    long_about = "smelt takes a real model, compresses it (quantization today; pruning and distillation \
-                  to come), measures what it kept, and runs it on a plain CPU.\n\n\
+    long_about = "smelt takes a real model, compresses it (calibrated quantization, pruning, distillation, \
+                  quantization-aware training), measures what it kept, runs it on a plain CPU and \
+                  serves it.\n\n\
                   MODEL arguments accept a file or directory, or a model name from `smelt models` \
                   (fetched into $SMELT_HOME, default ~/.cache/smelt, on first use).",
     after_help = "Examples:\n  smelt inspect smollm2-135m\n  smelt quantize smollm2-135m small.gguf --to q4_k\n  smelt inspect small.gguf --json | jq .summary"

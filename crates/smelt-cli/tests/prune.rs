@@ -350,3 +350,45 @@ fn eval_reports_sparsity_and_saves_logits() {
     assert!(!d.join("never.kld").exists());
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// smelt's 2:4 sparse type on the real model: a magnitude 2:4 pruning written as Q4_0_S24 holds
+/// every block matrix in it (the embedding untouched), `inspect` says only smelt reads it, its
+/// logits match those of its exact F32 expansion (the reference dequantizer, through
+/// `smelt quantize --to f32`) up to the activations' 8-bit rounding, and the type is refused
+/// where it would prune: after unstructured pruning, and on dense matrices in `smelt quantize`
+/// (which writes the dense twin there).
+#[test]
+fn a_2_4_model_stored_sparse_runs_as_its_f32_expansion() {
+    let d = std::env::temp_dir().join(format!("smelt-prune-test-{}-s24", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let (sparse, expanded, never, dense) = (d.join("s24.gguf"), d.join("f32.gguf"), d.join("never.gguf"), d.join("dense.gguf"));
+    let o = smelt(&["prune", "smollm2-135m", "-o", s(&sparse), "--method", "magnitude", "--pattern", "2:4", "--then-quantize", "q4_0_s24", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = GgufFile::open(&sparse).unwrap();
+    for t in f.tensors() {
+        let want = if is_block_matrix(&t.name) { GgmlType::Q4_0_S24 } else if t.name == "token_embd.weight" { GgmlType::Q8_0 } else { t.ty };
+        assert_eq!(t.ty, want, "{}", t.name);
+    }
+    let o = smelt(&["inspect", s(&sparse), "--summary"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("smelt only"), "{}", String::from_utf8_lossy(&o.stdout));
+
+    let o = smelt(&["quantize", s(&sparse), s(&expanded), "--to", "f32", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = d.join("text.txt");
+    std::fs::write(&text, std::fs::read_to_string("../../../shared/data/austen/persuasion.txt").unwrap_or_else(|_| "It was a fine day in Bath. ".repeat(200)).chars().take(6000).collect::<String>()).unwrap();
+    let o = smelt(&["eval", s(&sparse), "--against", s(&expanded), "--text", s(&text), "--ctx", "128", "--chunks", "3", "--no-speed", "--format", "json", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = v["models"].as_array().unwrap().iter().find(|m| m["reference"] != true).unwrap().clone();
+    let (kld, top) = (m["lm"]["vs_ref"]["kld_mean"].as_f64().unwrap(), m["lm"]["vs_ref"]["same_top"].as_f64().unwrap());
+    assert!(kld < 2e-3 && top > 0.95, "sparse kernels vs the F32 expansion: KLD {kld}, same top {top}");
+
+    let o = smelt(&["prune", "smollm2-135m", "-o", s(&never), "--method", "magnitude", "--sparsity", "0.5", "--then-quantize", "q4_0_s24", "-q"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--pattern 2:4") && !never.exists(), "{e}");
+    let o = smelt(&["quantize", "smollm2-135m", s(&dense), "--to", "q4_0_s24", "--embed-type", "q8_0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("not 2:4 sparse"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(GgufFile::open(&dense).unwrap().tensors().iter().all(|t| !t.ty.is_sparse()));
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -42,6 +42,11 @@ pub fn merge_adapter(file: &GgufFile, adapter: &LoraAdapter, strength: f32, to: 
         .tensors()
         .iter()
         .map(|t| match (overrides.contains_key(&t.name), to) {
+            // A merged matrix is dense: a 2:4 sparse type would prune it again.
+            (true, ty) if ty.unwrap_or(t.ty).is_sparse() => {
+                let dense = ty.unwrap_or(t.ty).dense_twin();
+                TensorPlan { t, target: dense, note: Some(format!("the merged matrix is not 2:4 sparse; using {dense}")) }
+            }
             (true, Some(ty)) => match ty.fallback_for_row(t.row_len()) {
                 Some(next) => TensorPlan { t, target: next, note: Some(format!("rows of {} are not a multiple of {ty}'s {}; using {next}", t.row_len(), ty.block_elems())) },
                 None => TensorPlan { t, target: ty, note: None },

@@ -2,12 +2,16 @@
 //!
 //! Rules, in order: a tensor matching a `keep` glob stays as it is; 1-D tensors (norms, biases)
 //! stay; the token embedding and a separate output head take their own targets when given;
-//! every other matrix takes `to`. A matrix whose rows are not a whole number of its target's
+//! every other matrix takes `to`, but a 2:4 sparse type only where the matrix is 2:4 sparse
+//! (its dense twin elsewhere: quantizing never prunes). A matrix whose rows are not a whole number of its target's
 //! blocks follows [`GgmlType::fallback_for_row`], the rule every conversion path shares.
 
 use smelt_formats::{GgmlType, GgufFile, TensorInfo};
 
 use crate::CompressError;
+
+/// The start of the note of a dense matrix asked for a 2:4 sparse type.
+const NOT_2_4: &str = "not 2:4 sparse";
 
 /// What to quantize to.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,9 +42,10 @@ pub struct TensorPlan<'a> {
 }
 
 impl TensorPlan<'_> {
-    /// Whether the target is a fallback from the asked type.
+    /// Whether the target is a fallback from the asked type (rows that do not divide into its
+    /// blocks; a dense matrix asked for a 2:4 sparse type).
     pub fn is_fallback(&self) -> bool {
-        self.note.as_deref().is_some_and(|n| n.starts_with("rows"))
+        self.note.as_deref().is_some_and(|n| n.starts_with("rows") || n.starts_with(NOT_2_4))
     }
 }
 
@@ -78,11 +83,22 @@ pub fn plan<'a>(file: &'a GgufFile, cfg: &QuantizeConfig) -> Result<Vec<TensorPl
         }
         let plan = match wanted.fallback_for_row(t.row_len()) {
             Some(next) => TensorPlan { t, target: next, note: Some(format!("rows of {} are not a multiple of {}'s {}; using {next}", t.row_len(), wanted, wanted.block_elems())) },
+            None if wanted.is_sparse() && !is_2_4_sparse(file, t)? => {
+                let dense = wanted.dense_twin();
+                TensorPlan { t, target: dense, note: Some(format!("{NOT_2_4} (see smelt prune --pattern 2:4); using {dense}")) }
+            }
             None => TensorPlan { t, target: wanted, note: None },
         };
         plans.push(plan);
     }
     Ok(plans)
+}
+
+/// Whether every aligned group of four weights of `t` holds at most two non-zeros (what the
+/// 2:4 sparse types store without pruning anything themselves).
+fn is_2_4_sparse(file: &GgufFile, t: &TensorInfo) -> Result<bool, CompressError> {
+    let w = smelt_formats::quant::dequantize_to_vec(t.ty, file.tensor_data(t)).map_err(|source| CompressError::Quant { tensor: t.name.clone(), source })?;
+    Ok(smelt_formats::quant::sparse::is_2_4_sparse(&w))
 }
 
 /// The type holding most of the matrices' bytes (as read) under `plans` (for `general.file_type`

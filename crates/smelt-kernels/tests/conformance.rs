@@ -33,7 +33,7 @@ impl Rng {
 fn scale_fields(ty: GgmlType) -> &'static [usize] {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => &[0],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q4_0_S24 | GgmlType::Q8_0_S24 => &[0, 2],
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],
         GgmlType::Q6_K => &[208],
@@ -63,6 +63,7 @@ fn weight_sizes(ty: GgmlType) -> Vec<usize> {
     match ty.block_elems() {
         1 => vec![1, 7, 8, 31, 33, 64, 576, 1003],
         32 => vec![32, 64, 96, 576, 1536],
+        64 => vec![64, 128, 192, 576, 1536],
         _ => vec![256, 512, 1536],
     }
 }
@@ -109,7 +110,7 @@ fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
     let mut rng = Rng(0xA110_F7E5);
     let mut checked = 0;
     for row in table() {
-        let n = if row.weight.block_elems() == 256 { 512 } else { 96 };
+        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => 96 };
         let row_bytes = n / row.weight.block_elems() * row.weight.block_bytes();
         let mut x = Vec::new();
         convert_rows(row.act, &rng.signal(n, 1.0), n, &mut x).unwrap();
@@ -151,7 +152,7 @@ fn tile_kernels_match_the_scalar_twin_for_every_pair() {
     let mut rng = Rng(0x7115_0F0E);
     let (mut checked, mut tiled) = (0, 0);
     for row in table() {
-        let n = if row.weight.block_elems() == 256 { 512 } else { 96 };
+        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => 96 };
         let row_bytes = n / row.weight.block_elems() * row.weight.block_bytes();
         let xs: Vec<Vec<u8>> = (0..TILE_X)
             .map(|_| {

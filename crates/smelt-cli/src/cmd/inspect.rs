@@ -33,6 +33,8 @@ struct Report {
     tensors: Vec<Tensor>,
     /// (key, type name, rendered value, JSON value)
     metadata: Vec<(String, String, String, Value)>,
+    /// Tensor types only smelt reads (the 2:4 sparse ones): llama.cpp cannot load the file.
+    smelt_only: Vec<String>,
 }
 
 impl Report {
@@ -92,7 +94,11 @@ fn gguf_report(path: &Path, full_arrays: bool) -> Result<Report> {
             (k.to_string(), ty, v.render(60), json)
         })
         .collect();
+    let mut smelt_only: Vec<String> = h.tensors.iter().filter(|t| t.ty.is_smelt_only()).map(|t| t.ty.name().to_string()).collect();
+    smelt_only.sort();
+    smelt_only.dedup();
     Ok(Report {
+        smelt_only,
         path: path.into(),
         format: format!("GGUF v{}, alignment {}", h.version, h.alignment),
         file_bytes: h.file_len,
@@ -137,6 +143,7 @@ fn safetensors_report(path: &Path) -> Result<Report> {
         }
     }
     Ok(Report {
+        smelt_only: Vec::new(),
         file_bytes: std::fs::metadata(&file)?.len(),
         path: file,
         format: "safetensors".into(),
@@ -164,6 +171,7 @@ fn onnx_report(path: &Path) -> Result<Report> {
     let metadata = ops.iter().map(|(op, n)| (format!("graph.ops.{op}"), "COUNT".into(), n.to_string(), json!(n))).collect();
     let architecture = f.initializers.iter().any(|t| t.name.ends_with("embeddings.word_embeddings.weight")).then(|| "bert".to_string());
     Ok(Report {
+        smelt_only: Vec::new(),
         file_bytes: std::fs::metadata(path)?.len(),
         path: path.into(),
         format: format!("ONNX, {} nodes", f.nodes.len()),
@@ -215,6 +223,7 @@ fn to_json(r: &Report) -> Value {
         "shape_order": if r.format.starts_with("GGUF") { "ggml: innermost (row length) first" } else { "row-major: outermost first" },
         "architecture": r.architecture,
         "name": r.name,
+        "smelt_only_types": r.smelt_only,
         "summary": {
             "parameters": r.params(),
             "tensors": r.tensors.len(),
@@ -241,6 +250,9 @@ fn print_human(r: &Report, summary: bool, out: &mut impl Write) -> std::io::Resu
     }
     writeln!(out, "parameters    {} in {} tensors", count(r.params()), r.tensors.len())?;
     writeln!(out, "size          {} of tensor data, {:.3} bits per weight", bytes(r.tensor_bytes()), r.bits_per_weight())?;
+    if !r.smelt_only.is_empty() {
+        writeln!(out, "smelt only    {} (2:4 sparse) is smelt's own type: llama.cpp and the gguf package cannot read this file; `smelt quantize FILE OUT --to Q4_0` makes a dense one", r.smelt_only.join(", "))?;
+    }
     writeln!(out)?;
     writeln!(out, "{:<10} {:>8} {:>12} {:>10} {:>8}", "type", "tensors", "parameters", "size", "bits/w")?;
     for (ty, n, p, b) in r.by_type() {

@@ -87,10 +87,11 @@ pub fn candidate_types(t: &TensorInfo, types: &[GgmlType]) -> Vec<GgmlType> {
     out
 }
 
-/// The quantized types `smelt fit` chooses among by default: every producible block type.
+/// The quantized types `smelt fit` chooses among by default: every producible dense block type
+/// (the 2:4 sparse ones would prune).
 pub fn default_types() -> Vec<GgmlType> {
     GgmlType::weight_targets()
-        .filter(|t| !t.is_float())
+        .filter(|t| !t.is_float() && !t.is_sparse())
         .collect()
 }
 

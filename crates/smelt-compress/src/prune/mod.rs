@@ -146,6 +146,8 @@ pub enum PruneError {
     Owl { sparsity: f64, lambda: f64, threshold: f64 },
     #[error("OWL sets each layer's unstructured sparsity; it does not apply to N:M patterns")]
     OwlPattern,
+    #[error("{ty} stores 2:4 sparse matrices; prune with --pattern 2:4 to write it (or write {dense}, its dense twin)")]
+    SparseTypeNeeds24 { ty: smelt_formats::GgmlType, dense: smelt_formats::GgmlType },
     #[error("cannot remove {n_remove} of {n_groups} groups of {group} columns from a matrix of {cols} columns")]
     Groups { group: usize, n_groups: usize, n_remove: usize, cols: usize },
 }

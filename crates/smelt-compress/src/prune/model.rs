@@ -114,6 +114,10 @@ pub fn prune_decoder(src: &Source, model: &mut Llama, settings: &DecoderPrune, o
         }
         (Some(_), Pattern::NM { .. }) => return Err(all_err(PruneError::OwlPattern)),
     };
+    if settings.write_type.is_sparse() && settings.opts.pattern != (Pattern::NM { n: 2, m: 4 }) {
+        let ty = settings.write_type;
+        return Err(all_err(PruneError::SparseTypeNeeds24 { ty, dense: ty.dense_twin() }));
+    }
     let tokens = match (wants_calibration, text) {
         (true, Some(t)) => tok.encode(t, false),
         (true, None) => return Err(all_err(PruneError::NoCalibration(if method.needs_hessian() { "SparseGPT" } else if method.needs_norms() { "Wanda" } else { "OWL" }))),

@@ -12,6 +12,7 @@ mod iq4nl;
 mod kquants;
 mod legacy;
 pub mod search;
+pub mod sparse;
 pub mod weighted;
 
 pub use weighted::{quantize_weighted, supports_weighted};
@@ -21,7 +22,8 @@ use std::fmt;
 use crate::error::QuantError;
 
 /// Every tensor type ggml defines, with ggml's numeric ids (ids 4, 5, 31-33 and 36-38 were
-/// removed upstream and stay unused).
+/// removed upstream and stay unused), and smelt's own 2:4 sparse types (ids from `0x534D_2400`,
+/// far from ggml's: files holding them are smelt-only, see [`GgmlType::is_smelt_only`]).
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u32)]
@@ -60,6 +62,10 @@ pub enum GgmlType {
     MXFP4 = 39,
     NVFP4 = 40,
     Q1_0 = 41,
+    /// smelt-only: 2:4 sparse, kept values as Q4_0 (see [`sparse`]).
+    Q4_0_S24 = 0x534D_2400,
+    /// smelt-only: 2:4 sparse, kept values as Q8_0 (see [`sparse`]).
+    Q8_0_S24 = 0x534D_2401,
 }
 
 /// Reference quantizer: `src.len()` is a multiple of the block size and `dst.len()` is exactly
@@ -153,6 +159,8 @@ pub static REGISTRY: &[TypeInfo] = &[
     row!(MXFP4, 32, 17, None, None, "microscaling FP4 (read only)"),
     row!(NVFP4, 64, 36, None, None, "NVIDIA FP4 (read only)"),
     row!(Q1_0, 128, 18, None, None, "1-bit (read only)"),
+    row!(Q4_0_S24, 64, 28, Some(sparse::quantize_q4_0_s24), Some(sparse::dequantize_q4_0_s24), "2:4 sparse, kept values 4-bit (smelt only)"),
+    row!(Q8_0_S24, 64, 44, Some(sparse::quantize_q8_0_s24), Some(sparse::dequantize_q8_0_s24), "2:4 sparse, kept values 8-bit (smelt only)"),
 ];
 
 impl GgmlType {
@@ -200,7 +208,7 @@ impl GgmlType {
 
     /// The type to use instead when a row of `cols` values is not a whole number of this type's
     /// blocks: llama.cpp's fallback chain (`tensor_type_fallback`: Q2_K/Q3_K -> Q4_0,
-    /// Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, anything else -> F16), followed until a type
+    /// Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, anything else -> F16; smelt's 2:4 types -> Q4_0 / Q8_0), followed until a type
     /// fits. `None` when this type fits as it is. The one rule for every path that converts
     /// weights (`smelt quantize`, `--as` at load time).
     pub fn fallback_for_row(self, cols: u64) -> Option<GgmlType> {
@@ -211,6 +219,8 @@ impl GgmlType {
                 GgmlType::Q4_K => GgmlType::Q5_0,
                 GgmlType::Q5_K => GgmlType::Q5_1,
                 GgmlType::Q6_K => GgmlType::Q8_0,
+                // smelt's 2:4 types (64-weight blocks): their dense twins.
+                GgmlType::Q4_0_S24 | GgmlType::Q8_0_S24 => ty.dense_twin(),
                 _ => GgmlType::F16,
             };
         }
@@ -236,6 +246,27 @@ impl GgmlType {
             GgmlType::IQ4_NL => 25,
             GgmlType::BF16 => 32,
             _ => 1024,
+        }
+    }
+
+    /// A type only smelt reads (the 2:4 sparse ones): llama.cpp and the `gguf` package refuse
+    /// files that hold it.
+    pub fn is_smelt_only(self) -> bool {
+        matches!(self, GgmlType::Q4_0_S24 | GgmlType::Q8_0_S24)
+    }
+
+    /// Whether this type stores 2:4 sparse weights (pruning rows that are not).
+    pub fn is_sparse(self) -> bool {
+        self.is_smelt_only()
+    }
+
+    /// The dense type a 2:4 sparse type stores its kept values as (Q4_0, Q8_0); itself for
+    /// every other type.
+    pub fn dense_twin(self) -> GgmlType {
+        match self {
+            GgmlType::Q4_0_S24 => GgmlType::Q4_0,
+            GgmlType::Q8_0_S24 => GgmlType::Q8_0,
+            t => t,
         }
     }
 

@@ -13,6 +13,7 @@ use half::f16;
 
 use super::blocks::*;
 use super::kquants;
+use super::sparse;
 use super::search::{make_qkx2_quants, make_qx_quants, AsymSearch, RmseWeight, GROUP_MAX_EPS};
 use super::{GgmlType, QuantError};
 
@@ -31,6 +32,8 @@ pub fn supports_weighted(ty: GgmlType) -> bool {
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
+            | GgmlType::Q4_0_S24
+            | GgmlType::Q8_0_S24
     )
 }
 
@@ -64,6 +67,16 @@ pub fn quantize_weighted(ty: GgmlType, src: &[f32], imp: &[f32], dst: &mut [u8])
             GgmlType::Q4_K => put(out, kquants::q4_k_block(x, Some(w))),
             GgmlType::Q5_K => put(out, kquants::q5_k_block(x, Some(w))),
             GgmlType::Q6_K => put(out, kquants::q6_k_block(x, Some(w))),
+            // 2:4 sparse: each half of the pruned block searched as the dense type's block
+            // with its importances (the pruned zeros stay exact at any scale).
+            GgmlType::Q4_0_S24 => {
+                let (d, q, idx) = sparse::encode(x, |h, v| sym_block(v, &w[32 * h..32 * h + 32], 8, |d, q| (d, q.map(|v| v as i32))));
+                put(out, sparse::BlockQ4_0S24 { d, qs: sparse::pack_nibbles(&q), idx })
+            }
+            GgmlType::Q8_0_S24 => {
+                let (d, q, idx) = sparse::encode(x, |h, v| sym_block(v, &w[32 * h..32 * h + 32], 128, |d, q| (d, q.map(|v| v as i32 - 128))));
+                put(out, sparse::BlockQ8_0S24 { d, qs: q.map(|v| v as i8), idx })
+            }
             _ => unreachable!("supports_weighted lists the types handled here"),
         }
     }
@@ -185,7 +198,7 @@ mod tests {
         let x = signal(4096, 7);
         let imp: Vec<f32> = (0..x.len()).map(|i| if (i * 7919) % 13 < 3 { 100.0 } else { 1.0 }).collect();
         let werr = |y: &[f32]| x.iter().zip(y).zip(&imp).map(|((a, b), w)| w * (a - b) * (a - b)).sum::<f32>();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q4_0_S24, GgmlType::Q8_0_S24] {
             let rtn = dequantize_to_vec(ty, &quantize_to_vec(ty, &x).unwrap()).unwrap();
             let mut q = vec![0u8; x.len() / ty.block_elems() * ty.block_bytes()];
             quantize_weighted(ty, &x, &imp, &mut q).unwrap();

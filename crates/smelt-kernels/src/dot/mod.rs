@@ -138,6 +138,9 @@ pub fn table() -> &'static [KernelRow] {
             row!(Q5_K, Q8K, dot_q5_k_q8_k),
             row!(Q6_K, Q8K, dot_q6_k_q8_k),
             row!(Q8_K, Q8K, dot_q8_k_q8_k),
+            // smelt's 2:4 sparse types: AVX2 only (NEON runs the scalar twin).
+            KernelRow { weight: GgmlType::Q4_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q4_0_s24, avx2: avx2!(dot_q4_0_s24), neon: None, avx2_rows: avx2_rows!(rows_q4_0_s24), avx2_tile: None },
+            KernelRow { weight: GgmlType::Q8_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q8_0_s24, avx2: avx2!(dot_q8_0_s24), neon: None, avx2_rows: avx2_rows!(rows_q8_0_s24), avx2_tile: None },
         ]
     })
 }
@@ -314,7 +317,7 @@ pub fn exact_f64(weight: GgmlType, w: &[u8], x: &[u8]) -> Option<(f64, f64)> {
         sum += t;
         abs += t.abs();
     }
-    if act == ActFormat::Q8Sum {
+    if act == ActFormat::Q8Sum && weight.block_elems() == 32 {
         for ((wb, xb), xs) in w.chunks_exact(weight.block_bytes()).zip(x.chunks_exact(40)).zip(xf.chunks_exact(32)) {
             let c = block_offset(weight, wb);
             let s = f32::from_le_bytes([xb[4], xb[5], xb[6], xb[7]]) as f64;

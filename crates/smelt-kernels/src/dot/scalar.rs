@@ -93,6 +93,38 @@ pub fn dot_iq4_nl(n: usize, w: &[u8], x: &[u8]) -> f32 {
     dot_q8sum(n, w, x, |b: &BlockIq4Nl| (b.d.to_f32(), 0.0, std::array::from_fn(|j| KVALUES_IQ4NL[nibble(&b.qs, j) as usize] as i32)))
 }
 
+/// The 2:4 sparse types against Q8Sum activations: per 64-weight block (two activation blocks
+/// `x0`, `x1`, and the two weight scales of the same halves), each kept value `q_k` times the
+/// activation at its position, summed in integers per half, then `dw0 dx0 isum0 + dw1 dx1
+/// isum1`. `block(w) -> (dw, q, idx)`.
+fn dot_s24<B: bytemuck::Pod>(n: usize, w: &[u8], x: &[u8], block: impl Fn(&B) -> ([f32; 2], [i32; QK], [u8; 8])) -> f32 {
+    use smelt_formats::quant::sparse::{kept_position, kept_weight, QK_S24};
+    let nb = n / QK_S24;
+    let mut xs = blocks::<BlockQ8Sum>(x, 2 * nb);
+    blocks::<B>(w, nb).fold(0.0, |s, a| {
+        let xb = [xs.next(), xs.next()].map(|b| b.unwrap_or_else(bytemuck::Zeroable::zeroed));
+        let (d, q, idx) = block(&a);
+        let mut isum = [0i32; 2];
+        for (k, &qk) in q.iter().enumerate() {
+            let at = kept_weight(k, kept_position(&idx, k));
+            isum[at / QK] += qk * xb[at / QK].qs[at % QK] as i32;
+        }
+        s + d[0] * xb[0].d * isum[0] as f32 + d[1] * xb[1].d * isum[1] as f32
+    })
+}
+
+/// Q4_0_S24 (2:4 sparse, kept `w = d (q - 8)`) x Q8Sum.
+pub fn dot_q4_0_s24(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    use smelt_formats::quant::sparse::BlockQ4_0S24;
+    dot_s24(n, w, x, |b: &BlockQ4_0S24| (b.d.map(|d| d.to_f32()), std::array::from_fn(|k| nibble(&b.qs, k) - 8), b.idx))
+}
+
+/// Q8_0_S24 (2:4 sparse, kept `w = d q`) x Q8Sum.
+pub fn dot_q8_0_s24(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    use smelt_formats::quant::sparse::BlockQ8_0S24;
+    dot_s24(n, w, x, |b: &BlockQ8_0S24| (b.d.map(|d| d.to_f32()), b.qs.map(|q| q as i32), b.idx))
+}
+
 /// Q2_K x Q8_K: `sum_b dx (dw sum_j sc_j sum_{i in j} q_i y_i - dmin sum_j m_j bsum_j)` over
 /// 16 sub-blocks of 16 (bsum_j = the activation block's precomputed `sum y` of sub-block j).
 pub fn dot_q2_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {

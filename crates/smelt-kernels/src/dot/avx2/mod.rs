@@ -14,9 +14,11 @@
 mod float;
 mod kquants;
 mod legacy;
+mod sparse;
 
 use std::arch::x86_64::*;
 
+pub use sparse::{dot_q4_0_s24, dot_q8_0_s24, rows_q4_0_s24, rows_q8_0_s24};
 pub use float::{dot_bf16, dot_f16, dot_f32};
 pub use kquants::{dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k, dot_q8_k_q8_k};
 pub use legacy::{
