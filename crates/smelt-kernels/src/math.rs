@@ -57,6 +57,11 @@ pub fn bias_gelu_scalar(x: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// Scalar twin of [`exp`].
+pub fn exp_slice_scalar(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = exp_scalar(*v));
+}
+
 /// Scalar twin of [`softmax`].
 pub fn softmax_scalar(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -94,6 +99,7 @@ type NormFn = unsafe fn(&mut [f32], &[f32], &[f32], &[f32], &[f32], f32);
 
 struct Kernels {
     bias_gelu: BiasFn,
+    exp: SliceFn,
     softmax: SliceFn,
     add_layernorm: NormFn,
 }
@@ -102,8 +108,8 @@ fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| match cpu::best() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Kernels { bias_gelu: avx2::bias_gelu, softmax: avx2::softmax, add_layernorm: avx2::add_layernorm },
-        _ => Kernels { bias_gelu: bias_gelu_scalar, softmax: softmax_scalar, add_layernorm: add_layernorm_scalar },
+        Isa::Avx2 => Kernels { bias_gelu: avx2::bias_gelu, exp: avx2::exp, softmax: avx2::softmax, add_layernorm: avx2::add_layernorm },
+        _ => Kernels { bias_gelu: bias_gelu_scalar, exp: exp_slice_scalar, softmax: softmax_scalar, add_layernorm: add_layernorm_scalar },
     })
 }
 
@@ -121,6 +127,13 @@ pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
     assert_eq!(bias.len(), x.len(), "bias_gelu: lengths");
     // SAFETY: the kernel was chosen for an ISA this CPU has; it stays within `x` and `bias`.
     unsafe { (kernels().bias_gelu)(x, bias) }
+}
+
+/// `x_i = e^(x_i)` in place (the sampler's weights over the vocabulary); NaN gives NaN in the
+/// scalar twin and a large value in the AVX2 kernel: callers pass no NaN.
+pub fn exp(x: &mut [f32]) {
+    // SAFETY: as in `bias_gelu`.
+    unsafe { (kernels().exp)(x) }
 }
 
 /// Softmax in place (a row of all `-inf` is left as is).
@@ -204,6 +217,16 @@ mod avx2 {
             _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(_mm256_set1_ps(1.0), e)));
         }
         bias_gelu_scalar(&mut x[n..], &bias[n..]);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp(x: &mut [f32]) {
+        let n = x.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            let p = x.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, exp8(_mm256_loadu_ps(p)));
+        }
+        super::exp_slice_scalar(&mut x[n..]);
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -348,6 +371,15 @@ mod tests {
         softmax(&mut b);
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() <= 1e-6 * p.abs() + 1e-12, "softmax {p} vs {q}");
+        }
+        // exp over the whole range, the tail included, and its limits.
+        let mut e: Vec<f32> = grid(-100.0, 100.0, 1003);
+        e.push(f32::NEG_INFINITY);
+        let (mut a, mut b) = (e.clone(), e.clone());
+        exp_slice_scalar(&mut a);
+        exp(&mut b);
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() <= 2e-7 * p.abs() || p.to_bits() == q.to_bits(), "exp {p} vs {q}");
         }
         // Short rows (attention over a few tokens): tail only, one vector plus a tail.
         for len in 1..=17 {

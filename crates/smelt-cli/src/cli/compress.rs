@@ -331,7 +331,9 @@ pub struct PruneArgs {
     #[arg(long, value_name = "X", default_value_t = 0.01)]
     pub damp: f64,
     /// Write the pruned matrices in this type (importance-weighted when calibrated) instead of
-    /// F32. Zeros stay exact in types without a block minimum (Q8_0, Q4_0, Q5_0, IQ4_NL).
+    /// F32. Zeros stay exact in types without a block minimum (Q8_0, Q4_0, Q5_0, IQ4_NL). After
+    /// --pattern 2:4, Q4_0_S24 / Q8_0_S24 store only the kept values (3.5 / 5.5 bits per weight,
+    /// the same values as Q4_0 / Q8_0; files only smelt runs).
     #[arg(long, value_name = "TYPE", value_parser = parse_target)]
     pub then_quantize: Option<GgmlType>,
     /// Print a JSON summary instead of a table.

@@ -138,9 +138,9 @@ pub fn table() -> &'static [KernelRow] {
             row!(Q5_K, Q8K, dot_q5_k_q8_k),
             row!(Q6_K, Q8K, dot_q6_k_q8_k),
             row!(Q8_K, Q8K, dot_q8_k_q8_k),
-            // smelt's 2:4 sparse types: AVX2 only (NEON runs the scalar twin).
-            KernelRow { weight: GgmlType::Q4_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q4_0_s24, avx2: avx2!(dot_q4_0_s24), neon: None, avx2_rows: avx2_rows!(rows_q4_0_s24), avx2_tile: None },
-            KernelRow { weight: GgmlType::Q8_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q8_0_s24, avx2: avx2!(dot_q8_0_s24), neon: None, avx2_rows: avx2_rows!(rows_q8_0_s24), avx2_tile: None },
+            // smelt's 2:4 sparse types.
+            KernelRow { weight: GgmlType::Q4_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q4_0_s24, avx2: avx2!(dot_q4_0_s24), neon: neon!(dot_q4_0_s24), avx2_rows: avx2_rows!(rows_q4_0_s24), avx2_tile: None },
+            KernelRow { weight: GgmlType::Q8_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q8_0_s24, avx2: avx2!(dot_q8_0_s24), neon: neon!(dot_q8_0_s24), avx2_rows: avx2_rows!(rows_q8_0_s24), avx2_tile: None },
         ]
     })
 }

@@ -8,11 +8,13 @@
 mod float;
 mod kquants;
 mod legacy;
+mod sparse;
 
 use std::arch::aarch64::*;
 
 pub use float::{dot_bf16, dot_f16, dot_f32};
 pub use kquants::{dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k, dot_q8_k_q8_k};
+pub use sparse::{dot_q4_0_s24, dot_q8_0_s24};
 pub use legacy::{dot_iq4_nl, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q8_1};
 
 /// 16 signed bytes times 16 signed bytes, summed into 4 x i32.
