@@ -28,7 +28,7 @@ fn inv(d: f32) -> f32 {
 }
 
 /// Packs 32 values < 16 (low nibbles of elements 0..16, high nibbles of 16..32).
-fn pack_nibbles(q: &[u8; QK]) -> [u8; QK / 2] {
+pub(super) fn pack_nibbles(q: &[u8; QK]) -> [u8; QK / 2] {
     std::array::from_fn(|j| (q[j] & 0xF) | ((q[j + QK / 2] & 0xF) << 4))
 }
 
@@ -38,7 +38,7 @@ fn pack_high_bits(q: &[u8; QK]) -> [u8; 4] {
     h.to_le_bytes()
 }
 
-fn unpack_nibble(qs: &[u8; QK / 2], j: usize) -> u8 {
+pub(super) fn unpack_nibble(qs: &[u8; QK / 2], j: usize) -> u8 {
     if j < QK / 2 { qs[j] & 0xF } else { qs[j - QK / 2] >> 4 }
 }
 

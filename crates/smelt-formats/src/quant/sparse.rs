@@ -124,7 +124,7 @@ pub(super) fn encode(x: &[f32], mut dense: impl FnMut(usize, &[f32]) -> (f16, [i
 
 /// Packs 32 values < 16 as Q4_0 does (kept `k` low nibble of byte `k`, `k + 16` high).
 pub(super) fn pack_nibbles(q: &[i32; QK]) -> [u8; 16] {
-    std::array::from_fn(|j| (q[j] as u8 & 0xF) | ((q[j + 16] as u8 & 0xF) << 4))
+    legacy::pack_nibbles(&q.map(|v| v as u8))
 }
 
 /// Writes kept value `k` (`value(k)`) at its position in `y` (64 weights), zeros elsewhere.
@@ -143,7 +143,7 @@ pub(super) fn quantize_q4_0_s24(src: &[f32], dst: &mut [u8]) {
             let mut b = [0u8; 18];
             legacy::quantize_q4_0(h, &mut b);
             let b: BlockQ4_0 = bytemuck::pod_read_unaligned(&b);
-            (b.d, std::array::from_fn(|j| (if j < 16 { b.qs[j] & 0xF } else { b.qs[j - 16] >> 4 }) as i32))
+            (b.d, std::array::from_fn(|j| legacy::unpack_nibble(&b.qs, j) as i32))
         });
         BlockQ4_0S24 { d, qs: pack_nibbles(&q), idx }
     });
@@ -151,8 +151,7 @@ pub(super) fn quantize_q4_0_s24(src: &[f32], dst: &mut [u8]) {
 
 pub(super) fn dequantize_q4_0_s24(src: &[u8], dst: &mut [f32]) {
     for (b, y) in read_blocks::<BlockQ4_0S24>(src).zip(dst.chunks_exact_mut(QK_S24)) {
-        let nib = |k: usize| (if k < 16 { b.qs[k] & 0xF } else { b.qs[k - 16] >> 4 }) as i32;
-        scatter(&b.idx, y, |k| b.d[kept_half(k)].to_f32() * (nib(k) - 8) as f32);
+        scatter(&b.idx, y, |k| b.d[kept_half(k)].to_f32() * (legacy::unpack_nibble(&b.qs, k) as i32 - 8) as f32);
     }
 }
 
