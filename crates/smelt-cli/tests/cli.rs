@@ -72,6 +72,38 @@ fn quantize_writes_a_valid_smaller_file() {
     assert_eq!(GgufFile::open(&out).unwrap().tensor("blk.1.ffn_up.weight").unwrap().ty, GgmlType::Q8_0, "input untouched");
 }
 
+/// The lattice types smelt writes (ggml's IQ2/IQ3/IQ4_XS) on the real model: the 1536-wide
+/// `ffn_down` takes them, the 576-wide matrices fall back to IQ4_NL as llama.cpp's rule says, the
+/// error falls with the bits, and the file runs (Q8_K activations, lattice kernels) as its exact
+/// F32 expansion does. (Reading the types is checked against the `gguf` package elsewhere.)
+#[test]
+fn lattice_types_are_written_and_run_as_their_f32_expansion() {
+    let text = tmp("lattice-text.txt");
+    std::fs::write(&text, std::fs::read_to_string("../../../shared/data/austen/persuasion.txt").unwrap_or_else(|_| "It was a fine day in Bath. ".repeat(200)).chars().take(6000).collect::<String>()).unwrap();
+    let mut last_err = f64::INFINITY;
+    for (ty, name) in [(GgmlType::IQ2_XS, "iq2_xs"), (GgmlType::IQ3_S, "iq3_s"), (GgmlType::IQ4_XS, "iq4_xs")] {
+        let (q, f) = (tmp(&format!("{name}.gguf")), tmp(&format!("{name}-f32.gguf")));
+        let o = smelt(&["quantize", "smollm2-135m", q.to_str().unwrap(), "--to", name, "--embed-type", "q8_0", "--json", "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["weight_relative_rms_error"].as_f64().unwrap();
+        assert!(err < last_err, "{ty}: error {err} not below the smaller type's {last_err}");
+        last_err = err;
+        let file = GgufFile::open(&q).unwrap();
+        assert_eq!(file.tensor("blk.3.ffn_down.weight").unwrap().ty, ty);
+        assert_eq!(file.tensor("blk.3.ffn_up.weight").unwrap().ty, GgmlType::IQ4_NL, "576-wide rows fall back");
+        let o = smelt(&["quantize", q.to_str().unwrap(), f.to_str().unwrap(), "--to", "f32", "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = smelt(&["eval", q.to_str().unwrap(), "--against", f.to_str().unwrap(), "--text", text.to_str().unwrap(), "--ctx", "128", "--chunks", "2", "--no-speed", "--format", "json", "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let m = v["models"].as_array().unwrap().iter().find(|m| m["reference"] != true).unwrap().clone();
+        let (kld, top) = (m["lm"]["vs_ref"]["kld_mean"].as_f64().unwrap(), m["lm"]["vs_ref"]["same_top"].as_f64().unwrap());
+        assert!(kld < 3e-3 && top > 0.94, "{ty} kernels vs the F32 expansion: KLD {kld}, same top {top}");
+        std::fs::remove_file(&q).ok();
+        std::fs::remove_file(&f).ok();
+    }
+}
+
 #[test]
 fn quantize_dry_run_shows_fallbacks() {
     let o = smelt(&["quantize", "smollm2-135m", "/nonexistent/x.gguf", "--to", "q4_k", "--dry-run", "-q"]);

@@ -36,8 +36,9 @@ fn dequantize_matches_gguf_package_bit_for_bit() {
         checked.push(t.name.clone());
     }
     // F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 quantized by the package; Q2_K..Q6_K, IQ4_NL and
-    // the five legacy types again as random blocks.
-    assert_eq!(checked.len(), 7 + 11, "checked {checked:?}");
+    // the five legacy types again as random blocks; the eight lattice types (IQ1_S, IQ1_M, IQ2_XXS,
+    // IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS) as random blocks.
+    assert_eq!(checked.len(), 7 + 11 + 8, "checked {checked:?}");
 }
 
 #[test]

@@ -37,6 +37,7 @@ fn scale_fields(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],
         GgmlType::Q6_K => &[208],
+        GgmlType::IQ1_S | GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ2_S | GgmlType::IQ3_XXS | GgmlType::IQ3_S | GgmlType::IQ4_XS => &[0],
         _ => &[],
     }
 }
@@ -54,6 +55,14 @@ fn random_blocks(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
         }
         for &off in scale_fields(ty) {
             b[off..off + 2].copy_from_slice(&half::f16::from_f32(rng.uniform() * 0.05).to_le_bytes());
+        }
+        if ty == GgmlType::IQ1_M {
+            // IQ1_M's f16 scale lives in the top nibbles of its last four u16, low nibble first.
+            let d = half::f16::from_f32(rng.uniform() * 0.05).to_bits();
+            for i in 0..4 {
+                let o = bb - 8 + 2 * i;
+                b[o + 1] = (b[o + 1] & 0x0F) | (((d >> (4 * i)) & 0xF) as u8) << 4;
+            }
         }
     }
     v

@@ -8,6 +8,9 @@
 pub mod blocks;
 mod float;
 pub mod grid;
+pub mod iq;
+pub mod iq_grids;
+mod iq_quant;
 mod iq4nl;
 mod kquants;
 mod legacy;
@@ -139,20 +142,20 @@ pub static REGISTRY: &[TypeInfo] = &[
     row!(Q5_K, 256, 176, Some(kquants::quantize_q5_k), Some(kquants::dequantize_q5_k), "5-bit super-blocks, 6-bit scales and mins"),
     row!(Q6_K, 256, 210, Some(kquants::quantize_q6_k), Some(kquants::dequantize_q6_k), "6-bit super-blocks, 8-bit scales"),
     row!(Q8_K, 256, 292, Some(kquants::quantize_q8_k), Some(kquants::dequantize_q8_k), "8-bit super-blocks with sums (activations)"),
-    row!(IQ2_XXS, 256, 66, None, None, "2-bit lattice (read only)"),
-    row!(IQ2_XS, 256, 74, None, None, "2-bit lattice (read only)"),
-    row!(IQ3_XXS, 256, 98, None, None, "3-bit lattice (read only)"),
-    row!(IQ1_S, 256, 50, None, None, "1.5-bit lattice (read only)"),
+    row!(IQ2_XXS, 256, 66, Some(iq_quant::quantize_iq2_xxs), Some(iq::dequantize_iq2_xxs), "2.06-bit lattice, scale per 32"),
+    row!(IQ2_XS, 256, 74, Some(iq_quant::quantize_iq2_xs), Some(iq::dequantize_iq2_xs), "2.31-bit lattice, scale per 16"),
+    row!(IQ3_XXS, 256, 98, Some(iq_quant::quantize_iq3_xxs), Some(iq::dequantize_iq3_xxs), "3.06-bit lattice, scale per 32"),
+    row!(IQ1_S, 256, 50, None, Some(iq::dequantize_iq1_s), "1.5-bit ternary lattice (read and run)"),
     row!(IQ4_NL, 32, 18, Some(iq4nl::quantize_iq4_nl), Some(iq4nl::dequantize_iq4_nl), "4-bit non-linear grid per 32"),
-    row!(IQ3_S, 256, 110, None, None, "3-bit lattice (read only)"),
-    row!(IQ2_S, 256, 82, None, None, "2-bit lattice (read only)"),
-    row!(IQ4_XS, 256, 136, None, None, "4-bit non-linear super-blocks (read only)"),
+    row!(IQ3_S, 256, 110, Some(iq_quant::quantize_iq3_s), Some(iq::dequantize_iq3_s), "3.44-bit lattice with sign bits"),
+    row!(IQ2_S, 256, 82, Some(iq_quant::quantize_iq2_s), Some(iq::dequantize_iq2_s), "2.56-bit lattice with sign bits"),
+    row!(IQ4_XS, 256, 136, Some(iq_quant::quantize_iq4_xs), Some(iq::dequantize_iq4_xs), "4-bit non-linear grid, 6-bit scales per 32"),
     row!(I8, 1, 1, None, None, "8-bit integer"),
     row!(I16, 1, 2, None, None, "16-bit integer"),
     row!(I32, 1, 4, None, None, "32-bit integer"),
     row!(I64, 1, 8, None, None, "64-bit integer"),
     row!(F64, 1, 8, None, Some(float::dequantize_f64), "64-bit float"),
-    row!(IQ1_M, 256, 56, None, None, "1.75-bit lattice (read only)"),
+    row!(IQ1_M, 256, 56, None, Some(iq::dequantize_iq1_m), "1.75-bit ternary lattice (read and run)"),
     row!(BF16, 1, 2, Some(float::quantize_bf16), Some(float::dequantize_bf16), "bfloat16"),
     row!(TQ1_0, 256, 54, None, None, "ternary 1.69-bit (read only)"),
     row!(TQ2_0, 256, 66, None, None, "ternary 2-bit (read only)"),
@@ -207,14 +210,16 @@ impl GgmlType {
     }
 
     /// The type to use instead when a row of `cols` values is not a whole number of this type's
-    /// blocks: llama.cpp's fallback chain (`tensor_type_fallback`: Q2_K/Q3_K -> Q4_0,
-    /// Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, anything else -> F16; smelt's 2:4 types -> Q4_0 / Q8_0), followed until a type
+    /// blocks: llama.cpp's fallback chain (`tensor_type_fallback`: the lattice types IQ1_S ..
+    /// IQ4_XS -> IQ4_NL, Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, anything
+    /// else -> F16; smelt's 2:4 types -> Q4_0 / Q8_0), followed until a type
     /// fits. `None` when this type fits as it is. The one rule for every path that converts
     /// weights (`smelt quantize`, `--as` at load time).
     pub fn fallback_for_row(self, cols: u64) -> Option<GgmlType> {
         let mut ty = self;
         while !cols.is_multiple_of(ty.block_elems() as u64) {
             ty = match ty {
+                t if iq::is_lattice(t) => GgmlType::IQ4_NL,
                 GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
                 GgmlType::Q4_K => GgmlType::Q5_0,
                 GgmlType::Q5_K => GgmlType::Q5_1,
@@ -243,7 +248,15 @@ impl GgmlType {
             GgmlType::Q4_K => 14,
             GgmlType::Q5_K => 16,
             GgmlType::Q6_K => 18,
+            GgmlType::IQ2_XXS => 19,
+            GgmlType::IQ2_XS => 20,
+            GgmlType::IQ3_XXS => 23,
+            GgmlType::IQ1_S => 24,
             GgmlType::IQ4_NL => 25,
+            GgmlType::IQ3_S => 26,
+            GgmlType::IQ2_S => 28,
+            GgmlType::IQ4_XS => 30,
+            GgmlType::IQ1_M => 31,
             GgmlType::BF16 => 32,
             _ => 1024,
         }
@@ -395,6 +408,8 @@ mod tests {
         assert_eq!(GgmlType::Q4_K.fallback_for_row(576), Some(GgmlType::Q5_0));
         assert_eq!(GgmlType::Q2_K.fallback_for_row(576), Some(GgmlType::Q4_0));
         assert_eq!(GgmlType::Q6_K.fallback_for_row(576), Some(GgmlType::Q8_0));
+        assert_eq!(GgmlType::IQ3_S.fallback_for_row(576), Some(GgmlType::IQ4_NL));
+        assert_eq!(GgmlType::IQ2_XXS.fallback_for_row(576), Some(GgmlType::IQ4_NL));
         assert_eq!(GgmlType::Q4_K.fallback_for_row(1536), None);
         assert_eq!(GgmlType::Q4_0.fallback_for_row(33), Some(GgmlType::F16));
         for ty in GgmlType::weight_targets() {
@@ -453,7 +468,7 @@ mod tests {
             quantize(GgmlType::Q4_0, &[0.0; 32], &mut out[..17]),
             Err(QuantError::WrongByteLength { ty: GgmlType::Q4_0, n: 32, expected: 18, got: 17 })
         );
-        assert!(matches!(dequantize(GgmlType::IQ2_XXS, &[0u8; 66], &mut [0.0; 256]), Err(QuantError::Unsupported { .. })));
+        assert!(matches!(dequantize(GgmlType::TQ1_0, &[0u8; 54], &mut [0.0; 256]), Err(QuantError::Unsupported { .. })));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub fn supports_weighted(ty: GgmlType) -> bool {
             | GgmlType::Q6_K
             | GgmlType::Q4_0_S24
             | GgmlType::Q8_0_S24
-    )
+    ) || super::iq_quant::can_write(ty)
 }
 
 /// Quantizes `src` into `ty` with `imp` (one importance per element of `src`) weighting every
@@ -77,6 +77,7 @@ pub fn quantize_weighted(ty: GgmlType, src: &[f32], imp: &[f32], dst: &mut [u8])
                 let (d, q, idx) = sparse::encode(x, |h, v| sym_block(v, &w[32 * h..32 * h + 32], 128, |d, q| (d, q.map(|v| v as i32 - 128))));
                 put(out, sparse::BlockQ8_0S24 { d, qs: q.map(|v| v as i8), idx })
             }
+            t if super::iq_quant::can_write(t) => super::iq_quant::quantize_block(t, x, Some(w), out),
             _ => unreachable!("supports_weighted lists the types handled here"),
         }
     }
@@ -128,15 +129,30 @@ fn asym_block<B>(x: &[f32], imp: &[f32], nmax: i32, make: impl Fn(f16, f16, &[u8
     make(d, m, &q)
 }
 
-/// IQ4_NL: for the inverse scale `-v_0 / max` (the block's extreme on the grid's positive side)
-/// and the candidates `(k + v_0) / max`, `k = -7..=7` (on its negative side; the grid runs from
-/// -127 to 113, so both sides must be tried), each element takes its nearest grid value; the
-/// weighted least-squares scale of the best candidate is kept and the indices are re-picked
-/// against it.
+/// IQ4_NL: the block's scale from [`iq4_scale`] with ggml's IQ4_NL search weights (`sigma^2`
+/// twice the block's mean square), indices picked against it.
 fn iq4_nl_block(x: &[f32], imp: &[f32]) -> BlockIq4Nl {
-    // As ggml's IQ4_NL search: sigma^2 is twice the block's mean square.
     let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let w: [f32; QK] = std::array::from_fn(|i| imp[i] * (sigma2 + x[i] * x[i]).sqrt());
+    let d = iq4_scale(x, &w);
+    let df = f16::from_f32(d);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let l: [u8; QK] = std::array::from_fn(|j| iq4_index(id * x[j]) as u8);
+    BlockIq4Nl { d: df, qs: std::array::from_fn(|j| l[j] | (l[j + QK / 2] << 4)) }
+}
+
+/// Index of the IQ4_NL grid value nearest to `v`.
+pub(super) fn iq4_index(v: f32) -> usize {
+    let grid = |i: usize| KVALUES_IQ4NL[i] as f32;
+    (0..16).min_by(|&a, &b| (grid(a) - v).abs().total_cmp(&(grid(b) - v).abs())).unwrap_or(0)
+}
+
+/// The scale of 32 weights `x` on the IQ4_NL grid under search weights `w`: for the inverse
+/// scale `-v_0 / max` (the block's extreme on the grid's positive side) and the candidates
+/// `(k + v_0) / max`, `k = -7..=7` (on its negative side; the grid runs from -127 to 113, so
+/// both sides must be tried), each element takes its nearest grid value; the weighted
+/// least-squares scale of the best candidate is returned (0 for an all-zero block).
+pub(super) fn iq4_scale(x: &[f32], w: &[f32]) -> f32 {
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
         if v.abs() > amax {
@@ -145,14 +161,13 @@ fn iq4_nl_block(x: &[f32], imp: &[f32]) -> BlockIq4Nl {
         }
     }
     if amax < GROUP_MAX_EPS {
-        return BlockIq4Nl { d: f16::ZERO, qs: [0; QK / 2] };
+        return 0.0;
     }
     let grid = |i: usize| KVALUES_IQ4NL[i] as f32;
-    let nearest = |v: f32| (0..16).min_by(|&a, &b| (grid(a) - v).abs().total_cmp(&(grid(b) - v).abs())).unwrap_or(0);
     let fit = |id: f32| {
         let (mut sqx, mut sq2) = (0.0f32, 0.0f32);
-        for j in 0..QK {
-            let q = grid(nearest(id * x[j]));
+        for j in 0..x.len() {
+            let q = grid(iq4_index(id * x[j]));
             sqx += w[j] * q * x[j];
             sq2 += w[j] * q * q;
         }
@@ -170,10 +185,7 @@ fn iq4_nl_block(x: &[f32], imp: &[f32]) -> BlockIq4Nl {
             best = d * sqx;
         }
     }
-    let df = f16::from_f32(d);
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let l: [u8; QK] = std::array::from_fn(|j| nearest(id * x[j]) as u8);
-    BlockIq4Nl { d: df, qs: std::array::from_fn(|j| l[j] | (l[j + QK / 2] << 4)) }
+    d
 }
 
 #[cfg(test)]
@@ -198,7 +210,7 @@ mod tests {
         let x = signal(4096, 7);
         let imp: Vec<f32> = (0..x.len()).map(|i| if (i * 7919) % 13 < 3 { 100.0 } else { 1.0 }).collect();
         let werr = |y: &[f32]| x.iter().zip(y).zip(&imp).map(|((a, b), w)| w * (a - b) * (a - b)).sum::<f32>();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q4_0_S24, GgmlType::Q8_0_S24] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q4_0_S24, GgmlType::Q8_0_S24, GgmlType::IQ2_XS, GgmlType::IQ3_S, GgmlType::IQ4_XS] {
             let rtn = dequantize_to_vec(ty, &quantize_to_vec(ty, &x).unwrap()).unwrap();
             let mut q = vec![0u8; x.len() / ty.block_elems() * ty.block_bytes()];
             quantize_weighted(ty, &x, &imp, &mut q).unwrap();

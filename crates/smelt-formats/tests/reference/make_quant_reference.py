@@ -7,8 +7,9 @@ For every ggml type the `gguf` Python package can dequantize, the file holds
 and, where the package can also quantize, the blocks are its quantization of
   src        an F32 test signal (8 rows x 512: normal, heavy tails, outliers, constant,
              all-zero, tiny and large rows).
-Where it cannot quantize (K-quants, IQ4_NL), the blocks are random bytes with well-formed
-f16 scales, which exercises every bit pattern of the quants.
+Where it cannot quantize (K-quants, IQ4_NL, the lattice IQ types), the blocks are random bytes
+with well-formed f16 scales, which exercises arbitrary bit patterns of the quants (and of the
+lattice types' grid indices and sign bits).
 
 Rerun (needs `pip install gguf numpy`):
     python3 crates/smelt-formats/tests/reference/make_quant_reference.py
@@ -46,7 +47,11 @@ SCALE_FIELDS = {
     T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
     T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
     T.IQ4_NL: [0],
+    T.IQ2_XXS: [0], T.IQ2_XS: [0], T.IQ2_S: [0], T.IQ3_XXS: [0], T.IQ3_S: [0], T.IQ4_XS: [0],
+    T.IQ1_S: [0], T.IQ1_M: [],
 }
+# Made after the others (so that their random bytes stay as they were).
+LATTICE = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ4_XS, T.IQ1_S, T.IQ1_M]
 
 
 def random_blocks(qtype):
@@ -56,6 +61,13 @@ def random_blocks(qtype):
     for off in SCALE_FIELDS[qtype]:
         scales = (rng.uniform(-1, 1, nb) * 2.0 ** rng.integers(-12, 2, nb)).astype(np.float16)
         b[:, off:off + 2] = scales.view(np.uint8).reshape(nb, 2)
+    if qtype == T.IQ1_M:
+        # IQ1_M keeps its f16 scale in the top nibbles of the last four u16 (low nibble first).
+        d = (rng.uniform(-1, 1, nb) * 2.0 ** rng.integers(-12, 2, nb)).astype(np.float16).view(np.uint16)
+        sc = b[:, size - 8:].copy().view(np.uint16) & np.uint16(0x0FFF)
+        for i in range(4):
+            sc[:, i] |= ((d >> np.uint16(4 * i)) & np.uint16(0xF)) << np.uint16(12)
+        b[:, size - 8:] = sc.view(np.uint8)
     return b.reshape(ROWS, -1)
 
 
@@ -74,6 +86,10 @@ def main():
         w.add_tensor(f"q.{qt.name}", q, raw_shape=q.shape, raw_dtype=qt)
         w.add_tensor(f"dq.{qt.name}", gguf.dequantize(q, qt).astype(np.float32))
     for qt in random_only + [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]:
+        q = random_blocks(qt)
+        w.add_tensor(f"rq.{qt.name}", q, raw_shape=q.shape, raw_dtype=qt)
+        w.add_tensor(f"rdq.{qt.name}", gguf.dequantize(q, qt).astype(np.float32))
+    for qt in LATTICE:
         q = random_blocks(qt)
         w.add_tensor(f"rq.{qt.name}", q, raw_shape=q.shape, raw_dtype=qt)
         w.add_tensor(f"rdq.{qt.name}", gguf.dequantize(q, qt).astype(np.float32))

@@ -138,6 +138,15 @@ pub fn table() -> &'static [KernelRow] {
             row!(Q5_K, Q8K, dot_q5_k_q8_k),
             row!(Q6_K, Q8K, dot_q6_k_q8_k),
             row!(Q8_K, Q8K, dot_q8_k_q8_k),
+            // ggml's lattice types (one generic kernel behind eight names, see `scalar::dot_lattice_q8_k`).
+            row!(IQ4_XS, Q8K, dot_iq4_xs_q8_k),
+            row!(IQ3_S, Q8K, dot_iq3_s_q8_k),
+            row!(IQ3_XXS, Q8K, dot_iq3_xxs_q8_k),
+            row!(IQ2_S, Q8K, dot_iq2_s_q8_k),
+            row!(IQ2_XS, Q8K, dot_iq2_xs_q8_k),
+            row!(IQ2_XXS, Q8K, dot_iq2_xxs_q8_k),
+            row!(IQ1_M, Q8K, dot_iq1_m_q8_k),
+            row!(IQ1_S, Q8K, dot_iq1_s_q8_k),
             // smelt's 2:4 sparse types.
             KernelRow { weight: GgmlType::Q4_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q4_0_s24, avx2: avx2!(dot_q4_0_s24), neon: neon!(dot_q4_0_s24), avx2_rows: avx2_rows!(rows_q4_0_s24), avx2_tile: None },
             KernelRow { weight: GgmlType::Q8_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q8_0_s24, avx2: avx2!(dot_q8_0_s24), neon: neon!(dot_q8_0_s24), avx2_rows: avx2_rows!(rows_q8_0_s24), avx2_tile: None },

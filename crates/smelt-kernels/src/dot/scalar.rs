@@ -233,3 +233,37 @@ pub fn dot_q8_k_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
         s + a.d * b.d * isum as f32
     })
 }
+
+/// The lattice IQ types (IQ1_S .. IQ4_XS) x Q8_K: `sum_b dx sum_j s_j sum_{i in j} q_i y_i` over
+/// 16 runs `j` of 16, with `q` and the real scales `s_j` from
+/// [`smelt_formats::quant::iq::unpack`] (a block the unpacker refuses counts as zero).
+pub fn dot_lattice_q8_k(ty: smelt_formats::GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK_K;
+    let (mut q, mut sc) = ([0i8; QK_K], [0.0f32; 16]);
+    w[..nb * ty.block_bytes()].chunks_exact(ty.block_bytes()).zip(blocks::<BlockQ8K>(x, nb)).fold(0.0, |s, (a, b)| {
+        if !smelt_formats::quant::iq::unpack(ty, a, &mut q, &mut sc) {
+            return s;
+        }
+        let mut sum = 0.0f32;
+        for (j, s) in sc.iter().enumerate() {
+            let isum: i32 = (16 * j..16 * j + 16).map(|i| q[i] as i32 * b.qs[i] as i32).sum();
+            sum += s * isum as f32;
+        }
+        s + b.d * sum
+    })
+}
+
+/// One named kernel per lattice type (the kernel table holds plain function pointers).
+macro_rules! lattice_kernels {
+    ($($f:ident => $ty:ident),*) => {$(
+        #[doc = concat!(stringify!($ty), " x Q8_K, see [`dot_lattice_q8_k`].")]
+        pub fn $f(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            dot_lattice_q8_k(smelt_formats::GgmlType::$ty, n, w, x)
+        }
+    )*};
+}
+
+lattice_kernels!(
+    dot_iq1_s_q8_k => IQ1_S, dot_iq1_m_q8_k => IQ1_M, dot_iq2_xxs_q8_k => IQ2_XXS, dot_iq2_xs_q8_k => IQ2_XS,
+    dot_iq2_s_q8_k => IQ2_S, dot_iq3_xxs_q8_k => IQ3_XXS, dot_iq3_s_q8_k => IQ3_S, dot_iq4_xs_q8_k => IQ4_XS
+);

@@ -7,11 +7,15 @@
 
 mod float;
 mod kquants;
+mod lattice;
 mod legacy;
 mod sparse;
 
 use std::arch::aarch64::*;
 
+pub use lattice::{
+    dot_iq1_m_q8_k, dot_iq1_s_q8_k, dot_iq2_s_q8_k, dot_iq2_xs_q8_k, dot_iq2_xxs_q8_k, dot_iq3_s_q8_k, dot_iq3_xxs_q8_k, dot_iq4_xs_q8_k,
+};
 pub use float::{dot_bf16, dot_f16, dot_f32};
 pub use kquants::{dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k, dot_q8_k_q8_k};
 pub use sparse::{dot_q4_0_s24, dot_q8_0_s24};
