@@ -41,7 +41,7 @@ fn sample_metadata() -> Metadata {
 
 fn sample_tensors() -> Vec<(TensorSpec, Vec<u8>)> {
     let x: Vec<f32> = (0..256 * 3).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-    [(GgmlType::F32, vec![256, 3]), (GgmlType::F16, vec![256, 3]), (GgmlType::Q8_0, vec![256, 3]), (GgmlType::Q4_0, vec![768]), (GgmlType::Q4_K, vec![256, 1, 3]), (GgmlType::Q6_K, vec![768, 1, 1, 1])]
+    [(GgmlType::F32, vec![256, 3]), (GgmlType::F16, vec![256, 3]), (GgmlType::Q8_0, vec![256, 3]), (GgmlType::Q4_0, vec![768]), (GgmlType::Q4_K, vec![256, 1, 3]), (GgmlType::Q6_K, vec![768, 1, 1, 1]), (GgmlType::IQ2_XS, vec![256, 3]), (GgmlType::IQ3_S, vec![256, 3]), (GgmlType::IQ4_XS, vec![256, 3])]
         .into_iter()
         .enumerate()
         .map(|(i, (ty, dims))| (TensorSpec { name: format!("blk.{i}.{}", ty.name().to_lowercase()), dims, ty }, quantize_to_vec(ty, &x).unwrap()))
@@ -113,5 +113,9 @@ fn written_files_load_in_the_gguf_python_package() {
         assert_eq!(dims, spec.dims);
         let hash: String = Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(t["sha256"], hash.as_str(), "{}", spec.name);
+        // The package reads the blocks as smelt meant them (the lattice types included).
+        let ours: f64 = smelt_formats::quant::dequantize_to_vec(spec.ty, data).unwrap().iter().map(|v| v.abs() as f64).sum();
+        let theirs = t["abs_sum"].as_f64().unwrap();
+        assert!((ours - theirs).abs() <= 1e-6 * ours.max(1.0), "{}: the gguf package dequantizes to |sum| {theirs}, smelt to {ours}", spec.name);
     }
 }

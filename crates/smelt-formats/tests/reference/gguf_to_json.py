@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Prints what the `gguf` Python package reads from a GGUF file, as JSON: every metadata key with
-its value types and value, and every tensor's name, type, dims and the sha256 of its bytes.
+its value types and value, and every tensor's name, type, dims, the sha256 of its bytes and the
+sum of the absolute values of the package's own dequantization of it.
 smelt's tests run it on files smelt wrote and compare with what they wrote
 (crates/smelt-formats/tests/gguf_interop.rs)."""
 import hashlib
@@ -37,7 +38,8 @@ def main(path):
         kv[name] = {"types": types, "value": v}
     tensors = [
         {"name": t.name, "type": t.tensor_type.name, "dims": [int(d) for d in t.shape],
-         "sha256": hashlib.sha256(np.ascontiguousarray(t.data).tobytes()).hexdigest()}
+         "sha256": hashlib.sha256(np.ascontiguousarray(t.data).tobytes()).hexdigest(),
+         "abs_sum": float(np.abs(gguf.dequantize(t.data, t.tensor_type).astype(np.float64)).sum())}
         for t in r.tensors
     ]
     json.dump({"kv": kv, "tensors": tensors}, sys.stdout)
