@@ -78,6 +78,10 @@ fn quantize_writes_a_valid_smaller_file() {
 /// F32 expansion does. (Reading the types is checked against the `gguf` package elsewhere.)
 #[test]
 fn lattice_types_are_written_and_run_as_their_f32_expansion() {
+    // A directory of its own: another test checks that no temporary file is left in `tmp()`'s.
+    let dir = std::env::temp_dir().join(format!("smelt-cli-lattice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = |name: &str| dir.join(name);
     let text = tmp("lattice-text.txt");
     std::fs::write(&text, std::fs::read_to_string("../../../shared/data/austen/persuasion.txt").unwrap_or_else(|_| "It was a fine day in Bath. ".repeat(200)).chars().take(6000).collect::<String>()).unwrap();
     let mut last_err = f64::INFINITY;
@@ -102,6 +106,7 @@ fn lattice_types_are_written_and_run_as_their_f32_expansion() {
         std::fs::remove_file(&q).ok();
         std::fs::remove_file(&f).ok();
     }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
