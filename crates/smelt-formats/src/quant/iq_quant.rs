@@ -22,8 +22,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-use super::blocks::{KVALUES_IQ4NL, QK_K};
-use super::iq::KSIGNS;
+use super::blocks::QK_K;
 use super::iq_grids::*;
 use super::search::GROUP_MAX_EPS;
 use super::GgmlType;
@@ -87,7 +86,9 @@ impl Lattice {
             cube += i * l.pow(k as u32);
         }
         let dist = |p: u16| -> f32 { u.iter().zip(w).zip(&self.points[p as usize]).map(|((u, w), g)| w * (u - g) * (u - g)).sum() };
-        *self.near[cube].iter().min_by(|&&p, &&q| dist(p).total_cmp(&dist(q)).then(p.cmp(&q))).unwrap_or(&0)
+        // Each candidate's distance once; ties go to the lower index (the list is sorted by it
+        // within equal cube distances, and `min_by` keeps the first minimum).
+        self.near[cube].iter().map(|&p| (dist(p), p)).min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))).map_or(0, |(_, p)| p)
     }
 
     /// Grid points for every group of one run at inverse scale `id`, and the run's
@@ -234,7 +235,6 @@ impl Lattice {
             }
             _ => unreachable!("only lattice types are listed in `lattice`"),
         }
-        debug_assert!(!self.parity || KSIGNS.iter().all(|s| s.count_ones() % 2 == 0));
     }
 }
 
@@ -300,7 +300,6 @@ fn iq4_xs_block(x: &[f32], w: &[f32], out: &mut [u8]) {
         }
     }
     out[2..4].copy_from_slice(&high.to_le_bytes());
-    debug_assert_eq!(KVALUES_IQ4NL.len(), 16);
 }
 
 macro_rules! reference_quantizers {
