@@ -209,6 +209,55 @@ fn awq_after_the_mix_writes_the_better_measured_mix() {
     }
 }
 
+/// The output head (the tiny model's tied embedding) gets GPTQ candidates beside its weighted
+/// ones, every one measured alone; with Q4_0 as the only type and the smallest file asked for,
+/// the mix differs from one without them only in the head, which is GPTQ's exactly when GPTQ's
+/// Q4_0 measured lower.
+#[test]
+fn the_head_gets_measured_gptq_candidates() {
+    let (model, _) = setup("head-gptq");
+    let d = dir("head-gptq");
+    // Varied text (a fixed pseudo-random walk over a few words): the head's input then spans
+    // more directions than the repeated sentence gives.
+    let words = ["the", "man", "is", "playing", "a", "guitar", "while", "cat", "sleeps", "on", "warm", "mat", "and", "dog", "runs", "."];
+    let mut x = 12345u64;
+    let walk: Vec<&str> = (0..1600).map(|_| { x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); words[(x >> 60) as usize] }).collect();
+    let text = d.join("varied.txt");
+    std::fs::write(&text, walk.join(" ")).unwrap();
+    let (with, without) = (d.join("with.gguf"), d.join("without.gguf"));
+    let goal = ["--types", "q4_0", "--min-quality", "100"];
+    let o = fit(&model, &text, &with, &goal);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = fit(&model, &text, &without, &[&goal[..], &["--no-head-gptq"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let u: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let head = |v: &serde_json::Value| v["plan"].as_array().unwrap().iter().find(|p| p["name"] == "token_embd.weight").unwrap().clone();
+    let (h, hu) = (head(&v), head(&u));
+    assert_eq!(h["every_candidate_measured"], true, "{h}");
+    assert_eq!(hu["every_candidate_measured"], false, "{hu}");
+    let c = h["candidates"].as_array().unwrap();
+    let q4 = |gptq: bool| c.iter().find(|c| c["type"] == "Q4_0" && c["gptq"] == gptq).unwrap_or_else(|| panic!("no Q4_0 gptq={gptq}: {h}"))["predicted_kld"].as_f64().unwrap();
+    let (g, w) = (q4(true), q4(false));
+    eprintln!("head Q4_0 measured alone: GPTQ {g}, weighted {w}");
+    assert!(g > 0.0 && w > 0.0 && g != w, "both measured: GPTQ {g}, weighted {w}");
+    // The weighted candidate's loss is the same measurement in both runs (same probe chunk).
+    let wu = hu["candidates"].as_array().unwrap().iter().find(|c| c["type"] == "Q4_0").unwrap()["predicted_kld"].as_f64().unwrap();
+    assert!((wu - w).abs() <= 1e-6 * w.max(1e-9), "{wu} vs {w}");
+    assert_eq!(h["to"], "Q4_0");
+    assert_eq!(h["gptq"], g < w, "the lower measured Q4_0 is chosen: GPTQ {g}, weighted {w}");
+    assert_eq!(hu["gptq"], false);
+    let (a, b) = (GgufFile::open(&with).unwrap(), GgufFile::open(&without).unwrap());
+    for t in a.tensors() {
+        let same = a.tensor_data(t) == b.tensor_data(b.tensor(&t.name).unwrap());
+        let head_gptq = t.name == "token_embd.weight" && g < w;
+        assert_eq!(same, !head_gptq, "{}", t.name);
+    }
+    if g < w {
+        assert!(v["measured_kld"].as_f64() != u["measured_kld"].as_f64());
+    }
+}
+
 #[test]
 fn impossible_goals_are_refused_and_write_nothing() {
     let (model, text) = setup("none");

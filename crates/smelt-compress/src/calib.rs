@@ -187,7 +187,7 @@ pub fn run_decoder_tokens(
 /// (`output.weight`, or `token_embd.weight` when the embedding is tied); without it there is
 /// none, as in llama-imatrix.
 pub fn decoder_imatrix(model: &smelt_models::Llama, stats: &BTreeMap<(usize, MatrixInput), InputStats>, dataset: &str, chunks: usize, opts: CalibOptions) -> crate::imatrix::Imatrix {
-    let head = model.output.as_ref().unwrap_or(&model.embed).name.clone();
+    let head = head_name(model);
     let names = |&(l, k): &(usize, MatrixInput)| match k {
         MatrixInput::Output if opts.process_output => vec![head.clone()],
         MatrixInput::Output => Vec::new(),
@@ -197,13 +197,32 @@ pub fn decoder_imatrix(model: &smelt_models::Llama, stats: &BTreeMap<(usize, Mat
     crate::imatrix::Imatrix::from_stats(stats, names, dataset, chunks as u32, ctx as u32)
 }
 
-/// The gathered Hessians by weight tensor name (Q, K and V share one, as do gate and up; the
-/// output head is left out: it is the tied embedding, a lookup table too).
-pub fn decoder_hessians(stats: &BTreeMap<(usize, MatrixInput), InputStats>) -> BTreeMap<String, &[f64]> {
+/// The output head's tensor: `output.weight`, or `token_embd.weight` when the embedding is tied.
+pub fn head_name(model: &smelt_models::Llama) -> String {
+    model.output.as_ref().unwrap_or(&model.embed).name.clone()
+}
+
+/// The Hessian of the output head's input (`cols x cols`) under the head's tensor name
+/// (`output.weight`, or `token_embd.weight` when the embedding is tied), when it was gathered
+/// (the head is layer `n_layers` for [`Collector::hessians_for`]).
+pub fn head_hessian<'s>(model: &smelt_models::Llama, stats: &'s BTreeMap<(usize, MatrixInput), InputStats>) -> Option<(String, &'s [f64])> {
+    let head = head_name(model);
+    let h = stats.get(&(model.layers.len(), MatrixInput::Output))?.hessian.as_deref()?;
+    Some((head, h))
+}
+
+/// The gathered Hessians by weight tensor name (Q, K and V share one, as do gate and up); the
+/// output head's, when gathered, under `head` (its tensor: `output.weight`, or
+/// `token_embd.weight` when the embedding is tied, see [`head_hessian`]).
+pub fn decoder_hessians<'s>(stats: &'s BTreeMap<(usize, MatrixInput), InputStats>, head: &str) -> BTreeMap<String, &'s [f64]> {
     let mut out = BTreeMap::new();
     for (&(l, k), s) in stats {
-        if let (Some(h), false) = (&s.hessian, k == MatrixInput::Output) {
-            for name in k.llama_tensors(l) {
+        if let Some(h) = &s.hessian {
+            let names = match k {
+                MatrixInput::Output => vec![head.to_string()],
+                _ => k.llama_tensors(l),
+            };
+            for name in names {
                 out.insert(name, h.as_slice());
             }
         }

@@ -249,7 +249,7 @@ fn gptq_fits(p: &TensorPlan) -> bool {
 }
 
 /// One tensor through GPTQ, with the error statistics `convert` gives.
-fn gptq_tensor(pool: &ThreadPool, p: &TensorPlan, file: &GgufFile, h: &[f64], importance: Option<&[f32]>, opts: GptqOptions) -> Result<Converted, CompressError> {
+pub(crate) fn gptq_tensor(pool: &ThreadPool, p: &TensorPlan, file: &GgufFile, h: &[f64], importance: Option<&[f32]>, opts: GptqOptions) -> Result<Converted, CompressError> {
     let quant = |source| CompressError::Quant { tensor: p.t.name.clone(), source };
     let w = file.tensor_f32(p.t).map_err(quant)?;
     if !smelt_kernels::math::all_finite(&w) {

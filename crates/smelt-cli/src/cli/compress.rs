@@ -45,9 +45,9 @@ pub struct QuantizeArgs {
     /// Calibration: tokens per chunk.
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub calib_ctx: usize,
-    /// Quantize every block matrix with GPTQ (error feedback through the inverse Hessian of its
-    /// inputs; needs --calib). Memory: the Hessians, 8 cols^2 bytes per input (0.8 GB for
-    /// SmolLM2-135M).
+    /// Quantize every block matrix and the output head (the tied embedding included) with GPTQ
+    /// (error feedback through the inverse Hessian of its inputs; needs --calib). Memory: the
+    /// Hessians, 8 cols^2 bytes per input (0.8 GB for SmolLM2-135M).
     #[arg(long, requires = "calib")]
     pub gptq: bool,
     /// GPTQ: columns by descending Hessian diagonal (block scales decided first).
@@ -127,7 +127,8 @@ pub struct FitArgs {
     #[arg(long, value_name = "FILE")]
     pub calib: PathBuf,
     /// Importance matrix to use instead of gathering one (llama-imatrix's or smelt's; an entry
-    /// for the output head, from --process-output, weighs the tied embedding).
+    /// for the output head, from --process-output, weighs the tied embedding). The calibration
+    /// text is still run once for the output head's Hessian unless --no-head-gptq.
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
     /// Calibration: at most N chunks for the importance vectors.
@@ -161,6 +162,12 @@ pub struct FitArgs {
     /// AWQ: points of the alpha grid (alpha = 0, 1/N, ..., (N-1)/N).
     #[arg(long, value_name = "N", default_value_t = 20, requires = "awq")]
     pub awq_grid: usize,
+    /// Do not make GPTQ candidates for the output head (the tied embedding). By default the
+    /// Hessian of the head's input is gathered on the calibration text and the head gets a
+    /// GPTQ candidate per type beside its weighted ones; each is measured alone and the mix
+    /// takes whichever loses less.
+    #[arg(long)]
+    pub no_head_gptq: bool,
     /// Write the plan (tensor -> type, predicted loss), the front and the measurements: JSON
     /// for a .json name, else Markdown.
     #[arg(long, value_name = "FILE")]

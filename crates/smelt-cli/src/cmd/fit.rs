@@ -11,6 +11,7 @@ use serde_json::json;
 use smelt_compress::calib::CalibOptions;
 use smelt_compress::awq::AwqOptions;
 use smelt_compress::fit::{default_types, fit, FitAwq, FitReport, FitSettings, Goal, Source, Stage};
+use smelt_compress::gptq::GptqOptions;
 use smelt_compress::imatrix::Imatrix;
 use smelt_formats::{GgmlType, GgufFile};
 use smelt_models::LoadOptions;
@@ -95,6 +96,7 @@ pub fn run(args: &FitArgs, global: &Global) -> Result<()> {
         probe_first: (args.calib_ctx / 8).min(64),
         front_checks: args.front_checks,
         awq: args.awq.then_some(FitAwq { ty: args.awq_type, opts: AwqOptions { grid: args.awq_grid, weighted: true } }),
+        head_gptq: (!args.no_head_gptq).then(GptqOptions::default),
     };
     let pool = global.pool();
     let start = Instant::now();
@@ -193,6 +195,9 @@ fn print_summary(
             bytes(b)
         )?;
     }
+    for (c, &k) in r.choices.iter().zip(&r.chosen.choice).filter(|(c, &k)| c.candidates[k].gptq) {
+        writeln!(out, "gptq     {} as {} by GPTQ (the head's input Hessian; measured alone: KLD {:.5})", c.name, c.candidates[k].ty, c.candidates[k].loss)?;
+    }
     writeln!(out, "\nfront (file size -> KLD; measured where checked):")?;
     for p in r.front.iter().filter(|p| p.measured_kld.is_some()) {
         writeln!(
@@ -222,10 +227,11 @@ fn document(
         .map(|(c, &k)| {
             let ch = &c.candidates[k];
             json!({
-                "name": c.name, "from": c.source.name(), "to": ch.ty.name(), "kept": ch.kept, "bytes": ch.bytes,
+                "name": c.name, "from": c.source.name(), "to": ch.ty.name(), "kept": ch.kept, "gptq": ch.gptq, "bytes": ch.bytes,
                 "predicted_kld": ch.loss,
                 "probe": c.probe.map(|(ty, kld)| json!({"type": ty.name(), "kld": kld})),
-                "candidates": c.candidates.iter().map(|x| json!({"type": x.ty.name(), "bytes": x.bytes, "weighted_error": x.werr, "predicted_kld": x.loss, "kept": x.kept})).collect::<Vec<_>>(),
+                "every_candidate_measured": c.probe_all,
+                "candidates": c.candidates.iter().map(|x| json!({"type": x.ty.name(), "bytes": x.bytes, "weighted_error": x.werr, "predicted_kld": x.loss, "kept": x.kept, "gptq": x.gptq})).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -289,10 +295,10 @@ fn markdown(r: &FitReport, doc: &serde_json::Value) -> String {
         let probe = c
             .probe
             .map_or(String::new(), |(ty, kld)| format!("{ty}: {kld:.5}"));
-        let to = if ch.kept {
-            format!("{} (kept)", ch.ty)
-        } else {
-            ch.ty.to_string()
+        let to = match (ch.kept, ch.gptq) {
+            (true, _) => format!("{} (kept)", ch.ty),
+            (false, true) => format!("{} (GPTQ)", ch.ty),
+            (false, false) => ch.ty.to_string(),
         };
         s.push_str(&format!(
             "| {} | {} | {to} | {} | {:.6} | {probe} |\n",

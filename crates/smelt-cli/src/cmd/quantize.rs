@@ -47,19 +47,19 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
     let mut progress = Progress::new("quantize", total, true, global.quiet);
     let (imatrix, stats) = match &args.calib {
         Some(text) => {
-            let (m, stats, cfg) = calibrate(args, global, &input, text, &pool)?;
-            (Some(m), Some((stats, cfg)))
+            let (m, stats, cfg, head) = calibrate(args, global, &input, text, &pool)?;
+            (Some(m), Some((stats, cfg, head)))
         }
         None => (args.imatrix.as_deref().map(Imatrix::read).transpose()?, None),
     };
     let scaling = match (&stats, args.awq) {
-        (Some((stats, cfg)), true) => Some(awq(args, global, &file, cfg, &plans, stats, &pool)?),
+        (Some((stats, cfg, _)), true) => Some(awq(args, global, &file, cfg, &plans, stats, &pool)?),
         _ => None,
     };
-    let stats = stats.map(|(s, _)| s);
+    let stats = stats.map(|(s, _, head)| (s, head));
     let calib = Calib {
         imatrix: imatrix.as_ref(),
-        hessians: stats.as_ref().filter(|_| args.gptq).map(decoder_hessians).unwrap_or_default(),
+        hessians: stats.as_ref().filter(|_| args.gptq).map(|(s, head)| decoder_hessians(s, head)).unwrap_or_default(),
         gptq: GptqOptions { damp: args.damp, act_order: args.act_order },
         scaling: scaling.as_ref(),
         overrides: Default::default(),
@@ -74,15 +74,17 @@ pub fn write(args: &QuantizeArgs, global: &Global, report: bool) -> Result<()> {
 }
 
 /// Runs the calibration text through the model: the importance matrix, and the statistics (with
-/// every layer's Hessians when GPTQ will use them).
-/// Also returns the model's shape (for AWQ's groups).
-fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, pool: &smelt_kernels::pool::ThreadPool) -> Result<(Imatrix, CalibStats, smelt_models::LlamaConfig)> {
+/// every layer's Hessians when GPTQ or AWQ will use them; with GPTQ, the output head's too, and
+/// the head's importance: GPTQ then quantizes the head, the tied embedding included).
+/// Also returns the model's shape (for AWQ's groups) and the head's tensor name.
+fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, pool: &smelt_kernels::pool::ThreadPool) -> Result<(Imatrix, CalibStats, smelt_models::LlamaConfig, String)> {
     let text_s = super::read_utf8(text)?;
     let m = smelt_models::load(input, smelt_models::LoadOptions::default()).with_context(|| format!("loading {}", input.display()))?;
-    let opts = CalibOptions { ctx: args.calib_ctx, max_chunks: args.calib_chunks, process_output: false };
+    let opts = CalibOptions { ctx: args.calib_ctx, max_chunks: args.calib_chunks, process_output: args.gptq };
+    let n = m.model.layers.len();
     let mut collector = Collector::new(pool);
     if args.gptq || args.awq {
-        collector = collector.hessians_for(0..m.model.layers.len());
+        collector = collector.hessians_for(0..n + usize::from(args.gptq));
     }
     let mut bar: Option<Progress> = None;
     let chunks = run_decoder(&m.model, &m.tok, pool, &text_s, opts, &mut collector, &mut |done, total| {
@@ -94,7 +96,7 @@ fn calibrate(args: &QuantizeArgs, global: &Global, input: &Path, text: &Path, po
         b.finish();
     }
     let stats = collector.finish()?;
-    Ok((decoder_imatrix(&m.model, &stats, &text.display().to_string(), chunks, opts), stats, m.model.cfg.clone()))
+    Ok((decoder_imatrix(&m.model, &stats, &text.display().to_string(), chunks, opts), stats, m.model.cfg.clone(), smelt_compress::calib::head_name(&m.model)))
 }
 
 /// Searches the AWQ scales of every layer's matrix groups for the planned target types.

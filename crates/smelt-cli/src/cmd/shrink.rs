@@ -54,7 +54,7 @@ pub fn run(a: &ShrinkArgs, global: &Global) -> Result<()> {
                 anyhow::bail!("the calibration text (--calib) is the evaluation text (--text): calibrated variants would be scored on what they were tuned on; give two different texts");
             }
             variants.extend(make_fit_variants(&src, &a.fit, &calib, &dir, global)?);
-            note.push_str(&format!("; the variants named \"fit SIZE\" choose a type per matrix for that size (smelt fit: importance-weighted candidates, per-matrix KLD probes), calibrated on {calib_name}, evaluated on {eval_name}"));
+            note.push_str(&format!("; the variants named \"fit SIZE\" choose a type per matrix for that size (smelt fit: importance-weighted candidates, per-matrix KLD probes, the output head also by GPTQ), calibrated on {calib_name}, evaluated on {eval_name}"));
         }
         if !a.prune.is_empty() {
             let (calib, calib_name) = calibration_text(a)?;
@@ -132,6 +132,7 @@ fn make_fit_variants(src: &Spec, sizes: &[FitSize], calib: &str, dir: &std::path
         probe_first: 64,
         front_checks: 0,
         awq: None,
+        head_gptq: Some(smelt_compress::gptq::GptqOptions::default()),
     };
     let pool = global.pool();
     if !global.quiet {

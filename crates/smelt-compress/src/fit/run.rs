@@ -11,6 +11,7 @@ use smelt_models::{Llama, Tokenizer};
 use super::{measure, probe, quantize_candidates, solve_budget, solve_loss, Mix, TensorChoices};
 use crate::calib::{decoder_imatrix, run_decoder_tokens, CalibOptions, Collector};
 use crate::awq::Scaling;
+use crate::gptq::GptqOptions;
 use crate::imatrix::Imatrix;
 use crate::{quantize_file, Calib, CompressError, Summary, TensorPlan};
 
@@ -42,6 +43,10 @@ pub struct FitSettings {
     pub front_checks: usize,
     /// AWQ scales searched for one type before the candidates are made (`None`: no scaling).
     pub awq: Option<FitAwq>,
+    /// GPTQ candidates for the output head (the tied embedding), beside its weighted ones, with
+    /// the Hessian of the head's input gathered on the calibration text (`None`: weighted only).
+    /// See [`super::head_gptq_candidates`].
+    pub head_gptq: Option<GptqOptions>,
 }
 
 /// AWQ in a fit, in one of two ways:
@@ -143,6 +148,9 @@ pub struct Analysis {
     pub scaling: Option<Scaling>,
     /// The calibration statistics with every layer's Hessians, kept for AWQ after the mix.
     pub stats: Option<CalibStats>,
+    /// The output head's name and input Hessian, with the GPTQ settings its GPTQ candidates
+    /// were made with (a chosen one is written by GPTQ again, which gives the same bytes).
+    pub head_gptq: Option<(String, Vec<f64>, GptqOptions)>,
 }
 
 /// Statistics of the calibration run per (layer, input).
@@ -193,17 +201,20 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
     // 1. Importance vectors (and, for AWQ, Hessians) on the chunks the probes do not use.
     let mut scaling = None;
     let mut kept_stats = None;
+    let mut head_h = None;
     let (imatrix, imatrix_chunks) = match (imatrix, settings.awq) {
-        (Some(m), None) => (m.clone(), m.chunk_count as usize),
+        // A given imatrix saves the calibration run unless a Hessian is wanted.
+        (Some(m), None) if settings.head_gptq.is_none() => (m.clone(), m.chunk_count as usize),
         (given, awq) => {
             let opts = CalibOptions { ctx, max_chunks: settings.calib.max_chunks, process_output: true };
-            let mut collector = Collector::new(pool);
-            if awq.is_some() {
-                collector = collector.hessians_for(0..model.layers.len());
-            }
+            let n = model.layers.len();
+            // Every block's input Hessians for AWQ; the head's (layer n) for its GPTQ.
+            let layers = (0..n).filter(|_| awq.is_some()).chain(Some(n).filter(|_| settings.head_gptq.is_some()));
+            let mut collector = Collector::new(pool).hessians_for(layers);
             let calib_tokens = &tokens[..(available - settings.probe_chunks) * ctx];
             let n = run_decoder_tokens(model, tok, pool, calib_tokens, opts, &mut collector, &mut |d, t| progress(Stage::Calibrate, d, t, "chunk"))?;
             let stats = collector.finish().map_err(smelt_models::ModelError::from)?;
+            head_h = crate::calib::head_hessian(model, &stats).map(|(name, h)| (name, h.to_vec()));
             if let Some(FitAwq { ty: Some(ty), opts }) = awq {
                 let names: std::collections::BTreeSet<String> = super::matrices(file, model).iter().map(|t| t.name.clone()).collect();
                 scaling = Some(search_awq(file, model, &stats, &|name| names.contains(name).then_some(ty), opts, pool, progress)?);
@@ -224,13 +235,42 @@ pub fn analyze(src: &Source, model: &mut Llama, settings: &FitSettings, pool: &T
     if choices.is_empty() {
         return Err(CompressError::Fit("the model has no weight matrix smelt can re-quantize".into()));
     }
+    let head_gptq = match (head_h, settings.head_gptq) {
+        (Some((name, h)), Some(opts)) => {
+            add_head_gptq(file, &imatrix, &mut choices, &name, &h, &settings.types, opts, pool, progress)?;
+            Some((name, h, opts))
+        }
+        _ => None,
+    };
     // 3. The source model's log-probabilities on the probe chunks, then one probe per matrix.
     progress(Stage::Reference, 0, 1, "reference");
     let reference = RefLogprobs::new(pool, model, probes, settings.probe_first)?;
     progress(Stage::Reference, 1, 1, "reference");
     probe(model, &mut choices, &reference, pool, &mut |d, t, w| progress(Stage::Probe, d, t, w))?;
     let fixed_bytes = fixed_bytes(file, &choices);
-    Ok(Analysis { choices, imatrix, imatrix_chunks, reference, fixed_bytes, params: file.header.n_params(), scaling, stats: kept_stats })
+    Ok(Analysis { choices, imatrix, imatrix_chunks, reference, fixed_bytes, params: file.header.n_params(), scaling, stats: kept_stats, head_gptq })
+}
+
+/// Adds the head's GPTQ candidates to its choices (which then have every candidate measured).
+#[allow(clippy::too_many_arguments)]
+fn add_head_gptq(file: &GgufFile, imatrix: &Imatrix, choices: &mut [TensorChoices], name: &str, h: &[f64], types: &[GgmlType], opts: GptqOptions, pool: &ThreadPool, progress: &mut dyn FnMut(Stage, usize, usize, &str)) -> Result<(), CompressError> {
+    let (Some(tc), Some(t)) = (choices.iter_mut().find(|c| c.name == name), file.tensors().iter().find(|t| t.name == name)) else {
+        return Ok(());
+    };
+    if tc.factors.is_some() || h.len() != tc.cols * tc.cols {
+        return Ok(());
+    }
+    let imp = match imatrix.entries.contains_key(name) {
+        true => Some(imatrix.importance_for(name, tc.cols)?),
+        false => None,
+    };
+    let extra = super::head_gptq_candidates(file, t, h, imp.as_deref(), types, opts, pool, &mut |d, n, w| progress(Stage::Candidates, d, n, w))?;
+    if !extra.is_empty() {
+        tc.candidates.extend(extra);
+        tc.candidates.sort_by_key(|c| c.bytes);
+        tc.probe_all = true;
+    }
+    Ok(())
 }
 
 /// The AWQ scales of every block's matrix groups, each matrix quantized to `target(name)`
@@ -276,7 +316,14 @@ pub fn write_mix(file: &GgufFile, analysis: &Analysis, mix: &Mix, limit: Option<
             TensorPlan { t, target, note: None }
         })
         .collect();
-    let calib = Calib { imatrix: Some(&analysis.imatrix), scaling: analysis.scaling.as_ref(), ..Default::default() };
+    let mut calib = Calib { imatrix: Some(&analysis.imatrix), scaling: analysis.scaling.as_ref(), ..Default::default() };
+    // A chosen GPTQ candidate of the head: written by GPTQ again (deterministic: the same bytes).
+    if let Some((name, h, opts)) = &analysis.head_gptq {
+        if choices.iter().zip(&mix.choice).any(|(c, &k)| &c.name == name && c.candidates[k].gptq) {
+            calib.hessians.insert(name.clone(), h.as_slice());
+            calib.gptq = *opts;
+        }
+    }
     let total: u64 = plans.iter().map(|p| p.t.n_bytes).sum();
     let mut done = 0;
     let summary = quantize_file(file, &plans, main_type(choices, mix), &calib, out, pool, &mut |p| {

@@ -157,6 +157,7 @@ mod tests {
                 loss,
                 kept: loss == 0.0,
                 data: Vec::new(),
+                gptq: false,
             })
             .collect();
         TensorChoices {
@@ -166,6 +167,7 @@ mod tests {
             source: GgmlType::Q8_0,
             candidates,
             probe: None,
+            probe_all: false,
             factors: None,
         }
     }
