@@ -509,17 +509,14 @@ fn finish_slot(slot: &mut Slot, metrics: &Metrics, finish: Option<Finish>) {
 
 /// `(log p(id), max_v p(v))` under `softmax(row)`: the gate's two statistics for one token.
 pub fn confidence_of(row: &[f32], id: u32) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
+    let (max, lse) = smelt_models::sampling::log_sum_exp(row);
     (row[id as usize] - lse, (max - lse).exp())
 }
 
 /// The log-probability of `id` under the model's distribution (`log softmax(row)`), and the `k`
 /// most likely tokens with theirs.
 pub fn logprob_of(row: &[f32], id: u32, k: usize, tok: &Tokenizer) -> TokenLogprob {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let (_, lse) = smelt_models::sampling::log_sum_exp(row);
     let entry = |t: u32| {
         let bytes = tok.token_bytes(t, false);
         (String::from_utf8_lossy(&bytes).into_owned(), bytes, row[t as usize] - lse)

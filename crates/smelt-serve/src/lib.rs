@@ -278,10 +278,15 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> s
 
 /// Reads the request body within [`Limits::body_timeout`] and the size limit, so that a handler never
 /// waits on a client that sends slowly: 408 past the time, 413 past the size.
+///
+/// Those refusals leave the rest of the body unread, so the connection cannot carry another
+/// request: they say `Connection: close`. Without it a keep-alive client (the `openai`
+/// package's pool) may send its next request on the connection as the server closes it, and
+/// get "server disconnected" instead of an answer.
 async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    match tokio::time::timeout(state.limits.body_timeout, axum::body::to_bytes(body, state.limits.max_body)).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+    let mut refused = match tokio::time::timeout(state.limits.body_timeout, axum::body::to_bytes(body, state.limits.max_body)).await {
+        Ok(Ok(bytes)) => return next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             let (status, message) = if too_large {
@@ -292,7 +297,9 @@ async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next)
             ApiError { status, message, kind: "invalid_request_error", param: None, code: None, retry_after: None }.into_response()
         }
         Err(_) => ApiError { status: StatusCode::REQUEST_TIMEOUT, message: format!("the request body did not arrive within {:.0} s", state.limits.body_timeout.as_secs_f64()), kind: "invalid_request_error", param: None, code: Some("timeout"), retry_after: None }.into_response(),
-    }
+    };
+    refused.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    refused
 }
 
 async fn shutdown_signal() {

@@ -164,7 +164,10 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let long = "word ".repeat(2000);
     assert_error(&call(&state, chat(json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": long}]}).to_string())).await, StatusCode::BAD_REQUEST, Some("context_length_exceeded"));
     let huge = json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": "x".repeat(100_000)}]}).to_string();
-    assert_error(&call(&state, chat(huge)).await, StatusCode::PAYLOAD_TOO_LARGE, None);
+    let refused = call(&state, chat(huge)).await;
+    assert_error(&refused, StatusCode::PAYLOAD_TOO_LARGE, None);
+    // The rest of the body was not read: the connection cannot take another request.
+    assert_eq!(refused.2.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
     assert_error(&call(&state, post("/v1/completions", json!({"model": "smollm2-135m", "prompt": [1, 999_999]}).to_string())).await, StatusCode::BAD_REQUEST, None);
     assert_error(&call(&state, post("/v1/embeddings", json!({"model": "x", "input": "a"}).to_string())).await, StatusCode::NOT_FOUND, Some("model_not_found"));
     assert_error(&call(&state, Request::get("/v2/nothing").body(Body::empty()).unwrap()).await, StatusCode::NOT_FOUND, None);
