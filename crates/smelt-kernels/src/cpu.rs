@@ -1,6 +1,7 @@
 //! CPU feature detection, once per process. A portable build runs everywhere and picks its
 //! fastest kernels at run time; `SMELT_ISA=scalar|avx2|neon` forces a lower level (never a
-//! higher one than the machine has) for testing and comparison.
+//! higher one than the machine has) for testing and comparison. On the AVX2 level a few kernels
+//! have AVX-512 forms ([`avx512`]); any `SMELT_ISA` turns those off.
 
 use std::sync::OnceLock;
 
@@ -66,6 +67,40 @@ pub fn best() -> Isa {
             _ => top,
         }
     })
+}
+
+/// Whether this CPU has AVX-512 F, BW, VL and VNNI (with AVX2, FMA and F16C): the extensions
+/// of the AVX2 level's AVX-512 kernels (Ice Lake, Sapphire Rapids, Zen 4 and later).
+pub fn has_avx512() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            available().contains(&Isa::Avx2)
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// Whether the AVX-512 kernels run: the CPU has them ([`has_avx512`]) and `SMELT_ISA` is unset
+/// (`SMELT_ISA=avx2` measures the same machine without them).
+pub fn avx512() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| has_avx512() && best() == Isa::Avx2 && std::env::var_os("SMELT_ISA").is_none())
+}
+
+/// The kernels' level for reports: [`best`]'s name, `avx2+avx512` where the AVX-512 forms run.
+pub fn level_name() -> &'static str {
+    if avx512() {
+        "avx2+avx512"
+    } else {
+        best().name()
+    }
 }
 
 /// Extra facts for reports: which notable features the CPU has.

@@ -9,7 +9,7 @@ use smelt_formats::quant::quantize_to_vec;
 use smelt_formats::GgmlType;
 use smelt_kernels::act::convert_rows;
 use smelt_kernels::cpu::{self, Isa};
-use smelt_kernels::dot::{exact_f64, kernel, table, ActFormat};
+use smelt_kernels::dot::{exact_f64, kernel, kernel_at, table, ActFormat};
 use smelt_kernels::tolerance::{DOT_FLOAT, DOT_QUANTIZED, MATMUL};
 
 struct Rng(u64);
@@ -119,7 +119,7 @@ fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
     let mut rng = Rng(0xA110_F7E5);
     let mut checked = 0;
     for row in table() {
-        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => 96 };
+        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => std::env::var("TN").ok().and_then(|s| s.parse().ok()).unwrap_or(96) };
         let row_bytes = n / row.weight.block_elems() * row.weight.block_bytes();
         let mut x = Vec::new();
         convert_rows(row.act, &rng.signal(n, 1.0), n, &mut x).unwrap();
@@ -159,9 +159,10 @@ fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
 fn tile_kernels_match_the_scalar_twin_for_every_pair() {
     use smelt_kernels::dot::TILE_X;
     let mut rng = Rng(0x7115_0F0E);
-    let (mut checked, mut tiled) = (0, 0);
+    let (mut checked, mut tiled, mut wide_tiled) = (0, 0, 0);
     for row in table() {
-        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => 96 };
+        // 96 = 3 blocks: one pair and an odd last block for the AVX-512 tiles.
+        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => std::env::var("TN").ok().and_then(|s| s.parse().ok()).unwrap_or(96) };
         let row_bytes = n / row.weight.block_elems() * row.weight.block_bytes();
         let xs: Vec<Vec<u8>> = (0..TILE_X)
             .map(|_| {
@@ -171,9 +172,12 @@ fn tile_kernels_match_the_scalar_twin_for_every_pair() {
             })
             .collect();
         let scalar = kernel(Isa::Scalar, row.weight).unwrap();
-        for &isa in cpu::available() {
-            let Some(k) = kernel(isa, row.weight) else { continue };
+        // Both tile forms of the AVX2 level where the CPU has AVX-512 (see `cpu::avx512`).
+        let wides: &[bool] = if cpu::has_avx512() { &[false, true] } else { &[false] };
+        for (&isa, &wide) in cpu::available().iter().flat_map(|i| wides.iter().map(move |w| (i, w))) {
+            let Some(k) = kernel_at(isa, row.weight, wide) else { continue };
             tiled += k.has_tile() as usize;
+            wide_tiled += (wide && row.avx512_tile.is_some()) as usize;
             for nrows in [1, 2, 3, 5] {
                 for gap in [0, 7] {
                     let stride = row_bytes + gap;
@@ -192,7 +196,7 @@ fn tile_kernels_match_the_scalar_twin_for_every_pair() {
                                 let want = scalar.dot(n, wr, &xs[j]).unwrap();
                                 let (abs_sum, _) = exact_f64(row.weight, wr, &xs[j]).unwrap();
                                 let tol = if row.act == ActFormat::F32 { DOT_FLOAT } else { DOT_QUANTIZED };
-                                tol.check(got, want, abs_sum as f32).unwrap_or_else(|e| panic!("{isa} tile {} mx={mx} nrows={nrows} gap={gap} ({j}, {r}): {e}", row.weight));
+                                tol.check(got, want, abs_sum as f32).unwrap_or_else(|e| panic!("{isa} (avx512 {wide}) tile {} n={n} mx={mx} nrows={nrows} gap={gap} ({j}, {r}): {e}", row.weight));
                                 checked += 1;
                             }
                         }
@@ -203,6 +207,9 @@ fn tile_kernels_match_the_scalar_twin_for_every_pair() {
     }
     if cpu::available().contains(&Isa::Avx2) {
         assert!(tiled >= 6, "only {tiled} kernels have a tile form");
+    }
+    if cpu::has_avx512() {
+        assert!(wide_tiled >= 4, "only {wide_tiled} kernels have an AVX-512 tile form");
     }
     assert!(checked >= table().len() * 200, "{checked}");
     // Wrong shapes are refused, not run.
@@ -265,4 +272,46 @@ fn lengths_are_checked() {
     assert!(k.dot(33, &[0; 36], &[0; 68]).is_err());
     assert!(k.dot(64, &[0; 35], &[0; 68]).is_err());
     assert!(k.dot(64, &[0; 36], &[0; 67]).is_err());
+}
+
+/// The AVX-512 row kernels form each row's sum exactly as the AVX-512 tiles do, so a row gets the
+/// same bits alone (one sequence decoding) as beside up to seven others (a batch): checked bit
+/// for bit, with even and odd block counts and every position in the tile.
+#[test]
+fn avx512_rows_equal_their_tile_bit_for_bit() {
+    if !cpu::has_avx512() {
+        return;
+    }
+    let mut rng = Rng(0x5EED_0512);
+    let mut checked = 0;
+    for row in table().iter().filter(|r| r.avx512_rows.is_some()) {
+        let k = kernel_at(Isa::Avx2, row.weight, true).unwrap();
+        for n in [96, 576] {
+            let nrows = 7;
+            let row_bytes = n / 32 * row.weight.block_bytes();
+            let w: Vec<u8> = (0..nrows).flat_map(|_| random_blocks(&mut rng, row.weight, n)).collect();
+            let xs: Vec<Vec<u8>> = (0..8)
+                .map(|_| {
+                    let mut x = Vec::new();
+                    convert_rows(row.act, &rng.signal(n, 3.0), n, &mut x).unwrap();
+                    x
+                })
+                .collect();
+            for mx in 1..=8 {
+                let x_refs: Vec<&[u8]> = xs[..mx].iter().map(Vec::as_slice).collect();
+                let mut outs = vec![vec![0.0f32; nrows]; mx];
+                let mut o_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                k.tile(n, &w, row_bytes, &x_refs, &mut o_refs).unwrap();
+                for (j, tiled) in outs.iter().enumerate() {
+                    let mut alone = vec![0.0f32; nrows];
+                    k.rows(n, &w, row_bytes, &xs[j], &mut alone).unwrap();
+                    for (a, t) in alone.iter().zip(tiled) {
+                        assert_eq!(a.to_bits(), t.to_bits(), "{} n={n} mx={mx} j={j}: {a} alone, {t} in the tile", row.weight);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 4 * 2 * 36 * 7, "{checked}");
 }

@@ -119,7 +119,7 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
             weight_type: weight_type.clone(),
             threads,
             cpu: crate::sys::cpu_name(),
-            isa: smelt_kernels::cpu::best().name().into(),
+            isa: smelt_kernels::cpu::level_name().into(),
             test: name,
             tokens: n,
             repetitions: samples.len(),

@@ -123,7 +123,7 @@ pub fn run(args: &BenchArgs, global: &Global, path: &Path) -> Result<()> {
             weight_type: enc.model.weight_type(),
             threads,
             cpu: crate::sys::cpu_name(),
-            isa: smelt_kernels::cpu::best().name().into(),
+            isa: smelt_kernels::cpu::level_name().into(),
             test: format!("embed b{batch}"),
             batch,
             texts: texts.len(),

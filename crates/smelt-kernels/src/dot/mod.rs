@@ -13,6 +13,8 @@ pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
@@ -47,8 +49,9 @@ pub type RowsFn = unsafe fn(n: usize, w: &[u8], stride: usize, x: &[u8], out: &m
 /// `outs[j]` of the same length.
 pub type TileFn = unsafe fn(n: usize, w: &[u8], stride: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]);
 
-/// Most activation rows one [`TileFn`] call takes.
-pub const TILE_X: usize = 4;
+/// Most activation rows one [`TileFn`] call takes (the AVX2 tiles run them four at a time, the
+/// AVX-512 ones eight).
+pub const TILE_X: usize = 8;
 
 /// One row of the kernel table.
 pub struct KernelRow {
@@ -63,6 +66,15 @@ pub struct KernelRow {
     pub avx2_rows: Option<RowsFn>,
     /// The AVX2 kernel for several activation rows, where there is one (the 32-element types).
     pub avx2_tile: Option<TileFn>,
+    /// The same with AVX-512 (F, BW, VL, VNNI), used in its place on the AVX2 level where the CPU
+    /// has those ([`cpu::avx512`]); the unsigned 32-element types.
+    pub avx512_tile: Option<TileFn>,
+    /// The multi-row kernel that goes with `avx512_tile`: it forms each row's sum exactly as the
+    /// tile does. A row kernel with another summation order would make a sequence decoded alone
+    /// and one decoded beside others differ: SmolLM2 turns a 1e-6 relative difference in its
+    /// matrix products into half a logit after 30 layers (the activations' quantization rounds
+    /// the other way here and there).
+    pub avx512_rows: Option<RowsFn>,
 }
 
 macro_rules! avx2 {
@@ -105,15 +117,38 @@ macro_rules! avx2_tile {
     }};
 }
 
+macro_rules! avx512_tile {
+    ($f:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        let f: Option<TileFn> = Some(avx512::$f);
+        #[cfg(not(target_arch = "x86_64"))]
+        let f: Option<TileFn> = None;
+        f
+    }};
+}
+
+macro_rules! avx512_rows {
+    ($f:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        let f: Option<RowsFn> = Some(avx512::$f);
+        #[cfg(not(target_arch = "x86_64"))]
+        let f: Option<RowsFn> = None;
+        f
+    }};
+}
+
 macro_rules! row {
     ($w:ident, $a:ident, $f:ident) => {
-        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: None, avx2_tile: None }
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: None, avx2_tile: None, avx512_tile: None, avx512_rows: None }
     };
     ($w:ident, $a:ident, $f:ident, tile $tile:ident) => {
-        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: None, avx2_tile: avx2_tile!($tile) }
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: None, avx2_tile: avx2_tile!($tile), avx512_tile: None, avx512_rows: None }
     };
     ($w:ident, $a:ident, $f:ident, $rows:ident, $tile:ident) => {
-        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: avx2_rows!($rows), avx2_tile: avx2_tile!($tile) }
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: avx2_rows!($rows), avx2_tile: avx2_tile!($tile), avx512_tile: None, avx512_rows: None }
+    };
+    ($w:ident, $a:ident, $f:ident, $rows:ident, $tile:ident, wide) => {
+        KernelRow { weight: GgmlType::$w, act: ActFormat::$a, scalar: scalar::$f, avx2: avx2!($f), neon: neon!($f), avx2_rows: avx2_rows!($rows), avx2_tile: avx2_tile!($tile), avx512_tile: avx512_tile!($tile), avx512_rows: avx512_rows!($rows) }
     };
 }
 
@@ -125,10 +160,10 @@ pub fn table() -> &'static [KernelRow] {
             row!(F32, F32, dot_f32),
             row!(F16, F32, dot_f16),
             row!(BF16, F32, dot_bf16),
-            row!(Q4_0, Q8Sum, dot_q4_0, rows_q4_0, tile_q4_0),
-            row!(Q4_1, Q8Sum, dot_q4_1, rows_q4_1, tile_q4_1),
-            row!(Q5_0, Q8Sum, dot_q5_0, rows_q5_0, tile_q5_0),
-            row!(Q5_1, Q8Sum, dot_q5_1, rows_q5_1, tile_q5_1),
+            row!(Q4_0, Q8Sum, dot_q4_0, rows_q4_0, tile_q4_0, wide),
+            row!(Q4_1, Q8Sum, dot_q4_1, rows_q4_1, tile_q4_1, wide),
+            row!(Q5_0, Q8Sum, dot_q5_0, rows_q5_0, tile_q5_0, wide),
+            row!(Q5_1, Q8Sum, dot_q5_1, rows_q5_1, tile_q5_1, wide),
             row!(Q8_0, Q8Sum, dot_q8_0, tile tile_q8_0),
             row!(Q8_1, Q8Sum, dot_q8_1),
             row!(IQ4_NL, Q8Sum, dot_iq4_nl, rows_iq4_nl, tile_iq4_nl),
@@ -148,8 +183,8 @@ pub fn table() -> &'static [KernelRow] {
             row!(IQ1_M, Q8K, dot_iq1_m_q8_k),
             row!(IQ1_S, Q8K, dot_iq1_s_q8_k),
             // smelt's 2:4 sparse types.
-            KernelRow { weight: GgmlType::Q4_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q4_0_s24, avx2: avx2!(dot_q4_0_s24), neon: neon!(dot_q4_0_s24), avx2_rows: avx2_rows!(rows_q4_0_s24), avx2_tile: None },
-            KernelRow { weight: GgmlType::Q8_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q8_0_s24, avx2: avx2!(dot_q8_0_s24), neon: neon!(dot_q8_0_s24), avx2_rows: avx2_rows!(rows_q8_0_s24), avx2_tile: None },
+            KernelRow { weight: GgmlType::Q4_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q4_0_s24, avx2: avx2!(dot_q4_0_s24), neon: neon!(dot_q4_0_s24), avx2_rows: avx2_rows!(rows_q4_0_s24), avx2_tile: None, avx512_tile: None, avx512_rows: None },
+            KernelRow { weight: GgmlType::Q8_0_S24, act: ActFormat::Q8Sum, scalar: scalar::dot_q8_0_s24, avx2: avx2!(dot_q8_0_s24), neon: neon!(dot_q8_0_s24), avx2_rows: avx2_rows!(rows_q8_0_s24), avx2_tile: None, avx512_tile: None, avx512_rows: None },
         ]
     })
 }
@@ -272,8 +307,14 @@ pub fn activation_type(weight: GgmlType) -> Option<ActFormat> {
 }
 
 /// The kernel of `weight` for exactly `isa` (`None` if that ISA is not available here or has no
-/// kernel for this type).
+/// kernel for this type), with the AVX-512 tile where the CPU has it ([`cpu::avx512`]).
 pub fn kernel(isa: Isa, weight: GgmlType) -> Option<DotKernel> {
+    kernel_at(isa, weight, cpu::avx512())
+}
+
+/// [`kernel`], with the AVX-512 tile only if `wide` (and the CPU has it): the conformance tests
+/// check both tile forms on a machine that has both.
+pub fn kernel_at(isa: Isa, weight: GgmlType, wide: bool) -> Option<DotKernel> {
     if !cpu::available().contains(&isa) {
         return None;
     }
@@ -284,7 +325,10 @@ pub fn kernel(isa: Isa, weight: GgmlType) -> Option<DotKernel> {
         Isa::Neon => r.neon,
     }?;
     let (rows, tile) = match isa {
-        Isa::Avx2 => (r.avx2_rows, r.avx2_tile),
+        Isa::Avx2 => match (wide && cpu::has_avx512(), r.avx512_rows, r.avx512_tile) {
+            (true, Some(rows), Some(tile)) => (Some(rows), Some(tile)),
+            _ => (r.avx2_rows, r.avx2_tile),
+        },
         _ => (None, None),
     };
     Some(DotKernel { weight, act: r.act, isa, f, rows, tile })

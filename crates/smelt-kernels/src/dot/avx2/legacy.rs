@@ -172,11 +172,14 @@ macro_rules! tiles {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $tile(n: usize, w: &[u8], stride: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]) {
             let u = |$wb: *const u8| $unpack;
-            match xs.len() {
-                1 => tile::<$offset, 1>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
-                2 => tile::<$offset, 2>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
-                3 => tile::<$offset, 3>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
-                _ => tile::<$offset, 4>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+            // Four activation rows a pass (the 16 AVX2 registers hold four accumulators).
+            for (xs, outs) in xs.chunks(4).zip(outs.chunks_mut(4)) {
+                match xs.len() {
+                    1 => tile::<$offset, 1>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+                    2 => tile::<$offset, 2>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+                    3 => tile::<$offset, 3>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+                    _ => tile::<$offset, 4>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+                }
             }
         }
     };
