@@ -119,7 +119,7 @@ fn multi_row_kernels_match_the_scalar_twin_row_by_row() {
     let mut rng = Rng(0xA110_F7E5);
     let mut checked = 0;
     for row in table() {
-        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => std::env::var("TN").ok().and_then(|s| s.parse().ok()).unwrap_or(96) };
+        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => 96 };
         let row_bytes = n / row.weight.block_elems() * row.weight.block_bytes();
         let mut x = Vec::new();
         convert_rows(row.act, &rng.signal(n, 1.0), n, &mut x).unwrap();
@@ -162,7 +162,7 @@ fn tile_kernels_match_the_scalar_twin_for_every_pair() {
     let (mut checked, mut tiled, mut wide_tiled) = (0, 0, 0);
     for row in table() {
         // 96 = 3 blocks: one pair and an odd last block for the AVX-512 tiles.
-        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => std::env::var("TN").ok().and_then(|s| s.parse().ok()).unwrap_or(96) };
+        let n = match row.weight.block_elems() { 256 => 512, 64 => 192, _ => 96 };
         let row_bytes = n / row.weight.block_elems() * row.weight.block_bytes();
         let xs: Vec<Vec<u8>> = (0..TILE_X)
             .map(|_| {
