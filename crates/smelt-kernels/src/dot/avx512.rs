@@ -135,8 +135,8 @@ unsafe fn tile<const OFFSET: bool, const MX: usize>(
             let mut off = _mm512_setzero_ps();
             for p in 0..np {
                 let (b0, b1) = (2 * p, (2 * p + 1).min(nb - 1));
-                // The same place in the next row (a hint: never dereferenced).
-                _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(stride + bb * b0) as *const i8);
+                // The same place a few rows on (a hint: never dereferenced).
+                _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(ROWS_AHEAD * stride + bb * b0) as *const i8);
                 let (mut a, q, c) = unpack(w0.add(bb * b0), w0.add(bb * b1));
                 if p + 1 == np {
                     a = _mm512_maskz_mov_ps(odd_mask, a);
@@ -161,8 +161,8 @@ unsafe fn tile<const OFFSET: bool, const MX: usize>(
     });
 }
 
-/// Rows this far ahead are prefetched by [`rows`] (measured on SmolLM2 decoding one sequence:
-/// one row ahead left the kernel waiting on memory).
+/// Rows this far ahead are prefetched by [`tile`] and [`rows`] (measured on SmolLM2: one row
+/// ahead left both kernels waiting on memory).
 const ROWS_AHEAD: usize = 4;
 
 /// `out[r] = dot(row r of w, x)` for one activation row: each row's sum is formed exactly as

@@ -49,8 +49,8 @@ pub type RowsFn = unsafe fn(n: usize, w: &[u8], stride: usize, x: &[u8], out: &m
 /// `outs[j]` of the same length.
 pub type TileFn = unsafe fn(n: usize, w: &[u8], stride: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]);
 
-/// Most activation rows one [`TileFn`] call takes (the AVX2 tiles run them four at a time, the
-/// AVX-512 ones eight).
+/// Most activation rows one [`TileFn`] call takes (the AVX2 and AVX-512 tiles run them all in
+/// one pass).
 pub const TILE_X: usize = 8;
 
 /// One row of the kernel table.

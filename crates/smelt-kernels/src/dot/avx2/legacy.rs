@@ -99,15 +99,20 @@ unsafe fn rows<const OFFSET: bool>(
     }
 }
 
-/// `outs[j][r] = dot(row r of w, xs[j])` for `MX <= 4` activation rows at once (several
-/// sequences decoded together): each weight block is unpacked once (`unpack(wb) -> (a, q, c)`,
-/// the block's scale, its 32 quants as bytes, its offset) and multiplied with every activation
-/// row (`dot(q, y)`, 8 x i32), so the unpacking, the scale conversions and the weight loads are
-/// paid once per `MX` rows instead of once per row. The activation blocks' scales and sums are
-/// first gathered block by block into 4-wide vectors (`[dx_0..dx_3]`, `[sx_0..sx_3]`), so that
-/// `a dx_j` for all rows is one multiply and the offsets `c sx_j` one FMA per block; lane `j` is
-/// then broadcast for row `j`. One accumulator per activation row; the next weight row is
-/// prefetched.
+/// `outs[j][r] = dot(row r of w, xs[j])` for `MX <= 8` activation rows at once (several
+/// sequences decoded together): each weight block is unpacked once (`quants(wb)`, its 32 quants
+/// as bytes) and multiplied with every activation row (`dot(q, y)`, 8 x i32), so the unpacking
+/// and the weight loads are paid once per `MX` rows instead of once per row.
+///
+/// Weight rows are prefetched [`TILE_AHEAD`] rows ahead. Per weight row, a first pass over its blocks reads their scales (`scales(wb) -> (a, c)`, the
+/// block's scale and offset) and stores `a dx_j` for every block and row (one 8-wide multiply
+/// with the activation scales, which are gathered block by block into `[dx_0..dx_7]`,
+/// `[sx_0..sx_7]` once per call) and sums the offsets `c sx_j` (one FMA per block). The second
+/// pass broadcasts `a dx_j` from that buffer (a load: no shuffles, no index registers) into one
+/// accumulator per activation row (8 + 4 of the 16 AVX2 registers). Each row's sum is formed as with any other `MX`, so a row's result does not
+/// depend on the rows beside it.
+const TILE_AHEAD: usize = 4;
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -119,7 +124,8 @@ unsafe fn tile<const OFFSET: bool, const MX: usize>(
     stride: usize,
     xs: &[&[u8]],
     outs: &mut [&mut [f32]],
-    unpack: impl Fn(*const u8) -> (f32, __m256i, f32),
+    scales: impl Fn(*const u8) -> (f32, f32),
+    quants: impl Fn(*const u8) -> __m256i,
     dot: impl Fn(__m256i, __m256i) -> __m256i,
 ) {
     let nb = n / 32;
@@ -128,37 +134,42 @@ unsafe fn tile<const OFFSET: bool, const MX: usize>(
     for (p, x) in xp.iter_mut().zip(xs) {
         *p = x.as_ptr();
     }
-    // (dx, sx) of every activation row, block by block: [block][0..4] then [block][4..8].
-    let mut scales = vec![0.0f32; nb * 8];
-    for (i, sc) in scales.chunks_exact_mut(8).enumerate() {
+    // (dx, sx) of every activation row, block by block: [block][0..8] then [block][8..16].
+    let mut xsc = vec![0.0f32; nb * 16];
+    for (i, sc) in xsc.chunks_exact_mut(16).enumerate() {
         for (j, &x) in xp.iter().enumerate() {
             sc[j] = f32_at(x.add(XB * i));
-            sc[4 + j] = f32_at(x.add(XB * i + 4));
+            sc[8 + j] = f32_at(x.add(XB * i + 4));
         }
     }
-    let sp = scales.as_ptr();
-    let lane: [__m256i; MX] = std::array::from_fn(|j| _mm256_set1_epi32(j as i32));
+    let sp = xsc.as_ptr();
+    // a dx_j of the current weight row: [block][0..8].
+    let mut adx = vec![0.0f32; nb * 8];
+    let ap = adx.as_mut_ptr();
     for r in 0..outs[0].len() {
         let w0 = wp.add(r * stride);
-        let mut acc = [_mm256_setzero_ps(); MX];
-        let mut off = _mm_setzero_ps();
+        let mut off = _mm256_setzero_ps();
         for i in 0..nb {
             if i % 2 == 0 {
-                // The same place in the next row (a hint: never dereferenced).
-                super::prefetch_at(w0.wrapping_add(stride + bb * i));
+                // The same place a few rows on (a hint: never dereferenced).
+                super::prefetch_at(w0.wrapping_add(TILE_AHEAD * stride + bb * i));
             }
-            let (a, q, c) = unpack(w0.add(bb * i));
-            let adx = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(a), _mm_loadu_ps(sp.add(8 * i))));
+            let (a, c) = scales(w0.add(bb * i));
+            _mm256_storeu_ps(ap.add(8 * i), _mm256_mul_ps(_mm256_set1_ps(a), _mm256_loadu_ps(sp.add(16 * i))));
             if OFFSET {
-                off = _mm_fmadd_ps(_mm_set1_ps(c), _mm_loadu_ps(sp.add(8 * i + 4)), off);
-            }
-            for j in 0..MX {
-                let s = dot(q, xq(xp[j].add(XB * i)));
-                acc[j] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(adx, lane[j]), _mm256_cvtepi32_ps(s), acc[j]);
+                off = _mm256_fmadd_ps(_mm256_set1_ps(c), _mm256_loadu_ps(sp.add(16 * i + 8)), off);
             }
         }
-        let mut offs = [0.0f32; 4];
-        _mm_storeu_ps(offs.as_mut_ptr(), off);
+        let mut acc = [_mm256_setzero_ps(); MX];
+        for i in 0..nb {
+            let q = quants(w0.add(bb * i));
+            for j in 0..MX {
+                let s = dot(q, xq(xp[j].add(XB * i)));
+                acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(8 * i + j)), _mm256_cvtepi32_ps(s), acc[j]);
+            }
+        }
+        let mut offs = [0.0f32; 8];
+        _mm256_storeu_ps(offs.as_mut_ptr(), off);
         for j in 0..MX {
             outs[j][r] = hsum(acc[j]) + k * offs[j];
         }
@@ -168,17 +179,22 @@ unsafe fn tile<const OFFSET: bool, const MX: usize>(
 /// Defines `tile_NAME` (see [`tile`]) from a block unpacking and a byte dot product, for 1 to
 /// [`crate::dot::TILE_X`] activation rows.
 macro_rules! tiles {
-    ($tile:ident, $offset:literal, $k:expr, $bb:expr, |$wb:ident| $unpack:expr, $dot:ident) => {
+    ($tile:ident, $offset:literal, $k:expr, $bb:expr, scales |$sb:ident| $scales:expr, quants |$qb:ident| $quants:expr, $dot:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $tile(n: usize, w: &[u8], stride: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]) {
-            let u = |$wb: *const u8| $unpack;
-            // Four activation rows a pass (the 16 AVX2 registers hold four accumulators).
-            for (xs, outs) in xs.chunks(4).zip(outs.chunks_mut(4)) {
+            let sc = |$sb: *const u8| $scales;
+            let u = |$qb: *const u8| $quants;
+            // Up to eight activation rows a pass (eight accumulators of the 16 AVX2 registers).
+            for (xs, outs) in xs.chunks(8).zip(outs.chunks_mut(8)) {
                 match xs.len() {
-                    1 => tile::<$offset, 1>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
-                    2 => tile::<$offset, 2>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
-                    3 => tile::<$offset, 3>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
-                    _ => tile::<$offset, 4>($k, $bb, n, w, stride, xs, outs, u, |q, y| $dot(q, y)),
+                    1 => tile::<$offset, 1>($k, $bb, n, w, stride, xs, outs, sc, u, |q, y| $dot(q, y)),
+                    2 => tile::<$offset, 2>($k, $bb, n, w, stride, xs, outs, sc, u, |q, y| $dot(q, y)),
+                    3 => tile::<$offset, 3>($k, $bb, n, w, stride, xs, outs, sc, u, |q, y| $dot(q, y)),
+                    4 => tile::<$offset, 4>($k, $bb, n, w, stride, xs, outs, sc, u, |q, y| $dot(q, y)),
+                    5 => tile::<$offset, 5>($k, $bb, n, w, stride, xs, outs, sc, u, |q, y| $dot(q, y)),
+                    6 => tile::<$offset, 6>($k, $bb, n, w, stride, xs, outs, sc, u, |q, y| $dot(q, y)),
+                    7 => tile::<$offset, 7>($k, $bb, n, w, stride, xs, outs, sc, u, |q, y| $dot(q, y)),
+                    _ => tile::<$offset, 8>($k, $bb, n, w, stride, xs, outs, sc, u, |q, y| $dot(q, y)),
                 }
             }
         }
@@ -247,23 +263,17 @@ kernels!(dot_iq4_nl, rows_iq4_nl, false, 0.0, 18, |wb, y| {
     (f16_at(wb), mul_sum_i8(_mm256_shuffle_epi8(grid, nibbles(wb.add(2))), y), 0.0)
 });
 
-tiles!(tile_q4_0, true, -8.0, 18, |wb| {
-    let d = f16_at(wb);
-    (d, nibbles(wb.add(2)), d)
-}, mul_sum_us8);
+tiles!(tile_q4_0, true, -8.0, 18, scales |wb| { let d = f16_at(wb); (d, d) }, quants |wb| nibbles(wb.add(2)), mul_sum_us8);
 
-tiles!(tile_q4_1, true, 1.0, 20, |wb| (f16_at(wb), nibbles(wb.add(4)), f16_at(wb.add(2))), mul_sum_us8);
+tiles!(tile_q4_1, true, 1.0, 20, scales |wb| (f16_at(wb), f16_at(wb.add(2))), quants |wb| nibbles(wb.add(4)), mul_sum_us8);
 
-tiles!(tile_q5_0, true, -16.0, 22, |wb| {
-    let d = f16_at(wb);
-    (d, _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2))), d)
-}, mul_sum_us8);
+tiles!(tile_q5_0, true, -16.0, 22, scales |wb| { let d = f16_at(wb); (d, d) }, quants |wb| _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2))), mul_sum_us8);
 
-tiles!(tile_q5_1, true, 1.0, 24, |wb| (f16_at(wb), _mm256_or_si256(nibbles(wb.add(8)), fifth_bits(wb.add(4))), f16_at(wb.add(2))), mul_sum_us8);
+tiles!(tile_q5_1, true, 1.0, 24, scales |wb| (f16_at(wb), f16_at(wb.add(2))), quants |wb| _mm256_or_si256(nibbles(wb.add(8)), fifth_bits(wb.add(4))), mul_sum_us8);
 
-tiles!(tile_q8_0, false, 0.0, 34, |wb| (f16_at(wb), _mm256_loadu_si256(wb.add(2) as *const __m256i), 0.0), mul_sum_i8);
+tiles!(tile_q8_0, false, 0.0, 34, scales |wb| (f16_at(wb), 0.0), quants |wb| _mm256_loadu_si256(wb.add(2) as *const __m256i), mul_sum_i8);
 
-tiles!(tile_iq4_nl, false, 0.0, 18, |wb| {
+tiles!(tile_iq4_nl, false, 0.0, 18, scales |wb| (f16_at(wb), 0.0), quants |wb| {
     let grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
-    (f16_at(wb), _mm256_shuffle_epi8(grid, nibbles(wb.add(2))), 0.0)
+    _mm256_shuffle_epi8(grid, nibbles(wb.add(2)))
 }, mul_sum_i8);
