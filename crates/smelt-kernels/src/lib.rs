@@ -7,7 +7,7 @@
 //! - [`dequant`]: SIMD dequantization to f32, bit-identical to the reference, for prompts.
 //! - [`matmul`]: matrix-vector and matrix-matrix products over those kernels, split across a
 //!   [`pool::ThreadPool`]; dense f32/f16 matrix multiply through the `gemm` crate.
-//! - [`vec`]: f32 vector operations (attention's dot products and weighted sums).
+//! - [`mod@vec`]: f32 vector operations (attention's dot products and weighted sums).
 //! - [`qgemm`]: int8 matrix products (per-channel weights, activations quantized per row).
 //! - [`math`]: element-wise functions (exp, erf, GELU, softmax, residual LayerNorm).
 //! - [`tolerance`]: the named error budgets kernels are tested against.

@@ -4,7 +4,7 @@
 //! - [`exp`]: `e^x` by range reduction `x = n ln2 + r`, `|r| <= ln2/2`, a degree-7 Taylor
 //!   polynomial for `e^r` (truncation error below `r^8/8! < 1e-8` relative) and `2^n` put into the
 //!   exponent bits; `x < -87.3` gives 0, `x > 88.7` is clamped.
-//! - [`erf`]: `erf(x) = x P(x^2) / Q(x^2)` on `x` clamped to `[-4, 4]` (|erf(4)| is 1 within
+//! - [`erf_scalar`] and its twins: `erf(x) = x P(x^2) / Q(x^2)` on `x` clamped to `[-4, 4]` (|erf(4)| is 1 within
 //!   2e-8), a rational fit with degrees 6 and 4 in `x^2`; absolute error below 5e-7.
 //! - [`bias_gelu`]: `x = gelu(x + b)`, `gelu(x) = x/2 (1 + erf(x / sqrt 2))` (BERT's exact GELU),
 //!   in place (the bias of the layer before is folded in).

@@ -5,7 +5,7 @@
 //!
 //! - [`gemv`]: `y = W x` (one token: decode). The activation row is converted once to the
 //!   weight type's activation format, then rows are split across the pool.
-//! - [`gemm`]: `Y = X W^T` for `m` activation rows (prefill). From [`DEQUANT_GEMM_MIN_ROWS`]
+//! - [`fn@gemm`]: `Y = X W^T` for `m` activation rows (prefill). From [`DEQUANT_GEMM_MIN_ROWS`]
 //!   rows on, weight rows are widened to f32 a chunk at a time ([`crate::dequant`]) and
 //!   multiplied with the `gemm` crate: the widening is paid once per chunk for all `m` rows, and
 //!   the f32 GEMM runs near the FMA peak. Below it, quantized weights reuse the dot kernels.
@@ -147,7 +147,7 @@ thread_local! {
     static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// From this many activation rows on, [`gemm`] widens weights to f32 and uses an f32 GEMM.
+/// From this many activation rows on, [`fn@gemm`] widens weights to f32 and uses an f32 GEMM.
 pub const DEQUANT_GEMM_MIN_ROWS: usize = 16;
 
 /// `Y = X W^T`: `x` is `m x cols`, `y` is `m x rows`, both row-major.
@@ -218,7 +218,7 @@ unsafe fn quantized_rows(k: &DotKernel, w: &QMatrix, r: std::ops::Range<usize>, 
 /// K and V; the FFN's gate and up), `ys[j]` being `m` rows of `ws[j].rows`. Below
 /// [`DEQUANT_GEMM_MIN_ROWS`] rows (several sequences decoding together) with quantized weights
 /// of one activation format, the rows are converted once and all matrices' rows go out in one
-/// dispatch; otherwise one [`gemm`] each.
+/// dispatch; otherwise one [`fn@gemm`] each.
 pub fn gemm_multi(pool: &ThreadPool, ws: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]], scratch: &mut Vec<u8>) -> Result<(), KernelError> {
     if ws.len() != ys.len() || ws.is_empty() {
         return Err(KernelError::Shape(format!("{} matrices, {} outputs", ws.len(), ys.len())));

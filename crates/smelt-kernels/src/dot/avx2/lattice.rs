@@ -179,7 +179,7 @@ pub unsafe fn dot_iq4_xs_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 macro_rules! lattice_kernels {
     ($($f:ident => $ty:ident),*) => {$(
-        #[doc = concat!(stringify!($ty), " x Q8_K, see [`dot_lattice_q8_k`].")]
+        #[doc = concat!(stringify!($ty), " x Q8_K, see `dot_lattice_q8_k`.")]
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $f(n: usize, w: &[u8], x: &[u8]) -> f32 {
             dot_lattice_q8_k(GgmlType::$ty, n, w, x)
